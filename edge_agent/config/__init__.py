@@ -1,0 +1,1 @@
+"""Configuration: YAML in, frozen dataclasses out (see ``schema``), every problem reported."""
