@@ -1,0 +1,172 @@
+"""An OPC UA server presenting :class:`~simulators.model.LineModel` values as a PLC would.
+
+Address space: namespace ``urn:edge-agent:simulator`` (index 2), one object per line under
+Objects, and for line index ``i`` these variables (string node ids, ``n = i + 1``):
+
+=========================  ========  ====================================
+node id                    type      value
+=========================  ========  ====================================
+ns=2;s=Line{n}.State       UInt16    state code (1 running … 5 changeover)
+ns=2;s=Line{n}.TotalCount  UInt32    total count modulo 2**32
+ns=2;s=Line{n}.RejectCount UInt32    reject count modulo 2**32
+ns=2;s=Line{n}.Running     Boolean   true while running
+ns=2;s=Line{n}.IdealCycleTime Double ideal cycle time in seconds
+=========================  ========  ====================================
+
+Security: None only, anonymous sessions. A value is written only when it changes, with a
+SourceTimestamp of the moment the server saw the change, the way a PLC stamps its tags.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+from asyncua import ua
+from asyncua.server.server import Server
+
+from simulators.model import LineModel
+
+__all__ = ["NAMESPACE_URI", "OpcuaSimServer", "node_id"]
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE_URI = "urn:edge-agent:simulator"
+
+_VARIABLES: tuple[tuple[str, ua.VariantType], ...] = (
+    ("State", ua.VariantType.UInt16),
+    ("TotalCount", ua.VariantType.UInt32),
+    ("RejectCount", ua.VariantType.UInt32),
+    ("Running", ua.VariantType.Boolean),
+    ("IdealCycleTime", ua.VariantType.Double),
+)
+
+
+def node_id(line_index: int, variable: str) -> str:
+    """The string form of a variable's node id, e.g. ``ns=2;s=Line1.State`` for index 0."""
+    return f"ns=2;s=Line{line_index + 1}.{variable}"
+
+
+def _values(model: LineModel) -> dict[str, Any]:
+    return {
+        "State": model.state_code,
+        "TotalCount": model.total_count % 2**32,
+        "RejectCount": model.reject_count % 2**32,
+        "Running": model.running,
+        "IdealCycleTime": model.ideal_cycle_time_s,
+    }
+
+
+@dataclass(slots=True)
+class _Variable:
+    line_index: int
+    name: str
+    variant_type: ua.VariantType
+    node_id: ua.NodeId
+    last_value: Any = None
+
+
+class OpcuaSimServer:
+    """Serves the models' values over OPC UA; call :meth:`update` to publish new values."""
+
+    def __init__(self, models: Sequence[LineModel], host: str = "127.0.0.1", port: int = 0) -> None:
+        if not models:
+            raise ValueError("at least one line model is needed")
+        self._models = list(models)
+        self._host = host
+        self._requested_port = port
+        self._server: Server | None = None
+        self._variables: list[_Variable] = []
+        self._endpoint: str | None = None
+
+    @property
+    def endpoint(self) -> str | None:
+        """``opc.tcp://HOST:PORT/`` once started, else ``None``."""
+        return self._endpoint
+
+    async def start(self) -> str:
+        """Build the address space, start listening and return the endpoint URL.
+
+        With ``port`` 0 a free port is chosen; the returned URL carries the bound port.
+        """
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        asyncua_logger = logging.getLogger("asyncua")
+        if asyncua_logger.level == logging.NOTSET:
+            # asyncua logs every session and request at INFO; a simulator only needs its
+            # warnings. A level configured by the caller is left alone.
+            asyncua_logger.setLevel(logging.WARNING)
+        server = Server()
+        await server.init()
+        server.set_server_name("edge-agent line simulator")
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        server.set_identity_tokens([ua.AnonymousIdentityToken])
+        server.set_endpoint(f"opc.tcp://{self._host}:{self._requested_port}/")
+        namespace_index = await server.register_namespace(NAMESPACE_URI)
+        if namespace_index != 2:
+            # The node ids are a contract; a changed index would silently break every client.
+            raise RuntimeError(f"namespace {NAMESPACE_URI} got index {namespace_index}, not 2")
+        await self._build_address_space(server, namespace_index)
+        await server.start()
+        # With port 0 the endpoint descriptions still say port 0; that is harmless because the
+        # server rewrites the URLs it advertises to the one the client asked for
+        # (match_discovery_endpoint_url, on by default).
+        port = self._bound_port(server)
+        self._server = server
+        self._endpoint = f"opc.tcp://{self._host}:{port}/"
+        await self.update()
+        logger.info("opcua simulator listening on %s", self._endpoint)
+        return self._endpoint
+
+    async def stop(self) -> None:
+        """Stop the server and close its sessions. Safe to call twice."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        await server.stop()
+        logger.info("opcua simulator on %s stopped", self._endpoint)
+
+    async def update(self) -> None:
+        """Write every value that changed since the last update."""
+        server = self._server
+        if server is None:
+            return
+        now = ua.DateTime.now(UTC)
+        current = [_values(model) for model in self._models]
+        for variable in self._variables:
+            value = current[variable.line_index][variable.name]
+            if value == variable.last_value:
+                continue
+            data_value = ua.DataValue(
+                ua.Variant(value, variable.variant_type),
+                SourceTimestamp=now,
+                ServerTimestamp=now,
+            )
+            await server.write_attribute_value(variable.node_id, data_value)
+            variable.last_value = value
+
+    async def _build_address_space(self, server: Server, namespace_index: int) -> None:
+        objects = server.nodes.objects
+        for line_index, model in enumerate(self._models):
+            line_name = f"Line{line_index + 1}"
+            line_node = await objects.add_object(
+                ua.NodeId(ua.String(line_name), ua.Int16(namespace_index)),
+                ua.QualifiedName(line_name, namespace_index),
+            )
+            initial = _values(model)
+            for name, variant_type in _VARIABLES:
+                nid = ua.NodeId(ua.String(f"{line_name}.{name}"), ua.Int16(namespace_index))
+                await line_node.add_variable(
+                    nid,
+                    ua.QualifiedName(name, namespace_index),
+                    ua.Variant(initial[name], variant_type),
+                )
+                self._variables.append(_Variable(line_index, name, variant_type, nid))
+
+    @staticmethod
+    def _bound_port(server: Server) -> int:
+        assert server.bserver is not None
+        return int(server.bserver.port)
