@@ -1,0 +1,350 @@
+"""Modbus TCP source. The only module that imports pymodbus.
+
+The tags are planned once into the fewest read requests (:mod:`edge_agent.sources.planner`) and each
+request gets a precompiled block decoder (:mod:`edge_agent.sources.decode`), so a scan is a few
+round trips and a few ``struct`` calls. pymodbus handles one request at a time per connection
+(DESIGN §7), so the requests run in order.
+
+Retry policy lives in the supervisor: the client is built with its reconnect loop off
+(``reconnect_delay=0``) and no retries (``retries=0``). A lost connection or a request without an
+answer closes the client and raises :class:`NotConnectedError` ("reconnect me").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.pdu import ModbusPDU
+
+from edge_agent.config.schema import ModbusSourceConfig, ModbusTable
+from edge_agent.errors import DecodeError, NotConnectedError, SourceError
+from edge_agent.model import Quality, Sample, Value
+from edge_agent.sources.decode import BlockDecoder, compile_field, is_bit_table, is_finite
+from edge_agent.sources.planner import ReadRequest, narrow, plan_reads
+
+__all__ = ["ModbusSource"]
+
+log = logging.getLogger(__name__)
+
+# Modbus exception codes (Modbus Application Protocol v1.1b3, §7).
+EXC_ILLEGAL_ADDRESS = 2
+EXC_DEVICE_BUSY = 6
+
+# The outer deadline leaves pymodbus's own timeout (cfg.timeout_s) room to fire first, so its
+# transaction state is clean; the outer one catches anything that would otherwise hang.
+_DEADLINE_MARGIN_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class _PlannedRead:
+    request: ReadRequest
+    decoder: BlockDecoder
+
+
+def _compile(request: ReadRequest) -> _PlannedRead:
+    fields = [compile_field(planned.tag, planned.offset) for planned in request.tags]
+    decoder = BlockDecoder(fields, request.count, bits=is_bit_table(request.table))
+    return _PlannedRead(request, decoder)
+
+
+def _describe_connect_error(exc: OSError | None, host: str, port: int, timeout_s: float) -> str:
+    if exc is None:
+        # pymodbus swallowed a TimeoutError of its own connect deadline.
+        return f"timed out connecting to {host}:{port} after {timeout_s:g} s"
+    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+        return f"connection refused to {host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host {host!r}: {exc.strerror or exc}"
+    return f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+
+
+class ModbusSource:
+    """A Modbus TCP connection to one PLC (implements :class:`edge_agent.model.Source`).
+
+    ``read`` returns one sample per configured tag, stamped with ``clock()`` at the end of the
+    scan. A value the PLC cannot give comes back with :attr:`Quality.BAD` and value ``None``:
+    an address it refuses (Modbus exception 2, or any code but 6), a NaN or infinite float, bytes
+    that do not decode. Exception 6 (device busy) raises :class:`SourceError` and keeps the
+    connection; a lost connection or a missing answer raises :class:`NotConnectedError`.
+    """
+
+    def __init__(self, cfg: ModbusSourceConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.name = cfg.name
+        self._cfg = cfg
+        self._clock = clock
+        self._endpoint = f"{cfg.host}:{cfg.port}"
+        self._deadline_s = cfg.timeout_s + _DEADLINE_MARGIN_S
+        # ValueError here means a tag the loader should have rejected.
+        self._initial_plan = [
+            _compile(request)
+            for request in plan_reads(cfg.tags, unit_id=cfg.unit_id, max_gap=cfg.max_gap)
+        ]
+        self._plan = list(self._initial_plan)
+        self._client: AsyncModbusTcpClient | None = None
+        self._in_flight = False
+        # Requests and tags currently failing, so that each failure is logged once when it
+        # starts and once when it ends, not on every poll.
+        self._failing_requests: set[tuple[int, ModbusTable, int, int]] = set()
+        self._bad_tags: set[str] = set()
+
+    @property
+    def requests_per_scan(self) -> int:
+        """Read requests one :meth:`read` sends (grows if a refused request had to be split)."""
+        return len(self._plan)
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and bool(self._client.connected)
+
+    async def connect(self) -> None:
+        """Open the TCP connection, replacing any previous one.
+
+        Raises :class:`NotConnectedError` with the reason ("connection refused to
+        127.0.0.1:5020", "timed out connecting to ...") within ``timeout_s`` (plus a small margin).
+        A new connection starts from the full coalesced plan again.
+        """
+        self._drop_client()
+        cfg = self._cfg
+        client = AsyncModbusTcpClient(
+            cfg.host,
+            port=cfg.port,
+            name=f"modbus:{cfg.name}",
+            reconnect_delay=0,  # 0 turns pymodbus's own reconnect loop off: the supervisor owns it
+            reconnect_delay_max=0,
+            timeout=cfg.timeout_s,
+            retries=0,  # one owner of retries: the supervisor
+            trace_connect=self._on_connection_change,
+        )
+        errors = self._record_connect_errors(client)
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                ok = await client.connect()
+        except TimeoutError:
+            client.close()
+            raise NotConnectedError(
+                _describe_connect_error(None, cfg.host, cfg.port, cfg.timeout_s)
+            ) from None
+        except BaseException:
+            client.close()
+            raise
+        if not ok:
+            client.close()
+            raise NotConnectedError(
+                _describe_connect_error(
+                    errors[-1] if errors else None, cfg.host, cfg.port, cfg.timeout_s
+                )
+            )
+        self._client = client
+        self._plan = list(self._initial_plan)
+        log.debug("source %r connected to %s", self.name, self._endpoint)
+
+    async def read(self) -> list[Sample]:
+        """One scan: every planned request in order, one sample per tag.
+
+        Raises :class:`NotConnectedError` when not connected or the connection is lost (the
+        client is closed then), :class:`SourceError` when the device answers "busy".
+        """
+        client = self._client
+        if client is None or not client.connected:
+            self._drop_client()
+            raise NotConnectedError(f"not connected to {self._endpoint}")
+        results: list[tuple[str, Value, Quality]] = []
+        new_plan: list[_PlannedRead] = []
+        for planned in self._plan:
+            new_plan.extend(await self._read_one(client, planned, results))
+        self._plan = new_plan
+        now = self._clock()
+        source = self.name
+        return [Sample(source, tag, value, quality, None, now) for tag, value, quality in results]
+
+    async def close(self) -> None:
+        """Close the connection. Idempotent; the source can :meth:`connect` again."""
+        self._drop_client()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    async def _read_one(
+        self,
+        client: AsyncModbusTcpClient,
+        planned: _PlannedRead,
+        results: list[tuple[str, Value, Quality]],
+    ) -> list[_PlannedRead]:
+        """Read one planned request, append its tags' results; return what replaces it in the plan.
+
+        A request refused with "illegal data address" that holds several tags is split in halves
+        until the refused tags are alone: read-over gaps or one missing address then cost only
+        those tags, not their neighbours.
+        """
+        request = planned.request
+        response = await self._execute(client, request)
+        if response.isError():
+            code = int(response.exception_code)
+            if code == EXC_DEVICE_BUSY:
+                # Exception 6 (busy) is transient: fail this scan, keep the connection.
+                raise SourceError(
+                    f"device busy (Modbus exception 6) reading {request.describe()} "
+                    f"from {self._endpoint}"
+                )
+            if code == EXC_ILLEGAL_ADDRESS and len(request.tags) > 1:
+                half = len(request.tags) // 2
+                log.info(
+                    "source %r: %s refused (illegal data address); splitting it",
+                    self.name,
+                    request.describe(),
+                )
+                replacement: list[_PlannedRead] = []
+                for part in (request.tags[:half], request.tags[half:]):
+                    replacement.extend(
+                        await self._read_one(client, _compile(narrow(request, part)), results)
+                    )
+                return replacement
+            self._note_request_failure(request, code)
+            results.extend((p.tag.name, None, Quality.BAD) for p in request.tags)
+            return [planned]
+        self._note_request_success(request)
+        data: Sequence[int] | Sequence[bool] = (
+            response.bits if is_bit_table(request.table) else response.registers
+        )
+        try:
+            values = planned.decoder.decode(data)
+        except DecodeError as exc:
+            # A malformed response means the stream cannot be trusted: start again.
+            self._drop_client()
+            raise NotConnectedError(
+                f"bad response for {request.describe()} from {self._endpoint}: {exc}"
+            ) from exc
+        for planned_tag, value in zip(request.tags, values, strict=True):
+            results.append(self._judge(planned_tag.tag.name, value))
+        return [planned]
+
+    def _judge(self, tag: str, value: Value | DecodeError) -> tuple[str, Value, Quality]:
+        if isinstance(value, DecodeError):
+            reason = str(value)
+        elif not is_finite(value):
+            reason = f"tag {tag!r}: non-finite value {value!r}"
+        else:
+            if tag in self._bad_tags:
+                self._bad_tags.discard(tag)
+                log.info("source %r: tag %r is good again", self.name, tag)
+            return tag, value, Quality.GOOD
+        if tag not in self._bad_tags:
+            self._bad_tags.add(tag)
+            log.warning("source %r: bad value: %s", self.name, reason)
+        return tag, None, Quality.BAD
+
+    @staticmethod
+    def _start(client: AsyncModbusTcpClient, request: ReadRequest) -> Awaitable[ModbusPDU]:
+        start, count, unit = request.start, request.count, request.unit_id
+        match request.table:
+            case ModbusTable.HOLDING:
+                return client.read_holding_registers(start, count=count, device_id=unit)
+            case ModbusTable.INPUT:
+                return client.read_input_registers(start, count=count, device_id=unit)
+            case ModbusTable.COIL:
+                return client.read_coils(start, count=count, device_id=unit)
+            case ModbusTable.DISCRETE:
+                return client.read_discrete_inputs(start, count=count, device_id=unit)
+
+    async def _execute(self, client: AsyncModbusTcpClient, request: ReadRequest) -> ModbusPDU:
+        self._in_flight = True
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                # Inside the try: pymodbus raises ConnectionException before awaiting when the
+                # transport is already gone.
+                return await self._start(client, request)
+        except TimeoutError:
+            self._drop_client()
+            raise NotConnectedError(
+                f"no answer from {self._endpoint} within {self._cfg.timeout_s:g} s "
+                f"reading {request.describe()}"
+            ) from None
+        except ConnectionException as exc:
+            self._drop_client()
+            raise NotConnectedError(f"connection to {self._endpoint} lost: {exc}") from exc
+        except ModbusException as exc:
+            # With retries=0 a missing answer arrives here as ModbusIOException.
+            self._drop_client()
+            raise NotConnectedError(
+                f"no valid answer from {self._endpoint} reading {request.describe()}: {exc}"
+            ) from exc
+        except BaseException:
+            # Cancelled mid-request: the answer may still arrive and would be taken for the
+            # next request's. Close so the next connect starts clean.
+            self._drop_client()
+            raise
+        finally:
+            self._in_flight = False
+
+    def _on_connection_change(self, connected: bool) -> None:
+        """pymodbus's trace_connect hook; called when the peer drops the connection.
+
+        pymodbus leaves an outstanding request waiting for its full timeout after the connection
+        is gone; failing its response future ends the wait at once.
+        """
+        if connected:
+            return
+        log.debug("source %r: connection to %s lost", self.name, self._endpoint)
+        client = self._client
+        if client is None or not self._in_flight:
+            return
+        future = getattr(client.ctx, "response_future", None)
+        if isinstance(future, asyncio.Future) and not future.done():
+            future.set_exception(ConnectionException("connection lost"))
+
+    def _record_connect_errors(self, client: AsyncModbusTcpClient) -> list[OSError]:
+        """Capture the OSError of a failed connect, which pymodbus only logs (it returns False).
+
+        Wraps the transport's connection factory; without it (another pymodbus layout) the
+        messages only lose their reason.
+        """
+        errors: list[OSError] = []
+        ctx = getattr(client, "ctx", None)
+        create = getattr(ctx, "call_create", None)
+        if ctx is None or create is None:
+            return errors
+
+        async def create_recording() -> Any:
+            try:
+                return await create()
+            except OSError as exc:
+                errors.append(exc)
+                raise
+
+        ctx.call_create = create_recording
+        return errors
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+            log.debug("source %r: connection to %s closed", self.name, self._endpoint)
+
+    def _note_request_failure(self, request: ReadRequest, code: int) -> None:
+        key = (request.unit_id, request.table, request.start, request.count)
+        if key not in self._failing_requests:
+            self._failing_requests.add(key)
+            names = ", ".join(p.tag.name for p in request.tags)
+            log.warning(
+                "source %r: %s refused with Modbus exception %d; tags %s are bad",
+                self.name,
+                request.describe(),
+                code,
+                names,
+            )
+
+    def _note_request_success(self, request: ReadRequest) -> None:
+        if not self._failing_requests:
+            return
+        key = (request.unit_id, request.table, request.start, request.count)
+        if key in self._failing_requests:
+            self._failing_requests.discard(key)
+            log.info("source %r: %s readable again", self.name, request.describe())
