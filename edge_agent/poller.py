@@ -1,0 +1,134 @@
+"""Fixed-rate polling of one source.
+
+Ticks fall on ``start + k × poll_interval``. A poll that overruns skips the ticks it missed and
+counts them (``edge_agent_poll_skipped_ticks_total``) instead of piling polls up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from edge_agent.config.schema import SourceConfig
+from edge_agent.errors import NotConnectedError, SourceError
+from edge_agent.model import Quality, Sample, Source
+from edge_agent.sinks.prometheus import Metrics
+from edge_agent.supervisor import Health
+
+log = logging.getLogger(__name__)
+
+
+class Poller:
+    """Connects a source and polls it until the connection fails.
+
+    ``run()`` raises :class:`NotConnectedError` when the source must be reconnected; the
+    supervisor decides when. A transient :class:`SourceError` (e.g. Modbus "device busy") costs
+    one poll, not the connection.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        cfg: SourceConfig,
+        *,
+        deliver: Callable[[list[Sample]], None],
+        health: Health,
+        metrics: Metrics,
+        monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.source = source
+        self.cfg = cfg
+        self._deliver = deliver
+        self.health = health
+        self._monotonic = monotonic
+        self._clock = clock
+        self.skipped_ticks = 0
+        self.polls = 0
+        self.connected_once = False
+        labels = {"source": cfg.name}
+        self._m_duration = metrics.poll_duration.labels(**labels)
+        self._m_errors = metrics.poll_errors.labels(**labels)
+        self._m_skipped = metrics.skipped_ticks.labels(**labels)
+        self._m_bad = metrics.bad_samples.labels(**labels)
+        self._m_age = metrics.tag_age.labels(**labels)
+        self._m_last_good = metrics.last_good_read.labels(**labels)
+        self._last_good: float | None = None
+        self._transient_logged = False
+
+    def _read_deadline_s(self) -> float:
+        # Sources put a deadline on every request; this outer one only catches a stuck library.
+        requests = max(1, int(getattr(self.source, "requests_per_scan", 1)))
+        return self.cfg.timeout_s * (requests + 1)
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except (NotConnectedError, SourceError, TimeoutError, OSError):
+            self._m_errors.inc()
+            raise
+        finally:
+            try:
+                async with asyncio.timeout(self.cfg.timeout_s):
+                    await self.source.close()
+            except Exception:  # closing a dead connection may fail; nothing left to do
+                log.debug("closing source '%s' failed", self.cfg.name, exc_info=True)
+
+    async def _run(self) -> None:
+        async with asyncio.timeout(self.cfg.timeout_s * 2):
+            await self.source.connect()
+        self.connected_once = True
+        interval = self.cfg.poll_interval_s
+        next_tick = self._monotonic()
+        while True:
+            started = self._monotonic()
+            try:
+                async with asyncio.timeout(self._read_deadline_s()):
+                    samples = await self.source.read()
+            except TimeoutError as exc:
+                raise NotConnectedError(
+                    f"no answer within {self._read_deadline_s():.1f} s"
+                ) from exc
+            except NotConnectedError:
+                raise
+            except SourceError as exc:
+                self._m_errors.inc()
+                if not self._transient_logged:
+                    log.warning("source '%s': poll failed: %s", self.cfg.name, exc)
+                    self._transient_logged = True
+                samples = []
+            else:
+                if self._transient_logged:
+                    log.info("source '%s': polls succeed again", self.cfg.name)
+                    self._transient_logged = False
+            elapsed = self._monotonic() - started
+            self._m_duration.observe(elapsed)
+            self.polls += 1
+            if samples:
+                bad = sum(1 for s in samples if s.quality is not Quality.GOOD)
+                if bad:
+                    self._m_bad.inc(bad)
+                else:
+                    self._last_good = self._clock()
+                    self._m_last_good.set(self._last_good)
+                self._deliver(samples)
+                self.health.ok()
+            if self._last_good is not None:
+                self._m_age.set(max(0.0, self._clock() - self._last_good))
+
+            next_tick += interval
+            now = self._monotonic()
+            if now >= next_tick:
+                missed = int((now - next_tick) // interval) + 1
+                self.skipped_ticks += missed
+                self._m_skipped.inc(missed)
+                next_tick += missed * interval
+                log.debug(
+                    "source '%s': poll took %.3f s, skipped %d tick(s)",
+                    self.cfg.name,
+                    elapsed,
+                    missed,
+                )
+            await asyncio.sleep(next_tick - now)
