@@ -2,7 +2,7 @@
 
 Components offer ``async def run(self) -> None`` and raise when they fail; :func:`supervise` runs
 them again after a capped exponential backoff with jitter. A failing component is logged once when
-it starts failing and once when it recovers, at DEBUG in between (STYLE, Home Assistant's coordinator).
+it starts failing and once when it recovers, at DEBUG in between.
 """
 
 from __future__ import annotations
