@@ -1,0 +1,439 @@
+"""OPC UA source: polls a PLC's variables with batched Read requests (asyncua 2.1).
+
+This is the only module that imports asyncua (~48 MiB, ~0.3 s): the rest of the agent imports it
+lazily, and only when an OPC UA source is configured.
+
+Contract (see :class:`edge_agent.model.Source`):
+
+- ``connect()`` opens a session (anonymous, or username + password read from ``password_file`` at
+  every connect, so a corrected file is picked up by the next reconnect), reads the server's start
+  time, namespace table and ``MaxNodesPerRead`` once, and resolves the tags' node ids.
+- ``read()`` reads every tag's Value attribute in ONE Read request, split only at the server's
+  ``MaxNodesPerRead`` (asyncua never splits a Read by itself). A tag the server reports as bad
+  (``BadNodeIdUnknown``, ``BadNotReadable``, ...) is a sample with quality BAD and value ``None``;
+  it never fails the whole read.
+- Any failure of the connection or of a whole Read (socket closed, timeout, service fault such as
+  ``BadSessionIdInvalid``) closes the client and raises :class:`NotConnectedError`: the supervisor
+  owns reconnects. asyncua's own auto-reconnect and health-probe watchdog are turned off.
+
+Values: booleans, integers (all widths), floats and strings pass through; ``LocalizedText``
+becomes its text and ``DateTime`` becomes POSIX seconds. Every other variant type (arrays,
+ByteString, structures, NodeId, Guid, ...) is reported as BAD with value ``None``, and logged once
+per tag: the engine works on scalars, and ``str()`` of a structure is no value it could use.
+
+Security: only the ``None`` security policy is used (no certificates are configured), so a
+password crosses the network in plain text; keep such PLCs on a segregated network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.client.ua_client import UaClientState
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError, UaStringParsingError
+from asyncua.ua.uatypes import Int16, Int32, UInt32
+
+from edge_agent.config.schema import OpcuaSourceConfig
+from edge_agent.errors import NotConnectedError, SourceError
+from edge_agent.model import Quality, Sample, Value
+
+__all__ = ["OpcuaSource", "read_password_file", "split_batches"]
+
+_log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# asyncua 2.1's client starts a "connection supervisor" at connect() that probes ServerStatus every
+# `watchdog_intervall` seconds and, with auto_reconnect, reconnects by itself. auto_reconnect is
+# off (the agent's supervisor owns reconnects) and the probe interval is pushed out of the way: a
+# poll already is a health check, and the probe would add one Read per second per PLC.
+_WATCHDOG_OFF_S = 24 * 3600.0
+
+# Keep the server-side session short-lived so a crashed agent does not hold one of the PLC's few
+# session slots for the default hour; polls keep it alive (a slower poll gets a longer timeout).
+_MIN_SESSION_TIMEOUT_S = 60.0
+
+# Status codes that mean the server refused the identity, not that the network failed.
+_LOGIN_REJECTED = frozenset(
+    {
+        StatusCodes.BadUserAccessDenied,
+        StatusCodes.BadIdentityTokenInvalid,
+        StatusCodes.BadIdentityTokenRejected,
+        StatusCodes.BadUserSignatureInvalid,
+    }
+)
+
+_NODE_NAMESPACE_ARRAY = ua.NodeId(Int32(ObjectIds.Server_NamespaceArray))
+_NODE_START_TIME = ua.NodeId(Int32(ObjectIds.Server_ServerStatus_StartTime))
+_NODE_MAX_NODES_PER_READ = ua.NodeId(
+    Int32(ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead)
+)
+
+
+def read_password_file(path: str) -> str:
+    """Return the password stored in ``path``, without one trailing newline.
+
+    Raises :class:`NotConnectedError` naming the file when it cannot be read: the connection
+    cannot be made, and a retry picks the file up once it exists.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NotConnectedError(f"cannot read password file {path}: {exc}") from exc
+    if text.endswith("\r\n"):
+        return text[:-2]
+    if text.endswith("\n"):
+        return text[:-1]
+    return text
+
+
+def split_batches(items: Sequence[_T], max_per_batch: int) -> list[Sequence[_T]]:
+    """Split ``items`` into consecutive batches of at most ``max_per_batch`` (0: one batch).
+
+    An empty ``items`` gives no batch at all.
+    """
+    if not items:
+        return []
+    if max_per_batch <= 0 or len(items) <= max_per_batch:
+        return [items]
+    return [items[i : i + max_per_batch] for i in range(0, len(items), max_per_batch)]
+
+
+def _posix(dt: datetime) -> float:
+    # asyncua decodes DateTime as aware UTC; a naive one is UTC by the OPC UA encoding.
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _convert(variant: ua.Variant) -> tuple[bool, Value]:
+    """Return ``(supported, value)`` for a Value attribute's variant."""
+    value: Any = variant.Value
+    if variant.is_array or value is None:
+        return False, None
+    if isinstance(value, bool | int | float | str):
+        return True, value
+    if isinstance(value, ua.LocalizedText):
+        return True, value.Text if value.Text is not None else ""
+    if isinstance(value, datetime):
+        return True, _posix(value)
+    return False, None
+
+
+@dataclass(frozen=True, slots=True)
+class _Tag:
+    name: str
+    node: ua.NodeId | None  # None: its namespace URI is unknown to this server
+
+
+class OpcuaSource:
+    """One OPC UA server (PLC). Implements :class:`edge_agent.model.Source`.
+
+    Not safe for concurrent calls: the supervisor calls ``connect``, ``read`` and ``close`` from
+    one task.
+    """
+
+    def __init__(self, cfg: OpcuaSourceConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.name = cfg.name
+        self._cfg = cfg
+        self._clock = clock
+        self._client: Client | None = None
+        self._parsed: list[tuple[str, ua.NodeId]] | None = None
+        self._tags: list[_Tag] = []
+        # One prepared Read per batch: built once at connect, sent as-is at every poll.
+        self._requests: list[tuple[Sequence[_Tag], ua.ReadParameters]] = []
+        self._server_start_time: float | None = None
+        self._max_nodes_per_read = 0
+        self._unsupported_logged: set[str] = set()
+
+    @property
+    def connected(self) -> bool:
+        """True while a session is open and its transport has not been seen to drop."""
+        client = self._client
+        return client is not None and client.uaclient.state is UaClientState.CONNECTED
+
+    @property
+    def server_start_time(self) -> float | None:
+        """The server's ServerStatus/StartTime read at the last connect, POSIX seconds.
+
+        A different value after a reconnect means the PLC (its OPC UA server) restarted, so its
+        counters may have been reset. ``None`` if the server does not report it.
+        """
+        return self._server_start_time
+
+    @property
+    def requests_per_scan(self) -> int:
+        """Read requests one ``read()`` sends (each bounded by ``timeout_s``); at least 1."""
+        return max(1, len(self._requests))
+
+    @property
+    def max_nodes_per_read(self) -> int:
+        """The server's MaxNodesPerRead read at the last connect; 0 means no limit."""
+        return self._max_nodes_per_read
+
+    def _parse_nodes(self) -> list[tuple[str, ua.NodeId]]:
+        if self._parsed is None:
+            parsed: list[tuple[str, ua.NodeId]] = []
+            for tag in self._cfg.tags:
+                try:
+                    parsed.append((tag.name, ua.NodeId.from_string(tag.node)))
+                except UaStringParsingError as exc:
+                    raise SourceError(
+                        f"source {self.name!r}: tag {tag.name!r}: invalid OPC UA node id "
+                        f"{tag.node!r} (expected e.g. 'ns=2;s=Line1.Count' or "
+                        f"'nsu=urn:plc;i=1001')"
+                    ) from exc
+            self._parsed = parsed
+        return self._parsed
+
+    def _where(self) -> str:
+        return f"OPC UA source {self.name!r} ({self._cfg.endpoint})"
+
+    def _new_client(self) -> Client:
+        cfg = self._cfg
+        password: str | None = None
+        if cfg.username is not None and cfg.password_file is not None:
+            try:
+                password = read_password_file(cfg.password_file)
+            except NotConnectedError as exc:
+                raise NotConnectedError(f"{self._where()}: {exc}") from exc
+        client = Client(
+            cfg.endpoint,
+            timeout=cfg.timeout_s,
+            watchdog_intervall=_WATCHDOG_OFF_S,
+            auto_reconnect=False,
+        )
+        client.name = client.description = f"edge-agent {cfg.name}"
+        client.application_uri = "urn:edge-agent:client"
+        client.product_uri = "urn:edge-agent"
+        session_timeout_s = max(_MIN_SESSION_TIMEOUT_S, 10 * cfg.poll_interval_s)
+        client.session_timeout = int(session_timeout_s * 1000)
+        if cfg.username is not None:
+            client.set_user(cfg.username)
+            if password is not None:
+                client.set_password(password)
+        return client
+
+    async def connect(self) -> None:
+        """Open a session and prepare the batched Read; closes any previous connection first.
+
+        Raises :class:`SourceError` for an unparsable node id (configuration, not network), and
+        :class:`NotConnectedError` when the server cannot be reached within ``timeout_s``, refuses
+        the login, or the password file cannot be read.
+        """
+        parsed = self._parse_nodes()
+        await self.close()
+        client = self._new_client()
+        self._client = client
+        try:
+            async with asyncio.timeout(self._cfg.timeout_s):
+                await client.connect(auto_reconnect=False)
+                info = await _read(
+                    client,
+                    _read_request(
+                        [_NODE_NAMESPACE_ARRAY, _NODE_START_TIME, _NODE_MAX_NODES_PER_READ]
+                    ),
+                )
+        except asyncio.CancelledError:
+            await self._drop()
+            raise
+        except UaStatusCodeError as exc:
+            await self._drop()
+            if exc.code in _LOGIN_REJECTED:
+                who = repr(self._cfg.username) if self._cfg.username else "anonymous"
+                hint = (
+                    f"; check the username and {self._cfg.password_file}"
+                    if self._cfg.password_file
+                    else ""
+                )
+                raise NotConnectedError(
+                    f"{self._where()}: login as {who} rejected by the server "
+                    f"({ua.StatusCode(UInt32(exc.code)).name}){hint}"
+                ) from exc
+            raise NotConnectedError(
+                f"{self._where()}: connect failed: {_reason(exc, self._cfg.timeout_s)}"
+            ) from exc
+        except (OSError, TimeoutError, UaError) as exc:
+            await self._drop()
+            raise NotConnectedError(
+                f"{self._where()}: connect failed: {_reason(exc, self._cfg.timeout_s)}"
+            ) from exc
+
+        namespaces, start_time, max_nodes = info
+        self._server_start_time = _start_time(start_time)
+        self._max_nodes_per_read = _max_nodes(max_nodes)
+        self._tags = self._resolve(parsed, namespaces)
+        readable = [t for t in self._tags if t.node is not None]
+        self._requests = [
+            (batch, _read_request([t.node for t in batch if t.node is not None]))
+            for batch in split_batches(readable, self._max_nodes_per_read)
+        ]
+        _log.debug(
+            "%s connected: %d tags in %d Read request(s), server start time %s",
+            self._where(),
+            len(readable),
+            len(self._requests),
+            self._server_start_time,
+        )
+
+    def _resolve(self, parsed: list[tuple[str, ua.NodeId]], namespaces: ua.DataValue) -> list[_Tag]:
+        """Turn ``nsu=`` node ids into index-based ones with this server's namespace table.
+
+        A namespace URI the server does not know makes that tag BAD, like an unknown node.
+        """
+        table: list[str] = []
+        value = namespaces.Value.Value if namespaces.Value is not None else None
+        if _status(namespaces).is_good() and isinstance(value, list):
+            table = [str(uri) for uri in value]
+        tags: list[_Tag] = []
+        for name, node in parsed:
+            uri = getattr(node, "NamespaceUri", None)
+            if not uri:
+                tags.append(_Tag(name, node))
+            elif uri in table:
+                tags.append(_Tag(name, ua.NodeId(node.Identifier, Int16(table.index(uri)))))
+            else:
+                _log.warning(
+                    "%s: tag %r: namespace %r is unknown to the server; reported as bad",
+                    self._where(),
+                    name,
+                    uri,
+                )
+                tags.append(_Tag(name, None))
+        return tags
+
+    async def read(self) -> list[Sample]:
+        """Read every tag once: one Read request per ``MaxNodesPerRead`` nodes.
+
+        Returns one sample per configured tag, in configuration order. Raises
+        :class:`NotConnectedError` (after closing the client) when the connection is gone, a
+        request gets no answer within ``timeout_s``, or the server rejects a whole Read.
+        """
+        client = self._client
+        if client is None:
+            raise NotConnectedError(f"{self._where()}: not connected")
+        if client.uaclient.state is not UaClientState.CONNECTED:
+            await self._drop()
+            raise NotConnectedError(f"{self._where()}: connection lost")
+        values: dict[str, ua.DataValue] = {}
+        try:
+            for tags, request in self._requests:
+                async with asyncio.timeout(self._cfg.timeout_s):
+                    results = await _read(client, request)
+                values.update(zip((t.name for t in tags), results, strict=True))
+        except (OSError, TimeoutError, UaError) as exc:
+            await self._drop()
+            raise NotConnectedError(
+                f"{self._where()}: read failed: {_reason(exc, self._cfg.timeout_s)}"
+            ) from exc
+        now = self._clock()
+        return [self._sample(tag.name, values.get(tag.name), now) for tag in self._tags]
+
+    def _sample(self, tag: str, dv: ua.DataValue | None, now: float) -> Sample:
+        if dv is None:  # namespace unknown to the server: never read
+            return Sample(self.name, tag, None, Quality.BAD, None, now)
+        source_time = _posix(dv.SourceTimestamp) if dv.SourceTimestamp is not None else None
+        status = _status(dv)
+        if status.is_bad():
+            return Sample(self.name, tag, None, Quality.BAD, source_time, now)
+        supported, value = _convert(dv.Value) if dv.Value is not None else (False, None)
+        if not supported:
+            if tag not in self._unsupported_logged:
+                self._unsupported_logged.add(tag)
+                kind = dv.Value.VariantType.name if dv.Value is not None else "no value"
+                _log.warning(
+                    "%s: tag %r has unsupported type %s%s; reported as bad",
+                    self._where(),
+                    tag,
+                    kind,
+                    " (array)" if dv.Value is not None and dv.Value.is_array else "",
+                )
+            return Sample(self.name, tag, None, Quality.BAD, source_time, now)
+        quality = Quality.GOOD if status.is_good() else Quality.UNCERTAIN
+        return Sample(self.name, tag, value, quality, source_time, now)
+
+    async def close(self) -> None:
+        """Close the session and the connection; never raises, bounded by ``timeout_s``."""
+        await self._drop()
+
+    async def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        healthy = client.uaclient.state is UaClientState.CONNECTED
+        try:
+            async with asyncio.timeout(self._cfg.timeout_s):
+                if healthy:
+                    # CloseSession frees the PLC's session slot at once.
+                    await client.disconnect()
+                else:
+                    # Stops asyncua's background tasks; the session is already gone with
+                    # the transport.
+                    await client.close_session()
+        except (OSError, TimeoutError, UaError) as exc:
+            _log.debug("%s: error while closing: %r", self._where(), exc)
+        finally:
+            client.disconnect_socket()
+
+
+def _read_request(nodes: Sequence[ua.NodeId]) -> ua.ReadParameters:
+    params = ua.ReadParameters()
+    params.MaxAge = 0  # ask for the device's current value, not a server-side cache
+    params.TimestampsToReturn = ua.TimestampsToReturn.Source
+    for node in nodes:
+        rv = ua.ReadValueId()
+        rv.NodeId = node
+        rv.AttributeId = AttributeIds.Value
+        params.NodesToRead.append(rv)
+    return params
+
+
+async def _read(client: Client, params: ua.ReadParameters) -> list[ua.DataValue]:
+    """Send one Read request (the low-level service: asyncua never splits it)."""
+    results: list[ua.DataValue] = await client.uaclient.read(params)
+    if len(results) != len(params.NodesToRead):
+        raise UaError(f"server answered {len(results)} values for {len(params.NodesToRead)} nodes")
+    return results
+
+
+def _reason(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, UaStatusCodeError):
+        return f"{ua.StatusCode(UInt32(exc.code)).name}"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _status(dv: ua.DataValue) -> ua.StatusCode:
+    # An omitted StatusCode means Good (OPC UA Part 4, DataValue encoding).
+    return dv.StatusCode if dv.StatusCode is not None else ua.StatusCode(UInt32(StatusCodes.Good))
+
+
+def _start_time(dv: ua.DataValue) -> float | None:
+    value = dv.Value.Value if dv.Value is not None else None
+    if not _status(dv).is_good() or not isinstance(value, datetime):
+        return None
+    posix = _posix(value)
+    return posix if posix > 0 else None  # OPC UA's null DateTime decodes to 1601
+
+
+def _max_nodes(dv: ua.DataValue) -> int:
+    value = dv.Value.Value if dv.Value is not None else None
+    if not _status(dv).is_good() or isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return max(value, 0)
