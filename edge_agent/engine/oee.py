@@ -1,0 +1,325 @@
+"""KPI maths over interval accounting (DESIGN §3). Pure: no clock, no I/O.
+
+Time of a window ``W = [start, until)`` splits into disjoint buckets:
+
+- ``planned_stop``: ``W − P`` (breaks; everything off shift) plus time in a planned state inside
+  ``P``, where ``P`` are the window's planned intervals (window minus breaks);
+- planned production time ``PPT = (W ∩ P) − planned-state time``, itself split into
+  ``unknown = (unknown timeline ∪ state unknown) ∩ PPT``, ``run = running ∩ PPT − unknown`` and one
+  loss bucket per non-planned state (idle, fault, changeover, starved, blocked), known time only.
+
+A state that is neither planned, running nor a loss category counts as unknown.
+Precedence follows from the set operations: a break beats any state (a fault during a break
+costs nothing), a planned state beats unknown and losses, unknown beats any machine state.
+So ``run + losses + planned_stop + unknown == elapsed`` for every window.
+
+Two implementations of the same definitions: :func:`account` applies them literally to whole
+timelines (the reference, used to recompute and to test), :class:`Accounting` folds them piece by
+piece so that the live engine's cost and persisted state do not grow with the number of events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent.config.schema import MachineState
+from edge_agent.engine.intervals import Interval, clip, intersect, normalize, subtract, total, union
+
+LOSS_STATES: tuple[MachineState, ...] = (
+    MachineState.IDLE,
+    MachineState.FAULT,
+    MachineState.CHANGEOVER,
+    MachineState.STARVED,
+    MachineState.BLOCKED,
+)
+
+LOW_DATA_COVERAGE = 0.9
+
+# Bucket indices of Accounting's sums.
+_PLANNED_STOP, _UNKNOWN, _RUN, _IDLE, _FAULT, _CHANGEOVER, _STARVED, _BLOCKED = range(8)
+_STATE_INDEX: dict[MachineState, int] = {
+    MachineState.RUNNING: _RUN,
+    MachineState.IDLE: _IDLE,
+    MachineState.FAULT: _FAULT,
+    MachineState.CHANGEOVER: _CHANGEOVER,
+    MachineState.STARVED: _STARVED,
+    MachineState.BLOCKED: _BLOCKED,
+    MachineState.UNKNOWN: _UNKNOWN,
+}
+_BUCKET_NAMES = (
+    "planned_stop",
+    "unknown",
+    "run",
+    "idle",
+    "fault",
+    "changeover",
+    "starved",
+    "blocked",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimeBuckets:
+    """Disjoint time buckets of one window, in seconds; they add up to ``elapsed_s``."""
+
+    elapsed_s: float
+    planned_stop_s: float
+    unknown_s: float
+    run_s: float
+    idle_s: float = 0.0
+    fault_s: float = 0.0
+    changeover_s: float = 0.0
+    starved_s: float = 0.0
+    blocked_s: float = 0.0
+
+    @property
+    def loss_s(self) -> dict[str, float]:
+        return {
+            "idle": self.idle_s,
+            "fault": self.fault_s,
+            "changeover": self.changeover_s,
+            "starved": self.starved_s,
+            "blocked": self.blocked_s,
+        }
+
+    @property
+    def planned_s(self) -> float:
+        """Planned production time (PBT): unknown time included."""
+        return self.run_s + sum(self.loss_s.values()) + self.unknown_s
+
+    @property
+    def known_s(self) -> float:
+        """Planned production time with data: the denominator of availability."""
+        return self.run_s + sum(self.loss_s.values())
+
+
+def account(
+    start: float,
+    until: float,
+    planned: Iterable[Interval],
+    *,
+    segments: Iterable[tuple[MachineState, float, float]],
+    unknown: Iterable[Interval],
+    planned_states: frozenset[MachineState],
+) -> TimeBuckets:
+    """The buckets of window ``[start, until)`` by the definitions, with interval arithmetic.
+
+    ``planned``: the window's planned intervals; ``segments``: ``(state, start, end)`` of the
+    machine state (time covered by no segment counts as unknown); ``unknown``: intervals without
+    data (source down, bad quality).
+    """
+    window = [(start, until)] if until > start else []
+    plan = clip(normalize(planned), start, until)
+    by_state: dict[MachineState, list[Interval]] = {}
+    for state, s, e in segments:
+        by_state.setdefault(state, []).append((s, e))
+    states = {k: clip(normalize(v), start, until) for k, v in by_state.items()}
+    in_planned_state = union(*(v for k, v in states.items() if k in planned_states))
+    ppt = subtract(plan, in_planned_state)
+    covered = union(*states.values())
+    # A state that is neither planned, running nor a loss category (``unknown``, or
+    # ``planned_stop`` configured as unplanned) carries no usable information: unknown.
+    unclassified = union(
+        *(
+            v
+            for k, v in states.items()
+            if k not in planned_states and k is not MachineState.RUNNING and k not in LOSS_STATES
+        )
+    )
+    no_data = union(unknown, unclassified, subtract(window, covered))
+    unk = intersect(no_data, ppt)
+    known = subtract(ppt, unk)
+
+    def known_in(state: MachineState) -> float:
+        if state in planned_states:
+            return 0.0
+        return total(intersect(states.get(state, []), known))
+
+    return TimeBuckets(
+        elapsed_s=max(until - start, 0.0),
+        planned_stop_s=total(subtract(window, plan)) + total(intersect(plan, in_planned_state)),
+        unknown_s=total(unk),
+        run_s=known_in(MachineState.RUNNING),
+        idle_s=known_in(MachineState.IDLE),
+        fault_s=known_in(MachineState.FAULT),
+        changeover_s=known_in(MachineState.CHANGEOVER),
+        starved_s=known_in(MachineState.STARVED),
+        blocked_s=known_in(MachineState.BLOCKED),
+    )
+
+
+class Accounting:
+    """Incremental form of :func:`account` for one window.
+
+    The engine feeds it consecutive *pieces* ``[a, b)`` in which the state and the unknown flag are
+    constant, covering the window without gaps or overlaps. Each piece is split by the planned
+    intervals (interval intersection) and lands in exactly one bucket, so the sums are the
+    interval-arithmetic result, not a sum of event durations.
+    """
+
+    __slots__ = ("_planned_states", "_sums", "end", "planned", "start")
+
+    def __init__(
+        self,
+        start: float,
+        end: float,
+        planned: Sequence[Interval],
+        planned_states: frozenset[MachineState],
+    ) -> None:
+        self.start = start
+        self.end = end
+        self.planned: list[Interval] = clip(normalize(planned), start, end)
+        self._planned_states = planned_states
+        self._sums = [0.0] * len(_BUCKET_NAMES)
+
+    def _split(
+        self, a: float, b: float, state: MachineState, unknown: bool
+    ) -> tuple[int, float, float]:
+        in_plan = 0.0
+        for ps, pe in self.planned:
+            if pe <= a:
+                continue
+            if ps >= b:
+                break
+            in_plan += min(b, pe) - max(a, ps)
+        if state in self._planned_states:
+            idx = _PLANNED_STOP
+        elif unknown:
+            idx = _UNKNOWN
+        else:
+            idx = _STATE_INDEX.get(state, _UNKNOWN)
+        return idx, in_plan, (b - a) - in_plan
+
+    def add(self, a: float, b: float, state: MachineState, unknown: bool) -> None:
+        """Account piece ``[a, b)`` spent in ``state`` (``unknown``: no data during it)."""
+        if b <= a:
+            return
+        idx, in_plan, outside = self._split(a, b, state, unknown)
+        self._sums[idx] += in_plan
+        self._sums[_PLANNED_STOP] += outside
+
+    def buckets(
+        self, until: float, open_piece: tuple[float, MachineState, bool] | None = None
+    ) -> TimeBuckets:
+        """The buckets up to ``until``; ``open_piece`` = ``(since, state, unknown)`` is the piece
+        still in progress, counted up to ``until`` without being recorded."""
+        sums = list(self._sums)
+        if open_piece is not None and until > open_piece[0]:
+            idx, in_plan, outside = self._split(open_piece[0], until, open_piece[1], open_piece[2])
+            sums[idx] += in_plan
+            sums[_PLANNED_STOP] += outside
+        return TimeBuckets(
+            elapsed_s=max(until - self.start, 0.0),
+            planned_stop_s=sums[_PLANNED_STOP],
+            unknown_s=sums[_UNKNOWN],
+            run_s=sums[_RUN],
+            idle_s=sums[_IDLE],
+            fault_s=sums[_FAULT],
+            changeover_s=sums[_CHANGEOVER],
+            starved_s=sums[_STARVED],
+            blocked_s=sums[_BLOCKED],
+        )
+
+    def folded(self, until: float, open_piece: tuple[float, MachineState, bool]) -> Accounting:
+        """A copy with the open piece ``[since, until)`` recorded (for persistence)."""
+        acc = Accounting(self.start, self.end, self.planned, self._planned_states)
+        acc._sums = list(self._sums)
+        acc.add(open_piece[0], until, open_piece[1], open_piece[2])
+        return acc
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "start": self.start,
+            "end": self.end,
+            "planned": [list(iv) for iv in self.planned],
+            "sums": dict(zip(_BUCKET_NAMES, self._sums, strict=True)),
+        }
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any], planned_states: frozenset[MachineState]) -> Accounting:
+        acc = cls(
+            float(d["start"]),
+            float(d["end"]),
+            [(float(s), float(e)) for s, e in d["planned"]],
+            planned_states,
+        )
+        sums = d["sums"]
+        acc._sums = [float(sums.get(name, 0.0)) for name in _BUCKET_NAMES]
+        return acc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Kpis:
+    """Ratios are ``None`` when their denominator is zero (JSON ``null``), never NaN."""
+
+    availability: float | None
+    performance: float | None
+    quality: float | None
+    oee: float | None
+    throughput_good_per_h: float | None
+    throughput_total_per_h: float | None
+    data_coverage: float | None
+    warnings: frozenset[str]
+
+
+# Time denominators below a microsecond are zero: float residue of interval sums must not turn
+# into an infinite performance.
+_MIN_TIME_S = 1e-6
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den > 0 else None
+
+
+def _time_ratio(num: float, den_s: float) -> float | None:
+    return num / den_s if den_s >= _MIN_TIME_S else None
+
+
+def compute_kpis(
+    buckets: TimeBuckets,
+    *,
+    total_count: int,
+    good_count: int,
+    ideal_cycle_time_s: float,
+    ratios: bool = True,
+) -> Kpis:
+    """The KPIs of one window.
+
+    availability = run / (planned − unknown); performance = ideal × total / run, not clamped
+    (above 1.0 adds ``performance_above_ideal``); quality = good / total; OEE = A × P × Q, computed
+    as good × ideal / (planned − unknown), which is the same product and stays defined (0) when the
+    line ran without making a part; it is ``None`` without run time. Throughput is per hour of
+    elapsed window time. ``ratios=False`` (off shift) makes all ratios ``None``.
+    """
+    warnings: set[str] = set()
+    known_s = buckets.known_s
+    coverage = _time_ratio(known_s, buckets.planned_s)
+    if not ratios:
+        availability = performance = quality = oee = coverage = None
+    else:
+        availability = _time_ratio(buckets.run_s, known_s)
+        performance = _time_ratio(ideal_cycle_time_s * total_count, buckets.run_s)
+        quality = _ratio(good_count, total_count)
+        # Defined exactly when availability and performance are.
+        oee = (
+            good_count * ideal_cycle_time_s / known_s
+            if availability is not None and performance is not None
+            else None
+        )
+        if performance is not None and performance > 1.0:
+            warnings.add("performance_above_ideal")
+        if coverage is not None and coverage < LOW_DATA_COVERAGE:
+            warnings.add("low_data_coverage")
+    hours = buckets.elapsed_s / 3600.0
+    return Kpis(
+        availability=availability,
+        performance=performance,
+        quality=quality,
+        oee=oee,
+        throughput_good_per_h=_time_ratio(good_count, hours),
+        throughput_total_per_h=_time_ratio(total_count, hours),
+        data_coverage=coverage,
+        warnings=frozenset(warnings),
+    )

@@ -1,0 +1,107 @@
+"""Payloads of the ``kpi``, ``kpi/shift`` and ``state`` messages (DESIGN §4; **contract**).
+
+JSON Schemas: ``docs/schemas/kpi.schema.json`` and ``docs/schemas/state.schema.json``. The
+sink adds ``seq``. Times become ISO 8601 with the line's UTC offset here and only here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from edge_agent.config.schema import MachineState
+from edge_agent.engine.oee import Kpis, TimeBuckets
+from edge_agent.engine.shifts import Window
+
+KPI_SCHEMA = "edge-agent/kpi/1"
+STATE_SCHEMA = "edge-agent/state/1"
+
+
+def iso(t: float, tz: ZoneInfo, timespec: str = "milliseconds") -> str:
+    """``t`` (POSIX seconds) as ISO 8601 with the offset of ``tz`` at that moment."""
+    return datetime.fromtimestamp(t, tz).isoformat(timespec=timespec)
+
+
+def convention(planned_states: Iterable[MachineState]) -> str:
+    """Names the loss convention: which states are planned (excluded from planned time)."""
+    return "iso22400:planned=" + "+".join(sorted(str(s) for s in planned_states))
+
+
+def _r(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def kpi_payload(
+    *,
+    site: str,
+    line: str,
+    tz: ZoneInfo,
+    window: Window,
+    now: float,
+    state: MachineState,
+    planned_states: Iterable[MachineState],
+    ideal_cycle_time_s: float,
+    buckets: TimeBuckets,
+    kpis: Kpis,
+    total_count: int,
+    good_count: int,
+    reject_count: int,
+    flags: Iterable[str],
+) -> dict[str, Any]:
+    """The ``kpi`` / ``kpi/shift`` payload (without ``seq``). Ratios: 6 decimals; seconds: 3."""
+    return {
+        "schema": KPI_SCHEMA,
+        "site": site,
+        "line": line,
+        "window": {
+            "kind": window.kind,
+            "name": window.name,
+            "start": iso(window.start, tz, "seconds"),
+            "end": iso(window.end, tz, "seconds"),
+        },
+        "ts": iso(now, tz),
+        "state": str(state),
+        "convention": convention(planned_states),
+        "availability": _r(kpis.availability, 6),
+        "performance": _r(kpis.performance, 6),
+        "quality": _r(kpis.quality, 6),
+        "oee": _r(kpis.oee, 6),
+        "total_count": total_count,
+        "good_count": good_count,
+        "reject_count": reject_count,
+        "throughput_good_per_h": _r(kpis.throughput_good_per_h, 3),
+        "throughput_total_per_h": _r(kpis.throughput_total_per_h, 3),
+        "ideal_cycle_time_s": ideal_cycle_time_s,
+        "elapsed_s": round(buckets.elapsed_s, 3),
+        "planned_time_s": round(buckets.planned_s, 3),
+        "run_time_s": round(buckets.run_s, 3),
+        "unknown_time_s": round(buckets.unknown_s, 3),
+        "planned_stop_s": round(buckets.planned_stop_s, 3),
+        "loss_time_s": {k: round(v, 3) for k, v in buckets.loss_s.items()},
+        "data_coverage": _r(kpis.data_coverage, 6),
+        "warnings": sorted(set(flags) | kpis.warnings),
+    }
+
+
+def state_payload(
+    *,
+    site: str,
+    line: str,
+    tz: ZoneInfo,
+    ts: float,
+    state: MachineState,
+    previous_state: MachineState,
+    since: float,
+) -> dict[str, Any]:
+    """The ``state`` payload (without ``seq``)."""
+    return {
+        "schema": STATE_SCHEMA,
+        "site": site,
+        "line": line,
+        "ts": iso(ts, tz),
+        "state": str(state),
+        "previous_state": str(previous_state),
+        "since": iso(since, tz),
+    }
