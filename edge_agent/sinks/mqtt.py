@@ -1,0 +1,415 @@
+"""The MQTT sink: moves messages from the durable outbox to the broker, oldest first.
+
+Delivery is at least once and in order (DESIGN §4): messages are published in outbox order over
+one connection, and a row is deleted only after the broker acknowledged it (PUBACK for QoS 1).
+A connection that breaks mid-way leaves the unacknowledged rows in the outbox; the next
+:meth:`MqttSink.run` sends them again, so subscribers may see a message twice and de-duplicate by
+``(line, seq)``.
+
+One connection per :meth:`MqttSink.run` call. ``run`` raises :class:`SinkError` when the
+connection cannot be made or is lost; the supervisor owns reconnecting and backoff, and the
+library's own reconnect is off.
+
+Presence: ``{topic_prefix}/{site}/status`` carries a retained ``online`` published on every
+connect; the last will (retained, QoS 1) says ``offline`` when the connection dies without a
+DISCONNECT, and :meth:`MqttSink.close` publishes ``offline`` itself before disconnecting.
+
+Only this module imports aiomqtt / paho.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent.config.schema import MqttConfig, MqttProtocol
+from edge_agent.errors import BrokerRefusedError, SinkError
+from edge_agent.sinks.outbox import Outbox, StoredMessage
+
+log = logging.getLogger(__name__)
+
+STATUS_SCHEMA = "edge-agent/status/1"
+DEFAULT_WINDOW = 100  # publishes in flight at once; far below paho's 65,535 message ids
+
+
+def status_payload(site: str, status: Literal["online", "offline"], ts: float) -> bytes:
+    """The retained presence payload (``docs/schemas/status.schema.json``)."""
+    doc = {"schema": STATUS_SCHEMA, "site": site, "status": status, "ts": _iso(ts)}
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def build_tls_context(
+    ca_file: str | None, cert_file: str | None, key_file: str | None, *, insecure: bool
+) -> ssl.SSLContext:
+    """A client TLS context: TLS 1.2 or newer, the server certificate verified against
+    ``ca_file`` (or the system trust store), an optional client certificate, and the host name
+    checked unless ``insecure`` (the certificate chain is verified even then)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file is not None:
+        ctx.load_cert_chain(cert_file, key_file)
+    if insecure:
+        ctx.check_hostname = False
+    return ctx
+
+
+class MqttSink:
+    """Publishes the outbox to an MQTT broker (see the module docstring for the contract).
+
+    Used from the event loop thread only, like the :class:`Outbox` it reads. ``window`` bounds
+    the publishes in flight: that many are handed to the client in outbox order (paho writes
+    them in call order), and their rows are deleted in one transaction once all their PUBACKs
+    arrived.
+    """
+
+    def __init__(
+        self, cfg: MqttConfig, *, site: str, outbox: Outbox, window: int = DEFAULT_WINDOW
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self._cfg = cfg
+        self._site = site
+        self._outbox = outbox
+        self._window = window
+        self._wake = asyncio.Event()  # set by notify(), close() and a lost connection
+        self._closing = False
+        self._close_deadline = 0.0  # loop time
+        self._running = False
+        self._run_done = asyncio.Event()
+        self._connected = False
+        self._published_total = 0
+        self._last_error: str | None = None
+        self.status_topic = f"{cfg.topic_prefix}/{site}/status"
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while a broker connection is up (CONNACK received, not yet lost or closed)."""
+        return self._connected
+
+    @property
+    def published_total(self) -> int:
+        """Messages the broker acknowledged (and that were deleted from the outbox) so far."""
+        return self._published_total
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last :meth:`run` failed; ``None`` until one did."""
+        return self._last_error
+
+    def topic(self, line: str, topic_suffix: str) -> str:
+        """The full topic of a line's message: ``{topic_prefix}/{site}/{line}/{topic_suffix}``."""
+        return f"{self._cfg.topic_prefix}/{self._site}/{line}/{topic_suffix}"
+
+    def notify(self) -> None:
+        """Tell the sink that the outbox has new messages. Cheap; call after every append."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Connect, announce ``online``, then publish the outbox until :meth:`close`.
+
+        Returns only after :meth:`close` (at once if close was already called). Raises
+        :class:`BrokerRefusedError` when the broker refuses the connection (bad credentials,
+        not authorised, TLS failure), :class:`SinkError` when it cannot be reached, stops
+        answering within ``timeout_s``, or the connection is lost. Unacknowledged messages stay
+        in the outbox either way. On cancellation the connection is dropped without DISCONNECT,
+        so the broker publishes the last will (``offline``).
+        """
+        if self._closing:
+            return
+        if self._running:
+            raise RuntimeError("MqttSink.run() is already running")
+        self._running = True
+        self._run_done.clear()
+        try:
+            await self._run_connection()
+        except SinkError as exc:
+            self._last_error = str(exc)
+            raise
+        finally:
+            self._connected = False
+            self._running = False
+            self._run_done.set()
+
+    async def close(self, timeout_s: float) -> None:
+        """Drain and close: used at shutdown while :meth:`run` is active.
+
+        Publishing continues until the outbox is empty or ``timeout_s`` passed; then ``offline``
+        is published (retained) and the connection closed with DISCONNECT, and :meth:`run`
+        returns. Whatever is left stays in the outbox for the next start. Returns at once when
+        no :meth:`run` is active; after ``close`` any :meth:`run` returns immediately. Raises
+        :class:`SinkError` if ``run`` has not finished within the drain time plus the network
+        deadlines.
+        """
+        loop = asyncio.get_running_loop()
+        self._closing = True
+        self._close_deadline = loop.time() + max(0.0, timeout_s)
+        self._wake.set()
+        if not self._running:
+            return
+        # Drain time, then at worst one batch, the offline publish and the DISCONNECT.
+        guard_s = max(0.0, timeout_s) + 3 * self._cfg.timeout_s + 1.0
+        try:
+            async with asyncio.timeout(guard_s):
+                await self._run_done.wait()
+        except TimeoutError as exc:
+            raise SinkError(f"broker link did not close within {guard_s:.1f} s") from exc
+
+    # -- one connection -----------------------------------------------------------------------
+
+    @property
+    def _where(self) -> str:
+        return f"{self._cfg.host}:{self._cfg.port}"
+
+    def _make_client(self) -> aiomqtt.Client:
+        cfg = self._cfg
+        password: str | None = None
+        if cfg.password_file is not None:
+            if cfg.username is None:
+                raise SinkError("mqtt.password_file is set but mqtt.username is not")
+            try:
+                # Read on every connect, so a rotated credential is picked up on reconnect.
+                password = Path(cfg.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise SinkError(
+                    f"cannot read mqtt.password_file {cfg.password_file}: {exc}"
+                ) from exc
+        tls_context: ssl.SSLContext | None = None
+        if cfg.tls is not None:
+            try:
+                tls_context = build_tls_context(
+                    cfg.tls.ca_file, cfg.tls.cert_file, cfg.tls.key_file, insecure=cfg.tls.insecure
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise SinkError(f"cannot load the mqtt TLS files: {exc}") from exc
+        protocol = (
+            aiomqtt.ProtocolVersion.V5
+            if cfg.protocol is MqttProtocol.V5
+            else aiomqtt.ProtocolVersion.V311
+        )
+        will = aiomqtt.Will(
+            topic=self.status_topic,
+            # The will's ts is the time of this connect: the broker sends it unchanged later.
+            payload=status_payload(self._site, "offline", time.time()),
+            qos=1,
+            retain=True,
+        )
+        client = aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=password,
+            identifier=cfg.client_id or f"edge-agent-{self._site}",
+            protocol=protocol,
+            will=will,
+            timeout=cfg.timeout_s,
+            keepalive=max(1, round(cfg.keepalive_s)),
+            max_inflight_messages=self._window,
+            tls_context=tls_context,
+        )
+        # aiomqtt warns above 10 pending calls; a full window is normal here.
+        client.pending_calls_threshold = self._window + 2
+        return client
+
+    async def _run_connection(self) -> None:
+        client = self._make_client()
+        lost: asyncio.Task[str] | None = None
+        clean = False
+        try:
+            await self._connect(client)
+            self._connected = True
+            log.info("connected to broker %s", self._where)
+            lost = asyncio.ensure_future(self._wait_lost(client))
+            lost.add_done_callback(self._on_lost)
+            await self._publish_status(client, "online", lost)
+            await self._pump(client, lost)
+            await self._publish_status(client, "offline", lost)
+            await self._stop_watching(lost)
+            await self._disconnect(client)
+            clean = True
+            log.info("broker link closed, %d message(s) left in the outbox", self._outbox.depth())
+        finally:
+            if lost is not None:
+                await self._stop_watching(lost)
+            if not clean:
+                # No DISCONNECT: the broker publishes the last will (offline) for us.
+                _drop(client)
+
+    async def _connect(self, client: aiomqtt.Client) -> None:
+        cfg = self._cfg
+        # paho connects in an executor thread, bounded by its own connect timeout; the CONNACK
+        # wait is bounded by the client timeout. The outer deadline is a backstop for both.
+        client._client.connect_timeout = cfg.timeout_s
+        try:
+            async with asyncio.timeout(2 * cfg.timeout_s + 1.0):
+                await client.__aenter__()
+        except MqttConnectError as exc:
+            raise BrokerRefusedError(
+                f"broker {self._where} refused the connection: {_reason(exc)}"
+            ) from None
+        except aiomqtt.MqttError as exc:
+            if isinstance(exc.__context__, ssl.SSLError):
+                raise BrokerRefusedError(
+                    f"TLS with broker {self._where} failed: {exc.__context__}"
+                ) from None
+            if str(exc) == "Operation timed out":  # aiomqtt's CONNACK deadline
+                raise SinkError(
+                    f"broker {self._where} did not answer CONNECT within {cfg.timeout_s} s"
+                    " (it may have closed the connection: see the log above)"
+                ) from None
+            raise SinkError(f"cannot connect to broker {self._where}: {exc}") from None
+        except TimeoutError:
+            raise SinkError(
+                f"cannot connect to broker {self._where}: no answer within {cfg.timeout_s} s"
+            ) from None
+
+    async def _wait_lost(self, client: aiomqtt.Client) -> str:
+        """Complete when the connection is gone, with the reason. The sink subscribes to
+        nothing, so the message iterator only ever ends with the disconnect."""
+        try:
+            async for _ in client.messages:
+                pass
+        except aiomqtt.MqttError as exc:
+            return str(exc.__cause__ or exc)
+        return "connection closed"
+
+    def _on_lost(self, task: asyncio.Task[str]) -> None:
+        if not task.cancelled():
+            self._connected = False
+            self._wake.set()
+
+    async def _stop_watching(self, lost: asyncio.Task[str]) -> None:
+        if not lost.done():
+            lost.cancel()
+            # asyncio.wait does not raise the task's cancellation, only our own.
+            await asyncio.wait([lost])
+
+    def _check(self, lost: asyncio.Task[str]) -> None:
+        if lost.done() and not lost.cancelled():
+            raise SinkError(f"connection to broker {self._where} lost: {lost.result()}")
+
+    async def _publish_status(
+        self, client: aiomqtt.Client, status: Literal["online", "offline"], lost: asyncio.Task[str]
+    ) -> None:
+        self._check(lost)
+        payload = status_payload(self._site, status, time.time())
+        try:
+            async with asyncio.timeout(self._cfg.timeout_s + 1.0):
+                await client.publish(
+                    self.status_topic, payload, qos=1, retain=True, timeout=self._cfg.timeout_s
+                )
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            self._check(lost)
+            reason = str(exc) or "timeout"
+            raise SinkError(
+                f"broker {self._where} did not acknowledge the status message: {reason}"
+            ) from None
+
+    async def _pump(self, client: aiomqtt.Client, lost: asyncio.Task[str]) -> None:
+        """Publish the outbox until it is empty and close() was called (or its time is up)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._check(lost)
+            # Clear before reading: a notify() after this point wakes the wait below.
+            self._wake.clear()
+            batch = self._outbox.peek(self._window)
+            if not batch:
+                if self._closing:
+                    return
+                await self._wake.wait()
+                continue
+            if self._closing and loop.time() >= self._close_deadline:
+                log.warning(
+                    "drain time is up with %d message(s) still in the outbox",
+                    self._outbox.depth(),
+                )
+                return
+            await self._publish_batch(client, batch, lost)
+
+    async def _publish_batch(
+        self, client: aiomqtt.Client, batch: list[StoredMessage], lost: asyncio.Task[str]
+    ) -> None:
+        timeout_s = self._cfg.timeout_s
+        # Tasks start in creation order and each calls paho's publish() before its first await,
+        # so the messages go on the wire in outbox order.
+        tasks = [
+            asyncio.ensure_future(
+                client.publish(
+                    self.topic(m.line, m.topic_suffix),
+                    m.payload,
+                    qos=m.qos,
+                    retain=m.retain,
+                    timeout=timeout_s,
+                )
+            )
+            for m in batch
+        ]
+        try:
+            all_done = asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                async with asyncio.timeout(timeout_s + 1.0):
+                    waiters: list[asyncio.Future[Any]] = [all_done, lost]
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            except TimeoutError:
+                pass  # judged below, task by task
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.wait(tasks)
+        acked = 0
+        error: BaseException | None = None
+        for t in tasks:
+            if t.cancelled():
+                break
+            error = t.exception()
+            if error is not None:
+                break
+            acked += 1
+        if acked:
+            # Only a prefix: a row is deleted only once it and everything before it is acked.
+            self._outbox.ack([m.id for m in batch[:acked]])
+            self._published_total += acked
+        if acked < len(batch):
+            self._check(lost)
+            reason = str(error) if error is not None else f"no PUBACK within {timeout_s} s"
+            raise SinkError(f"publishing to broker {self._where} failed: {reason}")
+
+    async def _disconnect(self, client: aiomqtt.Client) -> None:
+        try:
+            async with asyncio.timeout(self._cfg.timeout_s + 1.0):
+                await client.__aexit__(None, None, None)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            raise SinkError(
+                f"broker {self._where} did not confirm the disconnect: {str(exc) or 'timeout'}"
+            ) from None
+
+
+def _reason(exc: MqttConnectError) -> str:
+    rc = exc.rc
+    if isinstance(rc, ReasonCode):
+        return f"{rc} (reason code {rc.value})"
+    return str(exc)
+
+
+def _drop(client: aiomqtt.Client) -> None:
+    """Close the socket without DISCONNECT (so the broker publishes the last will).
+
+    aiomqtt has no public call for this; paho's ``_sock_close`` closes the socket and runs the
+    socket callbacks that unregister it from the event loop. A no-op when already closed.
+    """
+    client._client._sock_close()

@@ -1,0 +1,402 @@
+"""The MQTT sink against a real Mosquitto on loopback (DESIGN §4)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import jsonschema
+import pytest
+from helpers.aio import until
+from helpers.mosquitto import Mosquitto, MosquittoFactory, make_password_file
+from helpers.subscriber import Received, Subscriber
+from helpers.tls import Pki, make_pki
+
+from edge_agent.config.schema import MqttConfig, MqttProtocol, TlsConfig
+from edge_agent.errors import BrokerRefusedError, SinkError
+from edge_agent.model import OutMessage
+from edge_agent.sinks.mqtt import MqttSink
+from edge_agent.sinks.outbox import Outbox
+
+SITE = "plant1"
+PREFIX = "edge-agent"
+STATUS = f"{PREFIX}/{SITE}/status"
+HELPERS = Path(__file__).resolve().parent.parent / "helpers"
+
+
+def config(broker: Mosquitto, **overrides: object) -> MqttConfig:
+    values: dict[str, object] = {
+        "host": broker.host,
+        "port": broker.port,
+        "timeout_s": 2.0,
+        "keepalive_s": 5.0,
+    }
+    values.update(overrides)
+    return MqttConfig(**values)  # type: ignore[arg-type]
+
+
+def msg(line: str, suffix: str, n: int) -> OutMessage:
+    return OutMessage(
+        line=line,
+        topic_suffix=suffix,
+        payload={"schema": "test/1", "site": SITE, "line": line, "n": n},
+        retain=suffix != "kpi/shift",
+    )
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    box = Outbox(tmp_path / "state" / "outbox.sqlite")
+    yield box
+    box.close()
+
+
+@asynccontextmanager
+async def running(
+    sink: MqttSink, close_timeout_s: float = 5.0
+) -> AsyncIterator[asyncio.Task[None]]:
+    """Run the sink as the supervisor would; on exit close it (if it still runs) and reap it."""
+    task = asyncio.create_task(sink.run(), name="mqtt-sink")
+    try:
+        yield task
+    finally:
+        if not task.done():
+            await sink.close(close_timeout_s)
+        await asyncio.wait([task], timeout=15.0)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved: a test that cares awaited it already
+
+
+STATUS_SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "docs" / "schemas" / "status.schema.json").read_text()
+)
+
+
+def status_of(r: Received) -> str:
+    doc = r.json()
+    jsonschema.validate(doc, STATUS_SCHEMA)
+    assert doc["site"] == SITE
+    assert isinstance(doc["ts"], str) and doc["ts"].endswith("+00:00")
+    return str(doc["status"])
+
+
+async def retained(broker: Mosquitto, topic_filter: str, n: int) -> list[Received]:
+    """What a fresh subscriber gets: the retained messages (``n`` of them expected)."""
+    async with Subscriber(broker.host, broker.port, topic_filter) as sub:
+        return await sub.collect(n, 5.0)
+
+
+async def test_online_retained_on_connect_and_offline_on_close(
+    mosquitto: Mosquitto, outbox: Outbox
+) -> None:
+    sink = MqttSink(config(mosquitto), site=SITE, outbox=outbox)
+    async with Subscriber(mosquitto.host, mosquitto.port, STATUS) as live:
+        async with running(sink) as task:
+            first = await live.collect(1)
+            assert status_of(first[0]) == "online"
+            (fresh,) = await retained(mosquitto, STATUS, 1)
+            assert fresh.retain
+            assert status_of(fresh) == "online"
+            assert sink.connected
+            await sink.close(5.0)
+            await asyncio.wait_for(task, 5.0)  # run() returns after close()
+        assert not sink.connected
+        assert [status_of(r) for r in await live.collect(2)] == ["online", "offline"]
+    (fresh,) = await retained(mosquitto, STATUS, 1)
+    assert fresh.retain
+    assert status_of(fresh) == "offline"
+    # After close(), a restart by the supervisor is a no-op.
+    await asyncio.wait_for(sink.run(), 1.0)
+
+
+@pytest.mark.parametrize("protocol", [MqttProtocol.V311, MqttProtocol.V5])
+async def test_messages_arrive_in_order_with_topics_retain_qos_and_seq(
+    mosquitto: Mosquitto, outbox: Outbox, protocol: MqttProtocol
+) -> None:
+    sink = MqttSink(config(mosquitto, protocol=protocol), site=SITE, outbox=outbox, window=32)
+    # Appended before and after the sink starts: both paths (backlog, notify) are exercised.
+    first = [msg(f"l{i % 2}", ("kpi", "state", "kpi/shift")[i % 3], i) for i in range(150)]
+    second = [msg(f"l{i % 2}", ("kpi", "state", "kpi/shift")[i % 3], i) for i in range(150, 250)]
+    expected = [*first, *second]
+    async with Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/{SITE}/+/#") as sub:
+        seqs = outbox.append(first)
+        async with running(sink):
+            await sub.collect(1 + len(first), 10.0)  # with the status
+            seqs += outbox.append(second)
+            sink.notify()
+            got = await sub.collect(1 + len(expected), 10.0)
+            await until(lambda: sink.published_total == len(expected), 5.0)
+        assert outbox.depth() == 0
+    assert got[0].topic == STATUS  # online comes before any report
+    got = got[1:]
+
+    assert [r.topic for r in got] == [
+        f"{PREFIX}/{SITE}/{m.line}/{m.topic_suffix}" for m in expected
+    ]
+    docs = [r.json() for r in got]
+    assert [d["n"] for d in docs] == list(range(len(expected)))
+    assert [d["seq"] for d in docs] == seqs
+    assert all(r.qos == 1 for r in got)
+    for line in ("l0", "l1"):
+        line_seqs = [d["seq"] for d in docs if d["line"] == line]
+        assert line_seqs == list(range(line_seqs[0], line_seqs[0] + len(line_seqs)))
+
+    # Retain flags: a fresh subscriber gets the last kpi and state of each line and the
+    # status, never a kpi/shift.
+    fresh = await retained(mosquitto, f"{PREFIX}/{SITE}/#", 5)
+    assert all(r.retain for r in fresh)
+    by_topic = {r.topic: r.json() for r in fresh}
+    assert set(by_topic) == {
+        STATUS,
+        *(f"{PREFIX}/{SITE}/{line}/{s}" for line in ("l0", "l1") for s in ("kpi", "state")),
+    }
+    last_l0_kpi = max(
+        i for i, m in enumerate(expected) if (m.line, m.topic_suffix) == ("l0", "kpi")
+    )
+    assert by_topic[f"{PREFIX}/{SITE}/l0/kpi"]["n"] == last_l0_kpi
+
+
+async def test_rows_stay_until_puback_and_arrive_after_an_outage(
+    mosquitto: Mosquitto, outbox: Outbox
+) -> None:
+    sink = MqttSink(config(mosquitto, timeout_s=1.0), site=SITE, outbox=outbox)
+    async with running(sink) as task:
+        await until(lambda: sink.connected, 5.0)
+        async with Subscriber(mosquitto.host, mosquitto.port, STATUS) as sub:
+            await sub.collect(1)  # online is through: the sink is in its publish loop
+        mosquitto.pause()  # the connection stays up, but no PUBACK will come
+        seqs = outbox.append([msg("l1", "kpi/shift", i) for i in range(20)])
+        sink.notify()
+        with pytest.raises(SinkError, match=r"PUBACK|timed out"):
+            await asyncio.wait_for(task, 10.0)
+    assert outbox.depth() == 20
+    assert sink.published_total == 0
+    assert sink.last_error is not None
+
+    # The frozen broker is gone for good (anything it had is lost), a new one takes its port.
+    mosquitto.stop()
+    with pytest.raises(SinkError, match="cannot connect"):
+        await asyncio.wait_for(sink.run(), 10.0)
+    assert outbox.depth() == 20
+    mosquitto.start()
+
+    async with (
+        Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/{SITE}/l1/#") as sub,
+        running(sink),  # the supervisor's restart
+    ):
+        got = await sub.collect(20, 10.0)
+        await until(lambda: outbox.depth() == 0, 5.0)
+    assert [r.json()["seq"] for r in got] == seqs
+    assert seqs == list(range(seqs[0], seqs[0] + 20))
+    assert sink.published_total == 20
+
+
+async def test_connection_loss_while_idle_fails_run_promptly(
+    mosquitto: Mosquitto, outbox: Outbox
+) -> None:
+    sink = MqttSink(config(mosquitto, timeout_s=5.0, keepalive_s=60.0), site=SITE, outbox=outbox)
+    async with running(sink) as task:
+        async with Subscriber(mosquitto.host, mosquitto.port, STATUS) as sub:
+            await sub.collect(1)
+        mosquitto.stop()
+        # Well under both the keepalive and the network timeout: the loss itself wakes run().
+        with pytest.raises(SinkError, match="lost"):
+            await asyncio.wait_for(task, 3.0)
+        assert not sink.connected
+
+
+async def test_last_will_offline_when_the_agent_dies(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    async with Subscriber(mosquitto.host, mosquitto.port, STATUS) as sub:
+        # A plain Popen: it returns at once, and the child is killed and reaped below.
+        proc = subprocess.Popen(  # noqa: ASYNC220
+            [
+                sys.executable,
+                str(HELPERS / "sink_process.py"),
+                mosquitto.host,
+                str(mosquitto.port),
+                SITE,
+                str(tmp_path / "child" / "outbox.sqlite"),
+            ],
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            assert status_of((await sub.collect(1, 20.0))[0]) == "online"
+            proc.kill()  # no DISCONNECT: the kernel closes the socket, the broker sends the will
+            proc.wait(timeout=10)
+            got = await sub.collect(2, 10.0)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        assert status_of(got[1]) == "offline"
+    (fresh,) = await retained(mosquitto, STATUS, 1)
+    assert fresh.retain
+    assert status_of(fresh) == "offline"
+
+
+async def test_cancelled_run_leaves_the_will_to_say_offline(
+    mosquitto: Mosquitto, outbox: Outbox
+) -> None:
+    sink = MqttSink(config(mosquitto), site=SITE, outbox=outbox)
+    async with Subscriber(mosquitto.host, mosquitto.port, STATUS) as sub:
+        task = asyncio.create_task(sink.run())
+        assert status_of((await sub.collect(1))[0]) == "online"
+        task.cancel()
+        await asyncio.wait([task])
+        assert task.cancelled()
+        got = await sub.collect(2)
+        assert status_of(got[1]) == "offline"
+        assert not sink.connected
+
+
+async def test_close_drains_the_outbox_before_offline(mosquitto: Mosquitto, outbox: Outbox) -> None:
+    sink = MqttSink(config(mosquitto), site=SITE, outbox=outbox, window=50)
+    seqs = outbox.append([msg("l1", "kpi/shift", i) for i in range(500)])
+    async with Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/{SITE}/#") as sub:
+        async with running(sink) as task:
+            await until(lambda: sink.connected, 5.0)
+            await sink.close(10.0)
+            await asyncio.wait_for(task, 1.0)
+        got = await sub.collect(502, 10.0)
+    assert outbox.depth() == 0
+    assert status_of(got[0]) == "online"
+    assert status_of(got[-1]) == "offline"
+    assert [r.json()["seq"] for r in got[1:-1]] == seqs
+
+
+async def test_close_without_run_returns_at_once(mosquitto: Mosquitto, outbox: Outbox) -> None:
+    sink = MqttSink(config(mosquitto), site=SITE, outbox=outbox)
+    await asyncio.wait_for(sink.close(10.0), 0.5)
+    await asyncio.wait_for(sink.run(), 0.5)
+    assert not sink.connected
+
+
+async def test_refused_credentials_raise_broker_refused(
+    mosquitto_factory: MosquittoFactory, outbox: Outbox, tmp_path: Path
+) -> None:
+    passwd = make_password_file(tmp_path / "passwd", "agent", "right")
+    broker = mosquitto_factory(extra_conf=f"allow_anonymous false\npassword_file {passwd}\n")
+    seqs = outbox.append([msg("l1", "kpi", 0)])
+    wrong = tmp_path / "wrong.secret"
+    wrong.write_text("wrong\n")
+    sink = MqttSink(
+        config(broker, username="agent", password_file=str(wrong)), site=SITE, outbox=outbox
+    )
+    with pytest.raises(
+        BrokerRefusedError, match=r"refused the connection: .*(Not authorized|user name|password)"
+    ):
+        await asyncio.wait_for(sink.run(), 10.0)
+    assert "refused" in (sink.last_error or "")
+    assert [r.seq for r in outbox.peek(10)] == seqs
+
+    anonymous = MqttSink(config(broker), site=SITE, outbox=outbox)
+    with pytest.raises(BrokerRefusedError, match="refused"):
+        await asyncio.wait_for(anonymous.run(), 10.0)
+    assert outbox.depth() == 1
+
+    # The right password (trailing newline stripped) gets through and delivers.
+    right = tmp_path / "right.secret"
+    right.write_text("right\n")
+    good = MqttSink(
+        config(broker, username="agent", password_file=str(right)), site=SITE, outbox=outbox
+    )
+    async with running(good):
+        await until(lambda: outbox.depth() == 0, 10.0)
+    assert good.published_total == 1
+
+
+async def test_unreadable_password_file_is_a_sink_error(
+    mosquitto: Mosquitto, outbox: Outbox, tmp_path: Path
+) -> None:
+    sink = MqttSink(
+        config(mosquitto, username="agent", password_file=str(tmp_path / "missing")),
+        site=SITE,
+        outbox=outbox,
+    )
+    with pytest.raises(SinkError, match="password_file"):
+        await sink.run()
+
+
+async def test_seq_continues_across_outbox_reopen(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    path = tmp_path / "state" / "outbox.sqlite"
+    got: list[int] = []
+    async with Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/{SITE}/l1/#") as sub:
+        for round_ in range(2):  # two agent lifetimes on the same state directory
+            box = Outbox(path)
+            try:
+                box.append([msg("l1", "state", round_ * 10 + i) for i in range(3)])
+                sink = MqttSink(config(mosquitto), site=SITE, outbox=box)
+                async with running(sink):
+                    await until(lambda b=box: b.depth() == 0, 10.0)  # type: ignore[misc]
+            finally:
+                box.close()
+        got = [json.loads(r.payload)["seq"] for r in await sub.collect(6)]
+    assert got == list(range(got[0], got[0] + 6))
+
+
+@pytest.fixture
+def tls_broker(mosquitto_factory: MosquittoFactory, tmp_path: Path) -> tuple[Mosquitto, Pki]:
+    """Mosquitto with TLS only, requiring a client certificate from the test CA."""
+    pki = make_pki(tmp_path / "pki")
+    broker = mosquitto_factory(
+        extra_conf=(
+            f"cafile {pki.ca_cert}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
+            "require_certificate true\ntls_version tlsv1.2\n"
+        )
+    )
+    return broker, pki
+
+
+async def test_tls_with_ca_and_client_certificate(
+    tls_broker: tuple[Mosquitto, Pki], outbox: Outbox
+) -> None:
+    broker, pki = tls_broker
+    tls = TlsConfig(
+        ca_file=str(pki.ca_cert), cert_file=str(pki.client_cert), key_file=str(pki.client_key)
+    )
+    outbox.append([msg("l1", "kpi", 0)])
+    sink = MqttSink(config(broker, host="localhost", tls=tls), site=SITE, outbox=outbox)
+    async with running(sink):
+        await until(lambda: outbox.depth() == 0, 10.0)
+    assert sink.published_total == 1
+
+
+async def test_tls_checks_the_host_name_unless_insecure(
+    tls_broker: tuple[Mosquitto, Pki], outbox: Outbox
+) -> None:
+    broker, pki = tls_broker
+    tls = TlsConfig(
+        ca_file=str(pki.ca_cert), cert_file=str(pki.client_cert), key_file=str(pki.client_key)
+    )
+    # The certificate names "localhost", not "127.0.0.1".
+    sink = MqttSink(config(broker, host="127.0.0.1", tls=tls), site=SITE, outbox=outbox)
+    with pytest.raises(BrokerRefusedError, match="TLS"):
+        await asyncio.wait_for(sink.run(), 10.0)
+
+    insecure = TlsConfig(
+        ca_file=str(pki.ca_cert),
+        cert_file=str(pki.client_cert),
+        key_file=str(pki.client_key),
+        insecure=True,
+    )
+    outbox.append([msg("l1", "kpi", 0)])
+    sink = MqttSink(config(broker, host="127.0.0.1", tls=insecure), site=SITE, outbox=outbox)
+    async with running(sink):
+        await until(lambda: outbox.depth() == 0, 10.0)
+
+
+async def test_tls_rejects_an_unknown_ca(tls_broker: tuple[Mosquitto, Pki], outbox: Outbox) -> None:
+    broker, pki = tls_broker
+    # No ca_file: the system trust store, which does not know the test CA.
+    tls = TlsConfig(cert_file=str(pki.client_cert), key_file=str(pki.client_key))
+    sink = MqttSink(config(broker, host="localhost", tls=tls), site=SITE, outbox=outbox)
+    with pytest.raises(BrokerRefusedError, match=r"TLS.*certificate"):
+        await asyncio.wait_for(sink.run(), 10.0)

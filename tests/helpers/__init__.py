@@ -1,0 +1,1 @@
+"""Test helpers shared by the suites: free ports, a Mosquitto process, an MQTT subscriber."""
