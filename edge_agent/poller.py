@@ -36,6 +36,7 @@ class Poller:
         deliver: Callable[[list[Sample]], None],
         health: Health,
         metrics: Metrics,
+        on_source_restart: Callable[[], None] = lambda: None,
         monotonic: Callable[[], float] = time.monotonic,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -57,6 +58,8 @@ class Poller:
         self._m_last_good = metrics.last_good_read.labels(**labels)
         self._last_good: float | None = None
         self._transient_logged = False
+        self._on_source_restart = on_source_restart
+        self._server_start: float | None = None
 
     def _read_deadline_s(self) -> float:
         # Sources put a deadline on every request; this outer one only catches a stuck library.
@@ -80,6 +83,13 @@ class Poller:
         async with asyncio.timeout(self.cfg.timeout_s * 2):
             await self.source.connect()
         self.connected_once = True
+        # OPC UA tells us when the PLC restarted: its counters were reset, not wrapped.
+        start = getattr(self.source, "server_start_time", None)
+        if isinstance(start, float):
+            if self._server_start is not None and start != self._server_start:
+                log.warning("source '%s' restarted since the last connection", self.cfg.name)
+                self._on_source_restart()
+            self._server_start = start
         interval = self.cfg.poll_interval_s
         next_tick = self._monotonic()
         while True:

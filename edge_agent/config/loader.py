@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import time
 from enum import StrEnum
 from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -805,6 +806,16 @@ def _endpoint(ctx: _Ctx, node: Node, path: str) -> Any:
     if isinstance(value, str) and not value.startswith("opc.tcp://"):
         ctx.add(node, path, f"must be an opc.tcp:// URL, got {value!r}")
         return INVALID
+    if isinstance(value, str):
+        # The OPC UA client does not default the port: a URL without one is refused at connect.
+        try:
+            port = urlsplit(value).port
+        except ValueError:
+            ctx.add(node, path, f"port must be 1..65535 in {value!r}")
+            return INVALID
+        if port is None:
+            ctx.add(node, path, f"needs a port, e.g. 'opc.tcp://host:4840/', got {value!r}")
+            return INVALID
     return value
 
 
@@ -879,7 +890,7 @@ def _modbus_tag(ctx: _Ctx, node: Node, path: str) -> Any:
             "address": _integer(0, 65535),
             "type": _choice(DataType),
             "order": _choice(ByteOrder),
-            "length": _integer(0, 65535),
+            "length": _integer(0, 125),  # one read request holds at most 125 registers
             "scale": _number,
             "offset": _number,
             "unit_id": _optional(_integer(0, 247)),

@@ -681,3 +681,29 @@ def test_check_config_main_unreadable(tmp_path: Path, capsys: pytest.CaptureFixt
     )
     assert check_config_main(str(tmp_path)) == 78  # a directory
     assert ": cannot read: " in capsys.readouterr().err
+
+
+def test_opcua_endpoint_needs_a_port_and_string_fits_one_request() -> None:
+    text = """
+version: 1
+site: s1
+sources:
+  - name: plc1
+    protocol: modbus
+    host: 127.0.0.1
+    tags: [{name: t, address: 0, type: string, length: 126}]
+  - name: plc2
+    protocol: opcua
+    endpoint: opc.tcp://10.0.0.5/
+    tags: [{name: n, node: "ns=2;s=A"}]
+lines:
+  - name: l1
+    ideal_cycle_time: 1s
+    signals: {total_count: plc1.t}
+mqtt: {host: 127.0.0.1}
+"""
+    with pytest.raises(ConfigError) as err:
+        load_config_text(text, "limits.yaml")
+    joined = "\n".join(err.value.issues)
+    assert "sources[1].endpoint: needs a port" in joined
+    assert "sources[0].tags[0].length: must be" in joined

@@ -1,0 +1,205 @@
+"""The async shell around the pure line engines.
+
+Routes samples to the lines that use them, ticks the engines on a fixed schedule, and hands their
+messages to the outbox together with the engines' state, in one transaction: a report and the
+counter baselines that produced it are durable together, so a restart neither loses nor
+double-counts parts. Feeds the systemd watchdog only while this makes progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import replace
+from collections.abc import Callable
+from typing import Any
+
+from edge_agent.config.schema import AgentConfig, LineConfig, MachineState
+from edge_agent.engine.line import LineEngine
+from edge_agent.errors import StorageError
+from edge_agent.model import OutMessage, Sample
+from edge_agent.sinks.outbox import Outbox
+from edge_agent.sinks.prometheus import Metrics
+
+log = logging.getLogger(__name__)
+
+STATE_KEY_PREFIX = "engine:"
+_MAX_PENDING = 10_000  # messages held in memory while the outbox cannot be written
+
+
+def signal_tags(line: LineConfig) -> list[str]:
+    """The ``SOURCE.TAG`` names a line reads."""
+    s = line.signals
+    tags = [s.total_count.tag]
+    if s.state is not None:
+        tags.append(s.state.tag)
+    if s.running is not None:
+        tags.append(s.running)
+    for counter in (s.reject_count, s.good_count):
+        if counter is not None:
+            tags.append(counter.tag)
+    return tags
+
+
+class EngineRunner:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        outbox: Outbox,
+        *,
+        metrics: Metrics,
+        notify_sink: Callable[[], None] = lambda: None,
+        on_progress: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+        tick_interval_s: float = 1.0,
+    ) -> None:
+        self._outbox = outbox
+        self._metrics = metrics
+        self._notify_sink = notify_sink
+        self._on_progress = on_progress
+        self._clock = clock
+        self.publish_interval_s = cfg.mqtt.publish_interval_s
+        self._qos = cfg.mqtt.qos
+        self.tick_interval_s = min(tick_interval_s, self.publish_interval_s)
+        self.engines: dict[str, LineEngine] = {}
+        self._routes: dict[str, list[LineEngine]] = {}
+        self._by_source: dict[str, list[LineEngine]] = {}
+        saved = outbox.load_state()
+        for line in cfg.lines:
+            engine = LineEngine(line, site=cfg.site)
+            blob = saved.get(STATE_KEY_PREFIX + line.name)
+            if blob:
+                try:
+                    engine.restore(json.loads(blob))
+                    log.info("line '%s': engine state restored", line.name)
+                except Exception as exc:  # a state from an incompatible config: start afresh
+                    log.warning("line '%s': saved engine state not usable (%s)", line.name, exc)
+                    engine = LineEngine(line, site=cfg.site)
+            self.engines[line.name] = engine
+            for tag in signal_tags(line):
+                self._routes.setdefault(tag, []).append(engine)
+                source = tag.split(".", 1)[0]
+                engines = self._by_source.setdefault(source, [])
+                if engine not in engines:
+                    engines.append(engine)
+        self._pending: list[OutMessage] = []
+        self._storage_failing = False
+        self._window_totals: dict[str, tuple[str, int, int, int]] = {}
+        self.steps = 0
+
+    def deliver(self, samples: list[Sample]) -> None:
+        """Hand a poll's samples to the lines that read them (hot path: one dict lookup each)."""
+        routes = self._routes
+        for sample in samples:
+            engines = routes.get(sample.key)
+            if engines:
+                for engine in engines:
+                    engine.ingest(sample)
+
+    def source_available(self, source: str, available: bool) -> None:
+        now = self._clock()
+        for engine in self._by_source.get(source, ()):
+            engine.source_available(source, available, now)
+
+    def source_restarted(self, source: str) -> None:
+        """The PLC behind ``source`` restarted: its next counter values are resets."""
+        now = self._clock()
+        for engine in self._by_source.get(source, ()):
+            engine.source_restarted(source, now)
+
+    def step(self, *, snapshot: bool) -> int:
+        """Tick every engine; with ``snapshot`` add the live ``kpi`` reports. Returns the number of
+        messages made durable (0 while the outbox cannot be written: they wait in memory)."""
+        now = self._clock()
+        messages: list[OutMessage] = []
+        for engine in self.engines.values():
+            messages.extend(engine.tick(now))
+            if snapshot:
+                messages.append(engine.snapshot(now))
+        self.steps += 1
+        if any(msg.qos != self._qos for msg in messages):
+            messages = [replace(msg, qos=self._qos) for msg in messages]
+        for msg in messages:
+            self._metrics.reports.labels(line=msg.line, topic=msg.topic_suffix).inc()
+            if msg.topic_suffix == "kpi":
+                self._update_line_metrics(msg.line, msg.payload)
+        return self._persist(messages)
+
+    def _persist(self, messages: list[OutMessage]) -> int:
+        batch = self._pending + messages
+        state = {
+            STATE_KEY_PREFIX + name: json.dumps(engine.state_dict(), separators=(",", ":"))
+            for name, engine in self.engines.items()
+        }
+        try:
+            self._outbox.append(batch, state=state)
+        except StorageError as exc:
+            if not self._storage_failing:
+                log.error("outbox cannot be written, holding reports in memory: %s", exc)
+                self._storage_failing = True
+            # Live snapshots are superseded by the next one; keep everything else.
+            kept = [m for m in batch if m.topic_suffix != "kpi"] + [
+                m for m in messages if m.topic_suffix == "kpi"
+            ]
+            self._pending = kept[-_MAX_PENDING:]
+            return 0
+        if self._storage_failing:
+            log.warning("outbox writable again; %d held report(s) stored", len(self._pending))
+            self._storage_failing = False
+        self._pending = []
+        if batch:
+            self._notify_sink()
+        self._on_progress()
+        return len(batch)
+
+    def _update_line_metrics(self, line: str, payload: dict[str, Any]) -> None:
+        m = self._metrics
+        for kpi in ("availability", "performance", "quality", "oee", "data_coverage"):
+            value = payload.get(kpi)
+            m.line_ratio.labels(line=line, kpi=kpi).set(float("nan") if value is None else value)
+        m.line_throughput.labels(line=line, kind="good").set(
+            payload.get("throughput_good_per_h") or 0
+        )
+        m.line_throughput.labels(line=line, kind="total").set(
+            payload.get("throughput_total_per_h") or 0
+        )
+        state = payload.get("state", MachineState.UNKNOWN.value)
+        m.line_running.labels(line=line).set(1 if state == MachineState.RUNNING.value else 0)
+        for st in MachineState:
+            m.line_state.labels(line=line, state=st.value).set(1 if st.value == state else 0)
+        window = payload.get("window") or {}
+        key = f"{window.get('name')}@{window.get('start')}"
+        counts = (
+            int(payload.get("total_count") or 0),
+            int(payload.get("good_count") or 0),
+            int(payload.get("reject_count") or 0),
+        )
+        prev = self._window_totals.get(line)
+        if prev is not None:
+            same_window = prev[0] == key
+            for kind, new, old in zip(("total", "good", "reject"), counts, prev[1:], strict=True):
+                delta = new - old if same_window else new
+                if delta > 0:
+                    m.line_parts.labels(line=line, kind=kind).inc(delta)
+        self._window_totals[line] = (key, *counts)
+
+    async def run(self) -> None:
+        """Tick every ``tick_interval_s``; snapshot every ``publish_interval_s``."""
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
+        next_snapshot = next_tick
+        while True:
+            now = loop.time()
+            snapshot = now >= next_snapshot
+            if snapshot:
+                next_snapshot += self.publish_interval_s
+                if next_snapshot <= now:  # fell behind: do not publish in a burst
+                    next_snapshot = now + self.publish_interval_s
+            self.step(snapshot=snapshot)
+            self._metrics.engine_ticks.inc()
+            next_tick += self.tick_interval_s
+            if next_tick <= loop.time():
+                next_tick = loop.time() + self.tick_interval_s
+            await asyncio.sleep(min(next_tick, next_snapshot) - loop.time())
