@@ -12,8 +12,8 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from edge_agent.config.schema import AgentConfig, LineConfig, MachineState
