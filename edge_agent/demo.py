@@ -1,0 +1,631 @@
+"""``edge-agent demo``: simulated PLCs, the agent and a broker in one command.
+
+The demo starts the simulators (two lines, Modbus and OPC UA on free ports), a private broker (or
+uses the one given with ``--mqtt-host``/``--mqtt-port``), runs the real agent on the demo
+configuration pointed at them, and subscribes to the agent's topics to show what actually arrived
+at the broker: a live table on a terminal, one line per KPI message otherwise. It stops on Ctrl-C,
+SIGTERM or after ``--duration``, in order (agent first, so it publishes ``offline``; then broker and
+simulators), and leaves no process or temporary file behind.
+
+This module is a terminal front end: its output goes to stdout on purpose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import edge_agent
+from edge_agent.config.schema import AgentConfig, ModbusSourceConfig, OpcuaSourceConfig
+from edge_agent.errors import ConfigError, EdgeAgentError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 78
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+
+_SUBSCRIBE_TIMEOUT_S = (
+    10.0  # the broker is local or named by the user: it answers fast or not at all
+)
+_OFFLINE_WAIT_S = 5.0  # after the agent stops, how long to wait for its `offline` to come back
+_REDRAW_INTERVAL_S = 1.0
+_LOG_LINES = 6  # recent log records shown under the live table
+
+
+def default_config_path() -> Path:
+    """The repository's ``config/demo.yaml``, next to the ``edge_agent`` package."""
+    return Path(edge_agent.__file__).resolve().parent.parent / "config" / "demo.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the demo's options to ``parser`` (the ``demo`` sub-command of ``edge-agent``)."""
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this many seconds (default: run until Ctrl-C or SIGTERM)",
+    )
+    parser.add_argument(
+        "--mqtt-host", default=None, help="use this existing broker instead of starting one"
+    )
+    parser.add_argument(
+        "--mqtt-port", type=int, default=None, help="port of the existing broker (default 1883)"
+    )
+    parser.add_argument(
+        "--broker",
+        choices=("auto", "mosquitto", "amqtt"),
+        default="auto",
+        help="which broker to start when no --mqtt-host is given: Mosquitto if installed, else "
+        "the embedded amqtt (auto, the default), or that one",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help="keep the outbox and engine state here, so a stopped demo resumes where it was "
+        "(default: a temporary directory removed at the end)",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="PATH",
+        help=f"demo configuration (default: {default_config_path()})",
+    )
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="simulated seconds per real second (default 1)"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="simulator random seed (default 1)")
+    parser.add_argument(
+        "--no-table",
+        action="store_true",
+        help="print one line per received message instead of the live table "
+        "(automatic when stdout is not a terminal)",
+    )
+
+
+# -- what came back from the broker ---------------------------------------------------------
+
+
+@dataclass(slots=True)
+class LineView:
+    """What the subscriber has seen of one line."""
+
+    name: str
+    kpi: dict[str, Any] | None = None
+    state: str | None = None
+    kpi_messages: int = 0
+    messages: int = 0
+    last_seq: int | None = None
+    seq_gaps: int = 0  # messages lost between two seen ones (DESIGN §4: seq has no gaps)
+    seq_backwards: int = 0  # a seq not above the last one (a redelivery, or a retained leftover)
+    last_message_monotonic: float | None = None
+
+
+@dataclass(slots=True)
+class BrokerView:
+    """Everything received on ``{prefix}/{site}/#``, folded per line."""
+
+    prefix: str
+    site: str
+    lines: dict[str, LineView] = field(default_factory=dict)
+    status: str | None = None
+    connected: bool = False
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+    offline: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def topic_filter(self) -> str:
+        return f"{self.prefix}/{self.site}/#"
+
+    def line(self, name: str) -> LineView:
+        view = self.lines.get(name)
+        if view is None:
+            view = self.lines[name] = LineView(name)
+        return view
+
+    def receive(self, topic: str, payload: bytes, *, now_monotonic: float) -> str | None:
+        """Fold one message in. Returns a one-line description of it for the plain output
+        (``None`` for messages not worth a line)."""
+        base = f"{self.prefix}/{self.site}/"
+        if not topic.startswith(base):
+            return None
+        rest = topic[len(base) :]
+        try:
+            data = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return f"{rest}: not JSON ({len(payload)} bytes)"
+        if not isinstance(data, dict):
+            return f"{rest}: unexpected payload {data!r}"
+        if rest == "status":
+            self.status = str(data.get("status"))
+            if self.status == "offline":
+                self.offline.set()
+            else:
+                self.offline.clear()
+            return f"agent {self.status}"
+        line_name, _, suffix = rest.partition("/")
+        view = self.line(line_name)
+        view.messages += 1
+        view.last_message_monotonic = now_monotonic
+        seq = data.get("seq")
+        if isinstance(seq, int):
+            if view.last_seq is not None:
+                if seq <= view.last_seq:
+                    view.seq_backwards += 1
+                elif seq > view.last_seq + 1:
+                    view.seq_gaps += seq - view.last_seq - 1
+            view.last_seq = seq if view.last_seq is None else max(seq, view.last_seq)
+        if suffix == "kpi":
+            view.kpi = data
+            view.kpi_messages += 1
+            view.state = str(data.get("state") or view.state)
+            return _kpi_line(line_name, data)
+        if suffix == "state":
+            view.state = str(data.get("state"))
+            return f"{line_name} state {view.state} (was {data.get('previous_state')}) seq={seq}"
+        if suffix == "kpi/shift":
+            window = data.get("window") or {}
+            return f"{line_name} shift '{window.get('name')}' closed: oee={_num(data.get('oee'))}"
+        return f"{line_name} {suffix} seq={seq}"
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _pct(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    return f"{100.0 * value:.1f}%"
+
+
+def _int(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    return str(int(value))
+
+
+def _kpi_line(line: str, data: dict[str, Any]) -> str:
+    return (
+        f"{line} kpi seq={data.get('seq')} state={data.get('state')} oee={_num(data.get('oee'))} "
+        f"A={_num(data.get('availability'))} P={_num(data.get('performance'))} "
+        f"Q={_num(data.get('quality'))} total={_int(data.get('total_count'))} "
+        f"good={_int(data.get('good_count'))} reject={_int(data.get('reject_count'))} "
+        f"good/h={_num(data.get('throughput_good_per_h'), 0)} "
+        f"coverage={_num(data.get('data_coverage'), 2)}"
+    )
+
+
+_COLUMNS = (
+    ("LINE", 8),
+    ("STATE", 12),
+    ("OEE", 7),
+    ("A", 7),
+    ("P", 7),
+    ("Q", 7),
+    ("TOTAL", 7),
+    ("GOOD", 7),
+    ("REJECT", 7),
+    ("GOOD/H", 7),
+    ("COVER", 7),
+    ("SEQ", 6),
+    ("AGE", 6),
+)
+
+
+def render_table(view: BrokerView, line_names: list[str], now_monotonic: float) -> list[str]:
+    """The table's text lines: a header, then one row per configured line."""
+
+    rows = [[name for name, _ in _COLUMNS]]
+    for name in line_names:
+        lv = view.lines.get(name) or LineView(name)
+        k = lv.kpi or {}
+        age = (
+            f"{now_monotonic - lv.last_message_monotonic:.0f}s"
+            if lv.last_message_monotonic is not None
+            else "-"
+        )
+        rows.append(
+            [
+                name,
+                lv.state or "-",
+                _pct(k.get("oee")),
+                _pct(k.get("availability")),
+                _pct(k.get("performance")),
+                _pct(k.get("quality")),
+                _int(k.get("total_count")),
+                _int(k.get("good_count")),
+                _int(k.get("reject_count")),
+                _num(k.get("throughput_good_per_h"), 0),
+                _pct(k.get("data_coverage")),
+                _int(lv.last_seq),
+                age,
+            ]
+        )
+    # Columns grow to fit (a seq can be long), so rows stay aligned with the header.
+    widths = [
+        max(min_width, *(len(r[i]) for r in rows)) for i, (_, min_width) in enumerate(_COLUMNS)
+    ]
+    return [
+        " ".join(
+            cell.ljust(width) if i < 2 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+        for r in rows
+    ]
+
+
+class _Recent(logging.Handler):
+    """Keeps the last log records for display under the live table."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.records: deque[str] = deque(maxlen=_LOG_LINES)
+        self.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.records.append(self.format(record).splitlines()[0])
+
+
+@contextlib.contextmanager
+def _capture_logs(enabled: bool) -> Iterator[_Recent | None]:
+    """While the live table owns the terminal, log records go under it instead of across it."""
+    if not enabled:
+        yield None
+        return
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    recent = _Recent()
+    root.handlers[:] = [recent]
+    try:
+        yield recent
+    finally:
+        root.handlers[:] = saved
+        for text in recent.records:  # what the user would otherwise have missed
+            sys.stderr.write(text + "\n")
+
+
+class _Screen:
+    """Redraws a block of lines in place (ANSI cursor movement), or prints plain lines."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self._drawn = 0
+
+    def say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def draw(self, lines: list[str]) -> None:
+        buf = []
+        if self._drawn:
+            buf.append(f"\x1b[{self._drawn}F")  # to the start of the block drawn last time
+        buf.append("\x1b[J")  # clear from there to the end of the screen
+        buf.extend(line + "\n" for line in lines)
+        self.out.write("".join(buf))
+        self.out.flush()
+        self._drawn = len(lines)
+
+
+# -- the demo --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DemoEndpoints:
+    modbus_host: str
+    modbus_port: int
+    opcua_endpoint: str
+    mqtt_host: str
+    mqtt_port: int
+    state_dir: str
+    speed: float = 1.0
+
+
+def _absolute(path: str) -> str:
+    # The agent may resolve a relative storage dir against another cwd; the banner shows this one.
+    return str(Path(path).absolute())
+
+
+def demo_config(cfg: AgentConfig, ep: DemoEndpoints) -> AgentConfig:
+    """``cfg`` pointed at the simulators and the broker: every Modbus source at the Modbus
+    simulator, every OPC UA source at the OPC UA one, metrics on a free port, state in
+    ``ep.state_dir``. With a simulator ``speed`` other than 1 the lines' ideal cycle times (and
+    stop timeouts) are scaled to match, so the KPIs stay meaningful."""
+    sources = tuple(
+        dataclasses.replace(s, host=ep.modbus_host, port=ep.modbus_port)
+        if isinstance(s, ModbusSourceConfig)
+        else dataclasses.replace(s, endpoint=ep.opcua_endpoint)
+        if isinstance(s, OpcuaSourceConfig)
+        else s
+        for s in cfg.sources
+    )
+    lines = tuple(
+        dataclasses.replace(
+            line,
+            ideal_cycle_time_s=line.ideal_cycle_time_s / ep.speed,
+            stop_after_s=None if line.stop_after_s is None else line.stop_after_s / ep.speed,
+        )
+        for line in cfg.lines
+    )
+    return dataclasses.replace(
+        cfg,
+        sources=sources,
+        lines=lines,
+        mqtt=dataclasses.replace(cfg.mqtt, host=ep.mqtt_host, port=ep.mqtt_port),
+        prometheus=dataclasses.replace(cfg.prometheus, port=0),
+        storage=dataclasses.replace(cfg.storage, dir=ep.state_dir),
+    )
+
+
+async def _subscribe(view: BrokerView, host: str, port: int, screen: _Screen, table: bool) -> None:
+    """Follow the agent's topics until cancelled, reconnecting if the broker goes away."""
+    import aiomqtt  # noqa: PLC0415
+
+    identifier = f"edge-agent-demo-view-{os.getpid()}"
+    reported = False
+    while True:
+        try:
+            async with aiomqtt.Client(host, port, identifier=identifier, timeout=5.0) as client:
+                await client.subscribe(view.topic_filter, qos=1)
+                view.connected = True
+                view.subscribed.set()
+                if reported:
+                    log.warning("demo subscriber reconnected to %s:%d", host, port)
+                    reported = False
+                async for message in client.messages:
+                    payload = message.payload
+                    raw = (
+                        bytes(payload)
+                        if isinstance(payload, bytes | bytearray)
+                        else str(payload).encode()
+                    )
+                    text = view.receive(str(message.topic), raw, now_monotonic=time.monotonic())
+                    if text is not None and not table:
+                        screen.say(f"{time.strftime('%H:%M:%S')} {text}")
+        except aiomqtt.MqttError as exc:
+            view.connected = False
+            if not reported:
+                log.warning("demo subscriber lost %s:%d: %s; retrying", host, port, exc)
+                reported = True
+            await asyncio.sleep(1.0)
+
+
+async def _show(
+    view: BrokerView,
+    screen: _Screen,
+    line_names: list[str],
+    header: list[str],
+    recent: _Recent | None,
+) -> None:
+    """Redraw the live table every second until cancelled."""
+    started = time.monotonic()
+    while True:
+        now = time.monotonic()
+        lines = [
+            *header,
+            f"agent: {view.status or '?'}   subscriber: "
+            f"{'connected' if view.connected else 'disconnected'}   running {now - started:.0f}s"
+            "   (Ctrl-C to stop)",
+            "",
+            *render_table(view, line_names, now),
+        ]
+        if recent is not None and recent.records:
+            lines += ["", *recent.records]
+        screen.draw(lines)
+        await asyncio.sleep(_REDRAW_INTERVAL_S)
+
+
+async def run_demo(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """Run the demo with the options of :func:`add_arguments`; returns the exit code.
+
+    Stops on SIGINT/SIGTERM (a second one cancels a shutdown that hangs) or after
+    ``args.duration``. Everything it started is stopped before it returns, also on an exception.
+    """
+    out = out or sys.stdout
+    config_path = Path(args.config) if args.config else default_config_path()
+    if not config_path.is_file():
+        sys.stderr.write(f"demo configuration not found: {config_path} (pass --config PATH)\n")
+        return EXIT_CONFIG
+    from edge_agent.config.loader import load_config  # noqa: PLC0415
+
+    try:
+        base_cfg = load_config(str(config_path))
+    except ConfigError as exc:
+        for issue in exc.issues:
+            sys.stderr.write(issue + "\n")
+        return EXIT_CONFIG
+    if args.speed <= 0:
+        sys.stderr.write(f"--speed must be > 0, got {args.speed}\n")
+        return EXIT_CONFIG
+    table = not args.no_table and out.isatty()
+    screen = _Screen(out)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    main_task = asyncio.current_task()
+
+    forced = False
+
+    def on_signal() -> None:
+        nonlocal forced
+        if stop.is_set() and main_task is not None:
+            forced = True
+            main_task.cancel()  # second Ctrl-C: do not wait for a shutdown that hangs
+        stop.set()
+
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
+            handled.append(sig)
+    timer = loop.call_later(args.duration, stop.set) if args.duration is not None else None
+    code = EXIT_FAILURE
+    try:
+        try:
+            code = await _run(args, base_cfg, stop, screen, table)
+        except* EdgeAgentError as group:
+            # Expected failures (a broker that cannot be reached, ...) get a line, not a traceback.
+            for err in group.exceptions:
+                sys.stderr.write(f"demo failed: {err}\n")
+    except asyncio.CancelledError:
+        # Everything was stopped on the way out. A cancellation we asked for ourselves (the
+        # user insisted) becomes the usual exit code of an interrupt; any other propagates.
+        if not forced or main_task is None:
+            raise
+        main_task.uncancel()
+        sys.stderr.write("demo interrupted before a clean shutdown\n")
+        code = EXIT_INTERRUPTED
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+    return code
+
+
+async def _run(
+    args: argparse.Namespace,
+    base_cfg: AgentConfig,
+    stop: asyncio.Event,
+    screen: _Screen,
+    table: bool,
+) -> int:
+    # Imported here: the OPC UA stack is heavy, and `edge-agent --help` should not pay for it.
+    from edge_agent.app import Agent  # noqa: PLC0415
+    from edge_agent.broker import LocalBroker  # noqa: PLC0415
+    from edge_agent.sinks.prometheus import Metrics  # noqa: PLC0415
+    from simulators.runner import Simulation  # noqa: PLC0415
+
+    async with contextlib.AsyncExitStack() as stack:
+        sim = await stack.enter_async_context(
+            Simulation(lines=2, seed=args.seed, speed=args.speed, host="127.0.0.1")
+        )
+        if sim.modbus_port is None or sim.opcua_endpoint is None:
+            raise EdgeAgentError("the simulators did not start both servers")
+
+        if args.mqtt_host or args.mqtt_port:
+            mqtt_host = args.mqtt_host or "127.0.0.1"
+            mqtt_port = args.mqtt_port or 1883
+            broker_desc = f"existing broker at {mqtt_host}:{mqtt_port}"
+        else:
+            broker = await stack.enter_async_context(LocalBroker(prefer=args.broker))
+            mqtt_host, mqtt_port = broker.host, broker.port
+            broker_desc = f"{broker.kind} at {mqtt_host}:{mqtt_port} (started for this demo)"
+
+        if args.state_dir:
+            state_dir = _absolute(args.state_dir)
+            state_desc = f"{state_dir} (kept: a restarted demo resumes from it)"
+        else:
+            state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-agent-demo-"))
+            state_desc = f"{state_dir} (temporary)"
+
+        cfg = demo_config(
+            base_cfg,
+            DemoEndpoints(
+                modbus_host="127.0.0.1",
+                modbus_port=sim.modbus_port,
+                opcua_endpoint=sim.opcua_endpoint,
+                mqtt_host=mqtt_host,
+                mqtt_port=mqtt_port,
+                state_dir=state_dir,
+                speed=args.speed,
+            ),
+        )
+        line_names = [line.name for line in cfg.lines]
+        view = BrokerView(prefix=cfg.mqtt.topic_prefix, site=cfg.site)
+
+        async with asyncio.TaskGroup() as tg:
+            subscriber = tg.create_task(
+                _subscribe(view, mqtt_host, mqtt_port, screen, table), name="demo-subscriber"
+            )
+            try:
+                async with asyncio.timeout(_SUBSCRIBE_TIMEOUT_S):
+                    await view.subscribed.wait()
+            except TimeoutError:
+                subscriber.cancel()
+                raise EdgeAgentError(
+                    f"cannot reach the MQTT broker at {mqtt_host}:{mqtt_port}"
+                ) from None
+
+            agent = Agent(cfg, metrics=Metrics())
+            agent_task = tg.create_task(agent.run(stop), name="demo-agent")
+            # The metrics URL is known once the agent has started (or has failed to).
+            ready = tg.create_task(agent.ready.wait(), name="demo-agent-ready")
+            await asyncio.wait(
+                [agent_task, ready], timeout=10.0, return_when=asyncio.FIRST_COMPLETED
+            )
+            ready.cancel()
+            metrics_desc = (
+                f"http://{cfg.prometheus.host}:{agent.metrics_port}/metrics"
+                if agent.metrics_port
+                else "disabled"
+            )
+            header = [
+                f"edge-agent demo: site '{cfg.site}', lines {', '.join(line_names)}",
+                f"  simulators  modbus 127.0.0.1:{sim.modbus_port}   opcua {sim.opcua_endpoint}",
+                f"  broker      {broker_desc}",
+                f"  metrics     {metrics_desc}",
+                f"  state       {state_desc}",
+                f"  watch       mosquitto_sub -h {mqtt_host} -p {mqtt_port} -t '#' -v",
+            ]
+            with _capture_logs(table and sys.stderr.isatty()) as recent:
+                if table:
+                    display = tg.create_task(
+                        _show(view, screen, line_names, header, recent), name="demo-table"
+                    )
+                else:
+                    for text in header:
+                        screen.say(text)
+                    display = None
+                try:
+                    code = await agent_task
+                    # The agent published `offline` as its last act; let it arrive.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_OFFLINE_WAIT_S):
+                            await view.offline.wait()
+                finally:
+                    subscriber.cancel()
+                    if display is not None:
+                        display.cancel()
+                        await asyncio.wait([display])
+                        screen.draw(
+                            [
+                                *header,
+                                f"agent: {view.status or '?'}",
+                                "",
+                                *render_table(view, line_names, time.monotonic()),
+                            ]
+                        )
+
+    # Reported once the broker and the simulators are down too: nothing is left running.
+    screen.say("")
+    screen.say(f"summary (agent exit code {code}, agent {view.status or 'status unknown'}):")
+    for name in line_names:
+        lv = view.lines.get(name) or LineView(name)
+        screen.say(
+            f"  {name}: {lv.messages} message(s), {lv.kpi_messages} kpi, last seq "
+            f"{_int(lv.last_seq)}, {lv.seq_gaps} lost, {lv.seq_backwards} out of order"
+        )
+    return code
