@@ -96,9 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shift-minutes",
         type=int,
-        default=1,
+        default=5,
         help="replace the config's shifts with clock-aligned shifts this many minutes long, so "
-        "shift reports appear while you watch (default 1; 0 keeps the config's shifts)",
+        "shift reports appear while you watch (default 5; 0 keeps the config's shifts)",
     )
     parser.add_argument(
         "--no-table",

@@ -135,7 +135,14 @@ def _assert_kpis(seen: Seen) -> None:
         assert all(a < b for a, b in itertools.pairwise(deduped)), seqs
         oees = [m["oee"] for m in seen.kpi[line] if m["oee"] is not None]
         assert oees, f"{line}: OEE never defined"
-        assert all(0.0 <= x <= 1.0 for x in oees), oees
+        assert all(x >= 0.0 for x in oees), oees
+        for m in seen.kpi[line]:
+            # OEE = good × ideal / known planned time, not clamped. The simulated machines never
+            # beat their ideal cycle, so a snapshot may exceed 1 only by counting granularity
+            # (parts of one poll seen just after a window starts): at most 2 parts.
+            known_s = m["planned_time_s"] - m["unknown_time_s"]
+            ideal_s = m["ideal_cycle_time_s"]
+            assert m["good_count"] * ideal_s <= known_s + 2 * ideal_s, m
         for m in seen.kpi[line]:
             assert m["site"] == "demo-site"
             assert m["line"] == line
