@@ -50,6 +50,7 @@ from typing import Any
 
 from edge_agent.config.schema import LineConfig, MachineState
 from edge_agent.engine.counters import CounterTracker
+from edge_agent.engine.intervals import clip
 from edge_agent.engine.oee import LOSS_STATES, Accounting, TimeBuckets, compute_kpis
 from edge_agent.engine.payload import kpi_payload, state_payload
 from edge_agent.engine.shifts import HOUR, OFF_SHIFT, SHIFT, ShiftCalendar, Window, hour_window
@@ -468,6 +469,12 @@ class LineEngine:
             windows = {"shift": self._v1_window(d)}
         if "shift" in windows:
             self._shift = _Open.from_state(windows["shift"], self._planned_states)
+            acc = self._shift.acc
+            if not acc.stops:  # version 1 kept no causes: ask the calendar
+                acc.stops = {
+                    k: clip(v, acc.start, acc.end)
+                    for k, v in self.calendar.plan(acc.start, acc.end).stops.items()
+                }
         if "hour" in windows:
             self._hour = _Open.from_state(windows["hour"], self._planned_states)
         elif self._shift is not None:  # version 1: open the hour now; its past is unknown
