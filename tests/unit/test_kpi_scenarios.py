@@ -377,9 +377,9 @@ def test_counter_flags_reach_the_shift_and_hour_reports_of_their_window() -> Non
 # --- performance and products -----------------------------------------------------------------
 
 
-def test_ideal_cycle_time_set_too_short_is_reported_unclamped() -> None:
-    # Configured ideal 1 s, the machine really makes 1.25 parts/s: 33,750 parts in 27,000 s of
-    # run time, 675 rejects.
+def test_ideal_cycle_time_longer_than_real_gives_performance_above_one_unclamped() -> None:
+    # Configured ideal 1 s, the machine really makes 1.25 parts/s (0.8 s a part): the configured
+    # ideal is wrong. 33,750 parts in 27,000 s of run time, 675 rejects.
     #   A = 1; P = 33,750/27,000 = 1.25 (warning performance_above_ideal);
     #   Q = 33,075/33,750 = 0.98; OEE = 33,075/27,000 = 1.225.
     e = LineEngine(line_cfg(), site="plant")
