@@ -188,6 +188,9 @@ class BrokerView:
         if suffix == "kpi/shift":
             window = data.get("window") or {}
             return f"{line_name} shift '{window.get('name')}' closed: oee={_num(data.get('oee'))}"
+        if suffix == "kpi/hour":
+            window = data.get("window") or {}
+            return f"{line_name} hour {window.get('name')} closed: oee={_num(data.get('oee'))}"
         return f"{line_name} {suffix} seq={seq}"
 
 
