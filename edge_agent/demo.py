@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import edge_agent
-from edge_agent.config.schema import AgentConfig, ModbusSourceConfig, OpcuaSourceConfig, Shift
+from edge_agent.config.schema import (
+    AgentConfig,
+    LineConfig,
+    ModbusSourceConfig,
+    OpcuaSourceConfig,
+    Shift,
+)
 from edge_agent.errors import ConfigError, EdgeAgentError
 
 log = logging.getLogger(__name__)
@@ -191,6 +197,9 @@ class BrokerView:
         if suffix == "kpi/shift":
             window = data.get("window") or {}
             return f"{line_name} shift '{window.get('name')}' closed: oee={_num(data.get('oee'))}"
+        if suffix == "kpi/hour":
+            window = data.get("window") or {}
+            return f"{line_name} hour {window.get('name')} closed: oee={_num(data.get('oee'))}"
         return f"{line_name} {suffix} seq={seq}"
 
 
@@ -376,6 +385,30 @@ def _absolute(path: str) -> str:
     return str(Path(path).absolute())
 
 
+def _scaled(line: LineConfig, speed: float) -> LineConfig:
+    """``line`` with its durations divided by the simulator's ``speed``."""
+
+    def scale(seconds: float | None) -> float | None:
+        return None if seconds is None else seconds / speed
+
+    signals = line.signals
+    if signals.product is not None:
+        products = {
+            code: dataclasses.replace(p, ideal_cycle_time_s=p.ideal_cycle_time_s / speed)
+            for code, p in signals.product.map.items()
+        }
+        signals = dataclasses.replace(
+            signals, product=dataclasses.replace(signals.product, map=products)
+        )
+    return dataclasses.replace(
+        line,
+        ideal_cycle_time_s=line.ideal_cycle_time_s / speed,
+        stop_after_s=scale(line.stop_after_s),
+        micro_stop_max_s=scale(line.micro_stop_max_s),
+        signals=signals,
+    )
+
+
 def demo_config(cfg: AgentConfig, ep: DemoEndpoints) -> AgentConfig:
     """``cfg`` pointed at the simulators and the broker: every Modbus source at the Modbus
     simulator, every OPC UA source at the OPC UA one, metrics on a free port, state in
@@ -391,12 +424,7 @@ def demo_config(cfg: AgentConfig, ep: DemoEndpoints) -> AgentConfig:
     )
     shifts = demo_shifts(ep.shift_minutes) if ep.shift_minutes > 0 else None
     lines = tuple(
-        dataclasses.replace(
-            line,
-            ideal_cycle_time_s=line.ideal_cycle_time_s / ep.speed,
-            stop_after_s=None if line.stop_after_s is None else line.stop_after_s / ep.speed,
-            shifts=line.shifts if shifts is None else shifts,
-        )
+        _scaled(line if shifts is None else dataclasses.replace(line, shifts=shifts), ep.speed)
         for line in cfg.lines
     )
     return dataclasses.replace(

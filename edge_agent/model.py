@@ -46,7 +46,7 @@ class OutMessage:
     """A message for the MQTT sink, before the outbox gives it its per-line ``seq``.
 
     ``topic_suffix`` is relative to ``{topic_prefix}/{site}/{line}/`` (``kpi``, ``kpi/shift``,
-    ``state``). ``payload`` is JSON-serialisable and has no ``seq`` yet.
+    ``kpi/hour``, ``state``). ``payload`` is JSON-serialisable and has no ``seq`` yet.
     """
 
     line: str

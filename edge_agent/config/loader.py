@@ -23,7 +23,7 @@ import sys
 import zoneinfo
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import time
+from datetime import date, datetime, time
 from enum import StrEnum
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
@@ -35,15 +35,19 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from edge_agent.config.durations import parse_duration
 from edge_agent.config.issues import Issue, join_index, join_key, plural
 from edge_agent.config.schema import (
+    WEEKDAY_NAMES,
     AgentConfig,
     Break,
     ByteOrder,
+    Calendar,
     CounterSignal,
     DataType,
+    ExtraDay,
     LineConfig,
     LogFormat,
     LoggingConfig,
     MachineState,
+    Maintenance,
     ModbusSourceConfig,
     ModbusTable,
     ModbusTag,
@@ -52,7 +56,10 @@ from edge_agent.config.schema import (
     OnStartupError,
     OpcuaSourceConfig,
     OpcuaTag,
+    Product,
+    ProductSignal,
     PrometheusConfig,
+    ReasonSignal,
     Shift,
     Signals,
     SourceConfig,
@@ -81,6 +88,8 @@ MAX_ALIAS_NODES: Final = 100_000
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NAME_RULE = "must be 1 to 64 characters from A-Z a-z 0-9 _ - (it becomes an MQTT topic level)"
 _CLOCK = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])")
+_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+_DATETIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([01][0-9]|2[0-3]):([0-5][0-9])")
 _NODE_ID = re.compile(r"(?:ns=[0-9]+;|nsu=[^;]+;)?[isgb]=.+", re.DOTALL)
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -90,6 +99,7 @@ FIELD_NAMES: Final[Mapping[str, str]] = {
     "timeout": "timeout_s",
     "ideal_cycle_time": "ideal_cycle_time_s",
     "stop_after": "stop_after_s",
+    "micro_stop_max": "micro_stop_max_s",
     "keepalive": "keepalive_s",
     "publish_interval": "publish_interval_s",
     "backoff_initial": "backoff_initial_s",
@@ -986,8 +996,11 @@ def _line(ctx: _Ctx, node: Node, path: str) -> Any:
             "timezone": _timezone,
             "ideal_cycle_time": _duration(),
             "stop_after": _optional(_duration()),
+            "micro_stop_max": _optional(_duration()),
+            "min_data_coverage": _fraction,
             "planned_states": _planned_states,
             "shifts": _shifts,
+            "calendar": _calendar,
             "signals": _signals,
         },
         required=("name", "ideal_cycle_time", "signals"),
@@ -995,6 +1008,121 @@ def _line(ctx: _Ctx, node: Node, path: str) -> Any:
     if parsed is None or ctx.count > before:
         return INVALID
     return LineConfig(**parsed.fields())
+
+
+def _fraction(ctx: _Ctx, node: Node, path: str) -> Any:
+    value = _number(ctx, node, path)
+    if isinstance(value, float) and not 0.0 <= value <= 1.0:
+        ctx.add(node, path, f"must be between 0 and 1, got {_raw(node)}")
+        return INVALID
+    return value
+
+
+def _date(ctx: _Ctx, node: Node, path: str) -> Any:
+    # The raw text: YAML 1.1 would construct an unquoted 2026-12-01 as a date object already,
+    # and a quoted one as a string; both mean the same to the user.
+    match = _DATE.fullmatch(node.value) if isinstance(node, ScalarNode) else None
+    try:
+        if match is not None:
+            return date(int(match[1]), int(match[2]), int(match[3]))
+    except ValueError:
+        pass
+    ctx.add(node, path, f'must be a date "YYYY-MM-DD", got {_describe(ctx, node)}')
+    return INVALID
+
+
+def _local_datetime(ctx: _Ctx, node: Node, path: str) -> Any:
+    match = _DATETIME.fullmatch(node.value) if isinstance(node, ScalarNode) else None
+    try:
+        if match is not None:
+            y, mo, d, h, mi = (int(match[i]) for i in range(1, 6))
+            return datetime(y, mo, d, h, mi)
+    except ValueError:
+        pass
+    ctx.add(
+        node,
+        path,
+        f'must be a local date and time "YYYY-MM-DDTHH:MM", got {_describe(ctx, node)}',
+    )
+    return INVALID
+
+
+def _weekday(ctx: _Ctx, node: Node, path: str) -> Any:
+    got = _need_scalar(ctx, node, path, "a weekday")
+    if got is None:
+        return INVALID
+    kind, value = got
+    if kind == "str" and value.lower() in WEEKDAY_NAMES:
+        return WEEKDAY_NAMES.index(value.lower())
+    names = ", ".join(WEEKDAY_NAMES)
+    ctx.add(node, path, f"must be one of: {names}; got {_describe(ctx, node)}")
+    return INVALID
+
+
+def _days(ctx: _Ctx, node: Node, path: str) -> Any:
+    days = _list_of(_weekday, min_items=1)(ctx, node, path)
+    return days if isinstance(days, _Invalid) else frozenset(days)
+
+
+def _calendar(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {
+            "holidays": _list_of(_date),
+            "extra_days": _list_of(_extra_day),
+            "maintenance": _list_of(_maintenance),
+        },
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    cal = Calendar(**parsed.fields())
+    holidays = set(cal.holidays)
+    extra_node = parsed.nodes.get("extra_days")
+    for index, extra in enumerate(cal.extra_days):
+        if extra.date in holidays:
+            where = extra_node.value[index] if isinstance(extra_node, SequenceNode) else node
+            ctx.add(
+                where,
+                join_index(join_key(path, "extra_days"), index),
+                f"{extra.date.isoformat()} is also listed as a holiday",
+            )
+    return INVALID if ctx.count > before else cal
+
+
+def _extra_day(ctx: _Ctx, node: Node, path: str) -> Any:
+    if isinstance(node, ScalarNode):
+        day = _date(ctx, node, path)
+        return day if isinstance(day, _Invalid) else ExtraDay(date=day)
+    before = ctx.count
+    parsed = _mapping(ctx, node, path, {"date": _date, "like": _weekday}, ("date",))
+    if parsed is None or ctx.count > before:
+        return INVALID
+    return ExtraDay(**parsed.fields())
+
+
+def _maintenance(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {"start": _local_datetime, "end": _local_datetime, "reason": _string()},
+        ("start", "end"),
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    window = Maintenance(**parsed.fields())
+    if window.end <= window.start:
+        ctx.add(
+            parsed.nodes["end"],
+            join_key(path, "end"),
+            f"must be after start ({window.start:%Y-%m-%dT%H:%M})",
+        )
+        return INVALID
+    return window
 
 
 def _timezone(ctx: _Ctx, node: Node, path: str) -> Any:
@@ -1053,7 +1181,13 @@ def _shifts(ctx: _Ctx, node: Node, path: str) -> Any:
         named.append((_plain_name(ctx, name_node), name_node, item_path))
         if isinstance(shift, Shift):
             built.append(shift)
-            minutes = _span(shift.start, shift.end)
+            # Minutes of the week: shifts on different weekdays may share their hours.
+            day_minutes = _span(shift.start, shift.end)
+            minutes = {
+                (day * 1440 + _minute(shift.start) + (m - _minute(shift.start)) % 1440) % 10080
+                for day in shift.days
+                for m in day_minutes
+            }
             for other_name, other in covered:
                 if minutes & other:
                     ctx.add(item, item_path, f"shift {shift.name!r} overlaps shift {other_name!r}")
@@ -1074,6 +1208,7 @@ def _shift(ctx: _Ctx, node: Node, path: str) -> Any:
             "start": _clock,
             "end": _clock,
             "breaks": _list_of(_break),
+            "days": _days,
         },
         required=("name", "start", "end"),
     )
@@ -1123,6 +1258,8 @@ def _signals(ctx: _Ctx, node: Node, path: str) -> Any:
             "total_count": _counter,
             "reject_count": _counter,
             "good_count": _counter,
+            "reason": _reason_signal,
+            "product": _product_signal,
         },
         required=("total_count",),
     )
@@ -1214,6 +1351,66 @@ def _state_map(ctx: _Ctx, node: Node, path: str) -> Any:
     if not node.value:
         ctx.add(node, path, "must map at least one state code")
     return INVALID if ctx.count > before else result
+
+
+def _code_map(value_check: Check, what: str) -> Check:
+    """A mapping of integer codes to ``value_check`` values (at least one)."""
+
+    def check(ctx: _Ctx, node: Node, path: str) -> Any:
+        if not isinstance(node, MappingNode):
+            ctx.add(node, path, f"must be a mapping of codes to {what}, got {_describe(ctx, node)}")
+            return INVALID
+        before = ctx.count
+        result: dict[int, Any] = {}
+        for key, key_node, value_node in _pairs(ctx, node, path):
+            key_path = join_key(path, key)
+            if isinstance(key, bool) or not isinstance(key, int):
+                ctx.add(
+                    key_node, key_path, f"codes must be integers, got {_describe(ctx, key_node)}"
+                )
+                continue
+            value = value_check(ctx, value_node, key_path)
+            if not isinstance(value, _Invalid):
+                result[key] = value
+        if not node.value:
+            ctx.add(node, path, "must map at least one code")
+        return INVALID if ctx.count > before else result
+
+    return check
+
+
+def _reason_signal(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx, node, path, {"tag": _tag_ref, "map": _code_map(_string(), "reason names")}, ("tag",)
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    return ReasonSignal(tag=parsed.get("tag"), map=parsed.get("map") or {})
+
+
+def _product(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {"name": _string(), "ideal_cycle_time": _duration()},
+        ("name", "ideal_cycle_time"),
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    return Product(**parsed.fields())
+
+
+def _product_signal(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx, node, path, {"tag": _tag_ref, "map": _code_map(_product, "products")}, ("tag", "map")
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    return ProductSignal(**parsed.fields())
 
 
 # --- mqtt, prometheus, storage, logging ------------------------------------------------------

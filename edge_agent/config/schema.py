@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import time
+from datetime import date, datetime, time
 
 
 class MachineState(enum.StrEnum):
@@ -133,18 +133,68 @@ class Break:
     end: time
 
 
+ALL_DAYS: frozenset[int] = frozenset(range(7))
+WEEKDAY_NAMES: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Shift:
     name: str
     start: time
     end: time  # end <= start means the shift crosses midnight; start == end is 24 h
     breaks: tuple[Break, ...] = ()
+    # Weekdays (0 = Monday, as date.weekday()) on which the shift *starts*; default every day.
+    days: frozenset[int] = ALL_DAYS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExtraDay:
+    """A working day outside the usual week (e.g. a Saturday worked to catch up)."""
+
+    date: date
+    like: int | None = None  # follow the shifts of this weekday (0 = Monday); None: all shifts
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Maintenance:
+    """A dated planned-maintenance window: planned stop, not planned production time."""
+
+    start: datetime  # naive, local time of the line's timezone
+    end: datetime
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Calendar:
+    """Dated exceptions to a line's weekly shift pattern."""
+
+    holidays: tuple[date, ...] = ()  # no shift starts on these local dates
+    extra_days: tuple[ExtraDay, ...] = ()  # shifts start on these dates whatever the weekday
+    maintenance: tuple[Maintenance, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StateSignal:
     tag: str  # SOURCE.TAG
     map: dict[int, MachineState]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReasonSignal:
+    tag: str  # SOURCE.TAG of an integer reason (downtime cause) code
+    map: dict[int, str]  # code -> reason name; an unmapped code is reported as "code N"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Product:
+    name: str
+    ideal_cycle_time_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProductSignal:
+    tag: str  # SOURCE.TAG of an integer product / recipe code
+    map: dict[int, Product]  # an unmapped code uses the line's ideal cycle time
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +210,8 @@ class Signals:
     total_count: CounterSignal
     reject_count: CounterSignal | None = None
     good_count: CounterSignal | None = None
+    reason: ReasonSignal | None = None
+    product: ProductSignal | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,8 +220,12 @@ class LineConfig:
     timezone: str = "UTC"
     ideal_cycle_time_s: float
     stop_after_s: float | None = None  # None: 5 × ideal cycle time
+    # Stops shorter than this are also counted as micro-stops. None: max(60 s, 2 × stop_after).
+    micro_stop_max_s: float | None = None
+    min_data_coverage: float = 0.9  # below it, reports carry the low_data_coverage warning
     planned_states: frozenset[MachineState] = frozenset({MachineState.PLANNED_STOP})
     shifts: tuple[Shift, ...] = ()  # empty: the whole day is one shift
+    calendar: Calendar = field(default_factory=Calendar)
     signals: Signals
 
 

@@ -40,6 +40,9 @@ def signal_tags(line: LineConfig) -> list[str]:
     for counter in (s.reject_count, s.good_count):
         if counter is not None:
             tags.append(counter.tag)
+    for aux in (s.reason, s.product):
+        if aux is not None:
+            tags.append(aux.tag)
     return tags
 
 
