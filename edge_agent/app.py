@@ -76,7 +76,7 @@ class Agent:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create state directory {directory}: {exc}") from exc
-        return Outbox(directory / "outbox.sqlite")
+        return Outbox(directory / "outbox.sqlite", limits=self.cfg.storage.outbox)
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set, then shut down in order. Returns the process exit code."""
@@ -178,6 +178,7 @@ class Agent:
         if self.notifier.watchdog_interval_s:
             interval = min(interval, self.notifier.watchdog_interval_s / 4)
         published = 0
+        dropped: dict[str, int] = {}
         while True:
             connected = sink.connected
             m.broker_connected.set(1 if connected else 0)
@@ -185,14 +186,28 @@ class Agent:
                 health.ok()
             m.published.inc(max(0, sink.published_total - published))
             published = sink.published_total
-            m.outbox_depth.set(outbox.depth())
-            age = outbox.oldest_age_s(time.time())
-            m.outbox_oldest_age.set(age or 0.0)
+            dropped = self._mirror_outbox(outbox, dropped)
             # The engine ticks every second; 3 publish intervals without progress is a hang.
             stale_after = max(3 * (self.runner.publish_interval_s if self.runner else 1.0), 5.0)
             if time.monotonic() - self._last_progress < stale_after:
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
+
+    def _mirror_outbox(self, outbox: Outbox, seen: dict[str, int]) -> dict[str, int]:
+        m = self.metrics
+        m.outbox_depth.set(outbox.depth())
+        m.outbox_bytes.set(outbox.size_bytes)
+        m.outbox_held.set(self.runner.held if self.runner else 0)
+        try:
+            age = outbox.oldest_age_s(time.time())
+        except StorageError:  # the runner logs storage trouble once; a metric can wait
+            age = None
+        m.outbox_oldest_age.set(age or 0.0)
+        now = outbox.dropped
+        for topic, total in now.items():
+            if total > seen.get(topic, 0):
+                m.outbox_dropped.labels(topic=topic).inc(total - seen.get(topic, 0))
+        return now
 
     async def _run_source(self, sc: SourceConfig, runner: EngineRunner) -> None:
         m = self.metrics

@@ -52,6 +52,7 @@ from edge_agent.config.schema import (
     OnStartupError,
     OpcuaSourceConfig,
     OpcuaTag,
+    OutboxConfig,
     PrometheusConfig,
     Shift,
     Signals,
@@ -94,6 +95,7 @@ FIELD_NAMES: Final[Mapping[str, str]] = {
     "publish_interval": "publish_interval_s",
     "backoff_initial": "backoff_initial_s",
     "backoff_max": "backoff_max_s",
+    "session_expiry": "session_expiry_s",
 }
 
 _TAG_PREFIX = "tag:yaml.org,2002:"
@@ -1240,6 +1242,9 @@ def _mqtt(ctx: _Ctx, node: Node, path: str) -> Any:
             "timeout": _duration(),
             "backoff_initial": _duration(),
             "backoff_max": _duration(),
+            "clean_session": _boolean,
+            "session_expiry": _session_expiry,
+            "max_inflight": _integer(1, 65535),  # paho's message ids are 16-bit
         },
         required=("host",),
     )
@@ -1302,6 +1307,14 @@ def _keepalive(ctx: _Ctx, node: Node, path: str) -> Any:
     return seconds
 
 
+def _session_expiry(ctx: _Ctx, node: Node, path: str) -> Any:
+    seconds = _duration()(ctx, node, path)
+    if isinstance(seconds, float) and seconds > 0xFFFFFFFF:
+        ctx.add(node, path, f"must be at most 4294967295 s (an MQTT 5 limit), got {_raw(node)}")
+        return INVALID
+    return seconds
+
+
 def _mqtt_protocol(ctx: _Ctx, node: Node, path: str) -> Any:
     got = _need_scalar(ctx, node, path, '"3.1.1" or 5')
     if got is None:
@@ -1332,10 +1345,71 @@ def _prometheus(ctx: _Ctx, node: Node, path: str) -> Any:
 
 def _storage(ctx: _Ctx, node: Node, path: str) -> Any:
     before = ctx.count
-    parsed = _mapping(ctx, node, path, {"dir": _optional(_string())})
+    parsed = _mapping(ctx, node, path, {"dir": _optional(_string()), "outbox": _outbox})
     if parsed is None or ctx.count > before:
         return INVALID
     return StorageConfig(**parsed.fields())
+
+
+_SIZE = re.compile(r"\s*(\d+)\s*(|B|kB|KB|KiB|MB|MiB|GB|GiB)\s*")
+_SIZE_UNITS: Final[Mapping[str, int]] = {
+    "": 1,
+    "B": 1,
+    "kB": 1000,
+    "KB": 1000,
+    "KiB": 1024,
+    "MB": 1000**2,
+    "MiB": 1024**2,
+    "GB": 1000**3,
+    "GiB": 1024**3,
+}
+
+
+def _size(ctx: _Ctx, node: Node, path: str) -> Any:
+    """A byte count: an integer, or a string with a unit (``500kB``, ``100MiB``, ``1GB``)."""
+    what = "a size like 100MiB, 500kB or a number of bytes"
+    got = _need_scalar(ctx, node, path, what)
+    if got is None:
+        return INVALID
+    kind, value = got
+    if kind == "int" and value >= 0:
+        return value
+    match = _SIZE.fullmatch(value) if kind == "str" else None
+    if match is None:
+        ctx.add(node, path, f"must be {what}, got {_describe(ctx, node)}")
+        return INVALID
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def _outbox(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {
+            "max_messages": _integer(0),
+            "max_bytes": _size,
+            "hard_max_messages": _integer(0),
+            "hard_max_bytes": _size,
+        },
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    default = {f.name: f.default for f in dataclasses.fields(OutboxConfig)}
+    for soft, hard in (("max_messages", "hard_max_messages"), ("max_bytes", "hard_max_bytes")):
+        low = parsed.get(soft, default[soft])
+        high = parsed.get(hard, default[hard])
+        if low and high and high < low:
+            key = hard if hard in parsed.nodes else soft
+            ctx.add(
+                parsed.nodes[key],
+                join_key(path, key),
+                f"{hard} ({high}) must be >= {soft} ({low}), or 0 for no limit",
+            )
+    if ctx.count > before:
+        return INVALID
+    return OutboxConfig(**parsed.fields())
 
 
 def _log_level(ctx: _Ctx, node: Node, path: str) -> Any:

@@ -143,7 +143,15 @@ class EngineRunner:
             kept = [m for m in batch if m.topic_suffix != "kpi"] + [
                 m for m in messages if m.topic_suffix == "kpi"
             ]
+            if len(kept) > _MAX_PENDING:
+                log.error(
+                    "%d held report(s) dropped: the outbox has not been writable for too long",
+                    len(kept) - _MAX_PENDING,
+                )
             self._pending = kept[-_MAX_PENDING:]
+            # The engine itself still makes progress: the watchdog must not restart the agent
+            # and throw away the reports held here.
+            self._on_progress()
             return 0
         if self._storage_failing:
             log.warning("outbox writable again; %d held report(s) stored", len(self._pending))
@@ -153,6 +161,11 @@ class EngineRunner:
             self._notify_sink()
         self._on_progress()
         return len(batch)
+
+    @property
+    def held(self) -> int:
+        """Messages held in memory because the outbox could not be written."""
+        return len(self._pending)
 
     def _update_line_metrics(self, line: str, payload: dict[str, Any]) -> None:
         m = self._metrics
