@@ -96,6 +96,8 @@ FIELD_NAMES: Final[Mapping[str, str]] = {
     "backoff_initial": "backoff_initial_s",
     "backoff_max": "backoff_max_s",
     "session_expiry": "session_expiry_s",
+    "min": "min_value",
+    "max": "max_value",
 }
 
 _TAG_PREFIX = "tag:yaml.org,2002:"
@@ -896,12 +898,15 @@ def _modbus_tag(ctx: _Ctx, node: Node, path: str) -> Any:
             "scale": _number,
             "offset": _number,
             "unit_id": _optional(_integer(0, 247)),
+            "min": _number,
+            "max": _number,
         },
         required=("name", "address"),
         elsewhere={"node": "applies to opcua tags, not modbus"},
     )
     if parsed is None or ctx.count > before:
         return INVALID
+    _check_range(ctx, parsed)
     table = parsed.get("table", ModbusTable.HOLDING)
     if table in _BIT_TABLES:
         parsed.values.setdefault("type", DataType.BOOL)  # a coil can only be a bit
@@ -918,7 +923,7 @@ def _modbus_tag(ctx: _Ctx, node: Node, path: str) -> Any:
     elif kind != DataType.STRING and "length" in parsed.nodes:
         ctx.add(*at("length"), "applies to type string only")
     if kind in (DataType.BOOL, DataType.STRING):
-        for key in ("scale", "offset"):
+        for key in ("scale", "offset", "min", "max"):
             if key in parsed.nodes:
                 ctx.add(*at(key), f"applies to numeric types only, not {kind}")
     elif parsed.get("scale") == 0.0:
@@ -939,13 +944,22 @@ def _opcua_tag(ctx: _Ctx, node: Node, path: str) -> Any:
         ctx,
         node,
         path,
-        {"name": _name, "node": _node_id},
+        {"name": _name, "node": _node_id, "min": _number, "max": _number},
         required=("name", "node"),
         elsewhere=dict.fromkeys(_MODBUS_TAG_ONLY, "applies to modbus tags, not opcua"),
     )
     if parsed is None or ctx.count > before:
         return INVALID
+    _check_range(ctx, parsed)
+    if ctx.count > before:
+        return INVALID
     return OpcuaTag(**parsed.fields())
+
+
+def _check_range(ctx: _Ctx, parsed: _Parsed) -> None:
+    low, high = parsed.get("min"), parsed.get("max")
+    if isinstance(low, float) and isinstance(high, float) and high < low:
+        ctx.add(parsed.nodes["max"], join_key(parsed.path, "max"), f"must be >= min ({low:g})")
 
 
 def _node_id(ctx: _Ctx, node: Node, path: str) -> Any:

@@ -85,6 +85,8 @@ class ModbusTag:
     scale: float = 1.0  # value = raw * scale + offset (numeric types only)
     offset: float = 0.0
     unit_id: int | None = None  # overrides the source's unit_id
+    min_value: float | None = None  # YAML `min`: a smaller value is reported as BAD
+    max_value: float | None = None  # YAML `max`: a larger value is reported as BAD
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,6 +109,8 @@ class ModbusSourceConfig:
 class OpcuaTag:
     name: str
     node: str  # node id as a string, e.g. "ns=2;s=Line1.TotalCount"
+    min_value: float | None = None  # YAML `min`: a smaller value is reported as BAD
+    max_value: float | None = None  # YAML `max`: a larger value is reported as BAD
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
