@@ -416,9 +416,8 @@ async def test_session_flags_reach_the_broker(
 ) -> None:
     cfg = config(mosquitto, protocol=protocol, clean_session=clean, client_id="session-test")
     sink = MqttSink(cfg, site=SITE, outbox=outbox)
-    async with Subscriber(mosquitto.host, mosquitto.port, STATUS) as live:
-        async with running(sink):
-            await live.collect(1)
+    async with Subscriber(mosquitto.host, mosquitto.port, STATUS) as live, running(sink):
+        await live.collect(1)
     # Mosquitto logs each connect as "... as CLIENT_ID (pPROTOCOL, cCLEAN, kKEEPALIVE)", with
     # p2 for MQTT 3.1.1 and p5 for MQTT 5.
     connects = [ln for ln in mosquitto.log_tail(200).splitlines() if "as session-test (" in ln]
