@@ -18,6 +18,7 @@ import sys
 
 from simulators.modbus_server import UNIT_ID
 from simulators.runner import Simulation
+from simulators.scenarios import Fault, Scenario
 
 __all__ = ["main"]
 
@@ -70,6 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="start every total counter here, e.g. 65500 to see a 16-bit wrap soon (0)",
     )
+    parser.add_argument(
+        "--fault",
+        choices=[f.value for f in Fault],
+        default=None,
+        help="repeat a fault: drop, restart (counters reset), stall, busy, illegal (Modbus"
+        " exceptions 6 / 2), bad-status (OPC UA); see docs/simulators.md",
+    )
+    parser.add_argument(
+        "--fault-every", type=_positive_float, default=30.0, help="seconds between faults (30)"
+    )
+    parser.add_argument(
+        "--fault-for", type=_positive_float, default=5.0, help="seconds each fault lasts (5)"
+    )
     return parser
 
 
@@ -78,6 +92,11 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    scenario = (
+        Scenario(fault=Fault(args.fault), every_s=args.fault_every, duration_s=args.fault_for)
+        if args.fault
+        else None
+    )
     try:
         async with Simulation(
             lines=args.lines,
@@ -87,6 +106,7 @@ async def _serve(args: argparse.Namespace) -> None:
             modbus_port=None if args.no_modbus else args.modbus_port,
             opcua_port=None if args.no_opcua else args.opcua_port,
             initial_count=args.initial_count,
+            scenario=scenario,
         ) as sim:
             if sim.modbus_port is not None:
                 print(f"modbus tcp://{args.host}:{sim.modbus_port} unit {UNIT_ID}", flush=True)
@@ -102,6 +122,9 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``edge-agent-sim``; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    if args.fault and not args.fault_every > args.fault_for:
+        print("edge-agent-sim: --fault-every must be longer than --fault-for", file=sys.stderr)
+        return 2
     if args.no_modbus and args.no_opcua:
         print("edge-agent-sim: nothing to run (--no-modbus and --no-opcua)", file=sys.stderr)
         return 2

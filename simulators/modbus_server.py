@@ -89,6 +89,11 @@ class ModbusSimServer:
         self._bit_words: list[int] = [0] * (self._bit_count // 16)
         self._server: ModbusTcpServer | None = None
         self._port: int | None = None
+        # Fault injection (simulators.scenarios): an exception to answer every request with, and
+        # a gate that holds requests unanswered while it is clear.
+        self.exception: ExcCodes | None = None
+        self.answering = asyncio.Event()
+        self.answering.set()
         self.update()
 
     @property
@@ -114,13 +119,15 @@ class ModbusSimServer:
             simdata=([bits], [bits], [registers], [registers]),
             action=self._on_request,
         )
-        server = ModbusTcpServer(device, address=(self._host, self._requested_port))
+        # After a restart the same port again, so that clients find the PLC where it was.
+        port = self._port if self._port is not None else self._requested_port
+        server = ModbusTcpServer(device, address=(self._host, port))
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:
             # pymodbus reports a failed bind (port in use, bad address) as RuntimeError and logs
             # the cause; callers handle it as the OSError it is.
-            raise OSError(f"modbus: cannot listen on {self._host}:{self._requested_port}") from exc
+            raise OSError(f"modbus: cannot listen on {self._host}:{port}") from exc
         # serve_forever(background=True) returns once listening; transport is the asyncio.Server.
         sockets = server.transport.sockets  # type: ignore[attr-defined]
         self._port = int(sockets[0].getsockname()[1])
@@ -158,6 +165,10 @@ class ModbusSimServer:
         current_registers: list[int],
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
+        if not self.answering.is_set():
+            await self.answering.wait()  # a stalled PLC: the request waits, unanswered
+        if self.exception is not None:
+            return self.exception
         if set_values is not None:
             return ExcCodes.ILLEGAL_ADDRESS
         # Every block starts at address 0 (register 0 of the list) and ends with a guard

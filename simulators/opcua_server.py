@@ -27,6 +27,8 @@ from typing import Any
 
 from asyncua import ua
 from asyncua.server.server import Server
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uatypes import UInt32
 
 from simulators.model import LineModel
 
@@ -81,6 +83,10 @@ class OpcuaSimServer:
         self._server: Server | None = None
         self._variables: list[_Variable] = []
         self._endpoint: str | None = None
+        self._port: int | None = None
+        # Fault injection (simulators.scenarios): serve every value with this bad status.
+        self.bad_status: bool = False
+        self._bad_served = False
 
     @property
     def endpoint(self) -> str | None:
@@ -104,7 +110,10 @@ class OpcuaSimServer:
         server.set_server_name("edge-agent line simulator")
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         server.set_identity_tokens([ua.AnonymousIdentityToken])
-        server.set_endpoint(f"opc.tcp://{self._host}:{self._requested_port}/")
+        # After a restart the same port again, so that clients find the PLC where it was.
+        port = self._port if self._port is not None else self._requested_port
+        server.set_endpoint(f"opc.tcp://{self._host}:{port}/")
+        self._variables = []
         namespace_index = await server.register_namespace(NAMESPACE_URI)
         if namespace_index != 2:
             # The node ids are a contract; a changed index would silently break every client.
@@ -115,6 +124,7 @@ class OpcuaSimServer:
         # server rewrites the URLs it advertises to the one the client asked for
         # (match_discovery_endpoint_url, on by default).
         port = self._bound_port(server)
+        self._port = port
         self._server = server
         self._endpoint = f"opc.tcp://{self._host}:{port}/"
         await self.update()
@@ -136,12 +146,18 @@ class OpcuaSimServer:
             return
         now = ua.DateTime.now(UTC)
         current = [_values(model) for model in self._models]
+        if self.bad_status != self._bad_served:
+            self._bad_served = self.bad_status
+            for variable in self._variables:
+                variable.last_value = None  # rewrite everything with the new status
+        status = ua.StatusCode(UInt32(StatusCodes.BadDeviceFailure if self.bad_status else 0))
         for variable in self._variables:
             value = current[variable.line_index][variable.name]
             if value == variable.last_value:
                 continue
             data_value = ua.DataValue(
                 ua.Variant(value, variable.variant_type),
+                StatusCode=status,
                 SourceTimestamp=now,
                 ServerTimestamp=now,
             )

@@ -7,9 +7,12 @@ import logging
 import time
 from types import TracebackType
 
+from pymodbus.constants import ExcCodes
+
 from simulators.modbus_server import ModbusSimServer
 from simulators.model import LineModel, LineParams
 from simulators.opcua_server import OpcuaSimServer
+from simulators.scenarios import Fault, Scenario
 
 __all__ = ["Simulation"]
 
@@ -42,6 +45,7 @@ class Simulation:
         initial_count: int = 0,
         ideal_cycle_time_s: float = 1.0,
         params: LineParams | None = None,
+        scenario: Scenario | None = None,
     ) -> None:
         if lines < 1:
             raise ValueError(f"lines must be >= 1, got {lines}")
@@ -68,6 +72,9 @@ class Simulation:
         self._modbus: ModbusSimServer | None = None
         self._opcua: OpcuaSimServer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._scenario = scenario
+        self._fault_task: asyncio.Task[None] | None = None
+        self.faults = 0  # fault periods started so far
         self._start_monotonic_s = 0.0
         self._updated = asyncio.Event()
 
@@ -87,6 +94,11 @@ class Simulation:
         self._start_monotonic_s = time.monotonic()
         self._task = asyncio.create_task(self._run(), name="simulation")
         self._task.add_done_callback(self._log_crash)
+        if self._scenario is not None:
+            self._fault_task = asyncio.create_task(
+                self._run_scenario(self._scenario), name="simulation-faults"
+            )
+            self._fault_task.add_done_callback(self._log_crash)
         return self
 
     async def __aexit__(
@@ -139,12 +151,78 @@ class Simulation:
             await self.step()
             await asyncio.sleep(self._update_interval_s)
 
+    async def fault_on(self, fault: Fault) -> None:
+        """Switch ``fault`` on (see :mod:`simulators.scenarios`)."""
+        logger.warning("fault on: %s", fault.value)
+        self.faults += 1
+        match fault:
+            case Fault.DROP | Fault.RESTART:
+                await self._stop_servers()
+                if fault is Fault.RESTART:
+                    for model in self.models:
+                        model.reset_counters()
+                    if self._modbus is not None:
+                        self._modbus.update()
+            case Fault.STALL:
+                if self._modbus is not None:
+                    self._modbus.answering.clear()
+            case Fault.BUSY | Fault.ILLEGAL:
+                if self._modbus is not None:
+                    self._modbus.exception = (
+                        ExcCodes.DEVICE_BUSY if fault is Fault.BUSY else ExcCodes.ILLEGAL_ADDRESS
+                    )
+            case Fault.BAD_STATUS:
+                if self._opcua is not None:
+                    self._opcua.bad_status = True
+
+    async def fault_off(self, fault: Fault) -> None:
+        """Switch ``fault`` off again: servers restarted on their ports, answers normal."""
+        logger.warning("fault off: %s", fault.value)
+        match fault:
+            case Fault.DROP | Fault.RESTART:
+                if self._modbus is not None:
+                    await self._modbus.start()
+                if self._opcua is not None:
+                    await self._opcua.start()
+            case Fault.STALL:
+                if self._modbus is not None:
+                    self._modbus.answering.set()
+            case Fault.BUSY | Fault.ILLEGAL:
+                if self._modbus is not None:
+                    self._modbus.exception = None
+            case Fault.BAD_STATUS:
+                if self._opcua is not None:
+                    self._opcua.bad_status = False
+
+    async def _run_scenario(self, scenario: Scenario) -> None:
+        while True:
+            await asyncio.sleep(scenario.every_s - scenario.duration_s)
+            await self.fault_on(scenario.fault)
+            try:
+                await asyncio.sleep(scenario.duration_s)
+            finally:
+                # Also on cancellation: a simulator never exits with a server held down.
+                if self._task is not None:
+                    await self.fault_off(scenario.fault)
+
+    async def _stop_servers(self) -> None:
+        try:
+            if self._opcua is not None:
+                await self._opcua.stop()
+        finally:
+            if self._modbus is not None:
+                await self._modbus.stop()
+
     @staticmethod
     def _log_crash(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("simulation task stopped: %r", exc, exc_info=exc)
 
     async def _shutdown(self) -> None:
+        fault_task, self._fault_task = self._fault_task, None
+        if fault_task is not None:
+            fault_task.cancel()
+            await asyncio.wait([fault_task])
         task, self._task = self._task, None
         try:
             if task is not None:

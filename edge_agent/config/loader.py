@@ -56,6 +56,7 @@ from edge_agent.config.schema import (
     OnStartupError,
     OpcuaSourceConfig,
     OpcuaTag,
+    OutboxConfig,
     Product,
     ProductSignal,
     PrometheusConfig,
@@ -104,6 +105,9 @@ FIELD_NAMES: Final[Mapping[str, str]] = {
     "publish_interval": "publish_interval_s",
     "backoff_initial": "backoff_initial_s",
     "backoff_max": "backoff_max_s",
+    "session_expiry": "session_expiry_s",
+    "min": "min_value",
+    "max": "max_value",
 }
 
 _TAG_PREFIX = "tag:yaml.org,2002:"
@@ -904,12 +908,15 @@ def _modbus_tag(ctx: _Ctx, node: Node, path: str) -> Any:
             "scale": _number,
             "offset": _number,
             "unit_id": _optional(_integer(0, 247)),
+            "min": _number,
+            "max": _number,
         },
         required=("name", "address"),
         elsewhere={"node": "applies to opcua tags, not modbus"},
     )
     if parsed is None or ctx.count > before:
         return INVALID
+    _check_range(ctx, parsed)
     table = parsed.get("table", ModbusTable.HOLDING)
     if table in _BIT_TABLES:
         parsed.values.setdefault("type", DataType.BOOL)  # a coil can only be a bit
@@ -926,7 +933,7 @@ def _modbus_tag(ctx: _Ctx, node: Node, path: str) -> Any:
     elif kind != DataType.STRING and "length" in parsed.nodes:
         ctx.add(*at("length"), "applies to type string only")
     if kind in (DataType.BOOL, DataType.STRING):
-        for key in ("scale", "offset"):
+        for key in ("scale", "offset", "min", "max"):
             if key in parsed.nodes:
                 ctx.add(*at(key), f"applies to numeric types only, not {kind}")
     elif parsed.get("scale") == 0.0:
@@ -947,13 +954,22 @@ def _opcua_tag(ctx: _Ctx, node: Node, path: str) -> Any:
         ctx,
         node,
         path,
-        {"name": _name, "node": _node_id},
+        {"name": _name, "node": _node_id, "min": _number, "max": _number},
         required=("name", "node"),
         elsewhere=dict.fromkeys(_MODBUS_TAG_ONLY, "applies to modbus tags, not opcua"),
     )
     if parsed is None or ctx.count > before:
         return INVALID
+    _check_range(ctx, parsed)
+    if ctx.count > before:
+        return INVALID
     return OpcuaTag(**parsed.fields())
+
+
+def _check_range(ctx: _Ctx, parsed: _Parsed) -> None:
+    low, high = parsed.get("min"), parsed.get("max")
+    if isinstance(low, float) and isinstance(high, float) and high < low:
+        ctx.add(parsed.nodes["max"], join_key(parsed.path, "max"), f"must be >= min ({low:g})")
 
 
 def _node_id(ctx: _Ctx, node: Node, path: str) -> Any:
@@ -1437,6 +1453,9 @@ def _mqtt(ctx: _Ctx, node: Node, path: str) -> Any:
             "timeout": _duration(),
             "backoff_initial": _duration(),
             "backoff_max": _duration(),
+            "clean_session": _boolean,
+            "session_expiry": _session_expiry,
+            "max_inflight": _integer(1, 65535),  # paho's message ids are 16-bit
         },
         required=("host",),
     )
@@ -1499,6 +1518,14 @@ def _keepalive(ctx: _Ctx, node: Node, path: str) -> Any:
     return seconds
 
 
+def _session_expiry(ctx: _Ctx, node: Node, path: str) -> Any:
+    seconds = _duration()(ctx, node, path)
+    if isinstance(seconds, float) and seconds > 0xFFFFFFFF:
+        ctx.add(node, path, f"must be at most 4294967295 s (an MQTT 5 limit), got {_raw(node)}")
+        return INVALID
+    return seconds
+
+
 def _mqtt_protocol(ctx: _Ctx, node: Node, path: str) -> Any:
     got = _need_scalar(ctx, node, path, '"3.1.1" or 5')
     if got is None:
@@ -1529,10 +1556,71 @@ def _prometheus(ctx: _Ctx, node: Node, path: str) -> Any:
 
 def _storage(ctx: _Ctx, node: Node, path: str) -> Any:
     before = ctx.count
-    parsed = _mapping(ctx, node, path, {"dir": _optional(_string())})
+    parsed = _mapping(ctx, node, path, {"dir": _optional(_string()), "outbox": _outbox})
     if parsed is None or ctx.count > before:
         return INVALID
     return StorageConfig(**parsed.fields())
+
+
+_SIZE = re.compile(r"\s*(\d+)\s*(|B|kB|KB|KiB|MB|MiB|GB|GiB)\s*")
+_SIZE_UNITS: Final[Mapping[str, int]] = {
+    "": 1,
+    "B": 1,
+    "kB": 1000,
+    "KB": 1000,
+    "KiB": 1024,
+    "MB": 1000**2,
+    "MiB": 1024**2,
+    "GB": 1000**3,
+    "GiB": 1024**3,
+}
+
+
+def _size(ctx: _Ctx, node: Node, path: str) -> Any:
+    """A byte count: an integer, or a string with a unit (``500kB``, ``100MiB``, ``1GB``)."""
+    what = "a size like 100MiB, 500kB or a number of bytes"
+    got = _need_scalar(ctx, node, path, what)
+    if got is None:
+        return INVALID
+    kind, value = got
+    if kind == "int" and value >= 0:
+        return value
+    match = _SIZE.fullmatch(value) if kind == "str" else None
+    if match is None:
+        ctx.add(node, path, f"must be {what}, got {_describe(ctx, node)}")
+        return INVALID
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def _outbox(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {
+            "max_messages": _integer(0),
+            "max_bytes": _size,
+            "hard_max_messages": _integer(0),
+            "hard_max_bytes": _size,
+        },
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    default = {f.name: f.default for f in dataclasses.fields(OutboxConfig)}
+    for soft, hard in (("max_messages", "hard_max_messages"), ("max_bytes", "hard_max_bytes")):
+        low = parsed.get(soft, default[soft])
+        high = parsed.get(hard, default[hard])
+        if low and high and high < low:
+            key = hard if hard in parsed.nodes else soft
+            ctx.add(
+                parsed.nodes[key],
+                join_key(path, key),
+                f"{hard} ({high}) must be >= {soft} ({low}), or 0 for no limit",
+            )
+    if ctx.count > before:
+        return INVALID
+    return OutboxConfig(**parsed.fields())
 
 
 def _log_level(ctx: _Ctx, node: Node, path: str) -> Any:

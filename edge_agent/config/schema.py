@@ -85,6 +85,8 @@ class ModbusTag:
     scale: float = 1.0  # value = raw * scale + offset (numeric types only)
     offset: float = 0.0
     unit_id: int | None = None  # overrides the source's unit_id
+    min_value: float | None = None  # YAML `min`: a smaller value is reported as BAD
+    max_value: float | None = None  # YAML `max`: a larger value is reported as BAD
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,6 +109,8 @@ class ModbusSourceConfig:
 class OpcuaTag:
     name: str
     node: str  # node id as a string, e.g. "ns=2;s=Line1.TotalCount"
+    min_value: float | None = None  # YAML `min`: a smaller value is reported as BAD
+    max_value: float | None = None  # YAML `max`: a larger value is reported as BAD
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,6 +257,12 @@ class MqttConfig:
     timeout_s: float = 10.0
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
+    # False: a persistent session (MQTT 3.1.1 clean_session=0; MQTT 5 clean start off with a
+    # session expiry of session_expiry_s), so the broker keeps the client's session across
+    # reconnects.
+    clean_session: bool = True
+    session_expiry_s: float = 3600.0
+    max_inflight: int = 100  # publishes awaiting PUBACK at once (also the client's queue bound)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -263,9 +273,25 @@ class PrometheusConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxConfig:
+    """How much the outbox may hold while the broker is away. ``0``: no limit.
+
+    Above ``max_messages`` / ``max_bytes`` the oldest live ``kpi`` snapshots are dropped (each
+    line's newest is kept); above ``hard_max_messages`` / ``hard_max_bytes`` the oldest messages
+    of every topic are. Bytes count payloads, not the file's own overhead.
+    """
+
+    max_messages: int = 100_000
+    max_bytes: int = 100 * 1024 * 1024
+    hard_max_messages: int = 1_000_000
+    hard_max_bytes: int = 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StorageConfig:
     # None: $STATE_DIRECTORY (systemd), else ./state
     dir: str | None = None
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -65,32 +65,79 @@ class EngineRunner:
         self._clock = clock
         self.publish_interval_s = cfg.mqtt.publish_interval_s
         self._qos = cfg.mqtt.qos
+        self._tick_base_s = tick_interval_s
         self.tick_interval_s = min(tick_interval_s, self.publish_interval_s)
         self.engines: dict[str, LineEngine] = {}
+        self._lines: dict[str, LineConfig] = {}
+        self._site = cfg.site
         self._routes: dict[str, list[LineEngine]] = {}
         self._by_source: dict[str, list[LineEngine]] = {}
         saved = outbox.load_state()
         for line in cfg.lines:
-            engine = LineEngine(line, site=cfg.site)
-            blob = saved.get(STATE_KEY_PREFIX + line.name)
-            if blob:
-                try:
-                    engine.restore(json.loads(blob))
-                    log.info("line '%s': engine state restored", line.name)
-                except Exception as exc:  # a state from an incompatible config: start afresh
-                    log.warning("line '%s': saved engine state not usable (%s)", line.name, exc)
-                    engine = LineEngine(line, site=cfg.site)
-            self.engines[line.name] = engine
+            self.engines[line.name] = self._new_engine(line, saved)
+            self._lines[line.name] = line
+        self._route()
+        self._pending: list[OutMessage] = []
+        self._storage_failing = False
+        self._window_totals: dict[str, tuple[str, int, int, int]] = {}
+        self.steps = 0
+
+    def _new_engine(self, line: LineConfig, saved: dict[str, str]) -> LineEngine:
+        engine = LineEngine(line, site=self._site)
+        blob = saved.get(STATE_KEY_PREFIX + line.name)
+        if blob:
+            try:
+                engine.restore(json.loads(blob))
+                log.info("line '%s': engine state restored", line.name)
+            except Exception as exc:  # a state from an incompatible config: start afresh
+                log.warning("line '%s': saved engine state not usable (%s)", line.name, exc)
+                engine = LineEngine(line, site=self._site)
+        return engine
+
+    def _route(self) -> None:
+        self._routes = {}
+        self._by_source = {}
+        for line in self._lines.values():
+            engine = self.engines[line.name]
             for tag in signal_tags(line):
                 self._routes.setdefault(tag, []).append(engine)
                 source = tag.split(".", 1)[0]
                 engines = self._by_source.setdefault(source, [])
                 if engine not in engines:
                     engines.append(engine)
-        self._pending: list[OutMessage] = []
-        self._storage_failing = False
-        self._window_totals: dict[str, tuple[str, int, int, int]] = {}
-        self.steps = 0
+
+    def reconfigure(self, cfg: AgentConfig) -> tuple[list[str], list[str]]:
+        """Adopt a reloaded configuration; return the lines (kept, started afresh).
+
+        A line whose :class:`LineConfig` is equal keeps its engine, and with it its counter
+        baselines and open windows. A changed line gets a new engine restored from the state it
+        last stored, if that state fits the new configuration, else a fresh one; a removed line's
+        engine is dropped (its last reports are already in the outbox).
+        """
+        self.publish_interval_s = cfg.mqtt.publish_interval_s
+        self.tick_interval_s = min(self._tick_base_s, self.publish_interval_s)
+        self._qos = cfg.mqtt.qos
+        kept: list[str] = []
+        fresh: list[str] = []
+        saved: dict[str, str] | None = None
+        engines: dict[str, LineEngine] = {}
+        for line in cfg.lines:
+            old = self._lines.get(line.name)
+            if old == line and cfg.site == self._site:
+                engines[line.name] = self.engines[line.name]
+                kept.append(line.name)
+                continue
+            if saved is None:
+                # Store the current state first, so that a changed line resumes from now.
+                self._persist([])
+                saved = self._outbox.load_state()
+            engines[line.name] = self._new_engine(line, saved)
+            fresh.append(line.name)
+        self.engines = engines
+        self._lines = {line.name: line for line in cfg.lines}
+        self._window_totals = {k: v for k, v in self._window_totals.items() if k in engines}
+        self._route()
+        return kept, fresh
 
     def deliver(self, samples: list[Sample]) -> None:
         """Hand a poll's samples to the lines that read them (hot path: one dict lookup each)."""
@@ -146,7 +193,15 @@ class EngineRunner:
             kept = [m for m in batch if m.topic_suffix != "kpi"] + [
                 m for m in messages if m.topic_suffix == "kpi"
             ]
+            if len(kept) > _MAX_PENDING:
+                log.error(
+                    "%d held report(s) dropped: the outbox has not been writable for too long",
+                    len(kept) - _MAX_PENDING,
+                )
             self._pending = kept[-_MAX_PENDING:]
+            # The engine itself still makes progress: the watchdog must not restart the agent
+            # and throw away the reports held here.
+            self._on_progress()
             return 0
         if self._storage_failing:
             log.warning("outbox writable again; %d held report(s) stored", len(self._pending))
@@ -156,6 +211,11 @@ class EngineRunner:
             self._notify_sink()
         self._on_progress()
         return len(batch)
+
+    @property
+    def held(self) -> int:
+        """Messages held in memory because the outbox could not be written."""
+        return len(self._pending)
 
     def _update_line_metrics(self, line: str, payload: dict[str, Any]) -> None:
         m = self._metrics

@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config.schema import MqttConfig, MqttProtocol
@@ -39,7 +41,6 @@ from edge_agent.sinks.outbox import Outbox, StoredMessage
 log = logging.getLogger(__name__)
 
 STATUS_SCHEMA = "edge-agent/status/1"
-DEFAULT_WINDOW = 100  # publishes in flight at once; far below paho's 65,535 message ids
 
 
 def status_payload(site: str, status: Literal["online", "offline"], ts: float) -> bytes:
@@ -77,8 +78,9 @@ class MqttSink:
     """
 
     def __init__(
-        self, cfg: MqttConfig, *, site: str, outbox: Outbox, window: int = DEFAULT_WINDOW
+        self, cfg: MqttConfig, *, site: str, outbox: Outbox, window: int | None = None
     ) -> None:
+        window = cfg.max_inflight if window is None else window
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self._cfg = cfg
@@ -202,6 +204,17 @@ class MqttSink:
             if cfg.protocol is MqttProtocol.V5
             else aiomqtt.ProtocolVersion.V311
         )
+        # A persistent session: MQTT 3.1.1 clean_session=0; MQTT 5 clean start off and a session
+        # expiry (without one an MQTT 5 broker ends the session at disconnect).
+        session: dict[str, Any] = {}
+        if protocol is aiomqtt.ProtocolVersion.V5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            if not cfg.clean_session:
+                props.SessionExpiryInterval = int(cfg.session_expiry_s)
+            session["clean_start"] = cfg.clean_session
+            session["properties"] = props
+        else:
+            session["clean_session"] = cfg.clean_session
         will = aiomqtt.Will(
             topic=self.status_topic,
             # The will's ts is the time of this connect: the broker sends it unchanged later.
@@ -220,7 +233,11 @@ class MqttSink:
             timeout=cfg.timeout_s,
             keepalive=max(1, round(cfg.keepalive_s)),
             max_inflight_messages=self._window,
+            # The sink hands the client at most one window at a time; the bound makes paho's
+            # memory-only queue refuse rather than grow if that ever changed.
+            max_queued_outgoing_messages=self._window + 2,
             tls_context=tls_context,
+            **session,
         )
         # aiomqtt warns above 10 pending calls; a full window is normal here.
         client.pending_calls_threshold = self._window + 2

@@ -108,6 +108,22 @@ class Metrics:
             "Age of the oldest message in the outbox",
             registry=r,
         )
+        self.outbox_bytes = Gauge(
+            "edge_agent_outbox_bytes",
+            "Payload bytes waiting in the outbox",
+            registry=r,
+        )
+        self.outbox_dropped = Counter(
+            "edge_agent_outbox_dropped_total",
+            "Messages the outbox deleted unsent because it was over its limits",
+            ["topic"],
+            registry=r,
+        )
+        self.outbox_held = Gauge(
+            "edge_agent_outbox_held_in_memory",
+            "Messages held in memory because the outbox cannot be written (disk full)",
+            registry=r,
+        )
         self.broker_connected = Gauge(
             "edge_agent_mqtt_connected", "1 while connected to the MQTT broker", registry=r
         )

@@ -400,3 +400,25 @@ async def test_tls_rejects_an_unknown_ca(tls_broker: tuple[Mosquitto, Pki], outb
     sink = MqttSink(config(broker, host="localhost", tls=tls), site=SITE, outbox=outbox)
     with pytest.raises(BrokerRefusedError, match=r"TLS.*certificate"):
         await asyncio.wait_for(sink.run(), 10.0)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "clean", "expect"),
+    [
+        (MqttProtocol.V311, True, "p2, c1"),
+        (MqttProtocol.V311, False, "p2, c0"),
+        (MqttProtocol.V5, True, "p5, c1"),
+        (MqttProtocol.V5, False, "p5, c0"),
+    ],
+)
+async def test_session_flags_reach_the_broker(
+    mosquitto: Mosquitto, outbox: Outbox, protocol: MqttProtocol, clean: bool, expect: str
+) -> None:
+    cfg = config(mosquitto, protocol=protocol, clean_session=clean, client_id="session-test")
+    sink = MqttSink(cfg, site=SITE, outbox=outbox)
+    async with Subscriber(mosquitto.host, mosquitto.port, STATUS) as live, running(sink):
+        await live.collect(1)
+    # Mosquitto logs each connect as "... as CLIENT_ID (pPROTOCOL, cCLEAN, kKEEPALIVE)", with
+    # p2 for MQTT 3.1.1 and p5 for MQTT 5.
+    connects = [ln for ln in mosquitto.log_tail(200).splitlines() if "as session-test (" in ln]
+    assert connects and expect in connects[-1], connects
