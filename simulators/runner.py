@@ -9,7 +9,7 @@ from types import TracebackType
 
 from simulators.modbus_server import ModbusSimServer
 from simulators.model import LineModel, LineParams
-from simulators.opcua_server import OpcuaSimServer
+from simulators.opcua_server import OpcuaSimServer, SimSecurity
 
 __all__ = ["Simulation"]
 
@@ -42,6 +42,7 @@ class Simulation:
         initial_count: int = 0,
         ideal_cycle_time_s: float = 1.0,
         params: LineParams | None = None,
+        opcua_security: SimSecurity | None = None,
     ) -> None:
         if lines < 1:
             raise ValueError(f"lines must be >= 1, got {lines}")
@@ -53,6 +54,7 @@ class Simulation:
         self._host = host
         self._requested_modbus_port = modbus_port
         self._requested_opcua_port = opcua_port
+        self._opcua_security = opcua_security
         self._update_interval_s = update_interval_s
         self.models: list[LineModel] = [
             LineModel(
@@ -77,7 +79,12 @@ class Simulation:
                 self._modbus = ModbusSimServer(self.models, self._host, self._requested_modbus_port)
                 self.modbus_port = await self._modbus.start()
             if self._requested_opcua_port is not None:
-                self._opcua = OpcuaSimServer(self.models, self._host, self._requested_opcua_port)
+                self._opcua = OpcuaSimServer(
+                    self.models,
+                    self._host,
+                    self._requested_opcua_port,
+                    security=self._opcua_security,
+                )
                 self.opcua_endpoint = await self._opcua.start()
         except BaseException:
             await self._shutdown()

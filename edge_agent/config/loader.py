@@ -64,7 +64,7 @@ from edge_agent.config.schema import (
     TlsConfig,
 )
 from edge_agent.errors import ConfigError
-from edge_agent.secrets import resolve_path
+from edge_agent.secrets import loose_permissions, resolve_path
 
 __all__ = [
     "EXIT_CONFIG",
@@ -74,6 +74,8 @@ __all__ = [
     "load_config",
     "load_config_text",
     "normalize_fingerprint",
+    "permission_warnings",
+    "secret_files",
 ]
 
 EXIT_CONFIG: Final = 78  # EX_CONFIG from sysexits.h: "configuration error"
@@ -200,11 +202,14 @@ def load_config_text(text: str, path: str = "<string>") -> AgentConfig:
     return _load(ctx, text)
 
 
-def check_config_main(path: str) -> int:
+def check_config_main(path: str, *, dump: bool = False) -> int:
     """``edge-agent check-config``: validate ``path`` and report.
 
     Prints a one-line summary to stdout and returns 0 when the file is valid; otherwise prints
     each problem on its own line to stderr, then ``N problems``, and returns 78 (EX_CONFIG).
+    A valid file's loose permissions (see :func:`edge_agent.secrets.loose_permissions`) are
+    warnings on stderr that do not change the exit code. With ``dump``, the effective
+    configuration follows as YAML, secrets redacted (:mod:`edge_agent.config.dump`).
     """
     try:
         cfg = load_config(path)
@@ -214,12 +219,39 @@ def check_config_main(path: str) -> int:
             print(issue, file=sys.stderr)
         print(plural(len(exc.issues), "problem"), file=sys.stderr)
         return EXIT_CONFIG
+    for warning in permission_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
     tags = sum(len(source.tags) for source in cfg.sources)
-    print(
+    summary = (
         f"{path}: ok: site '{cfg.site}', {plural(len(cfg.sources), 'source')}, "
         f"{plural(len(cfg.lines), 'line')}, {plural(tags, 'tag')}"
     )
+    if dump:
+        from edge_agent.config.dump import dump_config  # noqa: PLC0415
+
+        print(f"# {summary}")
+        print(dump_config(cfg), end="")
+    else:
+        print(summary)
     return 0
+
+
+def secret_files(cfg: AgentConfig) -> list[str]:
+    """The configured files that hold secrets or private keys."""
+    files: list[str | None] = [cfg.mqtt.password_file, cfg.prometheus.password_file]
+    files.append(cfg.prometheus.key_file)
+    if cfg.mqtt.tls is not None:
+        files.append(cfg.mqtt.tls.key_file)
+    for source in cfg.sources:
+        if isinstance(source, OpcuaSourceConfig):
+            files += [source.password_file, source.security.key_file]
+    return [f for f in files if f is not None]
+
+
+def permission_warnings(cfg: AgentConfig) -> list[str]:
+    """Loose permissions on the configuration file and the secret files it names."""
+    config = cfg.path if not cfg.path.startswith("<") else None
+    return loose_permissions(secret_files(cfg), config)
 
 
 # ---------------------------------------------------------------------------------------------
