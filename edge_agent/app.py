@@ -28,6 +28,7 @@ from edge_agent.config.schema import AgentConfig, OnStartupError, SourceConfig
 from edge_agent.engine.runner import EngineRunner
 from edge_agent.errors import ConfigError, EdgeAgentError, StorageError
 from edge_agent.poller import Poller
+from edge_agent.secrets import read_secret
 from edge_agent.sinks.mqtt import MqttSink
 from edge_agent.sinks.outbox import Outbox
 from edge_agent.sinks.prometheus import Metrics
@@ -127,7 +128,16 @@ class Agent:
         m = self.metrics
         m.info.labels(version=__version__, site=cfg.site).set(1)
         if cfg.prometheus.enabled:
-            self.metrics_port = m.serve(cfg.prometheus.host, cfg.prometheus.port)
+            p = cfg.prometheus
+            password = read_secret(p.password_file) if p.password_file is not None else None
+            self.metrics_port = m.serve(
+                p.host,
+                p.port,
+                cert_file=p.cert_file,
+                key_file=p.key_file,
+                username=p.username,
+                password=password,
+            )
 
         runner = EngineRunner(
             cfg, outbox, metrics=m, notify_sink=self._notify_sink, on_progress=self._progress

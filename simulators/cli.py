@@ -5,6 +5,12 @@ Prints one line per listening server on stdout as soon as it listens, e.g.::
     modbus tcp://127.0.0.1:40123 unit 1
     opcua opc.tcp://127.0.0.1:40124/
 
+With ``--opcua-security DIR`` the OPC UA server offers only signed and encrypted endpoints, with
+the certificate ``DIR/simulator-opcua.der`` (created with its key on first use), and one more
+line says how to trust it::
+
+    opcua-certificate /path/DIR/simulator-opcua.der sha256 AB:CD:...
+
 then runs until SIGINT or SIGTERM and exits 0. Logs go to stderr.
 """
 
@@ -15,8 +21,10 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from simulators.modbus_server import UNIT_ID
+from simulators.opcua_server import APPLICATION_URI, SimSecurity
 from simulators.runner import Simulation
 from simulators.scenarios import Fault, Scenario
 
@@ -66,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-modbus", action="store_true", help="do not start the Modbus server")
     parser.add_argument("--no-opcua", action="store_true", help="do not start the OPC UA server")
     parser.add_argument(
+        "--opcua-security",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="OPC UA with Basic256Sha256 / Aes128_Sha256_RsaOaep / Aes256_Sha256_RsaPss only; "
+        "the server certificate and key are kept in DIR (created if missing)",
+    )
+    parser.add_argument(
         "--initial-count",
         type=int,
         default=0,
@@ -97,6 +113,7 @@ async def _serve(args: argparse.Namespace) -> None:
         if args.fault
         else None
     )
+    security = _security(args.opcua_security, args.host) if args.opcua_security else None
     try:
         async with Simulation(
             lines=args.lines,
@@ -107,16 +124,45 @@ async def _serve(args: argparse.Namespace) -> None:
             opcua_port=None if args.no_opcua else args.opcua_port,
             initial_count=args.initial_count,
             scenario=scenario,
+            opcua_security=security,
         ) as sim:
             if sim.modbus_port is not None:
                 print(f"modbus tcp://{args.host}:{sim.modbus_port} unit {UNIT_ID}", flush=True)
             if sim.opcua_endpoint is not None:
                 print(f"opcua {sim.opcua_endpoint}", flush=True)
+                if security is not None:
+                    print(
+                        f"opcua-certificate {security.cert_file} sha256 {_sha256(security)}",
+                        flush=True,
+                    )
             await stop.wait()
             logger.info("stopping")
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def _security(directory: Path, host: str) -> SimSecurity:
+    from edge_agent.certs import make_opcua_certificate  # noqa: PLC0415 - only when asked
+
+    cert, key = directory / "simulator-opcua.der", directory / "simulator-opcua.key.pem"
+    if not (cert.exists() and key.exists()):
+        make_opcua_certificate(
+            directory,
+            application_uri=APPLICATION_URI,
+            common_name="edge-agent simulator",
+            hostnames=sorted({host, "localhost", "127.0.0.1"}),
+            cert_name=cert.name,
+            key_name=key.name,
+            overwrite=True,
+        )
+    return SimSecurity(cert, key)
+
+
+def _sha256(security: SimSecurity) -> str:
+    from edge_agent.certs import fingerprint, load_certificate  # noqa: PLC0415
+
+    return fingerprint(load_certificate(security.cert_file.read_bytes()))
 
 
 def main(argv: list[str] | None = None) -> int:

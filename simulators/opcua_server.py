@@ -13,7 +13,11 @@ ns=2;s=Line{n}.Running     Boolean   true while running
 ns=2;s=Line{n}.IdealCycleTime Double ideal cycle time in seconds
 =========================  ========  ====================================
 
-Security: None only, anonymous sessions. A value is written only when it changes, with a
+Security: None and anonymous sessions by default. With ``security`` (:class:`SimSecurity`) the
+server offers only Basic256Sha256, Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss endpoints, in
+Sign and SignAndEncrypt modes, with that certificate (ApplicationUri
+``urn:edge-agent:simulator:server``); anonymous sessions are still accepted, and client
+certificates are not checked. A value is written only when it changes, with a
 SourceTimestamp of the moment the server saw the change, the way a PLC stamps its tags.
 """
 
@@ -23,6 +27,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 from asyncua import ua
@@ -32,11 +37,32 @@ from asyncua.ua.uatypes import UInt32
 
 from simulators.model import LineModel
 
-__all__ = ["NAMESPACE_URI", "OpcuaSimServer", "node_id"]
+__all__ = ["APPLICATION_URI", "NAMESPACE_URI", "OpcuaSimServer", "SimSecurity", "node_id"]
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE_URI = "urn:edge-agent:simulator"
+# Not the namespace URI: the ApplicationUri is namespace 1 of every server.
+APPLICATION_URI = "urn:edge-agent:simulator:server"
+
+_SECURE_POLICIES = [
+    ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+    ua.SecurityPolicyType.Basic256Sha256_Sign,
+    ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+    ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+    ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+    ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SimSecurity:
+    """The server's application instance certificate (DER or PEM) and its PEM private key; make
+    them with :func:`edge_agent.certs.make_opcua_certificate` and ``APPLICATION_URI``."""
+
+    cert_file: Path
+    key_file: Path
+
 
 _VARIABLES: tuple[tuple[str, ua.VariantType], ...] = (
     ("State", ua.VariantType.UInt16),
@@ -74,12 +100,20 @@ class _Variable:
 class OpcuaSimServer:
     """Serves the models' values over OPC UA; call :meth:`update` to publish new values."""
 
-    def __init__(self, models: Sequence[LineModel], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        models: Sequence[LineModel],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        security: SimSecurity | None = None,
+    ) -> None:
         if not models:
             raise ValueError("at least one line model is needed")
         self._models = list(models)
         self._host = host
         self._requested_port = port
+        self._security = security
         self._server: Server | None = None
         self._variables: list[_Variable] = []
         self._endpoint: str | None = None
@@ -108,7 +142,14 @@ class OpcuaSimServer:
         server = Server()
         await server.init()
         server.set_server_name("edge-agent line simulator")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if self._security is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            await server.set_application_uri(APPLICATION_URI)
+            server.set_security_policy(_SECURE_POLICIES)
+            cert = self._security.cert_file.read_bytes()
+            await server.load_certificate(cert, "pem" if cert.lstrip()[:1] == b"-" else "der")
+            await server.load_private_key(self._security.key_file.read_bytes(), format="pem")
         server.set_identity_tokens([ua.AnonymousIdentityToken])
         # After a restart the same port again, so that clients find the PLC where it was.
         port = self._port if self._port is not None else self._requested_port

@@ -11,7 +11,7 @@ from pymodbus.constants import ExcCodes
 
 from simulators.modbus_server import ModbusSimServer
 from simulators.model import LineModel, LineParams
-from simulators.opcua_server import OpcuaSimServer
+from simulators.opcua_server import OpcuaSimServer, SimSecurity
 from simulators.scenarios import Fault, Scenario
 
 __all__ = ["Simulation"]
@@ -46,6 +46,7 @@ class Simulation:
         ideal_cycle_time_s: float = 1.0,
         params: LineParams | None = None,
         scenario: Scenario | None = None,
+        opcua_security: SimSecurity | None = None,
     ) -> None:
         if lines < 1:
             raise ValueError(f"lines must be >= 1, got {lines}")
@@ -57,6 +58,7 @@ class Simulation:
         self._host = host
         self._requested_modbus_port = modbus_port
         self._requested_opcua_port = opcua_port
+        self._opcua_security = opcua_security
         self._update_interval_s = update_interval_s
         self.models: list[LineModel] = [
             LineModel(
@@ -84,7 +86,12 @@ class Simulation:
                 self._modbus = ModbusSimServer(self.models, self._host, self._requested_modbus_port)
                 self.modbus_port = await self._modbus.start()
             if self._requested_opcua_port is not None:
-                self._opcua = OpcuaSimServer(self.models, self._host, self._requested_opcua_port)
+                self._opcua = OpcuaSimServer(
+                    self.models,
+                    self._host,
+                    self._requested_opcua_port,
+                    security=self._opcua_security,
+                )
                 self.opcua_endpoint = await self._opcua.start()
         except BaseException:
             await self._shutdown()

@@ -54,6 +54,9 @@ from edge_agent.config.schema import (
     MqttConfig,
     MqttProtocol,
     OnStartupError,
+    OpcuaSecurityConfig,
+    OpcuaSecurityMode,
+    OpcuaSecurityPolicy,
     OpcuaSourceConfig,
     OpcuaTag,
     OutboxConfig,
@@ -69,6 +72,7 @@ from edge_agent.config.schema import (
     TlsConfig,
 )
 from edge_agent.errors import ConfigError
+from edge_agent.secrets import loose_permissions, resolve_path
 
 __all__ = [
     "EXIT_CONFIG",
@@ -77,6 +81,9 @@ __all__ = [
     "check_config_main",
     "load_config",
     "load_config_text",
+    "normalize_fingerprint",
+    "permission_warnings",
+    "secret_files",
 ]
 
 EXIT_CONFIG: Final = 78  # EX_CONFIG from sysexits.h: "configuration error"
@@ -144,6 +151,8 @@ class _Ctx:
 
     def __init__(self, file: str) -> None:
         self.file = file
+        # Relative file paths in the config are relative to it (or to systemd's credentials).
+        self.base_dir = os.path.dirname(os.path.abspath(file)) if not file.startswith("<") else "."
         self.issues: list[Issue] = []
         self.constructor = SafeConstructor()
         # None: no `sources` key, so any SOURCE.TAG is accepted (replay, DESIGN §5).
@@ -207,11 +216,14 @@ def load_config_text(text: str, path: str = "<string>") -> AgentConfig:
     return _load(ctx, text)
 
 
-def check_config_main(path: str) -> int:
+def check_config_main(path: str, *, dump: bool = False) -> int:
     """``edge-agent check-config``: validate ``path`` and report.
 
     Prints a one-line summary to stdout and returns 0 when the file is valid; otherwise prints
     each problem on its own line to stderr, then ``N problems``, and returns 78 (EX_CONFIG).
+    A valid file's loose permissions (see :func:`edge_agent.secrets.loose_permissions`) are
+    warnings on stderr that do not change the exit code. With ``dump``, the effective
+    configuration follows as YAML, secrets redacted (:mod:`edge_agent.config.dump`).
     """
     try:
         cfg = load_config(path)
@@ -221,12 +233,39 @@ def check_config_main(path: str) -> int:
             print(issue, file=sys.stderr)
         print(plural(len(exc.issues), "problem"), file=sys.stderr)
         return EXIT_CONFIG
+    for warning in permission_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
     tags = sum(len(source.tags) for source in cfg.sources)
-    print(
+    summary = (
         f"{path}: ok: site '{cfg.site}', {plural(len(cfg.sources), 'source')}, "
         f"{plural(len(cfg.lines), 'line')}, {plural(tags, 'tag')}"
     )
+    if dump:
+        from edge_agent.config.dump import dump_config  # noqa: PLC0415
+
+        print(f"# {summary}")
+        print(dump_config(cfg), end="")
+    else:
+        print(summary)
     return 0
+
+
+def secret_files(cfg: AgentConfig) -> list[str]:
+    """The configured files that hold secrets or private keys."""
+    files: list[str | None] = [cfg.mqtt.password_file, cfg.prometheus.password_file]
+    files.append(cfg.prometheus.key_file)
+    if cfg.mqtt.tls is not None:
+        files.append(cfg.mqtt.tls.key_file)
+    for source in cfg.sources:
+        if isinstance(source, OpcuaSourceConfig):
+            files += [source.password_file, source.security.key_file]
+    return [f for f in files if f is not None]
+
+
+def permission_warnings(cfg: AgentConfig) -> list[str]:
+    """Loose permissions on the configuration file and the secret files it names."""
+    config = cfg.path if not cfg.path.startswith("<") else None
+    return loose_permissions(secret_files(cfg), config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,6 +442,15 @@ def _string(*, empty: bool = False) -> Check:
         return value
 
     return check
+
+
+def _path(ctx: _Ctx, node: Node, path: str) -> Any:
+    """A file or directory path; a relative one is resolved by
+    :func:`edge_agent.secrets.resolve_path` (credentials directory, else the config's)."""
+    value = _string()(ctx, node, path)
+    if not isinstance(value, str):
+        return INVALID
+    return resolve_path(value, ctx.base_dir)
 
 
 def _name(ctx: _Ctx, node: Node, path: str) -> Any:
@@ -742,7 +790,7 @@ _SOURCE_COMMON: dict[str, Check] = {
     "on_startup_error": _choice(OnStartupError),
 }
 _MODBUS_ONLY = ("host", "port", "unit_id", "max_gap")
-_OPCUA_ONLY = ("endpoint", "username", "password_file")
+_OPCUA_ONLY = ("endpoint", "username", "password_file", "security")
 _PROTOCOLS = ("modbus", "opcua")
 _MODBUS_TAG_ONLY = ("table", "address", "type", "order", "length", "scale", "offset", "unit_id")
 
@@ -801,7 +849,8 @@ def _source(ctx: _Ctx, node: Node, path: str) -> tuple[SourceConfig | _Invalid, 
         fields |= {
             "endpoint": _endpoint,
             "username": _optional(_string()),
-            "password_file": _optional(_string()),
+            "password_file": _optional(_path),
+            "security": _opcua_security,
             "tags": _source_tags(_opcua_tag, info),
         }
         elsewhere = dict.fromkeys(_MODBUS_ONLY, f"applies to modbus sources, not {protocol}")
@@ -813,6 +862,83 @@ def _source(ctx: _Ctx, node: Node, path: str) -> tuple[SourceConfig | _Invalid, 
     if ctx.count > before:
         return INVALID, name, name_node
     return cls(**parsed.fields()), name, name_node
+
+
+_SERVER_TRUST = ("server_cert_file", "server_fingerprint", "trust_dir")
+
+
+def _opcua_security(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {
+            "policy": _choice(OpcuaSecurityPolicy),
+            "mode": _choice(OpcuaSecurityMode),
+            "cert_file": _path,
+            "key_file": _path,
+            "server_cert_file": _path,
+            "server_fingerprint": _fingerprint,
+            "trust_dir": _path,
+        },
+        required=("policy",),
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    given = [key for key in parsed.nodes if key != "policy"]
+    if parsed.values["policy"] is OpcuaSecurityPolicy.NONE:
+        for key in given:
+            ctx.add(parsed.nodes[key], join_key(path, key), "applies only when policy is not None")
+        return INVALID if ctx.count > before else OpcuaSecurityConfig()
+    for key in ("cert_file", "key_file"):
+        if key not in parsed.nodes:
+            ctx.add(
+                node,
+                join_key(path, key),
+                "required key missing (create one with: edge-agent certs opcua --out DIR)",
+            )
+    trust = [key for key in _SERVER_TRUST if key in parsed.nodes]
+    if not trust:
+        ctx.add(
+            node,
+            path,
+            "give server_cert_file, server_fingerprint or trust_dir: the server's certificate "
+            "is never trusted on first use",
+        )
+    for key in trust[1:]:
+        ctx.add(parsed.nodes[key], join_key(path, key), f"give only one of {', '.join(trust)}")
+    if ctx.count > before:
+        return INVALID
+    return OpcuaSecurityConfig(**parsed.fields())
+
+
+def normalize_fingerprint(text: str) -> str | None:
+    """``text`` as :func:`fingerprint` writes it, accepting an optional ``sha256:`` prefix, any
+    case, and ``:``, spaces or nothing between the pairs; None when it is not 32 bytes of hex."""
+    body = text.strip()
+    if body.lower().startswith("sha256:"):
+        body = body[len("sha256:") :]
+    digits = "".join(c for c in body if c not in ": ").upper()
+    if len(digits) != 64 or any(c not in "0123456789ABCDEF" for c in digits):
+        return None
+    return ":".join(digits[i : i + 2] for i in range(0, 64, 2))
+
+
+def _fingerprint(ctx: _Ctx, node: Node, path: str) -> Any:
+    value = _string()(ctx, node, path)
+    if not isinstance(value, str):
+        return INVALID
+    normal = normalize_fingerprint(value)
+    if normal is None:
+        ctx.add(
+            node,
+            path,
+            "must be a SHA-256 fingerprint: 64 hex digits, optionally in pairs separated by ':'"
+            f", got {_raw(node)!r}",
+        )
+        return INVALID
+    return normal
 
 
 def _endpoint(ctx: _Ctx, node: Node, path: str) -> Any:
@@ -1443,7 +1569,7 @@ def _mqtt(ctx: _Ctx, node: Node, path: str) -> Any:
             "port": _integer(1, 65535),
             "client_id": _optional(_string()),
             "username": _optional(_string()),
-            "password_file": _optional(_string()),
+            "password_file": _optional(_path),
             "tls": _tls,
             "topic_prefix": _topic_prefix,
             "keepalive": _keepalive,
@@ -1480,9 +1606,9 @@ def _tls(ctx: _Ctx, node: Node, path: str) -> Any:
         node,
         path,
         {
-            "ca_file": _optional(_string()),
-            "cert_file": _optional(_string()),
-            "key_file": _optional(_string()),
+            "ca_file": _optional(_path),
+            "cert_file": _optional(_path),
+            "key_file": _optional(_path),
             "insecure": _boolean,
         },
     )
@@ -1547,9 +1673,23 @@ def _prometheus(ctx: _Ctx, node: Node, path: str) -> Any:
         ctx,
         node,
         path,
-        {"enabled": _boolean, "host": _string(), "port": _integer(1, 65535)},
+        {
+            "enabled": _boolean,
+            "host": _string(),
+            "port": _integer(1, 65535),
+            "cert_file": _optional(_path),
+            "key_file": _optional(_path),
+            "username": _optional(_string()),
+            "password_file": _optional(_path),
+        },
     )
     if parsed is None or ctx.count > before:
+        return INVALID
+    for first, second in (("cert_file", "key_file"), ("username", "password_file")):
+        for key, other in ((first, second), (second, first)):
+            if parsed.get(key) is not None and parsed.get(other) is None:
+                ctx.add(parsed.nodes[key], join_key(path, key), f"needs {other} as well")
+    if ctx.count > before:
         return INVALID
     return PrometheusConfig(**parsed.fields())
 

@@ -1,5 +1,9 @@
 """The configuration model: frozen, typed data that the loader builds from YAML.
 
+File paths (``*_file``, ``trust_dir``) are absolute here: the loader resolves a relative path
+against ``$CREDENTIALS_DIRECTORY`` when it is set (systemd ``LoadCredential=``), else against the
+directory of the configuration file.
+
 Key names are a **contract** (DESIGN §2): extend, never rename. YAML durations (``5s``) become
 ``*_s`` floats here; YAML keys without a unit suffix map to fields with one (``poll_interval`` →
 ``poll_interval_s``, ``ideal_cycle_time`` → ``ideal_cycle_time_s``).
@@ -69,6 +73,20 @@ class MqttProtocol(enum.StrEnum):
     V5 = "5"
 
 
+class OpcuaSecurityPolicy(enum.StrEnum):
+    """OPC UA security policies (the names of the policy URIs' fragments)."""
+
+    NONE = "None"
+    BASIC256SHA256 = "Basic256Sha256"
+    AES128_SHA256_RSAOAEP = "Aes128_Sha256_RsaOaep"
+    AES256_SHA256_RSAPSS = "Aes256_Sha256_RsaPss"
+
+
+class OpcuaSecurityMode(enum.StrEnum):
+    SIGN = "Sign"
+    SIGN_AND_ENCRYPT = "SignAndEncrypt"
+
+
 class LogFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -114,12 +132,28 @@ class OpcuaTag:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OpcuaSecurityConfig:
+    """A secure channel to the server. The server certificate is never trusted on first use:
+    exactly one of ``server_cert_file`` (pinned file), ``server_fingerprint`` (pinned SHA-256)
+    or ``trust_dir`` (trusted certificates and CAs) is set when the policy is not None."""
+
+    policy: OpcuaSecurityPolicy = OpcuaSecurityPolicy.NONE
+    mode: OpcuaSecurityMode = OpcuaSecurityMode.SIGN_AND_ENCRYPT
+    cert_file: str | None = None  # the agent's application instance certificate (DER or PEM)
+    key_file: str | None = None  # its private key (PEM or DER, unencrypted)
+    server_cert_file: str | None = None
+    server_fingerprint: str | None = None  # normalised "AB:CD:..." (64 hex digits)
+    trust_dir: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OpcuaSourceConfig:
     name: str
     protocol: str = "opcua"
     endpoint: str  # opc.tcp://host:port/path
     username: str | None = None
     password_file: str | None = None
+    security: OpcuaSecurityConfig = field(default_factory=OpcuaSecurityConfig)
     poll_interval_s: float = 1.0
     timeout_s: float = 5.0
     backoff_initial_s: float = 1.0
@@ -270,6 +304,10 @@ class PrometheusConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9108
+    cert_file: str | None = None  # HTTPS when set (with key_file)
+    key_file: str | None = None
+    username: str | None = None  # HTTP basic auth when set
+    password_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -25,7 +25,6 @@ import logging
 import ssl
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import aiomqtt
@@ -36,6 +35,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config.schema import MqttConfig, MqttProtocol
 from edge_agent.errors import BrokerRefusedError, SinkError
+from edge_agent.secrets import SecretError, read_secret
 from edge_agent.sinks.outbox import Outbox, StoredMessage
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,29 @@ def build_tls_context(
     return ctx
 
 
+class _ClientLog(logging.Handler):
+    """Receives the MQTT client's own log records, keeps the last error and passes every
+    record on at DEBUG: a failed connection is explained once, in the :class:`SinkError`.
+
+    With TLS 1.3 the broker judges the client certificate after the handshake has completed,
+    so a refused certificate shows up only as an alert on the first read ("failed to receive
+    on socket: [SSL: TLSV1_ALERT_UNKNOWN_CA] ..."), then as a missing CONNACK; the error kept
+    here turns that timeout into a clear refusal.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.last_error: str | None = None
+        self.logger = logging.Logger("edge_agent.sinks.mqtt.client")  # not in the hierarchy
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            self.last_error = text
+        log.debug("mqtt client: %s", text)
+
+
 class MqttSink:
     """Publishes the outbox to an MQTT broker (see the module docstring for the contract).
 
@@ -96,6 +119,7 @@ class MqttSink:
         self._published_total = 0
         self._last_error: str | None = None
         self.status_topic = f"{cfg.topic_prefix}/{site}/status"
+        self._client_log = _ClientLog()
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -186,11 +210,9 @@ class MqttSink:
                 raise SinkError("mqtt.password_file is set but mqtt.username is not")
             try:
                 # Read on every connect, so a rotated credential is picked up on reconnect.
-                password = Path(cfg.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise SinkError(
-                    f"cannot read mqtt.password_file {cfg.password_file}: {exc}"
-                ) from exc
+                password = read_secret(cfg.password_file)
+            except SecretError as exc:
+                raise SinkError(f"mqtt.password_file: {exc}") from None
         tls_context: ssl.SSLContext | None = None
         if cfg.tls is not None:
             try:
@@ -222,6 +244,7 @@ class MqttSink:
             qos=1,
             retain=True,
         )
+        self._client_log = _ClientLog()
         client = aiomqtt.Client(
             cfg.host,
             cfg.port,
@@ -238,6 +261,7 @@ class MqttSink:
             max_queued_outgoing_messages=self._window + 2,
             tls_context=tls_context,
             **session,
+            logger=self._client_log.logger,
         )
         # aiomqtt warns above 10 pending calls; a full window is normal here.
         client.pending_calls_threshold = self._window + 2
@@ -285,15 +309,35 @@ class MqttSink:
                     f"TLS with broker {self._where} failed: {exc.__context__}"
                 ) from None
             if str(exc) == "Operation timed out":  # aiomqtt's CONNACK deadline
-                raise SinkError(
-                    f"broker {self._where} did not answer CONNECT within {cfg.timeout_s} s"
-                    " (it may have closed the connection: see the log above)"
-                ) from None
+                raise self._no_connack() from None
             raise SinkError(f"cannot connect to broker {self._where}: {exc}") from None
         except TimeoutError:
             raise SinkError(
                 f"cannot connect to broker {self._where}: no answer within {cfg.timeout_s} s"
             ) from None
+
+    def _no_connack(self) -> SinkError:
+        """The error for a CONNECT without CONNACK, explained by the client's last error."""
+        cfg = self._cfg
+        seen = self._client_log.last_error
+        if seen is None:
+            return SinkError(
+                f"broker {self._where} did not answer CONNECT within {cfg.timeout_s} s"
+            )
+        if "SSL" in seen and cfg.tls is not None:
+            if cfg.tls.cert_file is None:
+                hint = "it may require a client certificate: set mqtt.tls.cert_file and key_file"
+            else:
+                hint = (
+                    f"it does not accept the client certificate {cfg.tls.cert_file} "
+                    "(not signed by a CA the broker trusts, expired, or revoked)"
+                )
+            return BrokerRefusedError(
+                f"TLS with broker {self._where} failed after the handshake: {seen}; {hint}"
+            )
+        return SinkError(
+            f"broker {self._where} closed the connection before answering CONNECT: {seen}"
+        )
 
     async def _wait_lost(self, client: aiomqtt.Client) -> str:
         """Complete when the connection is gone, with the reason. The sink subscribes to

@@ -21,8 +21,11 @@ becomes its text and ``DateTime`` becomes POSIX seconds. Every other variant typ
 ByteString, structures, NodeId, Guid, ...) is reported as BAD with value ``None``, and logged once
 per tag: the engine works on scalars, and ``str()`` of a structure is no value it could use.
 
-Security: only the ``None`` security policy is used (no certificates are configured), so a
-password crosses the network in plain text; keep such PLCs on a segregated network.
+Security: the source's ``security`` (policy, mode, the agent's certificate, and how the server's
+certificate is trusted) is applied by :mod:`edge_agent.sources.opcua_security` before connecting;
+the server's certificate is never trusted on first use. With policy ``None`` a password crosses
+the network unprotected unless the server's token policy encrypts it: keep such PLCs on a
+segregated network.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from asyncua.ua.uatypes import Int16, Int32, UInt32
 from edge_agent.config.schema import OpcuaSourceConfig
 from edge_agent.errors import NotConnectedError, SourceError
 from edge_agent.model import Quality, Sample, Value
+from edge_agent.sources.opcua_security import apply_security
 
 __all__ = ["OpcuaSource", "read_password_file", "split_batches"]
 
@@ -239,6 +243,7 @@ class OpcuaSource:
         self._client = client
         try:
             async with asyncio.timeout(self._cfg.timeout_s):
+                await apply_security(client, self._cfg.security, self._where())
                 await client.connect(auto_reconnect=False)
                 info = await _read(
                     client,
@@ -246,7 +251,7 @@ class OpcuaSource:
                         [_NODE_NAMESPACE_ARRAY, _NODE_START_TIME, _NODE_MAX_NODES_PER_READ]
                     ),
                 )
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, NotConnectedError):
             await self._drop()
             raise
         except UaStatusCodeError as exc:

@@ -393,13 +393,76 @@ async def test_tls_checks_the_host_name_unless_insecure(
         await until(lambda: outbox.depth() == 0, 10.0)
 
 
-async def test_tls_rejects_an_unknown_ca(tls_broker: tuple[Mosquitto, Pki], outbox: Outbox) -> None:
+@pytest.mark.parametrize("ca", ["system", "other"])
+async def test_tls_rejects_a_broker_signed_by_an_unknown_ca(
+    tls_broker: tuple[Mosquitto, Pki], outbox: Outbox, ca: str
+) -> None:
     broker, pki = tls_broker
-    # No ca_file: the system trust store, which does not know the test CA.
-    tls = TlsConfig(cert_file=str(pki.client_cert), key_file=str(pki.client_key))
+    # "system": no ca_file, so the system trust store, which does not know the test CA.
+    tls = TlsConfig(
+        ca_file=str(pki.other_ca_cert) if ca == "other" else None,
+        cert_file=str(pki.client_cert),
+        key_file=str(pki.client_key),
+    )
+    seqs = outbox.append([msg("l1", "kpi", 0)])
     sink = MqttSink(config(broker, host="localhost", tls=tls), site=SITE, outbox=outbox)
-    with pytest.raises(BrokerRefusedError, match=r"TLS.*certificate"):
+    with pytest.raises(BrokerRefusedError, match=r"TLS.*certificate verify failed"):
         await asyncio.wait_for(sink.run(), 10.0)
+    assert [r.seq for r in outbox.peek(10)] == seqs
+
+
+@pytest.mark.parametrize("version", ["tlsv1.2", "tlsv1.3"])
+async def test_mutual_tls_refuses_a_client_certificate_from_an_unknown_ca(
+    mosquitto_factory: MosquittoFactory, tmp_path: Path, outbox: Outbox, version: str
+) -> None:
+    """With TLS 1.2 the handshake itself fails; with TLS 1.3 the broker's verdict arrives after
+    it, and used to surface only as a CONNACK timeout: both must say what went wrong."""
+    pki = make_pki(tmp_path / "pki")
+    broker = mosquitto_factory(
+        extra_conf=(
+            f"cafile {pki.ca_cert}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
+            f"require_certificate true\ntls_version {version}\n"
+        )
+    )
+    seqs = outbox.append([msg("l1", "kpi", 0)])
+    stranger = TlsConfig(
+        ca_file=str(pki.ca_cert), cert_file=str(pki.stranger_cert), key_file=str(pki.stranger_key)
+    )
+    sink = MqttSink(config(broker, host="localhost", tls=stranger), site=SITE, outbox=outbox)
+    with pytest.raises(BrokerRefusedError, match=r"TLS with broker .*(UNKNOWN_CA|unknown ca)"):
+        await asyncio.wait_for(sink.run(), 10.0)
+    if version == "tlsv1.3":
+        assert "client certificate" in (sink.last_error or "")
+    assert [r.seq for r in outbox.peek(10)] == seqs
+
+    # No client certificate at all: refused as well.
+    anonymous = TlsConfig(ca_file=str(pki.ca_cert))
+    sink = MqttSink(config(broker, host="localhost", tls=anonymous), site=SITE, outbox=outbox)
+    with pytest.raises(BrokerRefusedError, match="TLS"):
+        await asyncio.wait_for(sink.run(), 10.0)
+    assert outbox.depth() == 1
+
+    # The certificate from the broker's CA gets through and delivers what was kept.
+    good = TlsConfig(
+        ca_file=str(pki.ca_cert), cert_file=str(pki.client_cert), key_file=str(pki.client_key)
+    )
+    sink = MqttSink(config(broker, host="localhost", tls=good), site=SITE, outbox=outbox)
+    async with running(sink):
+        await until(lambda: outbox.depth() == 0, 10.0)
+    assert sink.published_total == 1
+
+
+def test_tls_context_is_tls_1_2_or_newer_and_verifies(tmp_path: Path) -> None:
+    import ssl
+
+    from edge_agent.sinks.mqtt import build_tls_context
+
+    pki = make_pki(tmp_path / "pki")
+    ctx = build_tls_context(str(pki.ca_cert), None, None, insecure=False)
+    assert ctx.minimum_version is ssl.TLSVersion.TLSv1_2
+    assert ctx.verify_mode is ssl.CERT_REQUIRED and ctx.check_hostname
+    insecure = build_tls_context(str(pki.ca_cert), None, None, insecure=True)
+    assert insecure.verify_mode is ssl.CERT_REQUIRED and not insecure.check_hostname
 
 
 @pytest.mark.parametrize(
