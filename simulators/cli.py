@@ -5,13 +5,14 @@ Prints one line per listening server on stdout as soon as it listens, e.g.::
     modbus tcp://127.0.0.1:40123 unit 1
     opcua opc.tcp://127.0.0.1:40124/
 
+(``modbus rtu_over_tcp://...`` or ``modbus rtu:/dev/pts/3 units 1,2`` with the RTU options),
+then runs until SIGINT or SIGTERM and exits 0. Logs go to stderr.
+
 With ``--opcua-security DIR`` the OPC UA server offers only signed and encrypted endpoints, with
 the certificate ``DIR/simulator-opcua.der`` (created with its key on first use), and one more
 line says how to trust it::
 
     opcua-certificate /path/DIR/simulator-opcua.der sha256 AB:CD:...
-
-then runs until SIGINT or SIGTERM and exits 0. Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _unit_ids(text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected unit ids like 1,2, got {text!r}") from None
+    if any(not 1 <= unit <= 247 for unit in ids):
+        raise argparse.ArgumentTypeError(f"unit ids must be 1..247, got {text!r}")
+    return ids
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent-sim",
@@ -80,6 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="OPC UA with Basic256Sha256 / Aes128_Sha256_RsaOaep / Aes256_Sha256_RsaPss only; "
         "the server certificate and key are kept in DIR (created if missing)",
+    )
+    parser.add_argument(
+        "--modbus-transport",
+        choices=("tcp", "rtu_over_tcp", "rtu"),
+        default="tcp",
+        help="Modbus framing: tcp, RTU frames over TCP, or RTU on --serial-port (tcp)",
+    )
+    parser.add_argument(
+        "--serial-port", help="serial device for --modbus-transport rtu, e.g. /dev/ttyUSB0"
+    )
+    parser.add_argument(
+        "--parity",
+        choices=("N", "E", "O"),
+        default="E",
+        help="serial parity for --modbus-transport rtu (E; use N on a socat pty pair)",
+    )
+    parser.add_argument(
+        "--unit-ids",
+        type=_unit_ids,
+        help="one Modbus unit id per line, e.g. 1,2: each line is its own device at address 0",
     )
     parser.add_argument(
         "--initial-count",
@@ -125,9 +156,18 @@ async def _serve(args: argparse.Namespace) -> None:
             initial_count=args.initial_count,
             scenario=scenario,
             opcua_security=security,
+            modbus_transport=args.modbus_transport,
+            modbus_serial_port=args.serial_port,
+            modbus_unit_ids=args.unit_ids,
+            modbus_parity=args.parity,
         ) as sim:
-            if sim.modbus_port is not None:
-                print(f"modbus tcp://{args.host}:{sim.modbus_port} unit {UNIT_ID}", flush=True)
+            units = ",".join(map(str, args.unit_ids)) if args.unit_ids else str(UNIT_ID)
+            label = "units" if args.unit_ids else "unit"
+            if args.modbus_transport == "rtu" and not args.no_modbus:
+                print(f"modbus rtu:{args.serial_port} {label} {units}", flush=True)
+            elif sim.modbus_port is not None:
+                url = f"{args.modbus_transport}://{args.host}:{sim.modbus_port}"
+                print(f"modbus {url} {label} {units}", flush=True)
             if sim.opcua_endpoint is not None:
                 print(f"opcua {sim.opcua_endpoint}", flush=True)
                 if security is not None:
@@ -170,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.fault and not args.fault_every > args.fault_for:
         print("edge-agent-sim: --fault-every must be longer than --fault-for", file=sys.stderr)
+        return 2
+    if args.modbus_transport == "rtu" and not args.serial_port and not args.no_modbus:
+        print("edge-agent-sim: --modbus-transport rtu needs --serial-port", file=sys.stderr)
+        return 2
+    if args.unit_ids is not None and len(args.unit_ids) != args.lines:
+        print("edge-agent-sim: --unit-ids needs one unit id per line", file=sys.stderr)
         return 2
     if args.no_modbus and args.no_opcua:
         print("edge-agent-sim: nothing to run (--no-modbus and --no-opcua)", file=sys.stderr)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
 from pymodbus.constants import ExcCodes
 
-from simulators.modbus_server import ModbusSimServer
+from simulators.modbus_server import ModbusSimServer, Transport
 from simulators.model import LineModel, LineParams
 from simulators.opcua_server import OpcuaSimServer, SimSecurity
 from simulators.scenarios import Fault, Scenario
@@ -30,6 +31,11 @@ class Simulation:
 
     After enter, ``modbus_port`` and ``opcua_endpoint`` hold the bound addresses (``None`` for a
     server that was not started) and ``models`` the line models, index ``i`` for line ``i``.
+
+    ``modbus_transport``, ``modbus_serial_port``, ``modbus_parity`` and ``modbus_unit_ids`` pass
+    through to
+    :class:`~simulators.modbus_server.ModbusSimServer` (RTU over TCP or a serial port, one unit id
+    per line); ``modbus`` is the running server after enter.
     """
 
     def __init__(
@@ -47,6 +53,10 @@ class Simulation:
         params: LineParams | None = None,
         scenario: Scenario | None = None,
         opcua_security: SimSecurity | None = None,
+        modbus_transport: Transport = "tcp",
+        modbus_serial_port: str | None = None,
+        modbus_unit_ids: Sequence[int] | None = None,
+        modbus_parity: str = "E",
     ) -> None:
         if lines < 1:
             raise ValueError(f"lines must be >= 1, got {lines}")
@@ -60,6 +70,10 @@ class Simulation:
         self._requested_opcua_port = opcua_port
         self._opcua_security = opcua_security
         self._update_interval_s = update_interval_s
+        self._modbus_transport: Transport = modbus_transport
+        self._modbus_serial_port = modbus_serial_port
+        self._modbus_unit_ids = modbus_unit_ids
+        self._modbus_parity = modbus_parity
         self.models: list[LineModel] = [
             LineModel(
                 seed + index,
@@ -83,8 +97,17 @@ class Simulation:
     async def __aenter__(self) -> Simulation:
         try:
             if self._requested_modbus_port is not None:
-                self._modbus = ModbusSimServer(self.models, self._host, self._requested_modbus_port)
-                self.modbus_port = await self._modbus.start()
+                self._modbus = ModbusSimServer(
+                    self.models,
+                    self._host,
+                    self._requested_modbus_port,
+                    transport=self._modbus_transport,
+                    serial_port=self._modbus_serial_port,
+                    unit_ids=self._modbus_unit_ids,
+                    parity=self._modbus_parity,
+                )
+                port = await self._modbus.start()
+                self.modbus_port = port if self._modbus_transport != "rtu" else None
             if self._requested_opcua_port is not None:
                 self._opcua = OpcuaSimServer(
                     self.models,
@@ -115,6 +138,11 @@ class Simulation:
         tb: TracebackType | None,
     ) -> None:
         await self._shutdown()
+
+    @property
+    def modbus(self) -> ModbusSimServer | None:
+        """The Modbus server, once entered (None when not started)."""
+        return self._modbus
 
     @property
     def sim_time_s(self) -> float:

@@ -51,6 +51,7 @@ from edge_agent.config.schema import (
     ModbusSourceConfig,
     ModbusTable,
     ModbusTag,
+    ModbusTransport,
     MqttConfig,
     MqttProtocol,
     OnStartupError,
@@ -60,10 +61,12 @@ from edge_agent.config.schema import (
     OpcuaSourceConfig,
     OpcuaTag,
     OutboxConfig,
+    Parity,
     Product,
     ProductSignal,
     PrometheusConfig,
     ReasonSignal,
+    SerialConfig,
     Shift,
     Signals,
     SourceConfig,
@@ -115,6 +118,7 @@ FIELD_NAMES: Final[Mapping[str, str]] = {
     "session_expiry": "session_expiry_s",
     "min": "min_value",
     "max": "max_value",
+    "inter_request_gap": "inter_request_gap_s",
 }
 
 _TAG_PREFIX = "tag:yaml.org,2002:"
@@ -158,6 +162,8 @@ class _Ctx:
         # None: no `sources` key, so any SOURCE.TAG is accepted (replay, DESIGN §5).
         self.sources: dict[str, _SourceInfo] | None = None
         self.sources_complete = True
+        # Serial port of each RTU source so far: (source name, port node); one line, one source.
+        self.serial_ports: dict[str, tuple[str | None, Node]] = {}
 
     @property
     def count(self) -> int:
@@ -789,7 +795,15 @@ _SOURCE_COMMON: dict[str, Check] = {
     "backoff_max": _duration(),
     "on_startup_error": _choice(OnStartupError),
 }
-_MODBUS_ONLY = ("host", "port", "unit_id", "max_gap")
+_MODBUS_ONLY = (
+    "host",
+    "port",
+    "unit_id",
+    "max_gap",
+    "transport",
+    "serial",
+    "inter_request_gap",
+)
 _OPCUA_ONLY = ("endpoint", "username", "password_file", "security")
 _PROTOCOLS = ("modbus", "opcua")
 _MODBUS_TAG_ONLY = ("table", "address", "type", "order", "length", "scale", "offset", "unit_id")
@@ -837,14 +851,17 @@ def _source(ctx: _Ctx, node: Node, path: str) -> tuple[SourceConfig | _Invalid, 
     fields = dict(_SOURCE_COMMON)
     if protocol == "modbus":
         fields |= {
+            "transport": _choice(ModbusTransport),
             "host": _string(),
             "port": _integer(1, 65535),
+            "serial": _serial,
             "unit_id": _integer(0, 247),
             "max_gap": _integer(0, 65535),
+            "inter_request_gap": _duration(positive=False),
             "tags": _source_tags(_modbus_tag, info),
         }
         elsewhere = dict.fromkeys(_OPCUA_ONLY, f"applies to opcua sources, not {protocol}")
-        required: tuple[str, ...] = ("name", "host", "tags")
+        required: tuple[str, ...] = ("name", "tags")
     else:
         fields |= {
             "endpoint": _endpoint,
@@ -857,6 +874,8 @@ def _source(ctx: _Ctx, node: Node, path: str) -> tuple[SourceConfig | _Invalid, 
         required = ("name", "endpoint", "tags")
     parsed = _mapping(ctx, node, path, fields, required, elsewhere=elsewhere)
     assert parsed is not None
+    if protocol == "modbus":
+        _check_modbus_transport(ctx, parsed, name)
     cls = ModbusSourceConfig if protocol == "modbus" else OpcuaSourceConfig
     _check_backoff(ctx, parsed, cls)
     if ctx.count > before:
@@ -939,6 +958,76 @@ def _fingerprint(ctx: _Ctx, node: Node, path: str) -> Any:
         )
         return INVALID
     return normal
+
+
+def _check_modbus_transport(ctx: _Ctx, parsed: _Parsed, name: str | None) -> None:
+    """host/port for the TCP transports, serial for rtu; one source per serial port."""
+    transport = parsed.get("transport", ModbusTransport.TCP)
+    if isinstance(transport, _Invalid):
+        return
+    path = parsed.path
+    if transport is ModbusTransport.RTU:
+        if "serial" not in parsed.nodes:
+            ctx.add(parsed.node, join_key(path, "serial"), "required key missing (transport rtu)")
+        for key in ("host", "port"):
+            if key in parsed.nodes:
+                ctx.add(
+                    parsed.nodes[key],
+                    join_key(path, key),
+                    "applies to transports tcp and rtu_over_tcp, not rtu (use serial.port)",
+                )
+        serial = parsed.get("serial")
+        serial_node = parsed.nodes.get("serial")
+        if isinstance(serial, SerialConfig) and isinstance(serial_node, MappingNode):
+            port_node = next(v for k, _, v in _pairs(ctx, serial_node, path) if k == "port")
+            first = ctx.serial_ports.setdefault(serial.port, (name, port_node))
+            if first[1] is not port_node:
+                # The port is opened exclusively: a second source could never connect.
+                ctx.add(
+                    port_node,
+                    join_key(join_key(path, "serial"), "port"),
+                    f"serial port {serial.port!r} is already read by source {first[0]!r} "
+                    f"(line {first[1].start_mark.line + 1}): one source reads a shared line; "
+                    "give its tags their own unit_id",
+                )
+        return
+    if "host" not in parsed.nodes:
+        ctx.add(parsed.node, join_key(path, "host"), "required key missing")
+    if "serial" in parsed.nodes:
+        ctx.add(
+            parsed.nodes["serial"],
+            join_key(path, "serial"),
+            f"applies to transport rtu, not {transport.value}",
+        )
+
+
+def _serial(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {
+            "port": _string(),
+            "baudrate": _integer(50, 4_000_000),
+            "parity": _choice(Parity),
+            "stopbits": _integer(1, 2),
+            "bytesize": _integer(5, 8),
+        },
+        required=("port",),
+    )
+    if parsed is None:
+        return INVALID
+    bytesize = parsed.get("bytesize", 8)
+    if isinstance(bytesize, int) and bytesize != 8:
+        ctx.add(
+            parsed.nodes["bytesize"],
+            join_key(path, "bytesize"),
+            f"Modbus RTU needs 8 data bits, got {bytesize}",
+        )
+    if ctx.count > before:
+        return INVALID
+    return SerialConfig(**parsed.fields())
 
 
 def _endpoint(ctx: _Ctx, node: Node, path: str) -> Any:

@@ -62,6 +62,21 @@ class ByteOrder(enum.StrEnum):
     DCBA = "DCBA"
 
 
+class ModbusTransport(enum.StrEnum):
+    """How Modbus frames travel: MBAP over TCP, RTU frames over TCP (serial gateways), or RTU
+    over a serial line (RS-485/RS-232)."""
+
+    TCP = "tcp"
+    RTU_OVER_TCP = "rtu_over_tcp"
+    RTU = "rtu"
+
+
+class Parity(enum.StrEnum):
+    NONE = "N"
+    EVEN = "E"
+    ODD = "O"
+
+
 class OnStartupError(enum.StrEnum):
     RETRY = "retry"
     FAIL = "fail"
@@ -108,12 +123,27 @@ class ModbusTag:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SerialConfig:
+    """A serial port for Modbus RTU. Defaults follow the Modbus serial line specification
+    (19200 baud, even parity, 8 data bits, 1 stop bit)."""
+
+    port: str  # e.g. /dev/ttyUSB0, /dev/serial/by-id/...
+    baudrate: int = 19200
+    parity: Parity = Parity.EVEN
+    stopbits: int = 1
+    bytesize: int = 8
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModbusSourceConfig:
     name: str
     protocol: str = "modbus"
-    host: str
+    transport: ModbusTransport = ModbusTransport.TCP
+    host: str = ""  # required for tcp and rtu_over_tcp; empty for rtu
     port: int = 502
+    serial: SerialConfig | None = None  # required for rtu, None otherwise
     unit_id: int = 1
+    inter_request_gap_s: float = 0.0  # quiet time between a response and the next request
     poll_interval_s: float = 1.0
     timeout_s: float = 2.0
     max_gap: int = 16  # registers (or bits ×16) read over to save a request

@@ -203,14 +203,15 @@ class AgentProcess:
 
 
 async def test_kpis_flow_end_to_end_and_sigterm_leaves_offline(
-    sim: Simulation, mosquitto: Any, tmp_path: Path
+    sim: Simulation, broker: Any, tmp_path: Path
 ) -> None:
+    # Against Mosquitto and amqtt (the `broker` fixture): nothing may depend on one broker.
     cfg = tmp_path / "agent.yaml"
     metrics_port = free_port()
-    cfg.write_text(agent_config(sim, mosquitto.port, tmp_path / "state", metrics_port))
+    cfg.write_text(agent_config(sim, broker.port, tmp_path / "state", metrics_port))
     kpi_schema = json.loads((SCHEMAS / "kpi.schema.json").read_text())
 
-    async with Collector(mosquitto.host, mosquitto.port) as col:
+    async with Collector(broker.host, broker.port) as col:
         agent = AgentProcess(cfg)
         await agent.start()
         try:
@@ -261,7 +262,7 @@ async def test_kpis_flow_end_to_end_and_sigterm_leaves_offline(
         assert kpis[-1]["total_count"] >= kpis[0]["total_count"]
 
     # The retained status a newcomer sees after the agent left is 'offline'.
-    async with Collector(mosquitto.host, mosquitto.port) as late:
+    async with Collector(broker.host, broker.port) as late:
 
         def retained_kpis() -> list[str]:
             return sorted(t for t, _, retain in late.messages if t.endswith("/kpi") and retain)
