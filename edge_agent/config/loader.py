@@ -50,6 +50,7 @@ from edge_agent.config.schema import (
     MqttConfig,
     MqttProtocol,
     OnStartupError,
+    OpcuaMode,
     OpcuaSourceConfig,
     OpcuaTag,
     PrometheusConfig,
@@ -94,6 +95,8 @@ FIELD_NAMES: Final[Mapping[str, str]] = {
     "publish_interval": "publish_interval_s",
     "backoff_initial": "backoff_initial_s",
     "backoff_max": "backoff_max_s",
+    "publishing_interval": "publishing_interval_s",
+    "sampling_interval": "sampling_interval_s",
 }
 
 _TAG_PREFIX = "tag:yaml.org,2002:"
@@ -728,7 +731,15 @@ _SOURCE_COMMON: dict[str, Check] = {
     "on_startup_error": _choice(OnStartupError),
 }
 _MODBUS_ONLY = ("host", "port", "unit_id", "max_gap")
-_OPCUA_ONLY = ("endpoint", "username", "password_file")
+_OPCUA_ONLY = (
+    "endpoint",
+    "username",
+    "password_file",
+    "mode",
+    "publishing_interval",
+    "sampling_interval",
+    "deadband",
+)
 _PROTOCOLS = ("modbus", "opcua")
 _MODBUS_TAG_ONLY = ("table", "address", "type", "order", "length", "scale", "offset", "unit_id")
 
@@ -788,6 +799,10 @@ def _source(ctx: _Ctx, node: Node, path: str) -> tuple[SourceConfig | _Invalid, 
             "endpoint": _endpoint,
             "username": _optional(_string()),
             "password_file": _optional(_string()),
+            "mode": _choice(OpcuaMode),
+            "publishing_interval": _duration(),
+            "sampling_interval": _duration(),
+            "deadband": _deadband,
             "tags": _source_tags(_opcua_tag, info),
         }
         elsewhere = dict.fromkeys(_MODBUS_ONLY, f"applies to modbus sources, not {protocol}")
@@ -799,6 +814,14 @@ def _source(ctx: _Ctx, node: Node, path: str) -> tuple[SourceConfig | _Invalid, 
     if ctx.count > before:
         return INVALID, name, name_node
     return cls(**parsed.fields()), name, name_node
+
+
+def _deadband(ctx: _Ctx, node: Node, path: str) -> Any:
+    value = _number(ctx, node, path)
+    if isinstance(value, float) and value < 0:
+        ctx.add(node, path, f"must be >= 0, got {_raw(node)}")
+        return INVALID
+    return value
 
 
 def _endpoint(ctx: _Ctx, node: Node, path: str) -> Any:
