@@ -9,6 +9,7 @@ double-counts parts. Feeds the systemd watchdog only while this makes progress.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -88,6 +89,9 @@ class EngineRunner:
         self._storage_failing = False
         self._window_totals: dict[str, tuple[str, int, int, int]] = {}
         self.steps = 0
+        # Set by deliver() when a line's state changed: run() steps at once, so a `state`
+        # message leaves one poll after the change instead of up to a tick later.
+        self._wake = asyncio.Event()
 
     def deliver(self, samples: list[Sample]) -> None:
         """Hand a poll's samples to the lines that read them (hot path: one dict lookup each)."""
@@ -96,7 +100,10 @@ class EngineRunner:
             engines = routes.get(sample.key)
             if engines:
                 for engine in engines:
+                    before = engine.state
                     engine.ingest(sample)
+                    if engine.state is not before:
+                        self._wake.set()
 
     def source_available(self, source: str, available: bool) -> None:
         now = self._clock()
@@ -186,7 +193,9 @@ class EngineRunner:
         self._window_totals[line] = (key, *counts)
 
     async def run(self) -> None:
-        """Tick every ``tick_interval_s``; snapshot every ``publish_interval_s``."""
+        """Tick every ``tick_interval_s``; snapshot every ``publish_interval_s``; and step at once
+        (without a snapshot, off the tick schedule) when a delivered sample changed a line's
+        state."""
         loop = asyncio.get_running_loop()
         next_tick = loop.time()
         next_snapshot = next_tick
@@ -197,9 +206,15 @@ class EngineRunner:
                 next_snapshot += self.publish_interval_s
                 if next_snapshot <= now:  # fell behind: do not publish in a burst
                     next_snapshot = now + self.publish_interval_s
+            self._wake.clear()
             self.step(snapshot=snapshot)
             self._metrics.engine_ticks.inc()
-            next_tick += self.tick_interval_s
-            if next_tick <= loop.time():
-                next_tick = loop.time() + self.tick_interval_s
-            await asyncio.sleep(min(next_tick, next_snapshot) - loop.time())
+            if now >= next_tick:
+                next_tick += self.tick_interval_s
+                if next_tick <= loop.time():
+                    next_tick = loop.time() + self.tick_interval_s
+            delay_s = min(next_tick, next_snapshot) - loop.time()
+            if delay_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay_s):
+                        await self._wake.wait()
