@@ -85,6 +85,10 @@ class EngineRunner:
                 engines = self._by_source.setdefault(source, [])
                 if engine not in engines:
                     engines.append(engine)
+        self._routes_by_source: dict[str, dict[str, list[LineEngine]]] = {}
+        for key, engines in self._routes.items():
+            source_name, tag_name = key.split(".", 1)
+            self._routes_by_source.setdefault(source_name, {})[tag_name] = engines
         self._pending: list[OutMessage] = []
         self._storage_failing = False
         self._window_totals: dict[str, tuple[str, int, int, int]] = {}
@@ -94,10 +98,16 @@ class EngineRunner:
         self._wake = asyncio.Event()
 
     def deliver(self, samples: list[Sample]) -> None:
-        """Hand a poll's samples to the lines that read them (hot path: one dict lookup each)."""
-        routes = self._routes
+        """Hand a poll's samples to the lines that read them (hot path: one dict lookup each,
+        no allocation: most tags of a source feed no line)."""
+        by_source = self._routes_by_source
+        routes: dict[str, list[LineEngine]] | None = None
+        source: str | None = None
         for sample in samples:
-            engines = routes.get(sample.key)
+            if sample.source != source:
+                source = sample.source
+                routes = by_source.get(source)
+            engines = routes.get(sample.tag) if routes else None
             if engines:
                 for engine in engines:
                     before = engine.state
