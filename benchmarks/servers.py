@@ -94,7 +94,7 @@ async def serve_opcua(nodes: int) -> None:
         item.TypeDefinition = ua.NodeId(ua.ObjectIds.BaseDataVariableType)
         attrs = ua.VariableAttributes()
         attrs.DisplayName = ua.LocalizedText(f"v{i}")
-        attrs.Value = ua.DataValue(ua.Variant(i, ua.VariantType.UInt32))
+        attrs.Value = ua.Variant(i, ua.VariantType.UInt32)
         attrs.DataType = ua.NodeId(ua.ObjectIds.UInt32)
         attrs.ValueRank = ua.ValueRank.Scalar
         attrs.AccessLevel = ua.AccessLevel.CurrentRead.mask
