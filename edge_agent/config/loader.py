@@ -55,6 +55,7 @@ from edge_agent.config.schema import (
     MqttConfig,
     MqttProtocol,
     OnStartupError,
+    OpcuaMode,
     OpcuaSecurityConfig,
     OpcuaSecurityMode,
     OpcuaSecurityPolicy,
@@ -119,6 +120,8 @@ FIELD_NAMES: Final[Mapping[str, str]] = {
     "min": "min_value",
     "max": "max_value",
     "inter_request_gap": "inter_request_gap_s",
+    "publishing_interval": "publishing_interval_s",
+    "sampling_interval": "sampling_interval_s",
 }
 
 _TAG_PREFIX = "tag:yaml.org,2002:"
@@ -804,7 +807,16 @@ _MODBUS_ONLY = (
     "serial",
     "inter_request_gap",
 )
-_OPCUA_ONLY = ("endpoint", "username", "password_file", "security")
+_OPCUA_ONLY = (
+    "endpoint",
+    "username",
+    "password_file",
+    "security",
+    "mode",
+    "publishing_interval",
+    "sampling_interval",
+    "deadband",
+)
 _PROTOCOLS = ("modbus", "opcua")
 _MODBUS_TAG_ONLY = ("table", "address", "type", "order", "length", "scale", "offset", "unit_id")
 
@@ -868,6 +880,10 @@ def _source(ctx: _Ctx, node: Node, path: str) -> tuple[SourceConfig | _Invalid, 
             "username": _optional(_string()),
             "password_file": _optional(_path),
             "security": _opcua_security,
+            "mode": _choice(OpcuaMode),
+            "publishing_interval": _duration(),
+            "sampling_interval": _duration(),
+            "deadband": _deadband,
             "tags": _source_tags(_opcua_tag, info),
         }
         elsewhere = dict.fromkeys(_MODBUS_ONLY, f"applies to modbus sources, not {protocol}")
@@ -1028,6 +1044,14 @@ def _serial(ctx: _Ctx, node: Node, path: str) -> Any:
     if ctx.count > before:
         return INVALID
     return SerialConfig(**parsed.fields())
+
+
+def _deadband(ctx: _Ctx, node: Node, path: str) -> Any:
+    value = _number(ctx, node, path)
+    if isinstance(value, float) and value < 0:
+        ctx.add(node, path, f"must be >= 0, got {_raw(node)}")
+        return INVALID
+    return value
 
 
 def _endpoint(ctx: _Ctx, node: Node, path: str) -> Any:

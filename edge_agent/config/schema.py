@@ -83,6 +83,11 @@ class OnStartupError(enum.StrEnum):
     DISABLE = "disable"
 
 
+class OpcuaMode(enum.StrEnum):
+    POLL = "poll"  # one batched Read every poll_interval
+    SUBSCRIBE = "subscribe"  # monitored items; each poll takes the latest reported values
+
+
 class MqttProtocol(enum.StrEnum):
     V311 = "3.1.1"
     V5 = "5"
@@ -189,6 +194,10 @@ class OpcuaSourceConfig:
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
     on_startup_error: OnStartupError = OnStartupError.RETRY
+    mode: OpcuaMode = OpcuaMode.POLL
+    publishing_interval_s: float | None = None  # subscribe mode; None: poll_interval
+    sampling_interval_s: float | None = None  # subscribe mode; None: publishing interval
+    deadband: float = 0.0  # subscribe mode; absolute deadband of numeric tags, 0: every change
     tags: tuple[OpcuaTag, ...]
 
 

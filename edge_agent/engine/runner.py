@@ -9,6 +9,7 @@ double-counts parts. Feeds the systemd watchdog only while this makes progress.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -72,6 +73,7 @@ class EngineRunner:
         self._site = cfg.site
         self._routes: dict[str, list[LineEngine]] = {}
         self._by_source: dict[str, list[LineEngine]] = {}
+        self._routes_by_source: dict[str, dict[str, list[LineEngine]]] = {}
         saved = outbox.load_state()
         for line in cfg.lines:
             self.engines[line.name] = self._new_engine(line, saved)
@@ -81,6 +83,9 @@ class EngineRunner:
         self._storage_failing = False
         self._window_totals: dict[str, tuple[str, int, int, int]] = {}
         self.steps = 0
+        # Set by deliver() when a line's state changed: run() steps at once, so a `state`
+        # message leaves one poll after the change instead of up to a tick later.
+        self._wake = asyncio.Event()
 
     def _new_engine(self, line: LineConfig, saved: dict[str, str]) -> LineEngine:
         engine = LineEngine(line, site=self._site)
@@ -105,6 +110,10 @@ class EngineRunner:
                 engines = self._by_source.setdefault(source, [])
                 if engine not in engines:
                     engines.append(engine)
+        self._routes_by_source = {}
+        for key, engines in self._routes.items():
+            source_name, tag_name = key.split(".", 1)
+            self._routes_by_source.setdefault(source_name, {})[tag_name] = engines
 
     def reconfigure(self, cfg: AgentConfig) -> tuple[list[str], list[str]]:
         """Adopt a reloaded configuration; return the lines (kept, started afresh).
@@ -140,13 +149,22 @@ class EngineRunner:
         return kept, fresh
 
     def deliver(self, samples: list[Sample]) -> None:
-        """Hand a poll's samples to the lines that read them (hot path: one dict lookup each)."""
-        routes = self._routes
+        """Hand a poll's samples to the lines that read them (hot path: one dict lookup each,
+        no allocation: most tags of a source feed no line)."""
+        by_source = self._routes_by_source
+        routes: dict[str, list[LineEngine]] | None = None
+        source: str | None = None
         for sample in samples:
-            engines = routes.get(sample.key)
+            if sample.source != source:
+                source = sample.source
+                routes = by_source.get(source)
+            engines = routes.get(sample.tag) if routes else None
             if engines:
                 for engine in engines:
+                    before = engine.state
                     engine.ingest(sample)
+                    if engine.state is not before:
+                        self._wake.set()
 
     def source_available(self, source: str, available: bool) -> None:
         now = self._clock()
@@ -249,7 +267,9 @@ class EngineRunner:
         self._window_totals[line] = (key, *counts)
 
     async def run(self) -> None:
-        """Tick every ``tick_interval_s``; snapshot every ``publish_interval_s``."""
+        """Tick every ``tick_interval_s``; snapshot every ``publish_interval_s``; and step at once
+        (without a snapshot, off the tick schedule) when a delivered sample changed a line's
+        state."""
         loop = asyncio.get_running_loop()
         next_tick = loop.time()
         next_snapshot = next_tick
@@ -260,9 +280,15 @@ class EngineRunner:
                 next_snapshot += self.publish_interval_s
                 if next_snapshot <= now:  # fell behind: do not publish in a burst
                     next_snapshot = now + self.publish_interval_s
+            self._wake.clear()
             self.step(snapshot=snapshot)
             self._metrics.engine_ticks.inc()
-            next_tick += self.tick_interval_s
-            if next_tick <= loop.time():
-                next_tick = loop.time() + self.tick_interval_s
-            await asyncio.sleep(min(next_tick, next_snapshot) - loop.time())
+            if now >= next_tick:
+                next_tick += self.tick_interval_s
+                if next_tick <= loop.time():
+                    next_tick = loop.time() + self.tick_interval_s
+            delay_s = min(next_tick, next_snapshot) - loop.time()
+            if delay_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay_s):
+                        await self._wake.wait()

@@ -24,6 +24,7 @@ import json
 import logging
 import ssl
 import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -263,8 +264,8 @@ class MqttSink:
             **session,
             logger=self._client_log.logger,
         )
-        # aiomqtt warns above 10 pending calls; a full window is normal here.
-        client.pending_calls_threshold = self._window + 2
+        # aiomqtt warns above 10 pending calls; a full pipeline (2 windows) is normal here.
+        client.pending_calls_threshold = 2 * self._window + 2
         return client
 
     async def _run_connection(self) -> None:
@@ -382,73 +383,87 @@ class MqttSink:
             ) from None
 
     async def _pump(self, client: aiomqtt.Client, lost: asyncio.Task[str]) -> None:
-        """Publish the outbox until it is empty and close() was called (or its time is up)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            self._check(lost)
-            # Clear before reading: a notify() after this point wakes the wait below.
-            self._wake.clear()
-            batch = self._outbox.peek(self._window)
-            if not batch:
-                if self._closing:
-                    return
-                await self._wake.wait()
-                continue
-            if self._closing and loop.time() >= self._close_deadline:
-                log.warning(
-                    "drain time is up with %d message(s) still in the outbox",
-                    self._outbox.depth(),
-                )
-                return
-            await self._publish_batch(client, batch, lost)
+        """Publish the outbox until it is empty and close() was called (or its time is up).
 
-    async def _publish_batch(
-        self, client: aiomqtt.Client, batch: list[StoredMessage], lost: asyncio.Task[str]
-    ) -> None:
+        Up to ``window`` publishes are on the wire (paho's in-flight limit) and up to another
+        ``window`` wait in paho's queue behind them, refilled as the oldest are acknowledged.
+        paho sends a queued message the moment a PUBACK frees a slot, so the link never idles:
+        waiting for a whole batch before sending more lets the broker's small PUBACK writes
+        (Nagle) wait for our delayed TCP ACK, ~40 ms per batch. Rows are deleted in
+        acknowledged prefixes, half a window per transaction.
+        """
+        loop = asyncio.get_running_loop()
         timeout_s = self._cfg.timeout_s
-        # Tasks start in creation order and each calls paho's publish() before its first await,
-        # so the messages go on the wire in outbox order.
-        tasks = [
-            asyncio.ensure_future(
-                client.publish(
-                    self.topic(m.line, m.topic_suffix),
-                    m.payload,
-                    qos=m.qos,
-                    retain=m.retain,
-                    timeout=timeout_s,
-                )
-            )
-            for m in batch
-        ]
+        depth = 2 * self._window
+        inflight: deque[tuple[StoredMessage, asyncio.Future[Any]]] = deque()
+        acked: list[int] = []
+        last_id = 0
         try:
-            all_done = asyncio.gather(*tasks, return_exceptions=True)
-            try:
+            while True:
+                self._check(lost)
+                # Clear before reading: a notify() after this point wakes the wait below.
+                self._wake.clear()
+                room = depth - len(inflight)
+                if not inflight or room >= self._window:
+                    if self._closing and loop.time() >= self._close_deadline and not inflight:
+                        left = self._outbox.depth()
+                        if left:
+                            log.warning(
+                                "drain time is up with %d message(s) still in the outbox", left
+                            )
+                        return
+                    # Tasks start in creation order and each calls paho's publish() before its
+                    # first await, so the messages go on the wire in outbox order.
+                    for m in self._outbox.peek(room, after_id=last_id):
+                        inflight.append((m, asyncio.ensure_future(self._publish(client, m))))
+                        last_id = m.id
+                if not inflight:
+                    self._flush(acked)
+                    if self._closing:
+                        return
+                    await self._wake.wait()
+                    continue
+                head = inflight[0][1]
                 async with asyncio.timeout(timeout_s + 1.0):
-                    waiters: list[asyncio.Future[Any]] = [all_done, lost]
-                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            except TimeoutError:
-                pass  # judged below, task by task
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.wait(tasks)
-        acked = 0
-        error: BaseException | None = None
-        for t in tasks:
-            if t.cancelled():
-                break
-            error = t.exception()
-            if error is not None:
-                break
-            acked += 1
-        if acked:
-            # Only a prefix: a row is deleted only once it and everything before it is acked.
-            self._outbox.ack([m.id for m in batch[:acked]])
-            self._published_total += acked
-        if acked < len(batch):
+                    await asyncio.wait([head, lost], return_when=asyncio.FIRST_COMPLETED)
+                while inflight and inflight[0][1].done():
+                    message, future = inflight.popleft()
+                    error = None if future.cancelled() else future.exception()
+                    if future.cancelled() or error is not None:
+                        self._check(lost)
+                        raise SinkError(
+                            f"publishing to broker {self._where} failed: {error or 'cancelled'}"
+                        )
+                    acked.append(message.id)
+                if len(acked) >= max(1, self._window // 2) or not inflight:
+                    self._flush(acked)
+        except TimeoutError:
             self._check(lost)
-            reason = str(error) if error is not None else f"no PUBACK within {timeout_s} s"
-            raise SinkError(f"publishing to broker {self._where} failed: {reason}")
+            raise SinkError(
+                f"publishing to broker {self._where} failed: no PUBACK within {timeout_s} s"
+            ) from None
+        finally:
+            self._flush(acked)
+            for _, future in inflight:
+                future.cancel()
+            if inflight:
+                await asyncio.wait([f for _, f in inflight])
+
+    def _publish(self, client: aiomqtt.Client, m: StoredMessage) -> Any:
+        return client.publish(
+            self.topic(m.line, m.topic_suffix),
+            m.payload,
+            qos=m.qos,
+            retain=m.retain,
+            timeout=self._cfg.timeout_s,
+        )
+
+    def _flush(self, acked: list[int]) -> None:
+        """Delete the acknowledged rows (an in-order prefix of what was sent)."""
+        if acked:
+            self._outbox.ack(acked)
+            self._published_total += len(acked)
+            acked.clear()
 
     async def _disconnect(self, client: aiomqtt.Client) -> None:
         try:

@@ -372,15 +372,16 @@ class Outbox:
             raise StorageError(f"outbox {self.path}: cannot read state: {exc}") from exc
         return {str(k): str(v) for k, v in rows}
 
-    def peek(self, limit: int) -> list[StoredMessage]:
-        """Up to ``limit`` messages, oldest first. They stay until :meth:`ack`."""
+    def peek(self, limit: int, *, after_id: int = 0) -> list[StoredMessage]:
+        """Up to ``limit`` messages with an id above ``after_id``, oldest first. They stay until
+        :meth:`ack`."""
         try:
             rows = (
                 self._conn()
                 .execute(
                     "SELECT id, line, topic_suffix, payload, qos, retain, seq, created"
-                    " FROM messages ORDER BY id LIMIT ?",
-                    (limit,),
+                    " FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+                    (after_id, limit),
                 )
                 .fetchall()
             )

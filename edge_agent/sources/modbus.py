@@ -33,7 +33,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
-from edge_agent.config.schema import ModbusSourceConfig, ModbusTable, ModbusTransport
+from edge_agent.config.schema import DataType, ModbusSourceConfig, ModbusTable, ModbusTransport
 from edge_agent.errors import DecodeError, NotConnectedError, SourceError
 from edge_agent.model import Quality, Sample, Value
 from edge_agent.sources.decode import BlockDecoder, compile_field, is_bit_table, is_finite
@@ -56,12 +56,23 @@ _DEADLINE_MARGIN_S = 0.5
 class _PlannedRead:
     request: ReadRequest
     decoder: BlockDecoder
+    names: tuple[str, ...]  # the tags' names, in decoder field order
+    # Fields whose value must be judged (floats may be NaN, strings may not decode); every
+    # other field of a decoded block is good as it is, which spares a check per tag.
+    checked: tuple[int, ...]
 
 
 def _compile(request: ReadRequest) -> _PlannedRead:
     fields = [compile_field(planned.tag, planned.offset) for planned in request.tags]
     decoder = BlockDecoder(fields, request.count, bits=is_bit_table(request.table))
-    return _PlannedRead(request, decoder)
+    floats = {
+        i
+        for i, planned in enumerate(request.tags)
+        if planned.tag.type in (DataType.FLOAT32, DataType.FLOAT64)
+    }
+    checked = tuple(sorted(floats.union(decoder.singles)))
+    names = tuple(planned.tag.name for planned in request.tags)
+    return _PlannedRead(request, decoder, names, checked)
 
 
 _Client = AsyncModbusTcpClient | AsyncModbusSerialClient
@@ -88,6 +99,23 @@ def _endpoint(cfg: ModbusSourceConfig) -> str:
         assert cfg.serial is not None  # the loader requires it
         return f"serial port {cfg.serial.port}"
     return f"{cfg.host}:{cfg.port}"
+
+
+class _Scan:
+    """The results of one scan as parallel lists (cheaper than a tuple per tag)."""
+
+    __slots__ = ("current", "names", "qualities", "values")
+
+    def __init__(self) -> None:
+        self.current: ReadRequest | None = None  # the request in flight, for messages
+        self.names: list[str] = []
+        self.values: list[Value] = []
+        self.qualities: list[Quality] = []
+
+    def add_bad(self, names: Sequence[str]) -> None:
+        self.names.extend(names)
+        self.values.extend([None] * len(names))
+        self.qualities.extend([Quality.BAD] * len(names))
 
 
 class ModbusSource:
@@ -171,19 +199,44 @@ class ModbusSource:
         if client is None or not client.connected:
             self._drop_client()
             raise NotConnectedError(f"not connected to {self._endpoint}")
-        results: list[tuple[str, Value, Quality]] = []
-        new_plan: list[_PlannedRead] = []
+        scan = _Scan()
         self._answered = False
-        for planned in self._plan:
-            new_plan.extend(await self._read_one(client, planned, results))
-        self._plan = new_plan
+        plan = self._plan
+        new_plan: list[_PlannedRead] | None = None
+        # One backstop deadline for the whole scan, not one per request (an asyncio.timeout costs
+        # a timer handle each): pymodbus bounds every request by timeout_s itself, and this
+        # catches anything that would otherwise hang, with room for each request's own timeout.
+        try:
+            async with asyncio.timeout(
+                (self._deadline_s + self._cfg.inter_request_gap_s) * (len(plan) + 1)
+            ):
+                for index, planned in enumerate(plan):
+                    scan.current = planned.request
+                    replacement = await self._read_one(client, planned, scan)
+                    if replacement is not None:  # the request was split: the plan changes
+                        if new_plan is None:
+                            new_plan = plan[:index]
+                        new_plan.extend(replacement)
+                    elif new_plan is not None:
+                        new_plan.append(planned)
+        except TimeoutError:
+            self._drop_client()
+            where = f" reading {scan.current.describe()}" if scan.current is not None else ""
+            raise NotConnectedError(
+                f"no answer from {self._endpoint} within {self._cfg.timeout_s:g} s{where}"
+            ) from None
+        if new_plan is not None:
+            self._plan = new_plan
         if not self._answered:
             # On a bus every device was silent: the line (cable, adapter, gateway) is down.
             self._drop_client()
             raise NotConnectedError(f"no device answered on {self._endpoint}")
         now = self._clock()
         source = self.name
-        return [Sample(source, tag, value, quality, None, now) for tag, value, quality in results]
+        return [
+            Sample(source, tag, value, quality, None, now)
+            for tag, value, quality in zip(scan.names, scan.values, scan.qualities, strict=True)
+        ]
 
     async def close(self) -> None:
         """Close the connection. Idempotent; the source can :meth:`connect` again."""
@@ -223,12 +276,10 @@ class ModbusSource:
         return AsyncModbusTcpClient(cfg.host, port=cfg.port, framer=framer, **common)
 
     async def _read_one(
-        self,
-        client: _Client,
-        planned: _PlannedRead,
-        results: list[tuple[str, Value, Quality]],
-    ) -> list[_PlannedRead]:
-        """Read one planned request, append its tags' results; return what replaces it in the plan.
+        self, client: _Client, planned: _PlannedRead, scan: _Scan
+    ) -> list[_PlannedRead] | None:
+        """Read one planned request, add its tags' results to ``scan``; return what replaces it
+        in the plan (``None``: itself).
 
         A request refused with "illegal data address" that holds several tags is split in halves
         until the refused tags are alone: read-over gaps or one missing address then cost only
@@ -239,8 +290,8 @@ class ModbusSource:
         if response is None:
             # A silent device on a shared bus: its tags are bad, the others still read.
             self._note_request_failure(request, "got no answer")
-            results.extend((p.tag.name, None, Quality.BAD) for p in request.tags)
-            return [planned]
+            scan.add_bad(planned.names)
+            return None
         self._answered = True
         if response.isError():
             code = int(response.exception_code)
@@ -259,14 +310,14 @@ class ModbusSource:
                 )
                 replacement: list[_PlannedRead] = []
                 for part in (request.tags[:half], request.tags[half:]):
-                    replacement.extend(
-                        await self._read_one(client, _compile(narrow(request, part)), results)
-                    )
+                    narrowed = _compile(narrow(request, part))
+                    replacement.extend(await self._read_one(client, narrowed, scan) or [narrowed])
                 return replacement
             self._note_request_failure(request, f"refused with Modbus exception {code}")
-            results.extend((p.tag.name, None, Quality.BAD) for p in request.tags)
-            return [planned]
-        self._note_request_success(request)
+            scan.add_bad(planned.names)
+            return None
+        if self._failing_requests:
+            self._note_request_success(request)
         data: Sequence[int] | Sequence[bool] = (
             response.bits if is_bit_table(request.table) else response.registers
         )
@@ -278,24 +329,32 @@ class ModbusSource:
             raise NotConnectedError(
                 f"bad response for {request.describe()} from {self._endpoint}: {exc}"
             ) from exc
-        for planned_tag, value in zip(request.tags, values, strict=True):
-            results.append(self._judge(planned_tag.tag.name, value))
-        return [planned]
+        first = len(scan.values)
+        scan.names.extend(planned.names)
+        scan.values.extend(values)  # type: ignore[arg-type]  # DecodeErrors replaced below
+        scan.qualities.extend([Quality.GOOD] * len(values))
+        names = planned.names
+        for i in planned.checked:
+            if not self._good(names[i], values[i]):
+                scan.values[first + i] = None
+                scan.qualities[first + i] = Quality.BAD
+        return None
 
-    def _judge(self, tag: str, value: Value | DecodeError) -> tuple[str, Value, Quality]:
+    def _good(self, tag: str, value: Value | DecodeError) -> bool:
+        """Judge one decoded value; log a tag going bad or good again once."""
         if isinstance(value, DecodeError):
             reason = str(value)
         elif not is_finite(value):
             reason = f"tag {tag!r}: non-finite value {value!r}"
         else:
-            if tag in self._bad_tags:
+            if self._bad_tags and tag in self._bad_tags:
                 self._bad_tags.discard(tag)
                 log.info("source %r: tag %r is good again", self.name, tag)
-            return tag, value, Quality.GOOD
+            return True
         if tag not in self._bad_tags:
             self._bad_tags.add(tag)
             log.warning("source %r: bad value: %s", self.name, reason)
-        return tag, None, Quality.BAD
+        return False
 
     @staticmethod
     def _start(client: _Client, request: ReadRequest) -> Awaitable[ModbusPDU]:
@@ -319,16 +378,9 @@ class ModbusSource:
                 await asyncio.sleep(wait_s)
         self._in_flight = True
         try:
-            async with asyncio.timeout(self._deadline_s):
-                # Inside the try: pymodbus raises ConnectionException before awaiting when the
-                # transport is already gone.
-                return await self._start(client, request)
-        except TimeoutError:
-            self._drop_client()
-            raise NotConnectedError(
-                f"no answer from {self._endpoint} within {self._cfg.timeout_s:g} s "
-                f"reading {request.describe()}"
-            ) from None
+            # Inside the try: pymodbus raises ConnectionException before awaiting when the
+            # transport is already gone. The deadline is read()'s, around the whole scan.
+            return await self._start(client, request)
         except ConnectionException as exc:
             self._drop_client()
             raise NotConnectedError(f"connection to {self._endpoint} lost: {exc}") from exc
