@@ -1,8 +1,8 @@
 """The agent: builds the components from a config and runs them under one supervisor.
 
-Start order: outbox, metrics, MQTT sink, engine, then sources. Stop order is the reverse: sources
-stop first, the engine writes a last snapshot, the sink drains the outbox and publishes ``offline``,
-then everything closes.
+Start order: outbox, metrics, MQTT sink, history, engine, then sources. Stop order is the
+reverse: sources stop first, the engine writes a last snapshot, the history writes what it holds,
+the sink drains the outbox and publishes ``offline``, then everything closes.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from edge_agent.config.schema import AgentConfig, OnStartupError, SourceConfig
 from edge_agent.engine.runner import EngineRunner
 from edge_agent.errors import EdgeAgentError, StorageError
 from edge_agent.poller import Poller
+from edge_agent.sinks.history import FILE_NAME as HISTORY_FILE
+from edge_agent.sinks.history import History
 from edge_agent.sinks.mqtt import MqttSink
 from edge_agent.sinks.outbox import Outbox
 from edge_agent.sinks.prometheus import Metrics
@@ -58,12 +60,17 @@ class Agent:
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
         drain_timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` is the agent's time in POSIX seconds (samples, engine, history); tests run
+        it faster than the wall clock together with simulators at the same speed."""
         self.cfg = cfg
+        self.clock = clock
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier()
         self.drain_timeout_s = drain_timeout_s
         self.runner: EngineRunner | None = None
+        self.history: History | None = None
         self.sink: MqttSink | None = None
         self.pollers: dict[str, Poller] = {}
         self.metrics_port: int | None = None
@@ -95,6 +102,8 @@ class Agent:
                 log.error("%s", failure)
             return EXIT_UNAVAILABLE
         finally:
+            if self.history is not None:
+                self.history.close()  # after a failed start; a clean stop closed it already
             outbox.close()
             self.metrics.stop_serving()
 
@@ -107,8 +116,20 @@ class Agent:
 
         sink = MqttSink(cfg.mqtt, site=cfg.site, outbox=outbox)
         self.sink = sink
+        history = None
+        if cfg.storage.history.enabled:
+            history = History(
+                state_dir_for(cfg) / HISTORY_FILE, cfg.storage.history, clock=self.clock
+            )
+        self.history = history
         runner = EngineRunner(
-            cfg, outbox, metrics=m, notify_sink=sink.notify, on_progress=self._progress
+            cfg,
+            outbox,
+            metrics=m,
+            notify_sink=sink.notify,
+            on_progress=self._progress,
+            clock=self.clock,
+            history=history,
         )
         self.runner = runner
         sink_health = Health("broker", f"{cfg.mqtt.host}:{cfg.mqtt.port}")
@@ -130,6 +151,7 @@ class Agent:
                 name="mqtt",
             )
             status_task = tg.create_task(self._watch(sink, sink_health, outbox), name="status")
+            history_task = tg.create_task(history.run(), name="history") if history else None
             engine_task = tg.create_task(runner.run(), name="engine")
             source_tasks = [
                 tg.create_task(self._run_source(sc, runner), name=f"source:{sc.name}")
@@ -155,6 +177,10 @@ class Agent:
             engine_task.cancel()
             await asyncio.gather(engine_task, return_exceptions=True)
             runner.step(snapshot=True)
+            if history is not None and history_task is not None:
+                history_task.cancel()
+                await asyncio.gather(history_task, return_exceptions=True)
+                history.close()
             try:
                 await sink.close(self.drain_timeout_s)
             except Exception as exc:  # the broker may be gone: the outbox keeps what is left
@@ -204,7 +230,7 @@ class Agent:
             runner.source_available(sc.name, is_up)
 
         health = Health("source", sc.name, on_change=on_change)
-        source = create_source(sc)
+        source = create_source(sc, clock=self.clock)
         poller = Poller(
             source,
             sc,
@@ -212,6 +238,7 @@ class Agent:
             health=health,
             metrics=m,
             on_source_restart=lambda: runner.source_restarted(sc.name),
+            clock=self.clock,
         )
         self.pollers[sc.name] = poller
 

@@ -40,6 +40,7 @@ from edge_agent.config.schema import (
     ByteOrder,
     CounterSignal,
     DataType,
+    HistoryConfig,
     LineConfig,
     LogFormat,
     LoggingConfig,
@@ -94,6 +95,8 @@ FIELD_NAMES: Final[Mapping[str, str]] = {
     "publish_interval": "publish_interval_s",
     "backoff_initial": "backoff_initial_s",
     "backoff_max": "backoff_max_s",
+    "keyframe_interval": "keyframe_interval_s",
+    "retention": "retention_s",
 }
 
 _TAG_PREFIX = "tag:yaml.org,2002:"
@@ -1332,10 +1335,30 @@ def _prometheus(ctx: _Ctx, node: Node, path: str) -> Any:
 
 def _storage(ctx: _Ctx, node: Node, path: str) -> Any:
     before = ctx.count
-    parsed = _mapping(ctx, node, path, {"dir": _optional(_string())})
+    parsed = _mapping(ctx, node, path, {"dir": _optional(_string()), "history": _history})
     if parsed is None or ctx.count > before:
         return INVALID
     return StorageConfig(**parsed.fields())
+
+
+def _history(ctx: _Ctx, node: Node, path: str) -> Any:
+    """A mapping, or ``true`` / ``false`` as a short form of ``{enabled: ...}``."""
+    if isinstance(node, ScalarNode):
+        kind, value = _scalar(ctx, node)
+        if kind == "bool":
+            return HistoryConfig(enabled=value)
+        ctx.add(node, path, f"must be a mapping, true or false; got {_describe(ctx, node)}")
+        return INVALID
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {"enabled": _boolean, "keyframe_interval": _duration(), "retention": _duration()},
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    return HistoryConfig(**parsed.fields())
 
 
 def _log_level(ctx: _Ctx, node: Node, path: str) -> Any:
