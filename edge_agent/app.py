@@ -63,9 +63,11 @@ class Agent:
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``clock`` is the agent's time in POSIX seconds (samples, engine, history); tests run
-        it faster than the wall clock together with simulators at the same speed."""
+        it faster than the wall clock together with simulators at the same speed. The agent
+        reads it in whole microseconds: the history's CSV export carries times to the
+        microsecond, so a replay sees exactly the times the live engine saw."""
         self.cfg = cfg
-        self.clock = clock
+        self.clock: Callable[[], float] = lambda: round(clock(), 6)
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier()
         self.drain_timeout_s = drain_timeout_s

@@ -111,6 +111,8 @@ def _decode(kind: int, value: object) -> Value:
 def _same(a: tuple[int, Value, Quality], b: tuple[int, Value, Quality]) -> bool:
     if a == b:
         return True
+    if a[2] is b[2] is Quality.BAD:
+        return True  # a bad value means nothing: bad stays bad whatever the PLC sends with it
     # NaN != NaN, yet a NaN that stays NaN has not changed.
     return (
         a[0] == b[0] == _FLOAT
@@ -225,7 +227,6 @@ class History:
                     exc,
                 )
                 self._failing = True
-            self._close_db()
             self._keyframe_now = True  # once writable again, re-establish every tag's value
             return 0
         if self._failing:

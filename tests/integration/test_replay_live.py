@@ -39,7 +39,6 @@ POLL_AGENT_S = POLL_S * SPEED
 
 RATIOS = ("availability", "performance", "quality", "oee", "data_coverage")
 COUNTS = ("total_count", "good_count", "reject_count")
-SECONDS = ("elapsed_s", "planned_time_s", "run_time_s", "unknown_time_s", "planned_stop_s")
 
 
 def config(sim: Simulation, broker_port: int, state_dir: Path) -> str:
@@ -118,17 +117,16 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def assert_same_report(live: dict[str, Any], replayed: dict[str, Any]) -> None:
-    """Counts and everything else exactly; ratios to 1e-6 and seconds to 2 ms, because the CSV
-    carries times to the microsecond and the payload rounds them."""
+    """Counts and everything but ratios exactly; ratios to 1e-6 (the payload's last digit; the
+    float slack only absorbs that 0.221631 - 0.22163 is not exactly 1e-6). The agent's times are
+    whole microseconds, which the CSV carries exactly, so in practice ratios are equal too."""
     live = {k: v for k, v in live.items() if k != "seq"}
     for key in RATIOS:
         a, b = live.pop(key), replayed[key]
-        assert (a is None) == (b is None) and (a is None or math.isclose(a, b, abs_tol=1e-6)), key
-    for key in (*SECONDS, "throughput_good_per_h", "throughput_total_per_h"):
-        assert math.isclose(live.pop(key), replayed[key], abs_tol=2e-3), key
-    for name, value in live.pop("loss_time_s").items():
-        assert math.isclose(value, replayed["loss_time_s"][name], abs_tol=2e-3), name
-    assert live == {k: replayed[k] for k in live}
+        assert (a is None) == (b is None), key
+        assert a is None or math.isclose(a, b, rel_tol=0, abs_tol=1e-6 + 1e-12), key
+    assert live == {k: v for k, v in replayed.items() if k in live}
+    assert set(live) | set(RATIOS) == set(replayed)
 
 
 async def test_replay_of_the_exported_history_equals_the_live_reports(
