@@ -6,7 +6,10 @@ NaN). Every ``keyframe_interval`` each tag's current value is written again (``k
 so that an export starting at any moment knows every value, and retention can delete old rows
 without losing the value of a tag that has not changed for weeks. When a source goes down, each
 of its tags gets a bad-quality row: a replay then sees the outage as unknown time, as the live
-engine did.
+engine did. Likewise for the agent itself: when the history is opened again after the agent
+stopped or crashed, every known tag first gets a bad-quality row at the time of the last row
+recorded, so that the time the agent was not observing replays as unknown, as the engine counts
+it after a restart.
 
 Times are the agent's (``Sample.agent_time``), the clock the engine uses; ``source_time`` is kept
 for audit. Rows are appended in time order (the engine runner hands samples over in
@@ -155,6 +158,7 @@ class History:
         self._keyframe_now = False
         self._failing = False
         self._closed = False
+        self._mark_restart = True  # first write of this run: mark the time the agent was away
         self.rows_written = 0
         self.rows_dropped = 0
 
@@ -251,6 +255,13 @@ class History:
         deleted = 0
         db.execute("BEGIN IMMEDIATE")
         try:
+            if self._mark_restart:
+                db.execute(
+                    "INSERT INTO samples (t, tag_id, kind, value, quality, keyframe) "
+                    "SELECT (SELECT MAX(t) FROM samples), id, ?, NULL, ?, 0 FROM tags "
+                    "WHERE EXISTS (SELECT 1 FROM samples)",
+                    (_NONE, _QUALITY_CODE[Quality.BAD]),
+                )
             ids = self._tag_ids
             for key in {r[1] for r in rows if r[1] not in ids}:
                 db.execute("INSERT OR IGNORE INTO tags (source, tag) VALUES (?, ?)", key)
@@ -273,6 +284,7 @@ class History:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        self._mark_restart = False
         return deleted
 
     def _open(self) -> sqlite3.Connection:

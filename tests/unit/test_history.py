@@ -188,6 +188,37 @@ def test_full_disk_is_logged_once_and_survived(
     assert recovered["p.total"] == 500 and recovered["p.state"] == 1
 
 
+def test_time_the_agent_was_away_replays_as_unknown(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "history.sqlite"
+    first = History(path, HistoryConfig(), clock=clock)
+    first.record([sample("p.state", 1, T0), sample("p.total", 0, T0)])
+    first.record([sample("p.total", 7, T0 + 5)])
+    clock.t = T0 + 6
+    first.close()
+    second = History(path, HistoryConfig(), clock=clock)  # the agent starts again, an hour on
+    clock.t = T0 + 3600
+    second.record([sample("p.state", 1, clock.t), sample("p.total", 9, clock.t)])
+    second.close()
+    assert [(t - T0, key, q) for t, key, _v, q, _kf in rows(path)] == [
+        (0, "p.state", 0),
+        (0, "p.total", 0),
+        (5, "p.total", 0),
+        (5, "p.state", 2),  # away from the last recorded moment on
+        (5, "p.total", 2),
+        (3600, "p.state", 0),
+        (3600, "p.total", 0),
+    ]
+    cfg = load_config_text(
+        "version: 1\nsite: s\nmqtt: {host: h}\nlines:\n"
+        "  - {name: l, ideal_cycle_time: 1s, signals: {state: {tag: p.state, map: {1: running}},"
+        " total_count: {tag: p.total}}}\n"
+    )
+    out = io.StringIO()
+    export_csv(path, out)
+    (snapshot,) = replay(cfg, io.StringIO(out.getvalue())).open
+    assert snapshot["unknown_time_s"] == 3595.0 and snapshot["total_count"] == 9
+
+
 def test_unwritable_directory_does_not_raise(tmp_path: Path, clock: Clock) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
