@@ -259,11 +259,11 @@ class History:
                 db.execute(
                     "INSERT INTO samples (t, tag_id, kind, value, quality, keyframe) "
                     "SELECT (SELECT MAX(t) FROM samples), id, ?, NULL, ?, 0 FROM tags "
-                    "WHERE EXISTS (SELECT 1 FROM samples)",
+                    "WHERE EXISTS (SELECT 1 FROM samples) ORDER BY id",
                     (_NONE, _QUALITY_CODE[Quality.BAD]),
                 )
             ids = self._tag_ids
-            for key in {r[1] for r in rows if r[1] not in ids}:
+            for key in dict.fromkeys(r[1] for r in rows if r[1] not in ids):
                 db.execute("INSERT OR IGNORE INTO tags (source, tag) VALUES (?, ?)", key)
                 (ids[key],) = db.execute(
                     "SELECT id FROM tags WHERE source = ? AND tag = ?", key
