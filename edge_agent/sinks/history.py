@@ -194,15 +194,15 @@ class History:
 
     # -------------------------------------------------------------------------------- writing
 
-    def flush(self) -> int:
-        """Write what is buffered, a keyframe if one is due, and one retention batch if due, in
-        one transaction. Returns the number of rows written (0 on failure: logged once, and
-        after :meth:`close`)."""
+    def flush(self, *, keyframe: bool = True) -> int:
+        """Write what is buffered, a keyframe if one is due (unless ``keyframe`` is false), and
+        one retention batch if due, in one transaction. Returns the number of rows written (0
+        on failure: logged once, and after :meth:`close`)."""
         if self._closed:
             return 0
         now = self._clock()
-        keyframe = self._keyframe_now or (
-            self._next_keyframe is not None and now >= self._next_keyframe
+        keyframe = keyframe and (
+            self._keyframe_now or (self._next_keyframe is not None and now >= self._next_keyframe)
         )
         if self._next_keyframe is None and self._last:
             self._next_keyframe = now + self.cfg.keyframe_interval_s
@@ -329,10 +329,13 @@ class History:
             self.flush()
 
     def close(self) -> None:
-        """Write what is buffered and close the file. Idempotent; later calls record nothing."""
+        """Write what is buffered and close the file. Idempotent; later calls record nothing.
+
+        No keyframe now: the engine's last report came before this, and a replay must not run
+        past it on rows that only repeat values."""
         if self._closed:
             return
-        self.flush()
+        self.flush(keyframe=False)
         self._closed = True
         self._close_db()
 

@@ -125,6 +125,9 @@ def test_keyframe_rewrites_every_tag_at_its_interval(hist: History, clock: Clock
     clock.t = T0 + 400
     hist.flush()
     assert len([r for r in rows(hist.path) if r[4]]) == 3  # next one at 600.5
+    clock.t = T0 + 1000
+    hist.close()  # due, but the agent is stopping: a replay must not run past its last report
+    assert len([r for r in rows(hist.path) if r[4]]) == 3
 
 
 def test_retention_deletes_old_rows_in_batches(
