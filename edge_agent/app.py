@@ -1,8 +1,8 @@
 """The agent: builds the components from a config and runs them under one supervisor.
 
-Start order: outbox, metrics, MQTT sink, engine, then sources. Stop order is the reverse: sources
-stop first, the engine writes a last snapshot, the sink drains the outbox and publishes ``offline``,
-then everything closes.
+Start order: outbox, metrics, MQTT sink, history, engine, then sources. Stop order is the
+reverse: sources stop first, the engine writes a last snapshot, the history writes what it holds,
+the sink drains the outbox and publishes ``offline``, then everything closes.
 
 Reload (SIGHUP, :meth:`Agent.request_reload`): the configuration file is loaded and validated
 again; an invalid one is refused with its problems logged, and the running one stays. A valid
@@ -29,6 +29,8 @@ from edge_agent.engine.runner import EngineRunner
 from edge_agent.errors import ConfigError, EdgeAgentError, StorageError
 from edge_agent.poller import Poller
 from edge_agent.secrets import read_secret
+from edge_agent.sinks.history import FILE_NAME as HISTORY_FILE
+from edge_agent.sinks.history import History
 from edge_agent.sinks.mqtt import MqttSink
 from edge_agent.sinks.outbox import Outbox
 from edge_agent.sinks.prometheus import Metrics
@@ -68,12 +70,19 @@ class Agent:
         notifier: Notifier | None = None,
         drain_timeout_s: float = 10.0,
         stall_after_s: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` is the agent's time in POSIX seconds (samples, engine, history); tests run
+        it faster than the wall clock together with simulators at the same speed. The agent
+        reads it in whole microseconds: the history's CSV export carries times to the
+        microsecond, so a replay sees exactly the times the live engine saw."""
         self.cfg = cfg
+        self.clock: Callable[[], float] = lambda: round(clock(), 6)
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier()
         self.drain_timeout_s = drain_timeout_s
         self.runner: EngineRunner | None = None
+        self.history: History | None = None
         self.sink: MqttSink | None = None
         self.pollers: dict[str, Poller] = {}
         self.metrics_port: int | None = None
@@ -120,6 +129,8 @@ class Agent:
                 log.error("%s", failure)
             return EXIT_UNAVAILABLE
         finally:
+            if self.history is not None:
+                self.history.close()  # after a failed start; a clean stop closed it already
             outbox.close()
             self.metrics.stop_serving()
 
@@ -139,8 +150,20 @@ class Agent:
                 password=password,
             )
 
+        history = None
+        if cfg.storage.history.enabled:
+            history = History(
+                state_dir_for(cfg) / HISTORY_FILE, cfg.storage.history, clock=self.clock
+            )
+        self.history = history
         runner = EngineRunner(
-            cfg, outbox, metrics=m, notify_sink=self._notify_sink, on_progress=self._progress
+            cfg,
+            outbox,
+            metrics=m,
+            notify_sink=self._notify_sink,
+            on_progress=self._progress,
+            clock=self.clock,
+            history=history,
         )
         self.runner = runner
 
@@ -148,6 +171,7 @@ class Agent:
             self._tg = tg
             self._start_sink(outbox)
             status_task = tg.create_task(self._watch(outbox), name="status")
+            history_task = tg.create_task(history.run(), name="history") if history else None
             self.engine_task = tg.create_task(runner.run(), name="engine")
             for sc in cfg.sources:
                 self._start_source(sc)
@@ -177,6 +201,10 @@ class Agent:
             self.engine_task.cancel()
             await asyncio.gather(self.engine_task, return_exceptions=True)
             runner.step(snapshot=True)
+            if history is not None and history_task is not None:
+                history_task.cancel()
+                await asyncio.gather(history_task, return_exceptions=True)
+                history.close()
             await self._stop_sink(self.drain_timeout_s)
             status_task.cancel()
             await asyncio.gather(status_task, return_exceptions=True)
@@ -365,7 +393,7 @@ class Agent:
             runner.source_available(sc.name, is_up)
 
         health = Health("source", sc.name, on_change=on_change)
-        source = create_source(sc)
+        source = create_source(sc, clock=self.clock)
         poller = Poller(
             source,
             sc,
@@ -373,6 +401,7 @@ class Agent:
             health=health,
             metrics=m,
             on_source_restart=lambda: runner.source_restarted(sc.name),
+            clock=self.clock,
         )
         self.pollers[sc.name] = poller
 

@@ -1,4 +1,4 @@
-"""``edge-agent`` command line: run, check-config, certs, demo, version."""
+"""``edge-agent`` command line: run, check-config, replay, history export, certs, demo."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from edge_agent.errors import ConfigError
 
 log = logging.getLogger("edge_agent")
 
+EXIT_USAGE = 64  # EX_USAGE
+EXIT_NOINPUT = 66  # EX_NOINPUT: no history to read
+EXIT_CANTCREAT = 73  # EX_CANTCREAT: the output file cannot be written
 EXIT_CONFIG = 78
 
 
@@ -70,6 +73,40 @@ def _build_parser() -> argparse.ArgumentParser:
     p_opcua.add_argument("--days", type=int, default=3650, help="validity in days (3650)")
     p_opcua.add_argument("--force", action="store_true", help="replace existing files")
 
+    p_replay = sub.add_parser(
+        "replay",
+        help="recompute KPIs from recorded samples (CSV) with the live engine; exit 0, 65 or 78",
+    )
+    p_replay.add_argument("-c", "--config", required=True, help="YAML configuration file")
+    p_replay.add_argument("samples", help="CSV with header timestamp,tag,value ('-' for stdin)")
+    p_replay.add_argument(
+        "--format",
+        choices=("json", "table"),
+        default="json",
+        help="json: one kpi/shift payload per line, then the open windows (default); table",
+    )
+
+    p_history = sub.add_parser("history", help="the recorded sample history")
+    history_sub = p_history.add_subparsers(dest="history_command", required=True, metavar="ACTION")
+    p_export = history_sub.add_parser(
+        "export", help="write recorded samples as the CSV that replay reads"
+    )
+    p_export.add_argument("-c", "--config", required=True, help="YAML configuration file")
+    p_export.add_argument(
+        "--from",
+        dest="start",
+        help="ISO 8601 with offset; the export starts with every tag's last value before it",
+    )
+    p_export.add_argument("--to", dest="end", help="ISO 8601 with offset (exclusive)")
+    p_export.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="SOURCE.TAG",
+        help="only this tag (repeat for more); default: every tag",
+    )
+    p_export.add_argument("-o", "--output", help="output file (default: stdout)")
+
     p_demo = sub.add_parser(
         "demo", help="simulated PLCs + agent + broker in one command, with a live KPI table"
     )
@@ -103,6 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
     if args.command == "run":
         return _run(args)
+    if args.command == "replay":
+        from edge_agent.replay import replay_main  # noqa: PLC0415
+
+        return replay_main(args.config, args.samples, args.format)
+    if args.command == "history":
+        return _history_export(args)
     raise AssertionError(args.command)
 
 
@@ -128,6 +171,55 @@ def _certs(args: argparse.Namespace) -> int:
     print(f"private key      {made.key_file}  (mode 0600; keep it on this machine)")
     print(f"application uri  {made.application_uri}")
     print(f"sha256           {made.fingerprint}")
+    return 0
+
+
+def _history_export(args: argparse.Namespace) -> int:
+    from edge_agent.app import state_dir_for  # noqa: PLC0415
+    from edge_agent.config.loader import load_config  # noqa: PLC0415
+    from edge_agent.errors import StorageError  # noqa: PLC0415
+    from edge_agent.samplecsv import parse_time  # noqa: PLC0415
+    from edge_agent.sinks.history import FILE_NAME, export_csv  # noqa: PLC0415
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"{args.config}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    bounds: list[float | None] = []
+    for name, text in (("--from", args.start), ("--to", args.end)):
+        try:
+            bounds.append(None if text is None else parse_time(text))
+        except ValueError as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    start, end = bounds
+    path = state_dir_for(cfg) / FILE_NAME
+    try:
+        if args.output:
+            with open(args.output, "w", encoding="utf-8", newline="") as out:
+                result = export_csv(path, out, start=start, end=end, tags=args.tag)
+        else:
+            result = export_csv(path, sys.stdout, start=start, end=end, tags=args.tag)
+    except StorageError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_NOINPUT
+    except OSError as exc:
+        print(f"{args.output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CANTCREAT
+    for tag in result.unknown_tags:
+        print(f"# tag {tag} was never recorded", file=sys.stderr)
+    if result.skipped_text:
+        print(
+            f"# {result.skipped_text} text sample(s) left out: the CSV carries numbers and "
+            "booleans only",
+            file=sys.stderr,
+        )
+    print(f"# {result.rows} row(s) exported from {path}", file=sys.stderr)
     return 0
 
 

@@ -122,6 +122,11 @@ async def supervise(
         except fatal:
             raise
         except Exception as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # The component failed while being cancelled (a library turned the
+                # cancellation into its own error): stop, do not retry.
+                raise asyncio.CancelledError from exc
             if health.up:
                 backoff.reset()
             delay = backoff.next_delay()

@@ -70,8 +70,19 @@ def _plain(value: Any, field_name: str = "") -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, float) and field_name.endswith("_s") and field_name in _KEYS:
-        return f"{value:g}s"
+        return duration_text(value)
     return value
+
+
+def duration_text(seconds: float) -> str:
+    """``seconds`` in the loader's duration syntax, in the largest unit that keeps it exact
+    (``30d``, ``5m``, ``1.5s``, ``250ms``); ``repr`` keeps every digit of an odd value."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds // size)}{unit}"
+    if seconds and seconds < 1 and (seconds * 1000).is_integer():
+        return f"{int(seconds * 1000)}ms"
+    return f"{int(seconds)}s" if seconds.is_integer() else f"{seconds!r}s"
 
 
 def _not_applicable(obj: Any, field_name: str) -> bool:

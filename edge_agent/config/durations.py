@@ -1,4 +1,5 @@
-"""Durations as written in the configuration: ``500ms``, ``5s``, ``15m``, ``8h`` or plain seconds.
+"""Durations as written in the configuration: ``500ms``, ``5s``, ``15m``, ``8h``, ``30d`` or plain
+seconds.
 
 A duration is one number followed by one unit; compound forms (``1h30m``) are not accepted, so
 that every duration in a file reads the same way. Plain numbers mean seconds.
@@ -9,9 +10,9 @@ from __future__ import annotations
 import math
 import re
 
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
-_DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*(?P<unit>ms|s|m|h)")
+_DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*(?P<unit>ms|s|m|h|d)")
 
 # Anything longer than a year in a polling or shift configuration is a typo, and bounding the
 # value keeps every later float computation finite.
@@ -21,9 +22,10 @@ MAX_DURATION_S = 366 * 24 * 3600.0
 def parse_duration(text: str | int | float) -> float:
     """Return the duration ``text`` stands for, in seconds (a finite float >= 0).
 
-    Accepts ``"<number><unit>"`` with unit ``ms``, ``s``, ``m`` or ``h`` (``"1.5s"``, ``"500ms"``),
-    or a plain number of seconds (``5``, ``0.5``, ``"5"``). Raises :class:`ValueError` with a
-    message fit to show a user otherwise. Whether zero is acceptable is the caller's decision.
+    Accepts ``"<number><unit>"`` with unit ``ms``, ``s``, ``m``, ``h`` or ``d`` (``"1.5s"``,
+    ``"500ms"``, ``"30d"``), or a plain number of seconds (``5``, ``0.5``, ``"5"``). Raises
+    :class:`ValueError` with a message fit to show a user otherwise. Whether zero is acceptable
+    is the caller's decision.
     """
     # bool is an int subclass, but `true` is never a duration: it goes down the text path and fails.
     if isinstance(text, int | float) and not isinstance(text, bool):

@@ -43,6 +43,7 @@ from edge_agent.config.schema import (
     CounterSignal,
     DataType,
     ExtraDay,
+    HistoryConfig,
     LineConfig,
     LogFormat,
     LoggingConfig,
@@ -122,6 +123,8 @@ FIELD_NAMES: Final[Mapping[str, str]] = {
     "inter_request_gap": "inter_request_gap_s",
     "publishing_interval": "publishing_interval_s",
     "sampling_interval": "sampling_interval_s",
+    "keyframe_interval": "keyframe_interval_s",
+    "retention": "retention_s",
 }
 
 _TAG_PREFIX = "tag:yaml.org,2002:"
@@ -1809,7 +1812,12 @@ def _prometheus(ctx: _Ctx, node: Node, path: str) -> Any:
 
 def _storage(ctx: _Ctx, node: Node, path: str) -> Any:
     before = ctx.count
-    parsed = _mapping(ctx, node, path, {"dir": _optional(_string()), "outbox": _outbox})
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {"dir": _optional(_string()), "outbox": _outbox, "history": _history},
+    )
     if parsed is None or ctx.count > before:
         return INVALID
     return StorageConfig(**parsed.fields())
@@ -1874,6 +1882,26 @@ def _outbox(ctx: _Ctx, node: Node, path: str) -> Any:
     if ctx.count > before:
         return INVALID
     return OutboxConfig(**parsed.fields())
+
+
+def _history(ctx: _Ctx, node: Node, path: str) -> Any:
+    """A mapping, or ``true`` / ``false`` as a short form of ``{enabled: ...}``."""
+    if isinstance(node, ScalarNode):
+        kind, value = _scalar(ctx, node)
+        if kind == "bool":
+            return HistoryConfig(enabled=value)
+        ctx.add(node, path, f"must be a mapping, true or false; got {_describe(ctx, node)}")
+        return INVALID
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {"enabled": _boolean, "keyframe_interval": _duration(), "retention": _duration()},
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    return HistoryConfig(**parsed.fields())
 
 
 def _log_level(ctx: _Ctx, node: Node, path: str) -> Any:

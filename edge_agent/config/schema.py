@@ -365,10 +365,20 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryConfig:
+    """The raw-sample history (``history.sqlite`` in the state directory), for replay and audit."""
+
+    enabled: bool = True
+    keyframe_interval_s: float = 300.0  # every tag's current value, so an export can start anywhere
+    retention_s: float = 30 * 86400.0  # rows older than this are deleted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StorageConfig:
     # None: $STATE_DIRECTORY (systemd), else ./state
     dir: str | None = None
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,6 +4,12 @@ Routes samples to the lines that use them, ticks the engines on a fixed schedule
 messages to the outbox together with the engines' state, in one transaction: a report and the
 counter baselines that produced it are durable together, so a restart neither loses nor
 double-counts parts. Feeds the systemd watchdog only while this makes progress.
+
+Time order. The runner hands samples to the engines, and to the history, in non-decreasing
+``agent_time``: a sample stamped before the latest time the runner has passed on (a tick, or a
+sample of another source delivered first) is restamped with that time. The engine would take it
+as happening then anyway; restamping it here makes the history record exactly what the engine
+saw, so that ``edge-agent replay`` of an export reproduces the live ``kpi/shift`` reports.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,6 +28,7 @@ from edge_agent.config.schema import AgentConfig, LineConfig, MachineState
 from edge_agent.engine.line import LineEngine
 from edge_agent.errors import StorageError
 from edge_agent.model import OutMessage, Sample
+from edge_agent.sinks.history import History
 from edge_agent.sinks.outbox import Outbox
 from edge_agent.sinks.prometheus import Metrics
 
@@ -58,8 +66,11 @@ class EngineRunner:
         on_progress: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         tick_interval_s: float = 1.0,
+        history: History | None = None,
     ) -> None:
         self._outbox = outbox
+        self._history = history
+        self._time = -math.inf  # the latest time handed to the engines
         self._metrics = metrics
         self._notify_sink = notify_sink
         self._on_progress = on_progress
@@ -150,7 +161,21 @@ class EngineRunner:
 
     def deliver(self, samples: list[Sample]) -> None:
         """Hand a poll's samples to the lines that read them (hot path: one dict lookup each,
-        no allocation: most tags of a source feed no line)."""
+        no allocation: most tags of a source feed no line), and to the history, in
+        non-decreasing time (see the module docstring)."""
+        latest = self._time
+        ordered = samples
+        for i, s in enumerate(samples):
+            if s.agent_time >= latest:
+                latest = s.agent_time
+                continue
+            if ordered is samples:  # copy on first need: the caller's list stays as it was
+                ordered = list(samples)
+            ordered[i] = s._replace(agent_time=latest)
+        samples = ordered
+        self._time = latest
+        if self._history is not None:
+            self._history.record(samples)
         by_source = self._routes_by_source
         routes: dict[str, list[LineEngine]] | None = None
         source: str | None = None
@@ -167,20 +192,22 @@ class EngineRunner:
                         self._wake.set()
 
     def source_available(self, source: str, available: bool) -> None:
-        now = self._clock()
+        now = self._now()
+        if not available and self._history is not None:
+            self._history.source_down(source, now)
         for engine in self._by_source.get(source, ()):
             engine.source_available(source, available, now)
 
     def source_restarted(self, source: str) -> None:
         """The PLC behind ``source`` restarted: its next counter values are resets."""
-        now = self._clock()
+        now = self._now()
         for engine in self._by_source.get(source, ()):
             engine.source_restarted(source, now)
 
     def step(self, *, snapshot: bool) -> int:
         """Tick every engine; with ``snapshot`` add the live ``kpi`` reports. Returns the number of
         messages made durable (0 while the outbox cannot be written: they wait in memory)."""
-        now = self._clock()
+        now = self._now()
         messages: list[OutMessage] = []
         for engine in self.engines.values():
             messages.extend(engine.tick(now))
@@ -194,6 +221,11 @@ class EngineRunner:
             if msg.topic_suffix == "kpi":
                 self._update_line_metrics(msg.line, msg.payload)
         return self._persist(messages)
+
+    def _now(self) -> float:
+        """The clock, never before a time already handed to the engines."""
+        self._time = max(self._time, self._clock())
+        return self._time
 
     def _persist(self, messages: list[OutMessage]) -> int:
         batch = self._pending + messages

@@ -316,6 +316,7 @@ class MqttSink:
             raise SinkError(
                 f"cannot connect to broker {self._where}: no answer within {cfg.timeout_s} s"
             ) from None
+        _raise_if_cancelled()
 
     def _no_connack(self) -> SinkError:
         """The error for a CONNECT without CONNACK, explained by the client's last error."""
@@ -473,6 +474,19 @@ class MqttSink:
             raise SinkError(
                 f"broker {self._where} did not confirm the disconnect: {str(exc) or 'timeout'}"
             ) from None
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a library await swallowed.
+
+    On Python 3.11, ``asyncio.wait_for`` (which aiomqtt uses for CONNACK) returns the result
+    when the awaiting task is cancelled in the same loop turn the result arrives, and the
+    cancellation is lost: the sink would go on publishing while its task group waits for it to
+    stop, forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _reason(exc: MqttConnectError) -> str:

@@ -148,3 +148,28 @@ async def test_poller_keeps_connection_on_transient_error() -> None:
     with pytest.raises(NotConnectedError):
         await poller.run()
     assert [batch[0].value for batch in got] == [1, 4, 5]
+
+
+async def test_supervise_does_not_retry_a_component_whose_cancellation_was_swallowed() -> None:
+    # A library that turns our cancellation into its own error (or, like Python 3.11's
+    # wait_for, loses it) must not make the supervisor start the component again.
+    started = asyncio.Event()
+    attempts = 0
+
+    async def swallows_cancel() -> None:
+        nonlocal attempts
+        attempts += 1
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise NotConnectedError("connection closed") from None
+
+    task = asyncio.create_task(
+        supervise(swallows_cancel, Health("source", "z"), Backoff(0.001, 0.01))
+    )
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert attempts == 1
