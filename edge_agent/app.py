@@ -111,6 +111,8 @@ class Agent:
             cfg, outbox, metrics=m, notify_sink=sink.notify, on_progress=self._progress
         )
         self.runner = runner
+        if cfg.mqtt.commands:
+            self._subscribe_commands(sink, runner)
         sink_health = Health("broker", f"{cfg.mqtt.host}:{cfg.mqtt.port}")
 
         async def run_sink() -> None:
@@ -167,6 +169,22 @@ class Agent:
                 log.warning("%d message(s) stay in the outbox for the next start", left)
         log.info("stopped")
         return EXIT_OK
+
+    def _subscribe_commands(self, sink: MqttSink, runner: EngineRunner) -> None:
+        """Order commands of every line from ``{prefix}/{site}/{line}/cmd/order`` (mqtt.commands:
+        the plant's own broker only). A retained command is ignored: it would be applied again
+        on every reconnect, possibly over a newer order."""
+        for line in self.cfg.lines:
+
+            def on_command(
+                topic: str, payload: bytes, retained: bool, name: str = line.name
+            ) -> None:
+                if retained:
+                    log.warning("line '%s': ignoring a retained command on %s", name, topic)
+                    return
+                runner.command(name, "order", payload)
+
+            sink.subscribe(sink.topic(line.name, "cmd/order"), on_command)
 
     def _progress(self) -> None:
         self._last_progress = time.monotonic()

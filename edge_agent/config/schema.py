@@ -203,6 +203,43 @@ class CounterSignal:
     rollover: int | None = None  # the counter's modulus, e.g. 65536; None: never wraps
 
 
+class EnergyUnit(enum.StrEnum):
+    """Unit of an active-energy meter counter."""
+
+    KWH = "kWh"
+    WH = "Wh"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnergySignal:
+    """An active-energy counter of a power meter (imported energy, never decreasing except by a
+    wrap or a meter reset)."""
+
+    tag: str  # SOURCE.TAG
+    unit: EnergyUnit = EnergyUnit.KWH
+    rollover: float | None = None  # the counter's modulus in its own unit; None: never wraps
+    # Wrap plausibility: a modular delta above max_power × elapsed × 2 + slack is a reset.
+    # None: any modular delta up to half the rollover is a wrap.
+    max_power_kw: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderSignal:
+    """Production order data read from PLC tags (string or number tags)."""
+
+    id: str  # SOURCE.TAG of the order id; an empty value (or 0) means no order
+    target: str | None = None  # SOURCE.TAG of the target (good) quantity
+    product: str | None = None  # SOURCE.TAG of the product code / recipe
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmissionFactor:
+    """Grid emission factor for CO2e figures; the source is mandatory so reports can cite it."""
+
+    kg_co2e_per_kwh: float
+    source: str
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Signals:
     state: StateSignal | None = None
@@ -212,6 +249,9 @@ class Signals:
     good_count: CounterSignal | None = None
     reason: ReasonSignal | None = None
     product: ProductSignal | None = None
+    energy: EnergySignal | None = None
+    power: str | None = None  # SOURCE.TAG of the active power in kW (live display only)
+    order: OrderSignal | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -227,6 +267,7 @@ class LineConfig:
     shifts: tuple[Shift, ...] = ()  # empty: the whole day is one shift
     calendar: Calendar = field(default_factory=Calendar)
     signals: Signals
+    emission_factor: EmissionFactor | None = None  # None: CO2e fields are null, with a note
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,6 +294,9 @@ class MqttConfig:
     timeout_s: float = 10.0
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
+    # Accept order commands on {topic_prefix}/{site}/{line}/cmd/order. Meant for the plant's own
+    # broker only: whoever can publish there can set the line's current order.
+    commands: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

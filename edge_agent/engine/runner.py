@@ -40,9 +40,13 @@ def signal_tags(line: LineConfig) -> list[str]:
     for counter in (s.reject_count, s.good_count):
         if counter is not None:
             tags.append(counter.tag)
-    for aux in (s.reason, s.product):
+    for aux in (s.reason, s.product, s.energy):
         if aux is not None:
             tags.append(aux.tag)
+    if s.power is not None:
+        tags.append(s.power)
+    if s.order is not None:
+        tags.extend(t for t in (s.order.id, s.order.target, s.order.product) if t is not None)
     return tags
 
 
@@ -71,7 +75,7 @@ class EngineRunner:
         self._by_source: dict[str, list[LineEngine]] = {}
         saved = outbox.load_state()
         for line in cfg.lines:
-            engine = LineEngine(line, site=cfg.site)
+            engine = LineEngine(line, site=cfg.site, orders=cfg.mqtt.commands)
             blob = saved.get(STATE_KEY_PREFIX + line.name)
             if blob:
                 try:
@@ -79,7 +83,7 @@ class EngineRunner:
                     log.info("line '%s': engine state restored", line.name)
                 except Exception as exc:  # a state from an incompatible config: start afresh
                     log.warning("line '%s': saved engine state not usable (%s)", line.name, exc)
-                    engine = LineEngine(line, site=cfg.site)
+                    engine = LineEngine(line, site=cfg.site, orders=cfg.mqtt.commands)
             self.engines[line.name] = engine
             for tag in signal_tags(line):
                 self._routes.setdefault(tag, []).append(engine)
@@ -112,6 +116,19 @@ class EngineRunner:
         for engine in self._by_source.get(source, ()):
             engine.source_restarted(source, now)
 
+    def command(self, line: str, name: str, payload: bytes) -> None:
+        """A command for ``line`` received on ``cmd/{name}``: applied by the engine (or rejected),
+        and its reply made durable with the engine state at once."""
+        engine = self.engines.get(line)
+        if engine is None:
+            return
+        now = self._clock()
+        engine.command(name, payload, now)
+        messages = engine.tick(now)
+        if any(msg.qos != self._qos for msg in messages):
+            messages = [replace(msg, qos=self._qos) for msg in messages]
+        self._persist(messages)
+
     def step(self, *, snapshot: bool) -> int:
         """Tick every engine; with ``snapshot`` add the live ``kpi`` reports. Returns the number of
         messages made durable (0 while the outbox cannot be written: they wait in memory)."""
@@ -120,7 +137,7 @@ class EngineRunner:
         for engine in self.engines.values():
             messages.extend(engine.tick(now))
             if snapshot:
-                messages.append(engine.snapshot(now))
+                messages.extend(engine.snapshots(now))
         self.steps += 1
         if any(msg.qos != self._qos for msg in messages):
             messages = [replace(msg, qos=self._qos) for msg in messages]
@@ -143,8 +160,9 @@ class EngineRunner:
                 log.error("outbox cannot be written, holding reports in memory: %s", exc)
                 self._storage_failing = True
             # Live snapshots are superseded by the next one; keep everything else.
-            kept = [m for m in batch if m.topic_suffix != "kpi"] + [
-                m for m in messages if m.topic_suffix == "kpi"
+            live = ("kpi", "energy", "order")
+            kept = [m for m in batch if m.topic_suffix not in live] + [
+                m for m in messages if m.topic_suffix in live
             ]
             self._pending = kept[-_MAX_PENDING:]
             return 0
