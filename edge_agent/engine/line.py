@@ -61,6 +61,7 @@ loses a ``kpi/shift`` report.
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Any
 
 from edge_agent.config.schema import EnergyUnit, LineConfig, MachineState
@@ -72,8 +73,7 @@ from edge_agent.engine.orders import (
     ENERGY_SCHEMA,
     ORDER_CLOSED_SCHEMA,
     ORDER_SCHEMA,
-    RATE_BIN_S,
-    RATE_BINS,
+    RATE_WINDOW_S,
     EnergyFigures,
     Order,
     energy_fields,
@@ -351,8 +351,13 @@ class LineEngine:
         # Orders: the current one, the PLC's order tags, good parts per minute bin.
         self._order: Order | None = None
         self._plc_order: list[Any] = [None, None, None]  # id, target, product
-        self._bins: dict[int, list[int]] = {}  # minute -> [total, second counter]
-        self._rate_since: float | None = None  # when parts began to be binned (not persisted)
+        # Current throughput: (time, slot, delta) of the counter deltas of the last
+        # RATE_WINDOW_S and their sums by slot. Not persisted: after a restart the rate is
+        # measured afresh (the first delta after it may hold the parts of the whole gap).
+        self._recent: deque[tuple[float, int, int]] = deque()
+        self._recent_sums = [0, 0]
+        self._rate_kinds: set[int] = set()  # counters seen since start: later deltas are rates
+        self._rate_since: float | None = None
 
     # ----------------------------------------------------------------------------- public API
 
@@ -414,8 +419,11 @@ class LineEngine:
                 self._flag("counter_wrap")
             if d.reset:
                 self._flag("counter_reset")
+            if self._rate_since is None:
+                self._rate_since = t
             if d.delta:
-                self._count(kind, d.delta, t)
+                self._count(kind, d.delta, t, rate=kind in self._rate_kinds)
+            self._rate_kinds.add(kind)
             if kind == _TOTAL and self._state_kind == _TOTAL:
                 self._infer(d.delta, t)
         elif kind == _STATE:
@@ -884,7 +892,7 @@ class LineEngine:
             self._product, self._product_next = nxt[1], None
         return self._product
 
-    def _count(self, kind: int, delta: int, t: float) -> None:
+    def _count(self, kind: int, delta: int, t: float, *, rate: bool = True) -> None:
         product = self._current_product(t) if self._products is not None else None
         slot = 0 if kind == _TOTAL else 1
         for o in self._opens():
@@ -892,7 +900,7 @@ class LineEngine:
             if entry is None:
                 entry = o.counts[product] = [0, 0]
             entry[slot] += delta
-        self._count_order(slot, delta, t)
+        self._count_order(slot, delta, t, rate)
         if product is not None and self._products is not None and product not in self._products:
             self._flag("unmapped_product_code")
 
@@ -1014,22 +1022,21 @@ class LineEngine:
                 )
             )
 
-    def _count_order(self, slot: int, delta: int, t: float) -> None:
+    def _count_order(self, slot: int, delta: int, t: float, rate: bool) -> None:
         order = self._order
         if order is not None:
             order.counts[slot] += delta
             self._check_target(t)
-        if self._rate_since is None:
-            # The first delta after a (re)start may hold parts of a long gap: not a rate.
-            self._rate_since = t
-            return
-        minute = math.floor(t / RATE_BIN_S)
-        entry = self._bins.get(minute)
-        if entry is None:
-            entry = self._bins[minute] = [0, 0]
-            for old in [m for m in self._bins if m <= minute - RATE_BINS]:
-                del self._bins[old]
-        entry[slot] += delta
+        if rate:
+            self._recent.append((t, slot, delta))
+            self._recent_sums[slot] += delta
+            self._prune_recent(t)
+
+    def _prune_recent(self, now: float) -> None:
+        recent, sums = self._recent, self._recent_sums
+        while recent and recent[0][0] <= now - RATE_WINDOW_S:
+            _, slot, delta = recent.popleft()
+            sums[slot] -= delta
 
     def _good_of(self, total: int, second: int) -> int:
         if self._second_counter == _REJECT:
@@ -1073,21 +1080,15 @@ class LineEngine:
         )
 
     def current_throughput_good_per_h(self, now: float) -> float | None:
-        """Good parts per hour over the last ``RATE_BINS`` minute bins (the current minute
-        included) since counting began: ``None`` before two counter samples."""
+        """Good parts per hour counted in ``(now − RATE_WINDOW_S, now]``, over that span or the
+        time since the first counter sample if shorter; ``None`` before it."""
         if self._rate_since is None:
             return None
-        minute = math.floor(now / RATE_BIN_S)
-        first = minute - RATE_BINS + 1
-        total = second = 0
-        for m, (tot, sec) in self._bins.items():
-            if first <= m <= minute:
-                total += tot
-                second += sec
-        span_s = now - max(first * RATE_BIN_S, self._rate_since)
+        self._prune_recent(now)
+        span_s = min(RATE_WINDOW_S, now - self._rate_since)
         if span_s <= 0:
             return None
-        return self._good_of(total, second) / span_s * 3600.0
+        return self._good_of(*self._recent_sums) / span_s * 3600.0
 
     def _order_payload(self, t: float) -> dict[str, Any]:
         order = self._order

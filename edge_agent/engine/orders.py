@@ -33,10 +33,8 @@ MAX_ORDER_ID_CHARS = 64
 MAX_TEXT_CHARS = 256
 MAX_COMMAND_BYTES = 4096
 
-# Current throughput: good parts in the last RATE_BINS minute bins (the current, partial minute
-# included), over the time those bins cover since counting began.
-RATE_BIN_S = 60.0
-RATE_BINS = 15
+# Current throughput: good parts counted in the last RATE_WINDOW_S, per hour.
+RATE_WINDOW_S = 900.0
 
 NO_FACTOR_NOTE = "no emission_factor configured for this line: CO2e not computed"
 NO_METER_NOTE = "no energy signal configured for this line"
