@@ -11,6 +11,11 @@ base + 1       total count modulo 65536                                uint16
 base + 2       reject count modulo 65536                               uint16
 base + 3..4    total count modulo 2**32                                uint32, high word first
 base + 5..6    ideal cycle time in seconds                             float32, high word first
+base + 7..8    power meter: active energy in Wh modulo 2**32           uint32, high word first
+base + 9..10   power meter: active energy in kWh                       float32, high word first
+base + 11..12  power meter: active power in kW                         float32, high word first
+base + 13      production order number modulo 65536                    uint16
+base + 14      production order quantity (good parts)                  uint16
 =============  ======================================================  =====================
 
 The same values are served as holding registers (function 3) and input registers (function 4).
@@ -45,9 +50,13 @@ _READ_REGISTERS = {3: "h", 4: "i"}
 
 
 def line_registers(model: LineModel) -> list[int]:
-    """The 7 registers ``base + 0 .. base + 6`` for one line (see the module docstring)."""
+    """The 15 registers ``base + 0 .. base + 14`` for one line (see the module docstring)."""
     total32 = model.total_count % 2**32
     cycle_hi, cycle_lo = struct.unpack(">HH", struct.pack(">f", model.ideal_cycle_time_s))
+    energy_kwh = model.energy_kwh
+    wh32 = int(energy_kwh * 1000.0) % 2**32
+    kwh_hi, kwh_lo = struct.unpack(">HH", struct.pack(">f", energy_kwh))
+    kw_hi, kw_lo = struct.unpack(">HH", struct.pack(">f", model.power_kw))
     return [
         model.state_code,
         model.total_count % 2**16,
@@ -56,6 +65,14 @@ def line_registers(model: LineModel) -> list[int]:
         total32 & 0xFFFF,
         cycle_hi,
         cycle_lo,
+        wh32 >> 16,
+        wh32 & 0xFFFF,
+        kwh_hi,
+        kwh_lo,
+        kw_hi,
+        kw_lo,
+        model.order_number % 2**16,
+        min(model.params.order_quantity, 0xFFFF),
     ]
 
 
@@ -143,7 +160,8 @@ class ModbusSimServer:
         registers = [0] * self._register_count
         for index, model in enumerate(self._models):
             base = LINE_STRIDE * index
-            registers[base : base + 7] = line_registers(model)
+            values = line_registers(model)
+            registers[base : base + len(values)] = values
         bits = [model.running for model in self._models]
         bits += [False] * (self._bit_count - len(bits))
         self._registers = registers
