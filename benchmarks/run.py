@@ -28,6 +28,7 @@ from typing import Any
 
 from benchmarks.maps import MAX_GAP, all_tags, minimum_requests, modbus_map
 from edge_agent.sources.planner import plan_reads
+from simulators.model import LineParams
 
 HOST = "127.0.0.1"
 PYTHON = sys.executable
@@ -392,6 +393,10 @@ async def figure_latency(s: Settings, tmp: Path, broker_port: int) -> list[Figur
         reject_count = 0
         ideal_cycle_time_s = 1.0
         running = True
+        energy_kwh = 0.0
+        power_kw = 0.0
+        order_number = 0
+        params = LineParams()
 
     plc = Plc()
     server = ModbusSimServer([plc], HOST, 0)  # type: ignore[list-item]

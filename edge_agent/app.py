@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from edge_agent import __version__
 from edge_agent.config.schema import AgentConfig, OnStartupError, SourceConfig
@@ -225,6 +226,8 @@ class Agent:
         m = self.metrics
         sink = MqttSink(cfg.mqtt, site=cfg.site, outbox=outbox)
         self.sink = sink
+        if cfg.mqtt.commands and self.runner is not None:
+            self._subscribe_commands(sink, self.runner)
         health = Health("broker", f"{cfg.mqtt.host}:{cfg.mqtt.port}")
         self._sink_health = health
 
@@ -339,6 +342,22 @@ class Agent:
             "reconnected" if relinked else "kept",
         )
 
+    def _subscribe_commands(self, sink: MqttSink, runner: EngineRunner) -> None:
+        """Order commands of every line from ``{prefix}/{site}/{line}/cmd/order`` (mqtt.commands:
+        the plant's own broker only). A retained command is ignored: it would be applied again
+        on every reconnect, possibly over a newer order."""
+        for line in self.cfg.lines:
+
+            def on_command(
+                topic: str, payload: bytes, retained: bool, name: str = line.name
+            ) -> None:
+                if retained:
+                    log.warning("line '%s': ignoring a retained command on %s", name, topic)
+                    return
+                runner.command(name, "order", payload)
+
+            sink.subscribe(sink.topic(line.name, "cmd/order"), on_command)
+
     def _progress(self) -> None:
         self._last_progress = time.monotonic()
 
@@ -450,14 +469,40 @@ async def _first_of(*events: asyncio.Event) -> asyncio.Event:
     return next(e for e in events if e.is_set())
 
 
+def describe_tasks() -> list[str]:
+    """Each pending task as ``name: file:line function <- ...`` (innermost await last)."""
+    out = []
+    current = asyncio.current_task()
+    for task in asyncio.all_tasks():
+        if task is current or task.done():
+            continue
+        frames: list[str] = []
+        coro: Any = task.get_coro()
+        while coro is not None and len(frames) < 12:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+            if frame is not None:
+                name = frame.f_code.co_filename.rsplit("/", 1)[-1]
+                frames.append(f"{name}:{frame.f_lineno} {frame.f_code.co_name}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+        out.append(f"{task.get_name()}: {' <- '.join(frames)}")
+    return sorted(out)
+
+
 async def run_until_signalled(agent: Agent, *, extra_stop: Callable[[], None] | None = None) -> int:
     """Run ``agent`` until SIGTERM or SIGINT; SIGHUP reloads its configuration file."""
     import signal  # noqa: PLC0415
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_stop_signal() -> None:
+        if stop.is_set():
+            # A second request while stopping: say what the shutdown is waiting for.
+            log.warning("still stopping; waiting for: %s", "; ".join(describe_tasks()))
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop_signal)
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
     try:

@@ -123,6 +123,8 @@ class LineView:
 
     name: str
     kpi: dict[str, Any] | None = None
+    energy: dict[str, Any] | None = None
+    order: dict[str, Any] | None = None
     state: str | None = None
     kpi_messages: int = 0
     messages: int = 0
@@ -200,6 +202,19 @@ class BrokerView:
         if suffix == "kpi/hour":
             window = data.get("window") or {}
             return f"{line_name} hour {window.get('name')} closed: oee={_num(data.get('oee'))}"
+        if suffix == "energy":
+            view.energy = data
+            return _energy_line(line_name, data)
+        if suffix == "order":
+            view.order = data
+            return _order_line(line_name, data)
+        if suffix == "order/closed":
+            return (
+                f"{line_name} order {data.get('order_id')} closed ({data.get('reason')}): "
+                f"good={_int(data.get('good_count'))}/{_int(data.get('target_quantity'))} "
+                f"energy={_num(data.get('energy_kwh'), 4)} kWh "
+                f"kWh/part={_num(data.get('energy_per_good_part_kwh'), 5)}"
+            )
         return f"{line_name} {suffix} seq={seq}"
 
 
@@ -232,6 +247,36 @@ def _kpi_line(line: str, data: dict[str, Any]) -> str:
     )
 
 
+def _clock(iso_time: Any) -> str:
+    """``HH:MM:SS`` of an ISO 8601 time (the line's local time), ``-`` for none."""
+    if not isinstance(iso_time, str) or "T" not in iso_time:
+        return "-"
+    return iso_time.split("T", 1)[1][:8]
+
+
+def _energy_line(line: str, data: dict[str, Any]) -> str:
+    by_state = data.get("energy_by_state_kwh") or {}
+    split = ", ".join(f"{k} {_num(v, 4)}" for k, v in sorted(by_state.items()))
+    return (
+        f"{line} energy {_num(data.get('energy_kwh'), 4)} kWh ({split or 'none yet'}) "
+        f"kWh/part={_num(data.get('energy_per_good_part_kwh'), 5)} "
+        f"CO2e/part={_num(data.get('co2e_per_good_part_kg'), 5)} kg "
+        f"power={_num(data.get('power_kw'), 1)} kW"
+    )
+
+
+def _order_line(line: str, data: dict[str, Any]) -> str:
+    if data.get("order_id") is None:
+        return f"{line} order: none"
+    return (
+        f"{line} order {data.get('order_id')} {data.get('status')}: "
+        f"good={_int(data.get('good_count'))}/{_int(data.get('target_quantity'))} "
+        f"remaining={_int(data.get('remaining_quantity'))} "
+        f"ETA {_clock(data.get('eta_current'))} (current rate), "
+        f"{_clock(data.get('eta_shift_average'))} (shift average)"
+    )
+
+
 _COLUMNS = (
     ("LINE", 8),
     ("STATE", 12),
@@ -244,6 +289,10 @@ _COLUMNS = (
     ("REJECT", 7),
     ("GOOD/H", 7),
     ("COVER", 7),
+    ("KWH/PART", 8),
+    ("ORDER", 9),
+    ("LEFT", 5),
+    ("ETA", 8),
     ("SEQ", 6),
     ("AGE", 6),
 )
@@ -256,6 +305,7 @@ def render_table(view: BrokerView, line_names: list[str], now_monotonic: float) 
     for name in line_names:
         lv = view.lines.get(name) or LineView(name)
         k = lv.kpi or {}
+        order = lv.order or {}
         age = (
             f"{now_monotonic - lv.last_message_monotonic:.0f}s"
             if lv.last_message_monotonic is not None
@@ -274,6 +324,10 @@ def render_table(view: BrokerView, line_names: list[str], now_monotonic: float) 
                 _int(k.get("reject_count")),
                 _num(k.get("throughput_good_per_h"), 0),
                 _pct(k.get("data_coverage")),
+                _num(k.get("energy_per_good_part_kwh"), 4),
+                str(order.get("order_id") or "-"),
+                _int(order.get("remaining_quantity")),
+                _clock(order.get("eta_current")),
                 _int(lv.last_seq),
                 age,
             ]
@@ -400,6 +454,12 @@ def _scaled(line: LineConfig, speed: float) -> LineConfig:
         signals = dataclasses.replace(
             signals, product=dataclasses.replace(signals.product, map=products)
         )
+    if signals.energy is not None and signals.energy.max_power_kw is not None:
+        # The simulated meter runs `speed` times faster too.
+        energy = dataclasses.replace(
+            signals.energy, max_power_kw=signals.energy.max_power_kw * speed
+        )
+        signals = dataclasses.replace(signals, energy=energy)
     return dataclasses.replace(
         line,
         ideal_cycle_time_s=line.ideal_cycle_time_s / speed,

@@ -12,6 +12,11 @@ base + 1       total count modulo 65536                                uint16
 base + 2       reject count modulo 65536                               uint16
 base + 3..4    total count modulo 2**32                                uint32, high word first
 base + 5..6    ideal cycle time in seconds                             float32, high word first
+base + 7..8    power meter: active energy in Wh modulo 2**32           uint32, high word first
+base + 9..10   power meter: active energy in kWh                       float32, high word first
+base + 11..12  power meter: active power in kW                         float32, high word first
+base + 13      production order number modulo 65536                    uint16
+base + 14      production order quantity (good parts)                  uint16
 =============  ======================================================  =====================
 
 The same values are served as holding registers (function 3) and input registers (function 4).
@@ -60,9 +65,13 @@ _READ_REGISTERS = {3: "h", 4: "i"}
 
 
 def line_registers(model: LineModel) -> list[int]:
-    """The 7 registers ``base + 0 .. base + 6`` for one line (see the module docstring)."""
+    """The 15 registers ``base + 0 .. base + 14`` for one line (see the module docstring)."""
     total32 = model.total_count % 2**32
     cycle_hi, cycle_lo = struct.unpack(">HH", struct.pack(">f", model.ideal_cycle_time_s))
+    energy_kwh = model.energy_kwh
+    wh32 = int(energy_kwh * 1000.0) % 2**32
+    kwh_hi, kwh_lo = struct.unpack(">HH", struct.pack(">f", energy_kwh))
+    kw_hi, kw_lo = struct.unpack(">HH", struct.pack(">f", model.power_kw))
     return [
         model.state_code,
         model.total_count % 2**16,
@@ -71,6 +80,14 @@ def line_registers(model: LineModel) -> list[int]:
         total32 & 0xFFFF,
         cycle_hi,
         cycle_lo,
+        wh32 >> 16,
+        wh32 & 0xFFFF,
+        kwh_hi,
+        kwh_lo,
+        kw_hi,
+        kw_lo,
+        model.order_number % 2**16,
+        min(model.params.order_quantity, 0xFFFF),
     ]
 
 
@@ -242,7 +259,8 @@ class ModbusSimServer:
             registers = [0] * self._register_count
             for slot, index in enumerate(lines):
                 base = LINE_STRIDE * slot
-                registers[base : base + 7] = line_registers(self._models[index])
+                values = line_registers(self._models[index])
+                registers[base : base + len(values)] = values
             bits = [self._models[index].running for index in lines]
             bits += [False] * (self._bit_count - len(bits))
             all_registers.append(registers)

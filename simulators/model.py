@@ -48,6 +48,13 @@ class LineParams:
     planned_stop_duration_s: tuple[float, float] = (60.0, 240.0)
     mean_time_between_changeovers_s: float = 2400.0
     changeover_duration_s: tuple[float, float] = (120.0, 480.0)
+    # The line's power meter: active power by state (no random draws: determinism unchanged).
+    running_power_kw: float = 7.5
+    stopped_power_kw: float = 2.0
+    """Idle, fault and changeover: drives on standby, heaters and compressed air still on."""
+    planned_stop_power_kw: float = 0.8
+    order_quantity: int = 120
+    """Good parts per simulated production order: the order number steps up after each lot."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.reject_probability <= 1.0:
@@ -71,6 +78,11 @@ class LineParams:
         for name, mean_s in means.items():
             if not mean_s > 0.0:
                 raise ValueError(f"{name} must be > 0 (inf disables), got {mean_s}")
+        powers = (self.running_power_kw, self.stopped_power_kw, self.planned_stop_power_kw)
+        if not all(0.0 <= p < math.inf for p in powers):
+            raise ValueError(f"powers must be finite and >= 0, got {powers}")
+        if self.order_quantity < 1:
+            raise ValueError(f"order_quantity must be >= 1, got {self.order_quantity}")
 
     def stop_kinds(self) -> list[tuple[State, float, tuple[float, float]]]:
         """``(state, rate per running second, duration range)`` for each kind of stop, in a fixed
@@ -101,6 +113,10 @@ class LineSnapshot:
     total_count: int
     reject_count: int
     ideal_cycle_time_s: float
+    energy_kwh: float = 0.0
+    power_kw: float = 0.0
+    order_number: int = 1
+    order_quantity: int = 1
 
 
 @dataclass(slots=True)
@@ -142,6 +158,8 @@ class LineModel:
         # While stopped: _state_end_s is when the line runs again.
         self._next_part_s = 0.0
         self._state_end_s = 0.0
+        self._energy_kwh = 0.0  # at _energy_since_s
+        self._energy_since_s = 0.0
         self._enter_running(0.0)
 
     def reset_counters(self) -> None:
@@ -188,6 +206,26 @@ class LineModel:
     def ideal_cycle_time_s(self) -> float:
         return self._ideal_cycle_time_s
 
+    @property
+    def power_kw(self) -> float:
+        """Active power of the current state."""
+        p = self._params
+        if self._state is State.RUNNING:
+            return p.running_power_kw
+        if self._state is State.PLANNED_STOP:
+            return p.planned_stop_power_kw
+        return p.stopped_power_kw
+
+    @property
+    def energy_kwh(self) -> float:
+        """Active energy since time 0: the integral of :attr:`power_kw` (never decreases)."""
+        return self._energy_kwh + self.power_kw * (self._time_s - self._energy_since_s) / 3600.0
+
+    @property
+    def order_number(self) -> int:
+        """The production order: 1 for the first ``order_quantity`` good parts, then 2, ..."""
+        return 1 + self.good_count // self._params.order_quantity
+
     def snapshot(self) -> LineSnapshot:
         return LineSnapshot(
             sim_time_s=self._time_s,
@@ -196,6 +234,10 @@ class LineModel:
             total_count=self._counters.total,
             reject_count=self._counters.rejects,
             ideal_cycle_time_s=self._ideal_cycle_time_s,
+            energy_kwh=self.energy_kwh,
+            power_kw=self.power_kw,
+            order_number=self.order_number,
+            order_quantity=self._params.order_quantity,
         )
 
     # -- simulation -------------------------------------------------------------------------
@@ -220,6 +262,9 @@ class LineModel:
         return self._state_end_s
 
     def _process_event(self, event_s: float) -> None:
+        # Energy up to the event at the power of the state before it.
+        self._energy_kwh += self.power_kw * (event_s - self._energy_since_s) / 3600.0
+        self._energy_since_s = event_s
         if self._state is not State.RUNNING:
             self._enter_running(event_s)
         elif self._next_part_s <= self._state_end_s:

@@ -11,6 +11,11 @@ ns=2;s=Line{n}.TotalCount  UInt32    total count modulo 2**32
 ns=2;s=Line{n}.RejectCount UInt32    reject count modulo 2**32
 ns=2;s=Line{n}.Running     Boolean   true while running
 ns=2;s=Line{n}.IdealCycleTime Double ideal cycle time in seconds
+ns=2;s=Line{n}.EnergyWh    UInt32    power meter: active energy in Wh modulo 2**32
+ns=2;s=Line{n}.EnergyKWh   Double    power meter: active energy in kWh
+ns=2;s=Line{n}.PowerKW     Double    power meter: active power in kW
+ns=2;s=Line{n}.OrderId     String    production order id, e.g. "ORD-00001"
+ns=2;s=Line{n}.OrderQuantity UInt32  production order quantity (good parts)
 =========================  ========  ====================================
 
 Security: None and anonymous sessions by default. With ``security`` (:class:`SimSecurity`) the
@@ -70,6 +75,11 @@ _VARIABLES: tuple[tuple[str, ua.VariantType], ...] = (
     ("RejectCount", ua.VariantType.UInt32),
     ("Running", ua.VariantType.Boolean),
     ("IdealCycleTime", ua.VariantType.Double),
+    ("EnergyWh", ua.VariantType.UInt32),
+    ("EnergyKWh", ua.VariantType.Double),
+    ("PowerKW", ua.VariantType.Double),
+    ("OrderId", ua.VariantType.String),
+    ("OrderQuantity", ua.VariantType.UInt32),
 )
 
 
@@ -85,6 +95,12 @@ def _values(model: LineModel) -> dict[str, Any]:
         "RejectCount": model.reject_count % 2**32,
         "Running": model.running,
         "IdealCycleTime": model.ideal_cycle_time_s,
+        # Rounded to the Wh, so a value is written about once per Wh, not on every update.
+        "EnergyWh": int(model.energy_kwh * 1000.0) % 2**32,
+        "EnergyKWh": int(model.energy_kwh * 1000.0) / 1000.0,
+        "PowerKW": model.power_kw,
+        "OrderId": f"ORD-{model.order_number:05d}",
+        "OrderQuantity": model.params.order_quantity,
     }
 
 

@@ -42,6 +42,9 @@ from edge_agent.config.schema import (
     Calendar,
     CounterSignal,
     DataType,
+    EmissionFactor,
+    EnergySignal,
+    EnergyUnit,
     ExtraDay,
     HistoryConfig,
     LineConfig,
@@ -62,6 +65,7 @@ from edge_agent.config.schema import (
     OpcuaSecurityPolicy,
     OpcuaSourceConfig,
     OpcuaTag,
+    OrderSignal,
     OutboxConfig,
     Parity,
     Product,
@@ -125,6 +129,7 @@ FIELD_NAMES: Final[Mapping[str, str]] = {
     "sampling_interval": "sampling_interval_s",
     "keyframe_interval": "keyframe_interval_s",
     "retention": "retention_s",
+    "max_power": "max_power_kw",
 }
 
 _TAG_PREFIX = "tag:yaml.org,2002:"
@@ -1260,6 +1265,7 @@ def _line(ctx: _Ctx, node: Node, path: str) -> Any:
             "shifts": _shifts,
             "calendar": _calendar,
             "signals": _signals,
+            "emission_factor": _optional(_emission_factor),
         },
         required=("name", "ideal_cycle_time", "signals"),
     )
@@ -1518,6 +1524,9 @@ def _signals(ctx: _Ctx, node: Node, path: str) -> Any:
             "good_count": _counter,
             "reason": _reason_signal,
             "product": _product_signal,
+            "energy": _energy_signal,
+            "power": _tag_ref,
+            "order": _order_signal,
         },
         required=("total_count",),
     )
@@ -1671,6 +1680,65 @@ def _product_signal(ctx: _Ctx, node: Node, path: str) -> Any:
     return ProductSignal(**parsed.fields())
 
 
+def _positive(ctx: _Ctx, node: Node, path: str) -> Any:
+    value = _number(ctx, node, path)
+    if isinstance(value, float) and value <= 0:
+        ctx.add(node, path, f"must be > 0, got {_raw(node)}")
+        return INVALID
+    return value
+
+
+def _energy_signal(ctx: _Ctx, node: Node, path: str) -> Any:
+    if isinstance(node, ScalarNode):
+        tag = _tag_ref(ctx, node, path)
+        return tag if isinstance(tag, _Invalid) else EnergySignal(tag=tag)
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {
+            "tag": _tag_ref,
+            "unit": _choice(EnergyUnit),
+            "rollover": _optional(_positive),
+            "max_power": _optional(_positive),
+        },
+        required=("tag",),
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    return EnergySignal(**parsed.fields())
+
+
+def _order_signal(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx, node, path, {"id": _tag_ref, "target": _tag_ref, "product": _tag_ref}, ("id",)
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    return OrderSignal(**parsed.fields())
+
+
+def _emission_factor(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {"kg_co2e_per_kwh": _number, "source": _string()},
+        ("kg_co2e_per_kwh", "source"),
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    factor = parsed.get("kg_co2e_per_kwh")
+    if factor < 0:
+        key = join_key(path, "kg_co2e_per_kwh")
+        ctx.add(parsed.nodes["kg_co2e_per_kwh"], key, f"must be >= 0, got {factor:g}")
+        return INVALID
+    return EmissionFactor(**parsed.fields())
+
+
 # --- mqtt, prometheus, storage, logging ------------------------------------------------------
 
 
@@ -1698,6 +1766,7 @@ def _mqtt(ctx: _Ctx, node: Node, path: str) -> Any:
             "clean_session": _boolean,
             "session_expiry": _session_expiry,
             "max_inflight": _integer(1, 65535),  # paho's message ids are 16-bit
+            "commands": _boolean,
         },
         required=("host",),
     )

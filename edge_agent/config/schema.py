@@ -280,6 +280,43 @@ class CounterSignal:
     rollover: int | None = None  # the counter's modulus, e.g. 65536; None: never wraps
 
 
+class EnergyUnit(enum.StrEnum):
+    """Unit of an active-energy meter counter."""
+
+    KWH = "kWh"
+    WH = "Wh"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnergySignal:
+    """An active-energy counter of a power meter (imported energy, never decreasing except by a
+    wrap or a meter reset)."""
+
+    tag: str  # SOURCE.TAG
+    unit: EnergyUnit = EnergyUnit.KWH
+    rollover: float | None = None  # the counter's modulus in its own unit; None: never wraps
+    # Wrap plausibility: a modular delta above max_power × elapsed × 2 + slack is a reset.
+    # None: any modular delta up to half the rollover is a wrap.
+    max_power_kw: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderSignal:
+    """Production order data read from PLC tags (string or number tags)."""
+
+    id: str  # SOURCE.TAG of the order id; an empty value (or 0) means no order
+    target: str | None = None  # SOURCE.TAG of the target (good) quantity
+    product: str | None = None  # SOURCE.TAG of the product code / recipe
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmissionFactor:
+    """Grid emission factor for CO2e figures; the source is mandatory so reports can cite it."""
+
+    kg_co2e_per_kwh: float
+    source: str
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Signals:
     state: StateSignal | None = None
@@ -289,6 +326,9 @@ class Signals:
     good_count: CounterSignal | None = None
     reason: ReasonSignal | None = None
     product: ProductSignal | None = None
+    energy: EnergySignal | None = None
+    power: str | None = None  # SOURCE.TAG of the active power in kW (live display only)
+    order: OrderSignal | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -304,6 +344,7 @@ class LineConfig:
     shifts: tuple[Shift, ...] = ()  # empty: the whole day is one shift
     calendar: Calendar = field(default_factory=Calendar)
     signals: Signals
+    emission_factor: EmissionFactor | None = None  # None: CO2e fields are null, with a note
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -336,6 +377,9 @@ class MqttConfig:
     clean_session: bool = True
     session_expiry_s: float = 3600.0
     max_inflight: int = 100  # publishes awaiting PUBACK at once (also the client's queue bound)
+    # Accept order commands on {topic_prefix}/{site}/{line}/cmd/order. Meant for the plant's own
+    # broker only: whoever can publish there can set the line's current order.
+    commands: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -99,3 +99,70 @@ class CounterTracker:
                 tracker.last_value = int(value)
                 tracker.last_time = float(t)
         return tracker
+
+
+@dataclass(frozen=True, slots=True)
+class MeterDelta:
+    """Energy (in the meter's unit) since the previous reading, never negative."""
+
+    delta: float
+    wrapped: bool = False
+    reset: bool = False
+
+
+class MeterTracker:
+    """:class:`CounterTracker` for a float meter reading (an active-energy counter).
+
+    Same rules: the first reading is the baseline; a reading that goes down wrapped if the
+    modular delta is plausible, else the meter was reset and the new reading is the energy since
+    the reset. Plausible: at most ``max_rate_per_s × elapsed × margin + slack`` with a known
+    maximum rate (a meter's ``max_power``), otherwise at most half the rollover (a wrap of a
+    meter that counts for years versus a meter cleared near its top: without a rate, half the
+    range is the only neutral line).
+    """
+
+    __slots__ = ("_margin", "_max_rate", "_slack", "last_time", "last_value", "rollover")
+
+    def __init__(
+        self,
+        rollover: float | None,
+        max_rate_per_s: float | None = None,
+        margin: float = DEFAULT_MARGIN,
+        *,
+        slack: float = 0.0,
+    ) -> None:
+        if rollover is not None and rollover <= 0:
+            raise ValueError(f"rollover must be > 0, got {rollover}")
+        self.rollover = rollover
+        self._max_rate = max_rate_per_s
+        self._margin = margin
+        self._slack = slack
+        self.last_value: float | None = None
+        self.last_time: float | None = None
+
+    def update(self, value: float, now: float) -> MeterDelta:
+        prev, prev_t = self.last_value, self.last_time
+        self.last_value, self.last_time = value, now
+        if prev is None or prev_t is None:
+            return MeterDelta(0.0)
+        if value >= prev:
+            return MeterDelta(value - prev)
+        if self.rollover is not None:
+            modular = (value - prev) % self.rollover
+            if self._max_rate is not None:
+                limit = max(now - prev_t, 0.0) * self._max_rate * self._margin + self._slack
+            else:
+                limit = self.rollover / 2.0
+            if modular <= limit:
+                return MeterDelta(modular, wrapped=True)
+        return MeterDelta(max(value, 0.0), reset=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.last_value, "time": self.last_time}
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        if state:
+            value, t = state.get("value"), state.get("time")
+            if value is not None and t is not None:
+                self.last_value = float(value)
+                self.last_time = float(t)

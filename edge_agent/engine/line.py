@@ -38,6 +38,21 @@ data cancels it. A stop shorter (wall time) than ``micro_stop_max_s`` is a micro
 the window in which it ends with the part of its loss time that lies in that window. Micro-stops
 stay availability losses; they are an extra breakdown.
 
+Energy. An energy meter's deltas are handled like part counters (wrap, reset, restarts) and
+count in the windows open when the meter sample that shows them arrives. A delta is split over
+the states of the time since the previous meter sample in proportion to their durations, with the
+same buckets and precedence as time (``running``, a loss state, ``planned_stop`` for calendar
+stops and planned states, ``unknown`` without data).
+
+Reliability. A fault *starts* when the state becomes ``fault`` from a known state other than
+``fault`` (a fault seen again after an outage that began in ``fault`` is the same fault), at a
+time inside the window's planned production time; it counts in each window in which it starts.
+
+Orders. The current order comes from PLC tags (a new id starts a new order) or from
+:meth:`LineEngine.command`; the latest wins. Parts and energy count for the order that is
+current when they are counted. ``order/closed`` is emitted once per order: when its good
+quantity reaches the target, or when it is replaced or cleared before that.
+
 Persistence contract: store :meth:`LineEngine.state_dict` together with (in the same transaction
 as) the messages that :meth:`LineEngine.tick` returned; otherwise a crash in between repeats or
 loses a ``kpi/shift`` report.
@@ -46,21 +61,50 @@ loses a ``kpi/shift`` report.
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Any
 
-from edge_agent.config.schema import LineConfig, MachineState
-from edge_agent.engine.counters import CounterTracker
+from edge_agent.config.schema import EnergyUnit, LineConfig, MachineState
+from edge_agent.engine.counters import CounterTracker, MeterTracker
 from edge_agent.engine.intervals import clip
 from edge_agent.engine.oee import LOSS_STATES, Accounting, TimeBuckets, compute_kpis
-from edge_agent.engine.payload import kpi_payload, state_payload
+from edge_agent.engine.orders import (
+    COMMAND_REPLY_SCHEMA,
+    ENERGY_SCHEMA,
+    ORDER_CLOSED_SCHEMA,
+    ORDER_SCHEMA,
+    RATE_WINDOW_S,
+    EnergyFigures,
+    Order,
+    energy_fields,
+    energy_figures,
+    parse_order_command,
+    time_to_complete_s,
+)
+from edge_agent.engine.payload import iso, kpi_payload, state_payload
 from edge_agent.engine.shifts import HOUR, OFF_SHIFT, SHIFT, ShiftCalendar, Window, hour_window
 from edge_agent.model import OutMessage, Quality, Sample, Value
 
 STATE_VERSION = 2  # restore() also reads version 1 (no hour window, no products)
 
 # Signal kinds (small ints: ingest() is on the hot path). Counters are the kinds >= _TOTAL;
-# _REASON and _PRODUCT are auxiliary: without their data the time is still known.
-_STATE, _RUNNING, _REASON, _PRODUCT, _TOTAL, _REJECT, _GOOD = range(7)
+# the kinds from _REASON to _ORDER_PRODUCT are auxiliary: without their data the time is still
+# known.
+(
+    _STATE,
+    _RUNNING,
+    _REASON,
+    _PRODUCT,
+    _ENERGY,
+    _POWER,
+    _ORDER_ID,
+    _ORDER_TARGET,
+    _ORDER_PRODUCT,
+    _TOTAL,
+    _REJECT,
+    _GOOD,
+) = range(12)
+_ORDER_KINDS = (_ORDER_ID, _ORDER_TARGET, _ORDER_PRODUCT)
 _COUNTER_NAMES = {_TOTAL: "total", _REJECT: "reject", _GOOD: "good"}
 _TOPICS = {SHIFT: "kpi/shift", HOUR: "kpi/hour"}
 # Micro-stop threshold without micro_stop_max: max(this, 2 × stop_after).
@@ -98,6 +142,28 @@ def _as_code(value: Value) -> int | None:
     return None
 
 
+def _as_float(value: Value) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        x = float(value)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _as_text(value: Value) -> str | None:
+    """An order id or product from a string or number tag; empty, 0 or false mean none."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        value = int(value) if value.is_integer() else value
+    text = str(value).strip()
+    return None if text in ("", "0") else text
+
+
 def _as_bool(value: Value) -> bool | None:
     if isinstance(value, bool):
         return value
@@ -115,7 +181,17 @@ def _as_bool(value: Value) -> bool | None:
 class _Open:
     """One open reporting window and what was counted in it."""
 
-    __slots__ = ("acc", "counts", "flags", "micro_count", "micro_pending_s", "micro_s", "window")
+    __slots__ = (
+        "acc",
+        "counts",
+        "energy",
+        "fault_count",
+        "flags",
+        "micro_count",
+        "micro_pending_s",
+        "micro_s",
+        "window",
+    )
 
     def __init__(self, window: Window, acc: Accounting) -> None:
         self.window = window
@@ -126,6 +202,8 @@ class _Open:
         self.micro_count = 0
         self.micro_s = 0.0
         self.micro_pending_s = 0.0  # loss time in this window of the stop in progress
+        self.energy: dict[str, float] = {}  # kWh by state bucket
+        self.fault_count = 0  # faults that started in this window
 
     def state_dict(self) -> dict[str, Any]:
         w = self.window
@@ -135,6 +213,8 @@ class _Open:
             "counts": [[code, c[0], c[1]] for code, c in self.counts.items()],
             "flags": sorted(self.flags),
             "micro": [self.micro_count, self.micro_s, self.micro_pending_s],
+            "energy": dict(self.energy),
+            "fault_count": self.fault_count,
         }
 
     @classmethod
@@ -150,13 +230,17 @@ class _Open:
         o.flags = set(d.get("flags", []))
         count, micro_s, pending_s = d.get("micro", (0, 0.0, 0.0))
         o.micro_count, o.micro_s, o.micro_pending_s = int(count), float(micro_s), float(pending_s)
+        o.energy = {k: float(v) for k, v in (d.get("energy") or {}).items()}
+        o.fault_count = int(d.get("fault_count", 0))
         return o
 
 
 class LineEngine:
     """KPIs of one production line. See the module docstring for the time model."""
 
-    def __init__(self, cfg: LineConfig, *, site: str) -> None:
+    def __init__(self, cfg: LineConfig, *, site: str, orders: bool = False) -> None:
+        """``orders``: publish the ``order`` topic even without an order signal (order
+        commands are enabled)."""
         self.cfg = cfg
         self.site = site
         self.line = cfg.name
@@ -192,6 +276,28 @@ class LineEngine:
         self._products = dict(sig.product.map) if sig.product is not None else None
         if sig.product is not None:
             kinds[sig.product.tag] = _PRODUCT
+        self._energy_sig = sig.energy
+        self._kwh_per_unit = 0.001 if sig.energy and sig.energy.unit is EnergyUnit.WH else 1.0
+        self._meter: MeterTracker | None = None
+        if sig.energy is not None:
+            kinds[sig.energy.tag] = _ENERGY
+            max_kw = sig.energy.max_power_kw
+            self._meter = MeterTracker(
+                sig.energy.rollover,
+                None if max_kw is None else max_kw / 3600.0 / self._kwh_per_unit,
+                # slack: a few seconds at full power, for polling jitter
+                slack=0.0 if max_kw is None else 10.0 * max_kw / 3600.0 / self._kwh_per_unit,
+            )
+        if sig.power is not None:
+            kinds[sig.power] = _POWER
+        self._emission = cfg.emission_factor
+        self._orders_on = orders or sig.order is not None
+        if sig.order is not None:
+            for kind, tag in zip(
+                _ORDER_KINDS, (sig.order.id, sig.order.target, sig.order.product), strict=True
+            ):
+                if tag is not None:
+                    kinds[tag] = kind
         kinds[sig.total_count.tag] = _TOTAL
         counters = {_TOTAL: sig.total_count}
         if sig.reject_count is not None:
@@ -237,6 +343,21 @@ class LineEngine:
         self._stop_since: float | None = None  # the stop in progress (micro-stop candidate)
         self._pending: list[OutMessage] = []
         self._last_report: dict[str, Any] | None = None
+        # Energy: time by bucket since the last meter sample, to split the next delta over.
+        self._energy_time: dict[str, float] = {}
+        self._meter_kwh: float | None = None  # last reading, in kWh
+        self._power_kw: float | None = None
+        self._last_known_state = MachineState.UNKNOWN  # the state before an unknown spell
+        # Orders: the current one, the PLC's order tags, good parts per minute bin.
+        self._order: Order | None = None
+        self._plc_order: list[Any] = [None, None, None]  # id, target, product
+        # Current throughput: (time, slot, delta) of the counter deltas of the last
+        # RATE_WINDOW_S and their sums by slot. Not persisted: after a restart the rate is
+        # measured afresh (the first delta after it may hold the parts of the whole gap).
+        self._recent: deque[tuple[float, int, int]] = deque()
+        self._recent_sums = [0, 0]
+        self._rate_kinds: set[int] = set()  # counters seen since start: later deltas are rates
+        self._rate_since: float | None = None
 
     # ----------------------------------------------------------------------------- public API
 
@@ -298,8 +419,11 @@ class LineEngine:
                 self._flag("counter_wrap")
             if d.reset:
                 self._flag("counter_reset")
+            if self._rate_since is None:
+                self._rate_since = t
             if d.delta:
-                self._count(kind, d.delta, t)
+                self._count(kind, d.delta, t, rate=kind in self._rate_kinds)
+            self._rate_kinds.add(kind)
             if kind == _TOTAL and self._state_kind == _TOTAL:
                 self._infer(d.delta, t)
         elif kind == _STATE:
@@ -325,8 +449,16 @@ class LineEngine:
             self._set_reason(
                 None if code is None else self._reason_map.get(code, f"code {code}"), t
             )
-        else:  # _PRODUCT
+        elif kind == _PRODUCT:
             self._set_product(_as_code(sample.value) if good else None, t)
+        elif kind == _ENERGY:
+            reading = _as_float(sample.value) if good else None
+            if reading is not None:  # energy while the meter is unseen counts when it is back
+                self._meter_sample(reading, t)
+        elif kind == _POWER:
+            self._power_kw = _as_float(sample.value) if good else None
+        elif good:  # order tags: a bad sample keeps the order as it was
+            self._order_tag(kind, sample.value, t)
 
     def source_available(self, source: str, available: bool, now: float) -> None:
         """The supervisor's word that ``source`` went down or came back. While it is down, all
@@ -343,6 +475,8 @@ class LineEngine:
                     self._set_reason(None, t)
                 elif kind == _PRODUCT:
                     self._set_product(None, t)
+                elif kind == _POWER:
+                    self._power_kw = None
         if not any(kind in (_STATE, _RUNNING) or kind >= _TOTAL for kind, _ in keys):
             return
         cause = _SOURCE + source
@@ -381,6 +515,84 @@ class LineEngine:
         self._last_report = payload
         return OutMessage(line=self.line, topic_suffix="kpi", payload=payload, retain=True)
 
+    def snapshots(self, now: float) -> list[OutMessage]:
+        """The live messages at ``now``, all retained: ``kpi`` (:meth:`snapshot`), then
+        ``energy`` with an energy signal and ``order`` with an order signal or commands."""
+        out = [self.snapshot(now)]
+        if self._energy_sig is not None:
+            out.append(self.energy_snapshot(now))
+        if self._orders_on:
+            out.append(self.order_snapshot(now))
+        return out
+
+    def energy_snapshot(self, now: float) -> OutMessage:
+        """The live ``energy`` message of the open shift window (retained)."""
+        t = self._advance(now)
+        assert self._shift is not None
+        o = self._shift
+        good = sum(r[2] for r in self._product_rows(o))
+        w = o.window
+        payload = {
+            "schema": ENERGY_SCHEMA,
+            "site": self.site,
+            "line": self.line,
+            "window": {
+                "kind": w.kind,
+                "name": w.name,
+                "start": iso(w.start, self._tz, "seconds"),
+                "end": iso(w.end, self._tz, "seconds"),
+            },
+            "ts": iso(t, self._tz),
+            "state": str(self._state),
+            "meter_kwh": None if self._meter_kwh is None else round(self._meter_kwh, 6),
+            "power_kw": None if self._power_kw is None else round(self._power_kw, 6),
+            "good_count": good,
+            **energy_fields(self._energy_of(o.energy, good)),
+            "warnings": sorted(f for f in o.flags if f.startswith("energy_")),
+        }
+        return OutMessage(line=self.line, topic_suffix="energy", payload=payload, retain=True)
+
+    def order_snapshot(self, now: float) -> OutMessage:
+        """The live ``order`` message (retained): the current order with remaining quantity and
+        ETAs; ``order_id`` null when there is none."""
+        t = self._advance(now)
+        return OutMessage(
+            line=self.line, topic_suffix="order", payload=self._order_payload(t), retain=True
+        )
+
+    def command(self, name: str, payload: bytes, now: float) -> None:
+        """Apply a command received on ``cmd/{name}`` (only ``order`` exists). Invalid commands
+        are never applied; either way a reply on ``cmd/{name}/reply`` (QoS 1, not retained)
+        follows with the next :meth:`tick`. Commands are inputs like samples: persisted through
+        :meth:`state_dict` with the state they change."""
+        t = self._advance(now)
+        doc: dict[str, Any] | None = None
+        if name == "order":
+            doc, errors = parse_order_command(payload)
+        else:
+            errors = [f"unknown command {name!r}"]
+        reply: dict[str, Any] = {
+            "schema": COMMAND_REPLY_SCHEMA,
+            "site": self.site,
+            "line": self.line,
+            "ts": iso(t, self._tz),
+            "command": name,
+            "ok": doc is not None,
+            "errors": errors,
+        }
+        if doc is not None:
+            if "request_id" in doc:
+                reply["request_id"] = doc["request_id"]
+            reply["order_id"] = doc["order_id"]
+            self._set_order(
+                doc["order_id"], doc.get("product"), doc["target_quantity"], "command", t
+            )
+        self._pending.append(
+            OutMessage(
+                line=self.line, topic_suffix=f"cmd/{name}/reply", payload=reply, retain=False
+            )
+        )
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue after a restart, JSON-serialisable: counter baselines,
         the open windows' accumulators and counts, the current state, undelivered messages."""
@@ -394,6 +606,11 @@ class LineEngine:
             "reason": self._reason,
             "product": self._product,
             "product_next": list(self._product_next) if self._product_next else None,
+            "last_known_state": str(self._last_known_state),
+            "meter": None if self._meter is None else self._meter.state_dict(),
+            "energy_time": dict(self._energy_time),
+            "order": None if self._order is None else self._order.state_dict(),
+            "plc_order": list(self._plc_order),
             "counters": {
                 _COUNTER_NAMES[k]: {"tag": self._counter_signals[k].tag, **tr.state_dict()}
                 for k, tr in self._trackers.items()
@@ -447,10 +664,21 @@ class LineEngine:
             )
             for m in d.get("pending", [])
         ]
+        if self._meter is not None:
+            self._meter.restore(d.get("meter"))
+            if self._meter.last_value is not None:
+                self._meter_kwh = self._meter.last_value * self._kwh_per_unit
+        self._energy_time = {k: float(v) for k, v in (d.get("energy_time") or {}).items()}
+        order = d.get("order")
+        self._order = Order.from_state(order) if order else None
+        plc_order = d.get("plc_order")
+        if isinstance(plc_order, list) and len(plc_order) == 3:
+            self._plc_order = list(plc_order)
         now = d.get("now")
         if now is None:
             return
         self._now = float(now)
+        self._last_known_state = MachineState(d.get("last_known_state", "unknown"))
         self._state = MachineState(d.get("state", "unknown"))
         since = d.get("state_since")
         self._state_since = float(since) if since is not None else None
@@ -574,6 +802,14 @@ class LineEngine:
                 loss_s = o.acc.add(a, t, self._state, unknown, self._reason)
                 if stopping:
                     o.micro_pending_s += loss_s
+            if self._meter is not None and self._meter.last_value is not None and self._shift:
+                # Time by bucket since the last meter sample: the next delta is split over it.
+                bucket, in_plan, outside = self._shift.acc.classify(a, t, self._state, unknown)
+                et = self._energy_time
+                if in_plan > 0:
+                    et[bucket] = et.get(bucket, 0.0) + in_plan
+                if outside > 0:
+                    et["planned_stop"] = et.get("planned_stop", 0.0) + outside
             self._piece_start = t
 
     def _open_piece(self) -> tuple[float, MachineState, bool, str | None]:
@@ -586,6 +822,7 @@ class LineEngine:
         previous = self._state
         self._state, self._state_since = state, t
         self._track_stop(previous, state, t)
+        self._track_fault(previous, state, t)
         payload = state_payload(
             site=self.site,
             line=self.line,
@@ -598,6 +835,21 @@ class LineEngine:
         self._pending.append(
             OutMessage(line=self.line, topic_suffix="state", payload=payload, retain=True)
         )
+
+    def _track_fault(self, previous: MachineState, state: MachineState, t: float) -> None:
+        """Count a fault that starts at ``t`` (see the module docstring)."""
+        before = self._last_known_state if previous is MachineState.UNKNOWN else previous
+        if state is not MachineState.UNKNOWN:
+            self._last_known_state = state
+        if (
+            state is not MachineState.FAULT
+            or before is MachineState.FAULT
+            or MachineState.FAULT in self._planned_states
+        ):
+            return
+        for o in self._opens():
+            if any(ps <= t < pe for ps, pe in o.acc.planned):
+                o.fault_count += 1
 
     def _is_loss(self, state: MachineState) -> bool:
         return state in LOSS_STATES and state not in self._planned_states
@@ -640,7 +892,7 @@ class LineEngine:
             self._product, self._product_next = nxt[1], None
         return self._product
 
-    def _count(self, kind: int, delta: int, t: float) -> None:
+    def _count(self, kind: int, delta: int, t: float, *, rate: bool = True) -> None:
         product = self._current_product(t) if self._products is not None else None
         slot = 0 if kind == _TOTAL else 1
         for o in self._opens():
@@ -648,6 +900,7 @@ class LineEngine:
             if entry is None:
                 entry = o.counts[product] = [0, 0]
             entry[slot] += delta
+        self._count_order(slot, delta, t, rate)
         if product is not None and self._products is not None and product not in self._products:
             self._flag("unmapped_product_code")
 
@@ -684,6 +937,218 @@ class LineEngine:
             self._idle_at = t + self._stop_after_s
         elif self._state is MachineState.UNKNOWN and self._idle_at is None:
             self._idle_at = t + self._stop_after_s
+
+    # --- energy --------------------------------------------------------------------------------
+
+    def _meter_sample(self, reading: float, t: float) -> None:
+        """An energy meter reading (in the meter's unit) at ``t``."""
+        meter = self._meter
+        assert meter is not None
+        baseline = meter.last_value is None
+        self._cut(t)  # the time up to t joins _energy_time
+        d = meter.update(reading, t)
+        self._meter_kwh = reading * self._kwh_per_unit
+        if d.wrapped:
+            self._flag("energy_meter_wrap")
+        if d.reset:
+            self._flag("energy_meter_reset")
+        shares: dict[str, float] = {}
+        if not baseline and d.delta > 0:
+            kwh = d.delta * self._kwh_per_unit
+            total_s = sum(self._energy_time.values())
+            if total_s > 0:
+                # Proportional split: each bucket gets the delta × its share of the time.
+                shares = {k: kwh * v / total_s for k, v in self._energy_time.items() if v > 0}
+            else:  # two readings at one instant: the state at that instant
+                shares = {str(self._state): kwh}
+        self._energy_time = {}
+        for o in self._opens():
+            for k, v in shares.items():
+                o.energy[k] = o.energy.get(k, 0.0) + v
+        order = self._order
+        if order is not None:
+            for k, v in shares.items():
+                order.energy_by_state_kwh[k] = order.energy_by_state_kwh.get(k, 0.0) + v
+                order.energy_kwh += v
+
+    def _energy_of(self, by_state: dict[str, float], good: int) -> EnergyFigures:
+        kwh = sum(by_state.values()) if self._energy_sig is not None else None
+        return energy_figures(kwh, by_state, good, self._emission)
+
+    # --- orders --------------------------------------------------------------------------------
+
+    def _order_tag(self, kind: int, value: Value, t: float) -> None:
+        """A PLC order tag's new value: a new id starts an order (the target and product tags
+        of the same poll update it as they arrive); a target or product changes the order."""
+        slot = kind - _ORDER_ID
+        if kind == _ORDER_TARGET:
+            count = _as_count(value)
+            new: Any = count if count is not None and count > 0 else None
+        else:
+            new = _as_text(value)
+        if self._plc_order[slot] == new:
+            return
+        self._plc_order[slot] = new
+        order_id, target, product = self._plc_order
+        current = self._order
+        if kind == _ORDER_ID:
+            if order_id is None:
+                self._set_order(None, None, None, "plc", t)
+            else:
+                self._set_order(order_id, product, target, "plc", t)
+        elif current is not None and current.source == "plc" and current.order_id == order_id:
+            self._set_order(current.order_id, product, target, "plc", t)
+
+    def _set_order(
+        self, order_id: str | None, product: str | None, target: int | None, source: str, t: float
+    ) -> None:
+        """Make ``order_id`` the current order (``None``: no order). The same id keeps its
+        counts and takes the new product and target; another id closes the current order."""
+        current = self._order
+        if current is not None and order_id == current.order_id:
+            current.product, current.target, current.source = product, target, source
+            self._check_target(t)
+            return
+        if current is not None:
+            self._close_order(current, "order_changed" if order_id else "order_cleared", t)
+        self._order = None if order_id is None else Order(order_id, product, target, source, t)
+        if self._orders_on:
+            self._pending.append(
+                OutMessage(
+                    line=self.line,
+                    topic_suffix="order",
+                    payload=self._order_payload(t),
+                    retain=True,
+                )
+            )
+
+    def _count_order(self, slot: int, delta: int, t: float, rate: bool) -> None:
+        order = self._order
+        if order is not None:
+            order.counts[slot] += delta
+            self._check_target(t)
+        if rate:
+            self._recent.append((t, slot, delta))
+            self._recent_sums[slot] += delta
+            self._prune_recent(t)
+
+    def _prune_recent(self, now: float) -> None:
+        recent, sums = self._recent, self._recent_sums
+        while recent and recent[0][0] <= now - RATE_WINDOW_S:
+            _, slot, delta = recent.popleft()
+            sums[slot] -= delta
+
+    def _good_of(self, total: int, second: int) -> int:
+        if self._second_counter == _REJECT:
+            return total - min(second, total)
+        if self._second_counter == _GOOD:
+            return min(second, total)
+        return total
+
+    def _check_target(self, t: float) -> None:
+        order = self._order
+        if order is None or order.closed or order.target is None:
+            return
+        if self._good_of(*order.counts) >= order.target:
+            self._close_order(order, "target_reached", t)
+
+    def _close_order(self, order: Order, reason: str, t: float) -> None:
+        if order.closed:
+            return
+        order.closed = True
+        total, second = order.counts
+        good = self._good_of(total, second)
+        payload = {
+            "schema": ORDER_CLOSED_SCHEMA,
+            "site": self.site,
+            "line": self.line,
+            "ts": iso(t, self._tz),
+            "order_id": order.order_id,
+            "product": order.product,
+            "source": order.source,
+            "reason": reason,
+            "target_quantity": order.target,
+            "total_count": total,
+            "good_count": good,
+            "reject_count": total - good,
+            "started": iso(order.started, self._tz),
+            "duration_s": round(max(t - order.started, 0.0), 3),
+            **energy_fields(self._energy_of(order.energy_by_state_kwh, good)),
+        }
+        self._pending.append(
+            OutMessage(line=self.line, topic_suffix="order/closed", payload=payload, retain=False)
+        )
+
+    def current_throughput_good_per_h(self, now: float) -> float | None:
+        """Good parts per hour counted in ``(now − RATE_WINDOW_S, now]``, over that span or the
+        time since the first counter sample if shorter; ``None`` before it."""
+        if self._rate_since is None:
+            return None
+        self._prune_recent(now)
+        span_s = min(RATE_WINDOW_S, now - self._rate_since)
+        if span_s <= 0:
+            return None
+        return self._good_of(*self._recent_sums) / span_s * 3600.0
+
+    def _order_payload(self, t: float) -> dict[str, Any]:
+        order = self._order
+        assert self._shift is not None
+        shift_good = sum(r[2] for r in self._product_rows(self._shift))
+        elapsed_h = (t - self._shift.window.start) / 3600.0
+        shift_rate = shift_good / elapsed_h if elapsed_h > 0 else None
+        current_rate = self.current_throughput_good_per_h(t)
+        base: dict[str, Any] = {
+            "schema": ORDER_SCHEMA,
+            "site": self.site,
+            "line": self.line,
+            "ts": iso(t, self._tz),
+            "throughput_current_good_per_h": None
+            if current_rate is None
+            else round(current_rate, 3),
+            "throughput_shift_good_per_h": None if shift_rate is None else round(shift_rate, 3),
+        }
+        if order is None:
+            return {
+                **base,
+                "order_id": None,
+                "status": "none",
+                "product": None,
+                "source": None,
+                "target_quantity": None,
+                "total_count": 0,
+                "good_count": 0,
+                "reject_count": 0,
+                "remaining_quantity": None,
+                "started": None,
+                "time_to_complete_current_s": None,
+                "time_to_complete_shift_average_s": None,
+                "eta_current": None,
+                "eta_shift_average": None,
+                **energy_fields(self._energy_of({}, 0)),
+            }
+        total, second = order.counts
+        good = self._good_of(total, second)
+        remaining = None if order.target is None else max(order.target - good, 0)
+        ttc_current = time_to_complete_s(remaining, current_rate)
+        ttc_shift = time_to_complete_s(remaining, shift_rate)
+        return {
+            **base,
+            "order_id": order.order_id,
+            "status": "completed" if order.closed or remaining == 0 else "in_progress",
+            "product": order.product,
+            "source": order.source,
+            "target_quantity": order.target,
+            "total_count": total,
+            "good_count": good,
+            "reject_count": total - good,
+            "remaining_quantity": remaining,
+            "started": iso(order.started, self._tz),
+            "time_to_complete_current_s": None if ttc_current is None else round(ttc_current, 3),
+            "time_to_complete_shift_average_s": None if ttc_shift is None else round(ttc_shift, 3),
+            "eta_current": None if ttc_current is None else iso(t + ttc_current, self._tz),
+            "eta_shift_average": None if ttc_shift is None else iso(t + ttc_shift, self._tz),
+            **energy_fields(self._energy_of(order.energy_by_state_kwh, good)),
+        }
 
     def _product_rows(self, o: _Open) -> list[tuple[int | None, int, int, int]]:
         """(product code, total, good, reject) per product of a window. A reject (good) delta
@@ -767,4 +1232,6 @@ class LineEngine:
             micro_stop_time_s=o.micro_s,
             products=products,
             flags=o.flags,
+            energy=self._energy_of(o.energy, good),
+            fault_count=o.fault_count,
         )

@@ -60,6 +60,9 @@ _BUCKET_NAMES = (
     "blocked",
 )
 
+# The same buckets named by state, for quantities attributed like time (energy_by_state_kwh).
+_ENERGY_NAMES = tuple("running" if name == "run" else name for name in _BUCKET_NAMES)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TimeBuckets:
@@ -217,6 +220,17 @@ class Accounting:
         else:
             idx = _STATE_INDEX.get(state, _UNKNOWN)
         return idx, in_plan, (b - a) - in_plan
+
+    def classify(
+        self, a: float, b: float, state: MachineState, unknown: bool
+    ) -> tuple[str, float, float]:
+        """Where piece ``[a, b)`` lands: ``(bucket, seconds in it, seconds of calendar planned
+        stop)``; ``bucket`` is ``planned_stop``, ``unknown``, ``running`` or a loss state. For
+        attributing other quantities (energy) by the same rules as time."""
+        if b <= a:
+            return "unknown", 0.0, 0.0
+        idx, in_plan, outside = self._split(a, b, state, unknown)
+        return _ENERGY_NAMES[idx], in_plan, outside
 
     def add(
         self,

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 from edge_agent.config.schema import MachineState
 from edge_agent.engine.oee import Kpis, TimeBuckets
+from edge_agent.engine.orders import EnergyFigures, energy_fields, energy_figures
 from edge_agent.engine.shifts import Window
 
 KPI_SCHEMA = "edge-agent/kpi/1"
@@ -55,10 +56,14 @@ def kpi_payload(
     micro_stop_count: int = 0,
     micro_stop_time_s: float = 0.0,
     products: list[dict[str, Any]] | None = None,
+    energy: EnergyFigures | None = None,
+    fault_count: int = 0,
 ) -> dict[str, Any]:
     """The ``kpi`` / ``kpi/shift`` / ``kpi/hour`` payload (without ``seq``). Ratios: 6
     decimals; seconds: 3. ``products``: per-product rows, ``None`` without a product signal
-    (published as an empty list)."""
+    (published as an empty list). ``energy``: the window's energy figures (``None``: no energy
+    signal). Reliability: MTBF = run time ÷ faults, MTTR = fault time ÷ faults, ``null`` without
+    a fault; ``top_downtime_reasons`` are the largest entries of ``loss_time_by_reason_s``."""
     net_s = ideal_cycle_time_s * total_count if net_run_time_s is None else net_run_time_s
     fpt_s = (
         ideal_cycle_time_s * good_count
@@ -110,7 +115,23 @@ def kpi_payload(
         ],
         "data_coverage": _r(kpis.data_coverage, 6),
         "warnings": sorted(set(flags) | kpis.warnings),
+        **energy_fields(energy or energy_figures(None, {}, good_count, None)),
+        "fault_count": fault_count,
+        "mtbf_s": round(buckets.run_s / fault_count, 3) if fault_count else None,
+        "mttr_s": round(buckets.fault_s / fault_count, 3) if fault_count else None,
+        "top_downtime_reasons": top_reasons(buckets.loss_by_reason_s),
     }
+
+
+TOP_REASONS = 5
+
+
+def top_reasons(by_reason: dict[str, float] | Any, n: int = TOP_REASONS) -> list[dict[str, Any]]:
+    """The ``n`` reasons with the most loss time, largest first (ties by name), without zeros."""
+    ranked = sorted(
+        ((k, v) for k, v in by_reason.items() if round(v, 3) > 0), key=lambda kv: (-kv[1], kv[0])
+    )
+    return [{"reason": k, "time_s": round(v, 3)} for k, v in ranked[:n]]
 
 
 def state_payload(

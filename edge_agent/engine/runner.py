@@ -49,9 +49,13 @@ def signal_tags(line: LineConfig) -> list[str]:
     for counter in (s.reject_count, s.good_count):
         if counter is not None:
             tags.append(counter.tag)
-    for aux in (s.reason, s.product):
+    for aux in (s.reason, s.product, s.energy):
         if aux is not None:
             tags.append(aux.tag)
+    if s.power is not None:
+        tags.append(s.power)
+    if s.order is not None:
+        tags.extend(t for t in (s.order.id, s.order.target, s.order.product) if t is not None)
     return tags
 
 
@@ -82,6 +86,7 @@ class EngineRunner:
         self.engines: dict[str, LineEngine] = {}
         self._lines: dict[str, LineConfig] = {}
         self._site = cfg.site
+        self._orders = cfg.mqtt.commands  # lines accept order commands
         self._routes: dict[str, list[LineEngine]] = {}
         self._by_source: dict[str, list[LineEngine]] = {}
         self._routes_by_source: dict[str, dict[str, list[LineEngine]]] = {}
@@ -99,7 +104,7 @@ class EngineRunner:
         self._wake = asyncio.Event()
 
     def _new_engine(self, line: LineConfig, saved: dict[str, str]) -> LineEngine:
-        engine = LineEngine(line, site=self._site)
+        engine = LineEngine(line, site=self._site, orders=self._orders)
         blob = saved.get(STATE_KEY_PREFIX + line.name)
         if blob:
             try:
@@ -107,7 +112,7 @@ class EngineRunner:
                 log.info("line '%s': engine state restored", line.name)
             except Exception as exc:  # a state from an incompatible config: start afresh
                 log.warning("line '%s': saved engine state not usable (%s)", line.name, exc)
-                engine = LineEngine(line, site=self._site)
+                engine = LineEngine(line, site=self._site, orders=self._orders)
         return engine
 
     def _route(self) -> None:
@@ -137,6 +142,7 @@ class EngineRunner:
         self.publish_interval_s = cfg.mqtt.publish_interval_s
         self.tick_interval_s = min(self._tick_base_s, self.publish_interval_s)
         self._qos = cfg.mqtt.qos
+        self._orders = cfg.mqtt.commands
         kept: list[str] = []
         fresh: list[str] = []
         saved: dict[str, str] | None = None
@@ -204,6 +210,19 @@ class EngineRunner:
         for engine in self._by_source.get(source, ()):
             engine.source_restarted(source, now)
 
+    def command(self, line: str, name: str, payload: bytes) -> None:
+        """A command for ``line`` received on ``cmd/{name}``: applied by the engine (or rejected),
+        and its reply made durable with the engine state at once."""
+        engine = self.engines.get(line)
+        if engine is None:
+            return
+        now = self._clock()
+        engine.command(name, payload, now)
+        messages = engine.tick(now)
+        if any(msg.qos != self._qos for msg in messages):
+            messages = [replace(msg, qos=self._qos) for msg in messages]
+        self._persist(messages)
+
     def step(self, *, snapshot: bool) -> int:
         """Tick every engine; with ``snapshot`` add the live ``kpi`` reports. Returns the number of
         messages made durable (0 while the outbox cannot be written: they wait in memory)."""
@@ -212,7 +231,7 @@ class EngineRunner:
         for engine in self.engines.values():
             messages.extend(engine.tick(now))
             if snapshot:
-                messages.append(engine.snapshot(now))
+                messages.extend(engine.snapshots(now))
         self.steps += 1
         if any(msg.qos != self._qos for msg in messages):
             messages = [replace(msg, qos=self._qos) for msg in messages]
@@ -240,8 +259,9 @@ class EngineRunner:
                 log.error("outbox cannot be written, holding reports in memory: %s", exc)
                 self._storage_failing = True
             # Live snapshots are superseded by the next one; keep everything else.
-            kept = [m for m in batch if m.topic_suffix != "kpi"] + [
-                m for m in messages if m.topic_suffix == "kpi"
+            live = ("kpi", "energy", "order")
+            kept = [m for m in batch if m.topic_suffix not in live] + [
+                m for m in messages if m.topic_suffix in live
             ]
             if len(kept) > _MAX_PENDING:
                 log.error(

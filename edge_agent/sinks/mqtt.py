@@ -14,6 +14,11 @@ Presence: ``{topic_prefix}/{site}/status`` carries a retained ``online`` publish
 connect; the last will (retained, QoS 1) says ``offline`` when the connection dies without a
 DISCONNECT, and :meth:`MqttSink.close` publishes ``offline`` itself before disconnecting.
 
+Subscriptions: :meth:`MqttSink.subscribe` registers a topic filter and a handler before
+:meth:`MqttSink.run`; every connection subscribes to all of them after announcing ``online``, and
+messages are handed to the handlers of the filters they match, in arrival order, on the event
+loop. Used for order commands on the plant's broker (``mqtt.commands``).
+
 Only this module imports aiomqtt / paho.
 """
 
@@ -25,6 +30,7 @@ import logging
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -42,6 +48,9 @@ from edge_agent.sinks.outbox import Outbox, StoredMessage
 log = logging.getLogger(__name__)
 
 STATUS_SCHEMA = "edge-agent/status/1"
+
+# A subscription's handler: (topic, payload, retained). Called on the event loop; must not block.
+MessageHandler = Callable[[str, bytes, bool], None]
 
 
 def status_payload(site: str, status: Literal["online", "offline"], ts: float) -> bytes:
@@ -121,6 +130,7 @@ class MqttSink:
         self._last_error: str | None = None
         self.status_topic = f"{cfg.topic_prefix}/{site}/status"
         self._client_log = _ClientLog()
+        self._subscriptions: list[tuple[str, MessageHandler, int]] = []
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -142,6 +152,12 @@ class MqttSink:
     def topic(self, line: str, topic_suffix: str) -> str:
         """The full topic of a line's message: ``{topic_prefix}/{site}/{line}/{topic_suffix}``."""
         return f"{self._cfg.topic_prefix}/{self._site}/{line}/{topic_suffix}"
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler, *, qos: int = 1) -> None:
+        """Receive messages on ``topic_filter`` (wildcards allowed) from the next connection on:
+        each connection subscribes after publishing ``online``, and ``handler`` is called for
+        every message that matches. A handler that raises is logged; the link stays up."""
+        self._subscriptions.append((topic_filter, handler, qos))
 
     def notify(self) -> None:
         """Tell the sink that the outbox has new messages. Cheap; call after every append."""
@@ -257,9 +273,10 @@ class MqttSink:
             timeout=cfg.timeout_s,
             keepalive=max(1, round(cfg.keepalive_s)),
             max_inflight_messages=self._window,
-            # The sink hands the client at most one window at a time; the bound makes paho's
-            # memory-only queue refuse rather than grow if that ever changed.
-            max_queued_outgoing_messages=self._window + 2,
+            # The sink hands the client at most two windows (one on the wire, one queued behind
+            # it, see _pump) plus the status messages; the bound makes paho's memory-only queue
+            # refuse rather than grow if that ever changed.
+            max_queued_outgoing_messages=2 * self._window + 2,
             tls_context=tls_context,
             **session,
             logger=self._client_log.logger,
@@ -279,6 +296,7 @@ class MqttSink:
             lost = asyncio.ensure_future(self._wait_lost(client))
             lost.add_done_callback(self._on_lost)
             await self._publish_status(client, "online", lost)
+            await self._subscribe_all(client, lost)
             await self._pump(client, lost)
             await self._publish_status(client, "offline", lost)
             await self._stop_watching(lost)
@@ -341,12 +359,43 @@ class MqttSink:
             f"broker {self._where} closed the connection before answering CONNECT: {seen}"
         )
 
+    async def _subscribe_all(self, client: aiomqtt.Client, lost: asyncio.Task[str]) -> None:
+        for topic_filter, _, qos in self._subscriptions:
+            self._check(lost)
+            try:
+                async with asyncio.timeout(self._cfg.timeout_s + 1.0):
+                    await client.subscribe(topic_filter, qos=qos, timeout=self._cfg.timeout_s)
+            except (aiomqtt.MqttError, TimeoutError) as exc:
+                self._check(lost)
+                raise SinkError(
+                    f"broker {self._where} did not accept the subscription to {topic_filter}: "
+                    f"{str(exc) or 'timeout'}"
+                ) from None
+        if self._subscriptions:
+            log.info("subscribed to %d topic filter(s)", len(self._subscriptions))
+
+    def _dispatch(self, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        raw = (
+            bytes(payload)
+            if isinstance(payload, bytes | bytearray)
+            else str(payload).encode("utf-8")
+            if payload is not None
+            else b""
+        )
+        for topic_filter, handler, _ in self._subscriptions:
+            if message.topic.matches(topic_filter):
+                try:
+                    handler(str(message.topic), raw, bool(message.retain))
+                except Exception:  # a handler's bug must not take the broker link down
+                    log.exception("handler for %s failed", topic_filter)
+
     async def _wait_lost(self, client: aiomqtt.Client) -> str:
-        """Complete when the connection is gone, with the reason. The sink subscribes to
-        nothing, so the message iterator only ever ends with the disconnect."""
+        """Complete when the connection is gone, with the reason. Messages of the
+        subscriptions are dispatched on the way; the iterator ends only with the disconnect."""
         try:
-            async for _ in client.messages:
-                pass
+            async for message in client.messages:
+                self._dispatch(message)
         except aiomqtt.MqttError as exc:
             return str(exc.__cause__ or exc)
         return "connection closed"

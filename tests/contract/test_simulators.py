@@ -26,7 +26,18 @@ from simulators.runner import Simulation
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 10.0
-VARIABLES = ("State", "TotalCount", "RejectCount", "Running", "IdealCycleTime")
+VARIABLES = (
+    "State",
+    "TotalCount",
+    "RejectCount",
+    "Running",
+    "IdealCycleTime",
+    "EnergyWh",
+    "EnergyKWh",
+    "PowerKW",
+    "OrderId",
+    "OrderQuantity",
+)
 
 
 # -- raw protocol helpers --------------------------------------------------------------------
@@ -176,8 +187,8 @@ async def test_modbus_map_is_read_only_and_bounded() -> None:
             assert write.isError()
             coil = await client.write_coil(0, False, device_id=UNIT_ID)
             assert coil.isError()
-            unused = await client.read_holding_registers(7, count=93, device_id=UNIT_ID)
-            assert unused.registers == [0] * 93
+            unused = await client.read_holding_registers(15, count=85, device_id=UNIT_ID)
+            assert unused.registers == [0] * 85
             beyond = await client.read_holding_registers(99, count=2, device_id=UNIT_ID)
             assert beyond.isError()
             state = await client.read_holding_registers(0, count=1, device_id=UNIT_ID)
@@ -214,6 +225,11 @@ async def test_opcua_nodes_are_as_documented() -> None:
                         "RejectCount": (model.reject_count % 2**32, ua.VariantType.UInt32),
                         "Running": (model.running, ua.VariantType.Boolean),
                         "IdealCycleTime": (model.ideal_cycle_time_s, ua.VariantType.Double),
+                        "EnergyWh": (int(model.energy_kwh * 1000), ua.VariantType.UInt32),
+                        "EnergyKWh": (int(model.energy_kwh * 1000) / 1000, ua.VariantType.Double),
+                        "PowerKW": (model.power_kw, ua.VariantType.Double),
+                        "OrderId": (f"ORD-{model.order_number:05d}", ua.VariantType.String),
+                        "OrderQuantity": (model.params.order_quantity, ua.VariantType.UInt32),
                     }
                     for name, (value, variant_type) in expected.items():
                         data_value = values[name]
@@ -381,3 +397,24 @@ def test_cli_refuses_to_run_nothing() -> None:
     from simulators.cli import main
 
     assert main(["--no-modbus", "--no-opcua"]) == 2
+
+
+async def test_power_meter_and_order_registers_and_nodes() -> None:
+    """base + 7..14 and the Energy*/Power*/Order* nodes carry the model's meter and order."""
+    model = LineModel(1, params=LineParams(order_quantity=50))
+    model.advance(600.0)
+    energy_kwh = model.energy_kwh
+    assert energy_kwh > 0
+    server = ModbusSimServer([model])
+    port = await server.start()
+    try:
+        async with modbus_client(port) as client, asyncio.timeout(TIMEOUT_S):
+            regs = (await client.read_holding_registers(7, count=8, device_id=UNIT_ID)).registers
+    finally:
+        await server.stop()
+    assert (regs[0] << 16 | regs[1]) == int(energy_kwh * 1000)
+    kwh = struct.unpack(">f", struct.pack(">HH", regs[2], regs[3]))[0]
+    assert abs(kwh - energy_kwh) <= energy_kwh * 1e-6
+    kw = struct.unpack(">f", struct.pack(">HH", regs[4], regs[5]))[0]
+    assert kw == model.power_kw
+    assert regs[6:8] == [1 + model.good_count // 50, 50]

@@ -191,12 +191,19 @@ class AgentProcess:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
         try:
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(20):
                 return await self.proc.wait()
+        except TimeoutError:
+            pass
+        # Stuck: a second SIGTERM makes the agent log what its shutdown waits for.
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(5):
+                await self.proc.wait()
         except TimeoutError:
             self.proc.kill()
             await self.proc.wait()
-            raise
+        raise AssertionError(f"agent did not stop within 20 s:\n{self.output()[-6000:]}")
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

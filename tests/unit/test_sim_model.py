@@ -166,3 +166,20 @@ def test_ideal_cycle_time_is_reported() -> None:
     assert LineModel(1, ideal_cycle_time_s=2.5).ideal_cycle_time_s == 2.5
     with pytest.raises(ValueError):
         LineModel(1, ideal_cycle_time_s=0.0)
+
+
+def test_power_meter_integrates_power_by_state_and_orders_step_up() -> None:
+    params = LineParams(running_power_kw=6.0, stopped_power_kw=1.5, planned_stop_power_kw=0.5)
+    model = LineModel(3, params=params, initial_count=0)
+    energy = 0.0
+    t = 0.0
+    # A Riemann sum of the reported power in 1 s steps: close to the model's exact integral
+    # (each state change shifts the sum by less than one step's worth of energy).
+    while t < 3600.0:
+        power = model.power_kw
+        model.advance(t + 1.0)
+        energy += power / 3600.0
+        t += 1.0
+    assert abs(model.energy_kwh - energy) < 0.01 * energy
+    assert 1.5 < model.energy_kwh < 6.0  # between all-stopped and all-running for an hour
+    assert model.order_number == 1 + model.good_count // params.order_quantity
