@@ -20,6 +20,7 @@ from typing import Any
 import aiomqtt
 import jsonschema
 import pytest
+from helpers.contract import contract
 
 from simulators.runner import Simulation
 
@@ -192,6 +193,7 @@ async def test_kpis_flow_end_to_end_and_sigterm_leaves_offline(
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(agent_config(sim, mosquitto.port, tmp_path / "state"))
     kpi_schema = json.loads((SCHEMAS / "kpi.schema.json").read_text())
+    api = contract()
 
     async with Collector(mosquitto.host, mosquitto.port) as col:
         agent = AgentProcess(cfg)
@@ -227,6 +229,10 @@ async def test_kpis_flow_end_to_end_and_sigterm_leaves_offline(
                 assert k["oee"] >= 0.0
                 assert k["good_count"] * IDEAL_S <= known_s + 2 * IDEAL_S, k
         assert kpis[-1]["total_count"] >= kpis[0]["total_count"]
+    # Every message (kpi, state, status) holds to its channel's schema in docs/asyncapi.yaml.
+    for topic, payload, _ in col.messages:
+        api.validate(topic, payload)
+    assert {api.channel(t).name for t, _, _ in col.messages} >= {"kpi", "status"}
 
     # The retained status a newcomer sees after the agent left is 'offline'.
     async with Collector(mosquitto.host, mosquitto.port) as late:
@@ -236,6 +242,9 @@ async def test_kpis_flow_end_to_end_and_sigterm_leaves_offline(
 
         await late.wait_for(lambda: bool(late.status()) and len(retained_kpis()) >= 2, 10)
         assert late.status() == ["offline"]
+        # What the broker kept is exactly what the contract says is retained.
+        for topic, payload, retain in late.messages:
+            assert retain and api.validate(topic, payload).retain, topic
         assert retained_kpis() == [
             f"{PREFIX}/{SITE}/line1/kpi",
             f"{PREFIX}/{SITE}/line2/kpi",
