@@ -1,4 +1,4 @@
-"""``edge-agent`` command line: run, check-config, demo, version."""
+"""``edge-agent`` command line: run, check-config, demo, watch, version."""
 
 from __future__ import annotations
 
@@ -50,6 +50,13 @@ def _build_parser() -> argparse.ArgumentParser:
     from edge_agent.demo import add_arguments  # noqa: PLC0415
 
     add_arguments(p_demo)
+
+    p_watch = sub.add_parser(
+        "watch", help="live table of the KPIs of every agent (site, line) on a broker"
+    )
+    from edge_agent.watch import add_arguments as add_watch_arguments  # noqa: PLC0415
+
+    add_watch_arguments(p_watch)
     return parser
 
 
@@ -75,6 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
     if args.command == "run":
         return _run(args)
+    if args.command == "watch":
+        from edge_agent.watch import run_watch  # noqa: PLC0415
+
+        _setup_logging(args, "WARNING")
+        try:
+            return asyncio.run(run_watch(args))
+        except KeyboardInterrupt:
+            return 130
     raise AssertionError(args.command)
 
 

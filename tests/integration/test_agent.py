@@ -250,6 +250,20 @@ async def test_kpis_flow_end_to_end_and_sigterm_leaves_offline(
             f"{PREFIX}/{SITE}/line2/kpi",
         ]
 
+    # The SCM-side view of the same broker: both lines, their agent gone offline.
+    watch = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "edge_agent.cli", "watch", "--once", "--port", str(mosquitto.port)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await watch.communicate()
+    assert watch.returncode == 0, err.decode()
+    table = [r.split() for r in out.decode().splitlines()]
+    assert table[0][:3] == ["SITE", "LINE", "AGENT"], out
+    assert [r[:3] for r in table[1:]] == [[SITE, "line1", "offline"], [SITE, "line2", "offline"]]
+    assert all(r[-1].startswith("OFFLINE") for r in table[1:]), out
+
 
 async def test_seq_continues_across_agent_restarts(
     sim: Simulation, mosquitto: Any, tmp_path: Path
