@@ -1,4 +1,4 @@
-"""``edge-agent`` command line: run, check-config, demo, watch, version."""
+"""``edge-agent`` command line: run, check-config, config-schema, demo, watch, version."""
 
 from __future__ import annotations
 
@@ -44,6 +44,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p_check = sub.add_parser("check-config", help="validate a configuration file (exit 0 or 78)")
     p_check.add_argument("config", help="YAML configuration file")
 
+    sub.add_parser(
+        "config-schema",
+        help="print the JSON Schema of the configuration file (for editors; "
+        "docs/schemas/config.schema.json)",
+    )
+
     p_demo = sub.add_parser(
         "demo", help="simulated PLCs + agent + broker in one command, with a live KPI table"
     )
@@ -72,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from edge_agent.config.loader import check_config_main  # noqa: PLC0415
 
         return check_config_main(args.config)
+    if args.command == "config-schema":
+        from edge_agent.config.json_schema import config_schema_text  # noqa: PLC0415
+
+        sys.stdout.write(config_schema_text())
+        return 0
     if args.command == "demo":
         from edge_agent.demo import run_demo  # noqa: PLC0415
 
