@@ -60,6 +60,7 @@ class Poller:
         self._transient_logged = False
         self._on_source_restart = on_source_restart
         self._server_start: float | None = None
+        self._log_extra = {"source": cfg.name}
 
     def _read_deadline_s(self) -> float:
         # Sources put a deadline on every request; this outer one only catches a stuck library.
@@ -77,7 +78,12 @@ class Poller:
                 async with asyncio.timeout(self.cfg.timeout_s):
                     await self.source.close()
             except Exception:  # closing a dead connection may fail; nothing left to do
-                log.debug("closing source '%s' failed", self.cfg.name, exc_info=True)
+                log.debug(
+                    "closing source '%s' failed",
+                    self.cfg.name,
+                    exc_info=True,
+                    extra=self._log_extra,
+                )
 
     async def _run(self) -> None:
         async with asyncio.timeout(self.cfg.timeout_s * 2):
@@ -87,7 +93,11 @@ class Poller:
         start = getattr(self.source, "server_start_time", None)
         if isinstance(start, float):
             if self._server_start is not None and start != self._server_start:
-                log.warning("source '%s' restarted since the last connection", self.cfg.name)
+                log.warning(
+                    "source '%s' restarted since the last connection",
+                    self.cfg.name,
+                    extra=self._log_extra,
+                )
                 self._on_source_restart()
             self._server_start = start
         interval = self.cfg.poll_interval_s
@@ -106,12 +116,16 @@ class Poller:
             except SourceError as exc:
                 self._m_errors.inc()
                 if not self._transient_logged:
-                    log.warning("source '%s': poll failed: %s", self.cfg.name, exc)
+                    log.warning(
+                        "source '%s': poll failed: %s", self.cfg.name, exc, extra=self._log_extra
+                    )
                     self._transient_logged = True
                 samples = []
             else:
                 if self._transient_logged:
-                    log.info("source '%s': polls succeed again", self.cfg.name)
+                    log.info(
+                        "source '%s': polls succeed again", self.cfg.name, extra=self._log_extra
+                    )
                     self._transient_logged = False
             elapsed = self._monotonic() - started
             self._m_duration.observe(elapsed)
@@ -140,5 +154,6 @@ class Poller:
                     self.cfg.name,
                     elapsed,
                     missed,
+                    extra=self._log_extra,
                 )
             await asyncio.sleep(next_tick - now)

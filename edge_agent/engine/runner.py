@@ -73,9 +73,16 @@ class EngineRunner:
             if blob:
                 try:
                     engine.restore(json.loads(blob))
-                    log.info("line '%s': engine state restored", line.name)
+                    log.info(
+                        "line '%s': engine state restored", line.name, extra={"line": line.name}
+                    )
                 except Exception as exc:  # a state from an incompatible config: start afresh
-                    log.warning("line '%s': saved engine state not usable (%s)", line.name, exc)
+                    log.warning(
+                        "line '%s': saved engine state not usable (%s)",
+                        line.name,
+                        exc,
+                        extra={"line": line.name},
+                    )
                     engine = LineEngine(line, site=cfg.site)
             self.engines[line.name] = engine
             for tag in signal_tags(line):
