@@ -291,14 +291,14 @@ def render_table(view: BrokerView, line_names: list[str], now_monotonic: float) 
                 age,
             ]
         )
-    return format_table(_COLUMNS, rows[1:], left=2)
+    return format_table(_COLUMNS, rows[1:], align="ll")
 
 
 def format_table(
-    columns: tuple[tuple[str, int], ...], rows: list[list[str]], *, left: int
+    columns: tuple[tuple[str, int], ...], rows: list[list[str]], *, align: str
 ) -> list[str]:
-    """Header and rows as aligned text lines: ``columns`` are (title, minimum width); the first
-    ``left`` columns are left-aligned, the others (numbers) right-aligned."""
+    """Header and rows as aligned text lines: ``columns`` are (title, minimum width); column i
+    is left-aligned where ``align[i]`` is ``l``, right-aligned (numbers) otherwise."""
     table = [[name for name, _ in columns], *rows]
     # Columns grow to fit (a seq can be long), so rows stay aligned with the header.
     widths = [
@@ -306,7 +306,7 @@ def format_table(
     ]
     return [
         " ".join(
-            cell.ljust(width) if i < left else cell.rjust(width)
+            cell.ljust(width) if align[i : i + 1] == "l" else cell.rjust(width)
             for i, (cell, width) in enumerate(zip(r, widths, strict=True))
         ).rstrip()
         for r in table

@@ -169,7 +169,7 @@ def render_fleet(view: FleetView, now: float, stale_after_s: float) -> list[str]
                     ",".join(marks),
                 ]
             )
-    return format_table(_COLUMNS, rows, left=4)
+    return format_table(_COLUMNS, rows, align="llll" + "r" * 9 + "l")
 
 
 # -- the command -----------------------------------------------------------------------------
