@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(_serve(args))
     except OSError as exc:
-        logger.error("cannot start: %s", exc)  # noqa: TRY400 - the message is the whole story
+        logger.error("cannot start: %s", exc)
         return 1
     return 0
 
