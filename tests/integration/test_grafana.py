@@ -106,14 +106,13 @@ storage: {{dir: {tmp_path / "state"}}}
             async with asyncio.timeout(10):
                 await agent.ready.wait()
             url = f"http://127.0.0.1:{agent.metrics_port}/metrics"
-            # Until a KPI report was produced and a poll was timed.
+            # Until the source answered and a KPI report was produced.
             async with asyncio.timeout(30):
                 while True:
                     text = await asyncio.to_thread(_get, url)
                     names, labels = served_names(text)
-                    if {"oee", "availability"} <= labels.get("kpi", set()) and "kpi" in labels.get(
-                        "topic", set()
-                    ):
+                    up = 'edge_agent_source_up{source="plc1"} 1.0' in text
+                    if up and {"oee", "availability"} <= labels.get("kpi", set()):
                         break
                     await asyncio.sleep(0.2)
         finally:
