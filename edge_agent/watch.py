@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import ssl
 import sys
 import time
@@ -294,12 +293,11 @@ async def run_watch(args: argparse.Namespace, *, out: TextIO | None = None) -> i
                 screen.say("")
             await asyncio.sleep(opts.refresh_s)
 
-    identifier = f"edge-agent-watch-{os.uname().nodename}-{os.getpid()}"
     try:
         async with aiomqtt.Client(
             opts.host,
             opts.port,
-            identifier=identifier,
+            identifier=None,  # a random one: several people may watch the same broker
             username=opts.username,
             password=opts.password,
             tls_context=opts.tls_context,  # --insecure is applied in the context
