@@ -3,6 +3,13 @@
 Start order: outbox, metrics, MQTT sink, engine, then sources. Stop order is the reverse: sources
 stop first, the engine writes a last snapshot, the sink drains the outbox and publishes ``offline``,
 then everything closes.
+
+Reload (SIGHUP, :meth:`Agent.request_reload`): the configuration file is loaded and validated
+again; an invalid one is refused with its problems logged, and the running one stays. A valid
+one is applied in place: sources that changed (or are new or gone) are restarted (or started,
+stopped), lines whose configuration is unchanged keep their engine and its state, the broker link
+is reconnected only when ``mqtt`` connection settings changed. ``site``, ``storage`` and
+``prometheus`` need a restart: a change to them is logged and not applied.
 """
 
 from __future__ import annotations
@@ -13,13 +20,15 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from edge_agent import __version__
 from edge_agent.config.schema import AgentConfig, OnStartupError, SourceConfig
 from edge_agent.engine.runner import EngineRunner
-from edge_agent.errors import EdgeAgentError, StorageError
+from edge_agent.errors import ConfigError, EdgeAgentError, StorageError
 from edge_agent.poller import Poller
+from edge_agent.secrets import read_secret
 from edge_agent.sinks.mqtt import MqttSink
 from edge_agent.sinks.outbox import Outbox
 from edge_agent.sinks.prometheus import Metrics
@@ -58,6 +67,7 @@ class Agent:
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
         drain_timeout_s: float = 10.0,
+        stall_after_s: float | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics or Metrics()
@@ -69,6 +79,21 @@ class Agent:
         self.metrics_port: int | None = None
         self.ready = asyncio.Event()
         self._last_progress = time.monotonic()
+        # None: 3 publish intervals, at least 5 s, without an engine step is a hang.
+        self.stall_after_s = stall_after_s
+        self.reloads = 0  # configurations applied by reload
+        self.reload_done = asyncio.Event()  # set after every reload attempt, applied or refused
+        self._reload_requested = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self._source_tasks: dict[str, asyncio.Task[None]] = {}
+        self._sink_task: asyncio.Task[None] | None = None
+        self._sink_health: Health | None = None
+        self.engine_task: asyncio.Task[None] | None = None
+        self._published_seen = 0
+
+    def request_reload(self) -> None:
+        """Reload the configuration file soon (the SIGHUP handler calls this)."""
+        self._reload_requested.set()
 
     def _open_outbox(self) -> Outbox:
         directory = state_dir_for(self.cfg)
@@ -76,7 +101,7 @@ class Agent:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create state directory {directory}: {exc}") from exc
-        return Outbox(directory / "outbox.sqlite")
+        return Outbox(directory / "outbox.sqlite", limits=self.cfg.storage.outbox)
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set, then shut down in order. Returns the process exit code."""
@@ -103,38 +128,29 @@ class Agent:
         m = self.metrics
         m.info.labels(version=__version__, site=cfg.site).set(1)
         if cfg.prometheus.enabled:
-            self.metrics_port = m.serve(cfg.prometheus.host, cfg.prometheus.port)
+            p = cfg.prometheus
+            password = read_secret(p.password_file) if p.password_file is not None else None
+            self.metrics_port = m.serve(
+                p.host,
+                p.port,
+                cert_file=p.cert_file,
+                key_file=p.key_file,
+                username=p.username,
+                password=password,
+            )
 
-        sink = MqttSink(cfg.mqtt, site=cfg.site, outbox=outbox)
-        self.sink = sink
         runner = EngineRunner(
-            cfg, outbox, metrics=m, notify_sink=sink.notify, on_progress=self._progress
+            cfg, outbox, metrics=m, notify_sink=self._notify_sink, on_progress=self._progress
         )
         self.runner = runner
-        sink_health = Health("broker", f"{cfg.mqtt.host}:{cfg.mqtt.port}")
-
-        async def run_sink() -> None:
-            try:
-                await sink.run()
-            finally:
-                m.broker_connected.set(0)
 
         async with asyncio.TaskGroup() as tg:
-            sink_task = tg.create_task(
-                supervise(
-                    run_sink,
-                    sink_health,
-                    Backoff(cfg.mqtt.backoff_initial_s, cfg.mqtt.backoff_max_s),
-                    on_restart=lambda: m.component_restarts.labels(component="mqtt").inc(),
-                ),
-                name="mqtt",
-            )
-            status_task = tg.create_task(self._watch(sink, sink_health, outbox), name="status")
-            engine_task = tg.create_task(runner.run(), name="engine")
-            source_tasks = [
-                tg.create_task(self._run_source(sc, runner), name=f"source:{sc.name}")
-                for sc in cfg.sources
-            ]
+            self._tg = tg
+            self._start_sink(outbox)
+            status_task = tg.create_task(self._watch(outbox), name="status")
+            self.engine_task = tg.create_task(runner.run(), name="engine")
+            for sc in cfg.sources:
+                self._start_source(sc)
             self.notifier.ready(f"{len(cfg.sources)} sources, {len(cfg.lines)} lines")
             self.ready.set()
             log.info(
@@ -145,54 +161,199 @@ class Agent:
                 cfg.mqtt.host,
                 cfg.mqtt.port,
             )
-            await stop.wait()
+            while await _first_of(stop, self._reload_requested) is self._reload_requested:
+                self._reload_requested.clear()
+                try:
+                    await self._reload(outbox)
+                finally:
+                    self.reload_done.set()
 
             log.info("stopping: sources first, then the engine, then the broker link")
             self.notifier.stopping()
+            source_tasks = list(self._source_tasks.values())
             for task in source_tasks:
                 task.cancel()
             await asyncio.gather(*source_tasks, return_exceptions=True)
-            engine_task.cancel()
-            await asyncio.gather(engine_task, return_exceptions=True)
+            self.engine_task.cancel()
+            await asyncio.gather(self.engine_task, return_exceptions=True)
             runner.step(snapshot=True)
-            try:
-                await sink.close(self.drain_timeout_s)
-            except Exception as exc:  # the broker may be gone: the outbox keeps what is left
-                log.warning("could not close the broker link cleanly: %s", exc)
-            sink_task.cancel()
+            await self._stop_sink(self.drain_timeout_s)
             status_task.cancel()
-            await asyncio.gather(sink_task, status_task, return_exceptions=True)
+            await asyncio.gather(status_task, return_exceptions=True)
             left = outbox.depth()
             if left:
                 log.warning("%d message(s) stay in the outbox for the next start", left)
+        self._tg = None
         log.info("stopped")
         return EXIT_OK
+
+    def _notify_sink(self) -> None:
+        if self.sink is not None:
+            self.sink.notify()
+
+    def _start_sink(self, outbox: Outbox) -> None:
+        assert self._tg is not None
+        cfg = self.cfg
+        m = self.metrics
+        sink = MqttSink(cfg.mqtt, site=cfg.site, outbox=outbox)
+        self.sink = sink
+        health = Health("broker", f"{cfg.mqtt.host}:{cfg.mqtt.port}")
+        self._sink_health = health
+
+        async def run_sink() -> None:
+            try:
+                await sink.run()
+            finally:
+                m.broker_connected.set(0)
+
+        self._sink_task = self._tg.create_task(
+            supervise(
+                run_sink,
+                health,
+                Backoff(cfg.mqtt.backoff_initial_s, cfg.mqtt.backoff_max_s),
+                on_restart=lambda: m.component_restarts.labels(component="mqtt").inc(),
+            ),
+            name="mqtt",
+        )
+        sink.notify()  # whatever waits in the outbox goes out as soon as it connects
+
+    async def _stop_sink(self, drain_timeout_s: float) -> None:
+        sink, task = self.sink, self._sink_task
+        if sink is not None:
+            try:
+                await sink.close(drain_timeout_s)
+            except Exception as exc:  # the broker may be gone: the outbox keeps what is left
+                log.warning("could not close the broker link cleanly: %s", exc)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if sink is not None:
+            self.metrics.published.inc(max(0, sink.published_total - self._published_seen))
+        self._published_seen = 0
+        self._sink_task = None
+
+    def _start_source(self, sc: SourceConfig) -> None:
+        assert self._tg is not None and self.runner is not None
+        self._source_tasks[sc.name] = self._tg.create_task(
+            self._run_source(sc, self.runner), name=f"source:{sc.name}"
+        )
+
+    async def _reload(self, outbox: Outbox) -> None:
+        from edge_agent.config.loader import load_config  # noqa: PLC0415
+
+        path = self.cfg.path
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            for issue in exc.issues:
+                log.error("%s", issue)
+            log.error(
+                "configuration reload refused: %d problem(s) in %s; the running configuration"
+                " stays",
+                len(exc.issues),
+                path,
+            )
+            return
+        except OSError as exc:
+            log.error("configuration reload refused: cannot read %s: %s", path, exc)
+            return
+        await self.apply(new, outbox)
+
+    async def apply(self, new: AgentConfig, outbox: Outbox) -> None:
+        """Apply a validated configuration to the running agent (see the module docstring)."""
+        old = self.cfg
+        assert self.runner is not None
+        for key in ("site", "storage", "prometheus"):
+            if getattr(new, key) != getattr(old, key):
+                log.warning("reload: a change of '%s' needs a restart; not applied", key)
+        new = replace(new, site=old.site, storage=old.storage, prometheus=old.prometheus)
+        if new.logging.level != old.logging.level:
+            logging.getLogger().setLevel(new.logging.level)
+
+        # Sources first: a stopped source must not feed an engine that is being replaced.
+        old_sources = {sc.name: sc for sc in old.sources}
+        new_sources = {sc.name: sc for sc in new.sources}
+        stop = [n for n, sc in old_sources.items() if new_sources.get(n) != sc]
+        tasks = [self._source_tasks.pop(n) for n in stop if n in self._source_tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for name in stop:
+            self.pollers.pop(name, None)
+            if name not in new_sources:
+                self.runner.source_available(name, False)
+                self.metrics.source_up.remove(name)
+
+        self.cfg = new
+        kept, fresh = self.runner.reconfigure(new)
+
+        start = [sc for n, sc in new_sources.items() if old_sources.get(n) != sc]
+        for sc in start:
+            self._start_source(sc)
+
+        # publish_interval and qos are the engine's; anything else in mqtt is the link's.
+        def link(c: AgentConfig) -> object:
+            return replace(c.mqtt, publish_interval_s=0.0, qos=0)
+
+        relinked = link(new) != link(old)
+        if relinked:
+            log.info("reload: broker settings changed; reconnecting")
+            await self._stop_sink(min(self.drain_timeout_s, new.mqtt.timeout_s))
+            self._start_sink(outbox)
+        self.reloads += 1
+        log.info(
+            "configuration reloaded: %d line(s) kept, %d started afresh; %d source(s) restarted"
+            " or started, %d stopped; broker link %s",
+            len(kept),
+            len(fresh),
+            len(start),
+            len([n for n in stop if n not in new_sources]),
+            "reconnected" if relinked else "kept",
+        )
 
     def _progress(self) -> None:
         self._last_progress = time.monotonic()
 
-    async def _watch(self, sink: MqttSink, health: Health, outbox: Outbox) -> None:
+    async def _watch(self, outbox: Outbox) -> None:
         """Mirror component state into metrics and feed the watchdog while the engine progresses."""
         m = self.metrics
         interval = 1.0
         if self.notifier.watchdog_interval_s:
             interval = min(interval, self.notifier.watchdog_interval_s / 4)
-        published = 0
+        dropped: dict[str, int] = {}
         while True:
-            connected = sink.connected
-            m.broker_connected.set(1 if connected else 0)
-            if connected:
-                health.ok()
-            m.published.inc(max(0, sink.published_total - published))
-            published = sink.published_total
-            m.outbox_depth.set(outbox.depth())
-            age = outbox.oldest_age_s(time.time())
-            m.outbox_oldest_age.set(age or 0.0)
+            sink, health = self.sink, self._sink_health
+            if sink is not None and health is not None:
+                connected = sink.connected
+                m.broker_connected.set(1 if connected else 0)
+                if connected:
+                    health.ok()
+                m.published.inc(max(0, sink.published_total - self._published_seen))
+                self._published_seen = sink.published_total
+            dropped = self._mirror_outbox(outbox, dropped)
             # The engine ticks every second; 3 publish intervals without progress is a hang.
-            stale_after = max(3 * (self.runner.publish_interval_s if self.runner else 1.0), 5.0)
+            stale_after = self.stall_after_s or max(
+                3 * (self.runner.publish_interval_s if self.runner else 1.0), 5.0
+            )
             if time.monotonic() - self._last_progress < stale_after:
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
+
+    def _mirror_outbox(self, outbox: Outbox, seen: dict[str, int]) -> dict[str, int]:
+        m = self.metrics
+        m.outbox_depth.set(outbox.depth())
+        m.outbox_bytes.set(outbox.size_bytes)
+        m.outbox_held.set(self.runner.held if self.runner else 0)
+        try:
+            age = outbox.oldest_age_s(time.time())
+        except StorageError:  # the runner logs storage trouble once; a metric can wait
+            age = None
+        m.outbox_oldest_age.set(age or 0.0)
+        now = outbox.dropped
+        for topic, total in now.items():
+            if total > seen.get(topic, 0):
+                m.outbox_dropped.labels(topic=topic).inc(total - seen.get(topic, 0))
+        return now
 
     async def _run_source(self, sc: SourceConfig, runner: EngineRunner) -> None:
         m = self.metrics
@@ -246,8 +407,23 @@ class Agent:
         )
 
 
+async def _first_of(*events: asyncio.Event) -> asyncio.Event:
+    """Wait until one of ``events`` is set; return the first one that is (in argument order)."""
+    for event in events:
+        if event.is_set():
+            return event
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await asyncio.wait(waiters)
+    return next(e for e in events if e.is_set())
+
+
 async def run_until_signalled(agent: Agent, *, extra_stop: Callable[[], None] | None = None) -> int:
-    """Run ``agent`` until SIGTERM or SIGINT (or, on SIGHUP for now, a logged notice)."""
+    """Run ``agent`` until SIGTERM or SIGINT; SIGHUP reloads its configuration file."""
     import signal  # noqa: PLC0415
 
     stop = asyncio.Event()
@@ -255,9 +431,7 @@ async def run_until_signalled(agent: Agent, *, extra_stop: Callable[[], None] | 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(
-            signal.SIGHUP, lambda: log.warning("SIGHUP: configuration reload is not supported yet")
-        )
+        loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
     try:
         return await agent.run(stop)
     finally:

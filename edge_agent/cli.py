@@ -1,4 +1,4 @@
-"""``edge-agent`` command line: run, check-config, config-schema, demo, watch, version."""
+"""``edge-agent`` command line: run, check-config, config-schema, certs, demo, watch, version."""
 
 from __future__ import annotations
 
@@ -43,6 +43,32 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p_check = sub.add_parser("check-config", help="validate a configuration file (exit 0 or 78)")
     p_check.add_argument("config", help="YAML configuration file")
+    p_check.add_argument(
+        "--dump",
+        action="store_true",
+        help="print the effective configuration (defaults filled in, paths resolved) as YAML; "
+        "secrets are never in it, and usernames are redacted",
+    )
+
+    p_certs = sub.add_parser("certs", help="create certificates")
+    certs_sub = p_certs.add_subparsers(dest="certs_command", required=True, metavar="KIND")
+    p_opcua = certs_sub.add_parser(
+        "opcua", help="the agent's OPC UA application instance certificate and key"
+    )
+    p_opcua.add_argument("--out", required=True, help="directory to write them to")
+    p_opcua.add_argument(
+        "--application-uri",
+        default="urn:edge-agent:client",
+        help="ApplicationUri put in the subjectAltName (default: urn:edge-agent:client)",
+    )
+    p_opcua.add_argument(
+        "--hostname",
+        action="append",
+        default=None,
+        help="DNS name or IP in the subjectAltName; repeat for more (default: this host's name)",
+    )
+    p_opcua.add_argument("--days", type=int, default=3650, help="validity in days (3650)")
+    p_opcua.add_argument("--force", action="store_true", help="replace existing files")
 
     sub.add_parser(
         "config-schema",
@@ -77,7 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         from edge_agent.config.loader import check_config_main  # noqa: PLC0415
 
-        return check_config_main(args.config)
+        return check_config_main(args.config, dump=args.dump)
+    if args.command == "certs":
+        return _certs(args)
     if args.command == "config-schema":
         from edge_agent.config.json_schema import config_schema_text  # noqa: PLC0415
 
@@ -104,6 +132,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(args.command)
 
 
+def _certs(args: argparse.Namespace) -> int:
+    import socket  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from edge_agent.certs import make_opcua_certificate  # noqa: PLC0415
+
+    hostnames = args.hostname or [socket.gethostname()]
+    try:
+        made = make_opcua_certificate(
+            Path(args.out),
+            application_uri=args.application_uri,
+            hostnames=hostnames,
+            days=args.days,
+            overwrite=args.force,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"edge-agent certs opcua: {exc}", file=sys.stderr)
+        return 1
+    print(f"certificate      {made.cert_file}  (give this to the PLC to trust)")
+    print(f"private key      {made.key_file}  (mode 0600; keep it on this machine)")
+    print(f"application uri  {made.application_uri}")
+    print(f"sha256           {made.fingerprint}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from edge_agent.config.loader import load_config  # noqa: PLC0415
 
@@ -118,6 +171,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{args.config}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_CONFIG
     _setup_logging(args, cfg.logging.level, cfg.logging.format.value)
+    from edge_agent.config.loader import permission_warnings  # noqa: PLC0415
+
+    for warning in permission_warnings(cfg):
+        log.warning("%s", warning)
     if args.once:
         return asyncio.run(_run_once(cfg))
     from edge_agent.app import Agent, run_until_signalled  # noqa: PLC0415

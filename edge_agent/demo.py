@@ -27,11 +27,18 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any, TextIO
 
 import edge_agent
-from edge_agent.config.schema import AgentConfig, ModbusSourceConfig, OpcuaSourceConfig
+from edge_agent.config.schema import (
+    AgentConfig,
+    LineConfig,
+    ModbusSourceConfig,
+    OpcuaSourceConfig,
+    Shift,
+)
 from edge_agent.errors import ConfigError, EdgeAgentError
 
 log = logging.getLogger(__name__)
@@ -93,6 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--speed", type=float, default=1.0, help="simulated seconds per real second (default 1)"
     )
     parser.add_argument("--seed", type=int, default=1, help="simulator random seed (default 1)")
+    parser.add_argument(
+        "--shift-minutes",
+        type=int,
+        default=5,
+        help="replace the config's shifts with clock-aligned shifts this many minutes long, so "
+        "shift reports appear while you watch (default 5; 0 keeps the config's shifts)",
+    )
     parser.add_argument(
         "--no-table",
         action="store_true",
@@ -201,6 +215,9 @@ class BrokerView:
             return (
                 f"{line_name} shift '{window.get('name')}' closed: oee={fmt_num(data.get('oee'))}"
             )
+        if suffix == "kpi/hour":
+            window = data.get("window") or {}
+            return f"{line_name} hour {window.get('name')} closed: oee={fmt_num(data.get('oee'))}"
         return f"{line_name} {suffix} seq={seq}"
 
 
@@ -380,11 +397,55 @@ class DemoEndpoints:
     mqtt_port: int
     state_dir: str
     speed: float = 1.0
+    shift_minutes: int = 0  # > 0: replace the lines' shifts with clock-aligned windows this long
+
+
+def demo_shifts(minutes: int) -> tuple[Shift, ...]:
+    """Back-to-back shifts of ``minutes`` covering the day, aligned to the clock (named by their
+    start, e.g. ``"14:35"``), so that a short demo shows shifts closing and ``kpi/shift`` reports.
+    They do not depend on when the demo starts, so a resumed demo keeps the same calendar."""
+    if minutes <= 0 or 1440 % minutes:
+        raise ValueError(f"shift minutes must divide a day (1440), got {minutes}")
+    out = []
+    for start in range(0, 1440, minutes):
+        end = (start + minutes) % 1440
+        out.append(
+            Shift(
+                name=f"{start // 60:02d}:{start % 60:02d}",
+                start=dt_time(start // 60, start % 60),
+                end=dt_time(end // 60, end % 60),
+            )
+        )
+    return tuple(out)
 
 
 def _absolute(path: str) -> str:
     # The agent may resolve a relative storage dir against another cwd; the banner shows this one.
     return str(Path(path).absolute())
+
+
+def _scaled(line: LineConfig, speed: float) -> LineConfig:
+    """``line`` with its durations divided by the simulator's ``speed``."""
+
+    def scale(seconds: float | None) -> float | None:
+        return None if seconds is None else seconds / speed
+
+    signals = line.signals
+    if signals.product is not None:
+        products = {
+            code: dataclasses.replace(p, ideal_cycle_time_s=p.ideal_cycle_time_s / speed)
+            for code, p in signals.product.map.items()
+        }
+        signals = dataclasses.replace(
+            signals, product=dataclasses.replace(signals.product, map=products)
+        )
+    return dataclasses.replace(
+        line,
+        ideal_cycle_time_s=line.ideal_cycle_time_s / speed,
+        stop_after_s=scale(line.stop_after_s),
+        micro_stop_max_s=scale(line.micro_stop_max_s),
+        signals=signals,
+    )
 
 
 def demo_config(cfg: AgentConfig, ep: DemoEndpoints) -> AgentConfig:
@@ -400,12 +461,9 @@ def demo_config(cfg: AgentConfig, ep: DemoEndpoints) -> AgentConfig:
         else s
         for s in cfg.sources
     )
+    shifts = demo_shifts(ep.shift_minutes) if ep.shift_minutes > 0 else None
     lines = tuple(
-        dataclasses.replace(
-            line,
-            ideal_cycle_time_s=line.ideal_cycle_time_s / ep.speed,
-            stop_after_s=None if line.stop_after_s is None else line.stop_after_s / ep.speed,
-        )
+        _scaled(line if shifts is None else dataclasses.replace(line, shifts=shifts), ep.speed)
         for line in cfg.lines
     )
     return dataclasses.replace(
@@ -590,7 +648,13 @@ async def _run(
                 mqtt_port=mqtt_port,
                 state_dir=state_dir,
                 speed=args.speed,
+                shift_minutes=args.shift_minutes,
             ),
+        )
+        shifts_desc = (
+            f"{args.shift_minutes}-minute shifts aligned to the clock (--shift-minutes)"
+            if args.shift_minutes > 0
+            else "as configured"
         )
         line_names = [line.name for line in cfg.lines]
         view = BrokerView(prefix=cfg.mqtt.topic_prefix, site=cfg.site)
@@ -627,6 +691,7 @@ async def _run(
                 f"  broker      {broker_desc}",
                 f"  metrics     {metrics_desc}",
                 f"  state       {state_desc}",
+                f"  shifts      {shifts_desc}",
                 f"  watch       mosquitto_sub -h {mqtt_host} -p {mqtt_port} -t '#' -v",
             ]
             with _capture_logs(table and sys.stderr.isatty()) as recent:

@@ -2,12 +2,18 @@
 
 Ticks fall on ``start + k × poll_interval``. A poll that overruns skips the ticks it missed and
 counts them (``edge_agent_poll_skipped_ticks_total``) instead of piling polls up.
+
+Every sample is screened before the engine sees it, whatever the protocol: a NaN or infinite
+number, or a number outside the tag's configured ``min`` / ``max``, becomes a BAD sample (value
+``None``), logged once when the tag goes bad and once when it is good again. The engine counts
+BAD as unknown time, never as a state or a count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -61,6 +67,54 @@ class Poller:
         self._on_source_restart = on_source_restart
         self._server_start: float | None = None
         self._log_extra = {"source": cfg.name}
+        self._limits: dict[str, tuple[float | None, float | None]] = {
+            tag.name: (tag.min_value, tag.max_value)
+            for tag in cfg.tags
+            if tag.min_value is not None or tag.max_value is not None
+        }
+        self._screened_bad: set[str] = set()
+
+    def screen(self, samples: list[Sample]) -> list[Sample]:
+        """Samples with non-finite or out-of-range numbers turned BAD (see the module docs)."""
+        limits = self._limits
+        out: list[Sample] | None = None
+        for index, sample in enumerate(samples):
+            value = sample.value
+            reason: str | None = None
+            if sample.quality is not Quality.BAD and isinstance(value, int | float):
+                if isinstance(value, float) and not math.isfinite(value):
+                    reason = f"non-finite value {value!r}"
+                elif sample.tag in limits and not isinstance(value, bool):
+                    low, high = limits[sample.tag]
+                    if low is not None and value < low:
+                        reason = f"value {value!r} below its min {low:g}"
+                    elif high is not None and value > high:
+                        reason = f"value {value!r} above its max {high:g}"
+            if reason is None:
+                if self._screened_bad and sample.tag in self._screened_bad:
+                    self._screened_bad.discard(sample.tag)
+                    log.info(
+                        "source '%s': tag '%s' is in range again",
+                        self.cfg.name,
+                        sample.tag,
+                        extra=self._log_extra,
+                    )
+                continue
+            if sample.tag not in self._screened_bad:
+                self._screened_bad.add(sample.tag)
+                log.warning(
+                    "source '%s': tag '%s': %s; reported as bad",
+                    self.cfg.name,
+                    sample.tag,
+                    reason,
+                    extra=self._log_extra,
+                )
+            if out is None:
+                out = list(samples)
+            out[index] = Sample(
+                sample.source, sample.tag, None, Quality.BAD, sample.source_time, sample.agent_time
+            )
+        return samples if out is None else out
 
     def _read_deadline_s(self) -> float:
         # Sources put a deadline on every request; this outer one only catches a stuck library.
@@ -131,6 +185,7 @@ class Poller:
             self._m_duration.observe(elapsed)
             self.polls += 1
             if samples:
+                samples = self.screen(samples)
                 bad = sum(1 for s in samples if s.quality is not Quality.GOOD)
                 if bad:
                     self._m_bad.inc(bad)

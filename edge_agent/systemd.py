@@ -38,8 +38,11 @@ class Notifier:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                # Never block the event loop on a busy systemd: a full socket queue drops the
+                # message (BlockingIOError, an OSError) instead; the next ping follows soon.
+                sock.setblocking(False)
                 sock.connect(self._addr)
-                sock.sendall(message.encode())
+                sock.send(message.encode())
         except OSError as exc:
             # systemd going away must never take the agent down; say so once.
             if not self._failed_once:

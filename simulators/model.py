@@ -144,6 +144,10 @@ class LineModel:
         self._state_end_s = 0.0
         self._enter_running(0.0)
 
+    def reset_counters(self) -> None:
+        """Start the counters again from 0, as a PLC does after a power cycle."""
+        self._counters = _Counters(0, 0)
+
     # -- read-only outputs ------------------------------------------------------------------
 
     @property

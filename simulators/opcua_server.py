@@ -13,7 +13,11 @@ ns=2;s=Line{n}.Running     Boolean   true while running
 ns=2;s=Line{n}.IdealCycleTime Double ideal cycle time in seconds
 =========================  ========  ====================================
 
-Security: None only, anonymous sessions. A value is written only when it changes, with a
+Security: None and anonymous sessions by default. With ``security`` (:class:`SimSecurity`) the
+server offers only Basic256Sha256, Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss endpoints, in
+Sign and SignAndEncrypt modes, with that certificate (ApplicationUri
+``urn:edge-agent:simulator:server``); anonymous sessions are still accepted, and client
+certificates are not checked. A value is written only when it changes, with a
 SourceTimestamp of the moment the server saw the change, the way a PLC stamps its tags.
 """
 
@@ -23,18 +27,42 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 from asyncua import ua
 from asyncua.server.server import Server
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uatypes import UInt32
 
 from simulators.model import LineModel
 
-__all__ = ["NAMESPACE_URI", "OpcuaSimServer", "node_id"]
+__all__ = ["APPLICATION_URI", "NAMESPACE_URI", "OpcuaSimServer", "SimSecurity", "node_id"]
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE_URI = "urn:edge-agent:simulator"
+# Not the namespace URI: the ApplicationUri is namespace 1 of every server.
+APPLICATION_URI = "urn:edge-agent:simulator:server"
+
+_SECURE_POLICIES = [
+    ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+    ua.SecurityPolicyType.Basic256Sha256_Sign,
+    ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+    ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+    ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+    ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SimSecurity:
+    """The server's application instance certificate (DER or PEM) and its PEM private key; make
+    them with :func:`edge_agent.certs.make_opcua_certificate` and ``APPLICATION_URI``."""
+
+    cert_file: Path
+    key_file: Path
+
 
 _VARIABLES: tuple[tuple[str, ua.VariantType], ...] = (
     ("State", ua.VariantType.UInt16),
@@ -72,15 +100,27 @@ class _Variable:
 class OpcuaSimServer:
     """Serves the models' values over OPC UA; call :meth:`update` to publish new values."""
 
-    def __init__(self, models: Sequence[LineModel], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        models: Sequence[LineModel],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        security: SimSecurity | None = None,
+    ) -> None:
         if not models:
             raise ValueError("at least one line model is needed")
         self._models = list(models)
         self._host = host
         self._requested_port = port
+        self._security = security
         self._server: Server | None = None
         self._variables: list[_Variable] = []
         self._endpoint: str | None = None
+        self._port: int | None = None
+        # Fault injection (simulators.scenarios): serve every value with this bad status.
+        self.bad_status: bool = False
+        self._bad_served = False
 
     @property
     def endpoint(self) -> str | None:
@@ -102,9 +142,19 @@ class OpcuaSimServer:
         server = Server()
         await server.init()
         server.set_server_name("edge-agent line simulator")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if self._security is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            await server.set_application_uri(APPLICATION_URI)
+            server.set_security_policy(_SECURE_POLICIES)
+            cert = self._security.cert_file.read_bytes()
+            await server.load_certificate(cert, "pem" if cert.lstrip()[:1] == b"-" else "der")
+            await server.load_private_key(self._security.key_file.read_bytes(), format="pem")
         server.set_identity_tokens([ua.AnonymousIdentityToken])
-        server.set_endpoint(f"opc.tcp://{self._host}:{self._requested_port}/")
+        # After a restart the same port again, so that clients find the PLC where it was.
+        port = self._port if self._port is not None else self._requested_port
+        server.set_endpoint(f"opc.tcp://{self._host}:{port}/")
+        self._variables = []
         namespace_index = await server.register_namespace(NAMESPACE_URI)
         if namespace_index != 2:
             # The node ids are a contract; a changed index would silently break every client.
@@ -115,6 +165,7 @@ class OpcuaSimServer:
         # server rewrites the URLs it advertises to the one the client asked for
         # (match_discovery_endpoint_url, on by default).
         port = self._bound_port(server)
+        self._port = port
         self._server = server
         self._endpoint = f"opc.tcp://{self._host}:{port}/"
         await self.update()
@@ -136,12 +187,18 @@ class OpcuaSimServer:
             return
         now = ua.DateTime.now(UTC)
         current = [_values(model) for model in self._models]
+        if self.bad_status != self._bad_served:
+            self._bad_served = self.bad_status
+            for variable in self._variables:
+                variable.last_value = None  # rewrite everything with the new status
+        status = ua.StatusCode(UInt32(StatusCodes.BadDeviceFailure if self.bad_status else 0))
         for variable in self._variables:
             value = current[variable.line_index][variable.name]
             if value == variable.last_value:
                 continue
             data_value = ua.DataValue(
                 ua.Variant(value, variable.variant_type),
+                StatusCode=status,
                 SourceTimestamp=now,
                 ServerTimestamp=now,
             )

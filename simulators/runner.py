@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
-from simulators.modbus_server import ModbusSimServer
+from pymodbus.constants import ExcCodes
+
+from simulators.modbus_server import ModbusSimServer, Transport
 from simulators.model import LineModel, LineParams
-from simulators.opcua_server import OpcuaSimServer
+from simulators.opcua_server import OpcuaSimServer, SimSecurity
+from simulators.scenarios import Fault, Scenario
 
 __all__ = ["Simulation"]
 
@@ -27,6 +31,11 @@ class Simulation:
 
     After enter, ``modbus_port`` and ``opcua_endpoint`` hold the bound addresses (``None`` for a
     server that was not started) and ``models`` the line models, index ``i`` for line ``i``.
+
+    ``modbus_transport``, ``modbus_serial_port``, ``modbus_parity`` and ``modbus_unit_ids`` pass
+    through to
+    :class:`~simulators.modbus_server.ModbusSimServer` (RTU over TCP or a serial port, one unit id
+    per line); ``modbus`` is the running server after enter.
     """
 
     def __init__(
@@ -42,6 +51,12 @@ class Simulation:
         initial_count: int = 0,
         ideal_cycle_time_s: float = 1.0,
         params: LineParams | None = None,
+        scenario: Scenario | None = None,
+        opcua_security: SimSecurity | None = None,
+        modbus_transport: Transport = "tcp",
+        modbus_serial_port: str | None = None,
+        modbus_unit_ids: Sequence[int] | None = None,
+        modbus_parity: str = "E",
     ) -> None:
         if lines < 1:
             raise ValueError(f"lines must be >= 1, got {lines}")
@@ -53,7 +68,12 @@ class Simulation:
         self._host = host
         self._requested_modbus_port = modbus_port
         self._requested_opcua_port = opcua_port
+        self._opcua_security = opcua_security
         self._update_interval_s = update_interval_s
+        self._modbus_transport: Transport = modbus_transport
+        self._modbus_serial_port = modbus_serial_port
+        self._modbus_unit_ids = modbus_unit_ids
+        self._modbus_parity = modbus_parity
         self.models: list[LineModel] = [
             LineModel(
                 seed + index,
@@ -68,16 +88,33 @@ class Simulation:
         self._modbus: ModbusSimServer | None = None
         self._opcua: OpcuaSimServer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._scenario = scenario
+        self._fault_task: asyncio.Task[None] | None = None
+        self.faults = 0  # fault periods started so far
         self._start_monotonic_s = 0.0
         self._updated = asyncio.Event()
 
     async def __aenter__(self) -> Simulation:
         try:
             if self._requested_modbus_port is not None:
-                self._modbus = ModbusSimServer(self.models, self._host, self._requested_modbus_port)
-                self.modbus_port = await self._modbus.start()
+                self._modbus = ModbusSimServer(
+                    self.models,
+                    self._host,
+                    self._requested_modbus_port,
+                    transport=self._modbus_transport,
+                    serial_port=self._modbus_serial_port,
+                    unit_ids=self._modbus_unit_ids,
+                    parity=self._modbus_parity,
+                )
+                port = await self._modbus.start()
+                self.modbus_port = port if self._modbus_transport != "rtu" else None
             if self._requested_opcua_port is not None:
-                self._opcua = OpcuaSimServer(self.models, self._host, self._requested_opcua_port)
+                self._opcua = OpcuaSimServer(
+                    self.models,
+                    self._host,
+                    self._requested_opcua_port,
+                    security=self._opcua_security,
+                )
                 self.opcua_endpoint = await self._opcua.start()
         except BaseException:
             await self._shutdown()
@@ -87,6 +124,11 @@ class Simulation:
         self._start_monotonic_s = time.monotonic()
         self._task = asyncio.create_task(self._run(), name="simulation")
         self._task.add_done_callback(self._log_crash)
+        if self._scenario is not None:
+            self._fault_task = asyncio.create_task(
+                self._run_scenario(self._scenario), name="simulation-faults"
+            )
+            self._fault_task.add_done_callback(self._log_crash)
         return self
 
     async def __aexit__(
@@ -96,6 +138,11 @@ class Simulation:
         tb: TracebackType | None,
     ) -> None:
         await self._shutdown()
+
+    @property
+    def modbus(self) -> ModbusSimServer | None:
+        """The Modbus server, once entered (None when not started)."""
+        return self._modbus
 
     @property
     def sim_time_s(self) -> float:
@@ -139,12 +186,78 @@ class Simulation:
             await self.step()
             await asyncio.sleep(self._update_interval_s)
 
+    async def fault_on(self, fault: Fault) -> None:
+        """Switch ``fault`` on (see :mod:`simulators.scenarios`)."""
+        logger.warning("fault on: %s", fault.value)
+        self.faults += 1
+        match fault:
+            case Fault.DROP | Fault.RESTART:
+                await self._stop_servers()
+                if fault is Fault.RESTART:
+                    for model in self.models:
+                        model.reset_counters()
+                    if self._modbus is not None:
+                        self._modbus.update()
+            case Fault.STALL:
+                if self._modbus is not None:
+                    self._modbus.answering.clear()
+            case Fault.BUSY | Fault.ILLEGAL:
+                if self._modbus is not None:
+                    self._modbus.exception = (
+                        ExcCodes.DEVICE_BUSY if fault is Fault.BUSY else ExcCodes.ILLEGAL_ADDRESS
+                    )
+            case Fault.BAD_STATUS:
+                if self._opcua is not None:
+                    self._opcua.bad_status = True
+
+    async def fault_off(self, fault: Fault) -> None:
+        """Switch ``fault`` off again: servers restarted on their ports, answers normal."""
+        logger.warning("fault off: %s", fault.value)
+        match fault:
+            case Fault.DROP | Fault.RESTART:
+                if self._modbus is not None:
+                    await self._modbus.start()
+                if self._opcua is not None:
+                    await self._opcua.start()
+            case Fault.STALL:
+                if self._modbus is not None:
+                    self._modbus.answering.set()
+            case Fault.BUSY | Fault.ILLEGAL:
+                if self._modbus is not None:
+                    self._modbus.exception = None
+            case Fault.BAD_STATUS:
+                if self._opcua is not None:
+                    self._opcua.bad_status = False
+
+    async def _run_scenario(self, scenario: Scenario) -> None:
+        while True:
+            await asyncio.sleep(scenario.every_s - scenario.duration_s)
+            await self.fault_on(scenario.fault)
+            try:
+                await asyncio.sleep(scenario.duration_s)
+            finally:
+                # Also on cancellation: a simulator never exits with a server held down.
+                if self._task is not None:
+                    await self.fault_off(scenario.fault)
+
+    async def _stop_servers(self) -> None:
+        try:
+            if self._opcua is not None:
+                await self._opcua.stop()
+        finally:
+            if self._modbus is not None:
+                await self._modbus.stop()
+
     @staticmethod
     def _log_crash(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("simulation task stopped: %r", exc, exc_info=exc)
 
     async def _shutdown(self) -> None:
+        fault_task, self._fault_task = self._fault_task, None
+        if fault_task is not None:
+            fault_task.cancel()
+            await asyncio.wait([fault_task])
         task, self._task = self._task, None
         try:
             if task is not None:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Mosquitto broker, and a guard against leaked tasks and threads."""
+"""Shared fixtures: a real Mosquitto broker (or either of two broker implementations), and a
+guard against leaked tasks and threads."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.amqtt_broker import Amqtt
 from helpers.mosquitto import Mosquitto, MosquittoFactory, find_mosquitto
 
 _LEAK_GRACE_S = 2.0  # a thread that is finishing may take a moment to end
@@ -109,3 +111,26 @@ def mosquitto_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosqu
         yield broker
     finally:
         broker.close()
+
+
+# -- any broker -------------------------------------------------------------------------------
+
+BROKERS = ("mosquitto", "amqtt")
+
+
+@pytest.fixture(params=BROKERS)
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mosquitto | Amqtt]:
+    """An anonymous broker on 127.0.0.1 and a free port, once per implementation: Mosquitto and
+    amqtt (pure Python), so that nothing depends on one broker's quirks. Same interface as
+    ``mosquitto`` (``host``, ``port``, ``stop()``, ``start()``, ``pause()``, ``resume()``)."""
+    instance: Mosquitto | Amqtt
+    if request.param == "mosquitto":
+        instance = Mosquitto(_mosquitto_binary(), tmp_path / "mosquitto")
+    else:
+        pytest.importorskip("amqtt", reason="amqtt (the 'demo' extra) is the second broker")
+        instance = Amqtt(tmp_path / "amqtt")
+    try:
+        instance.start(attempts=3)
+        yield instance
+    finally:
+        instance.close()

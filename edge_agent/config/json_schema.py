@@ -62,6 +62,26 @@ _NAME: Final = {"$ref": "#/$defs/name"}
 _TAG_REF: Final = {"$ref": "#/$defs/tagRef"}
 _DURATION: Final = {"$ref": "#/$defs/duration"}
 _CLOCK: Final = {"$ref": "#/$defs/timeOfDay"}
+_DATE: Final = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+_LOCAL_DATETIME: Final = {
+    "type": "string",
+    "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ]([01][0-9]|2[0-3]):[0-5][0-9]$",
+    "description": "a local date and time YYYY-MM-DDTHH:MM in the line's timezone",
+}
+_WEEKDAY: Final = {
+    "enum": [
+        *model.WEEKDAY_NAMES,
+        *(d.capitalize() for d in model.WEEKDAY_NAMES),
+        *(d.upper() for d in model.WEEKDAY_NAMES),
+    ]
+}
+_SIZE: Final = {
+    "description": "a size: a number of bytes, or a number and a unit (kB, KiB, MB, MiB, GB, GiB)",
+    "oneOf": [
+        {"type": "integer", "minimum": 0},
+        {"type": "string", "pattern": r"^\s*[0-9]+\s*(|B|kB|KB|KiB|MB|MiB|GB|GiB)\s*$"},
+    ],
+}
 _NO_STATE = (model.MachineState.UNKNOWN,)
 _STATE_VALUES = [s.value for s in model.MachineState if s not in _NO_STATE]
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -115,6 +135,21 @@ _OVERRIDES: Final[Mapping[tuple[type, str], dict[str, Any]]] = {
         "anyOf": [{"type": "integer", "minimum": 2}, {"type": "null"}]
     },
     (model.MqttConfig, "port"): {"minimum": 1, "maximum": 65535},
+    (model.Shift, "days"): {
+        "type": "array",
+        "minItems": 1,
+        "items": _WEEKDAY,
+        "description": "weekdays on which the shift starts (default: every day)",
+    },
+    (model.ExtraDay, "like"): {"anyOf": [_WEEKDAY, {"type": "null"}]},
+    (model.LineConfig, "min_data_coverage"): {"type": "number", "minimum": 0, "maximum": 1},
+    (model.OutboxConfig, "max_bytes"): _SIZE,
+    (model.OutboxConfig, "hard_max_bytes"): _SIZE,
+    (model.OutboxConfig, "max_messages"): {"minimum": 0},
+    (model.OutboxConfig, "hard_max_messages"): {"minimum": 0},
+    (model.SerialConfig, "baudrate"): {"minimum": 50, "maximum": 4_000_000},
+    (model.SerialConfig, "stopbits"): {"minimum": 1, "maximum": 2},
+    (model.SerialConfig, "bytesize"): {"const": 8},
     (model.MqttConfig, "topic_prefix"): {
         "type": "string",
         "pattern": "^[^$/+#][^/+#]*(/[^/+#]+)*$",
@@ -124,6 +159,9 @@ _OVERRIDES: Final[Mapping[tuple[type, str], dict[str, Any]]] = {
     (model.MqttConfig, "qos"): {"minimum": 0, "maximum": 2},
     (model.PrometheusConfig, "port"): {"minimum": 1, "maximum": 65535},
     (model.LoggingConfig, "level"): {"enum": [*_LEVELS, *(v.lower() for v in _LEVELS)]},
+}
+_DEFAULTS: Final[Mapping[tuple[type, str], Any]] = {
+    (model.Shift, "days"): list(model.WEEKDAY_NAMES),
 }
 _EXCLUDED: Final = {(model.AgentConfig, "path")}  # where the file was read from, not a key
 
@@ -168,7 +206,9 @@ class _Builder:
             override = _OVERRIDES.get((cls, f.name))
             if override is not None:
                 prop = _merge(prop, override)
-            if f.default is not dataclasses.MISSING and f.default is not None:
+            if (cls, f.name) in _DEFAULTS:
+                prop["default"] = _DEFAULTS[cls, f.name]
+            elif f.default is not dataclasses.MISSING and f.default not in (None, ""):
                 prop["default"] = f"{f.default:g}s" if duration else _default(f.default)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 required.append(key)
@@ -199,7 +239,13 @@ class _Builder:
         if origin is frozenset:
             return {"type": "array", "uniqueItems": True, "items": self.type(args[0])}
         if origin is dict:
-            return {"type": "object"}
+            # Code maps (state, reason, product): integer codes as keys.
+            return {
+                "type": "object",
+                "minProperties": 1,
+                "propertyNames": {"pattern": "^[+-]?[0-9]+$"},
+                "additionalProperties": self.type(args[1]),
+            }
         if duration:
             return dict(_DURATION)
         if isinstance(tp, type) and issubclass(tp, enum.Enum):
@@ -216,6 +262,10 @@ class _Builder:
             return {"type": "string", "pattern": "\\S"}  # the loader refuses blank strings
         if tp is datetime.time:
             return dict(_CLOCK)
+        if tp is datetime.date:
+            return dict(_DATE)
+        if tp is datetime.datetime:
+            return dict(_LOCAL_DATETIME)
         raise TypeError(f"no JSON Schema for {tp!r}: add it to edge_agent/config/json_schema.py")
 
 
@@ -224,7 +274,7 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     if "anyOf" in base and {"type": "null"} in base["anyOf"] and "anyOf" not in override:
         inner = [_merge(b, override) if b != {"type": "null"} else b for b in base["anyOf"]]
         return {"anyOf": inner}
-    if override.keys() & {"type", "const", "enum", "anyOf", "oneOf"}:
+    if override.keys() & {"type", "const", "enum", "anyOf", "oneOf", "$ref"}:
         return dict(override)  # a different shape: the loader's rule replaces the type's
     return base | dict(override)
 
@@ -256,6 +306,10 @@ def config_schema() -> dict[str, Any]:
         "oneOf": [{"type": "boolean"}, b.ref(model.TlsConfig)],
     }
     b.defs["TlsConfig"]["dependentRequired"] = {"key_file": ["cert_file"]}
+    # A worked extra day is a date, or a date with the weekday whose shifts it follows.
+    b.defs["Calendar"]["properties"]["extra_days"]["items"] = {
+        "oneOf": [_DATE, b.ref(model.ExtraDay)]
+    }
     root["patternProperties"] = {"^x-": {"description": "ignored: a home for YAML anchors"}}
     root["required"].insert(0, "version")  # it has a default in the model, not in a file
     return {

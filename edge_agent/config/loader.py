@@ -23,7 +23,7 @@ import sys
 import zoneinfo
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import time
+from datetime import date, datetime, time
 from enum import StrEnum
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
@@ -35,24 +35,39 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from edge_agent.config.durations import parse_duration
 from edge_agent.config.issues import Issue, join_index, join_key, plural
 from edge_agent.config.schema import (
+    WEEKDAY_NAMES,
     AgentConfig,
     Break,
     ByteOrder,
+    Calendar,
     CounterSignal,
     DataType,
+    ExtraDay,
     LineConfig,
     LogFormat,
     LoggingConfig,
     MachineState,
+    Maintenance,
     ModbusSourceConfig,
     ModbusTable,
     ModbusTag,
+    ModbusTransport,
     MqttConfig,
     MqttProtocol,
     OnStartupError,
+    OpcuaMode,
+    OpcuaSecurityConfig,
+    OpcuaSecurityMode,
+    OpcuaSecurityPolicy,
     OpcuaSourceConfig,
     OpcuaTag,
+    OutboxConfig,
+    Parity,
+    Product,
+    ProductSignal,
     PrometheusConfig,
+    ReasonSignal,
+    SerialConfig,
     Shift,
     Signals,
     SourceConfig,
@@ -61,6 +76,7 @@ from edge_agent.config.schema import (
     TlsConfig,
 )
 from edge_agent.errors import ConfigError
+from edge_agent.secrets import loose_permissions, resolve_path
 
 __all__ = [
     "EXIT_CONFIG",
@@ -69,6 +85,9 @@ __all__ = [
     "check_config_main",
     "load_config",
     "load_config_text",
+    "normalize_fingerprint",
+    "permission_warnings",
+    "secret_files",
 ]
 
 EXIT_CONFIG: Final = 78  # EX_CONFIG from sysexits.h: "configuration error"
@@ -81,6 +100,8 @@ MAX_ALIAS_NODES: Final = 100_000
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NAME_RULE = "must be 1 to 64 characters from A-Z a-z 0-9 _ - (it becomes an MQTT topic level)"
 _CLOCK = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])")
+_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+_DATETIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([01][0-9]|2[0-3]):([0-5][0-9])")
 _NODE_ID = re.compile(r"(?:ns=[0-9]+;|nsu=[^;]+;)?[isgb]=.+", re.DOTALL)
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -90,10 +111,17 @@ FIELD_NAMES: Final[Mapping[str, str]] = {
     "timeout": "timeout_s",
     "ideal_cycle_time": "ideal_cycle_time_s",
     "stop_after": "stop_after_s",
+    "micro_stop_max": "micro_stop_max_s",
     "keepalive": "keepalive_s",
     "publish_interval": "publish_interval_s",
     "backoff_initial": "backoff_initial_s",
     "backoff_max": "backoff_max_s",
+    "session_expiry": "session_expiry_s",
+    "min": "min_value",
+    "max": "max_value",
+    "inter_request_gap": "inter_request_gap_s",
+    "publishing_interval": "publishing_interval_s",
+    "sampling_interval": "sampling_interval_s",
 }
 
 _TAG_PREFIX = "tag:yaml.org,2002:"
@@ -130,11 +158,15 @@ class _Ctx:
 
     def __init__(self, file: str) -> None:
         self.file = file
+        # Relative file paths in the config are relative to it (or to systemd's credentials).
+        self.base_dir = os.path.dirname(os.path.abspath(file)) if not file.startswith("<") else "."
         self.issues: list[Issue] = []
         self.constructor = SafeConstructor()
         # None: no `sources` key, so any SOURCE.TAG is accepted (replay, DESIGN §5).
         self.sources: dict[str, _SourceInfo] | None = None
         self.sources_complete = True
+        # Serial port of each RTU source so far: (source name, port node); one line, one source.
+        self.serial_ports: dict[str, tuple[str | None, Node]] = {}
 
     @property
     def count(self) -> int:
@@ -193,11 +225,14 @@ def load_config_text(text: str, path: str = "<string>") -> AgentConfig:
     return _load(ctx, text)
 
 
-def check_config_main(path: str) -> int:
+def check_config_main(path: str, *, dump: bool = False) -> int:
     """``edge-agent check-config``: validate ``path`` and report.
 
     Prints a one-line summary to stdout and returns 0 when the file is valid; otherwise prints
     each problem on its own line to stderr, then ``N problems``, and returns 78 (EX_CONFIG).
+    A valid file's loose permissions (see :func:`edge_agent.secrets.loose_permissions`) are
+    warnings on stderr that do not change the exit code. With ``dump``, the effective
+    configuration follows as YAML, secrets redacted (:mod:`edge_agent.config.dump`).
     """
     try:
         cfg = load_config(path)
@@ -207,12 +242,39 @@ def check_config_main(path: str) -> int:
             print(issue, file=sys.stderr)
         print(plural(len(exc.issues), "problem"), file=sys.stderr)
         return EXIT_CONFIG
+    for warning in permission_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
     tags = sum(len(source.tags) for source in cfg.sources)
-    print(
+    summary = (
         f"{path}: ok: site '{cfg.site}', {plural(len(cfg.sources), 'source')}, "
         f"{plural(len(cfg.lines), 'line')}, {plural(tags, 'tag')}"
     )
+    if dump:
+        from edge_agent.config.dump import dump_config  # noqa: PLC0415
+
+        print(f"# {summary}")
+        print(dump_config(cfg), end="")
+    else:
+        print(summary)
     return 0
+
+
+def secret_files(cfg: AgentConfig) -> list[str]:
+    """The configured files that hold secrets or private keys."""
+    files: list[str | None] = [cfg.mqtt.password_file, cfg.prometheus.password_file]
+    files.append(cfg.prometheus.key_file)
+    if cfg.mqtt.tls is not None:
+        files.append(cfg.mqtt.tls.key_file)
+    for source in cfg.sources:
+        if isinstance(source, OpcuaSourceConfig):
+            files += [source.password_file, source.security.key_file]
+    return [f for f in files if f is not None]
+
+
+def permission_warnings(cfg: AgentConfig) -> list[str]:
+    """Loose permissions on the configuration file and the secret files it names."""
+    config = cfg.path if not cfg.path.startswith("<") else None
+    return loose_permissions(secret_files(cfg), config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,6 +451,15 @@ def _string(*, empty: bool = False) -> Check:
         return value
 
     return check
+
+
+def _path(ctx: _Ctx, node: Node, path: str) -> Any:
+    """A file or directory path; a relative one is resolved by
+    :func:`edge_agent.secrets.resolve_path` (credentials directory, else the config's)."""
+    value = _string()(ctx, node, path)
+    if not isinstance(value, str):
+        return INVALID
+    return resolve_path(value, ctx.base_dir)
 
 
 def _name(ctx: _Ctx, node: Node, path: str) -> Any:
@@ -727,8 +798,25 @@ _SOURCE_COMMON: dict[str, Check] = {
     "backoff_max": _duration(),
     "on_startup_error": _choice(OnStartupError),
 }
-_MODBUS_ONLY = ("host", "port", "unit_id", "max_gap")
-_OPCUA_ONLY = ("endpoint", "username", "password_file")
+_MODBUS_ONLY = (
+    "host",
+    "port",
+    "unit_id",
+    "max_gap",
+    "transport",
+    "serial",
+    "inter_request_gap",
+)
+_OPCUA_ONLY = (
+    "endpoint",
+    "username",
+    "password_file",
+    "security",
+    "mode",
+    "publishing_interval",
+    "sampling_interval",
+    "deadband",
+)
 _PROTOCOLS = ("modbus", "opcua")
 _MODBUS_TAG_ONLY = ("table", "address", "type", "order", "length", "scale", "offset", "unit_id")
 
@@ -775,30 +863,195 @@ def _source(ctx: _Ctx, node: Node, path: str) -> tuple[SourceConfig | _Invalid, 
     fields = dict(_SOURCE_COMMON)
     if protocol == "modbus":
         fields |= {
+            "transport": _choice(ModbusTransport),
             "host": _string(),
             "port": _integer(1, 65535),
+            "serial": _serial,
             "unit_id": _integer(0, 247),
             "max_gap": _integer(0, 65535),
+            "inter_request_gap": _duration(positive=False),
             "tags": _source_tags(_modbus_tag, info),
         }
         elsewhere = dict.fromkeys(_OPCUA_ONLY, f"applies to opcua sources, not {protocol}")
-        required: tuple[str, ...] = ("name", "host", "tags")
+        required: tuple[str, ...] = ("name", "tags")
     else:
         fields |= {
             "endpoint": _endpoint,
             "username": _optional(_string()),
-            "password_file": _optional(_string()),
+            "password_file": _optional(_path),
+            "security": _opcua_security,
+            "mode": _choice(OpcuaMode),
+            "publishing_interval": _duration(),
+            "sampling_interval": _duration(),
+            "deadband": _deadband,
             "tags": _source_tags(_opcua_tag, info),
         }
         elsewhere = dict.fromkeys(_MODBUS_ONLY, f"applies to modbus sources, not {protocol}")
         required = ("name", "endpoint", "tags")
     parsed = _mapping(ctx, node, path, fields, required, elsewhere=elsewhere)
     assert parsed is not None
+    if protocol == "modbus":
+        _check_modbus_transport(ctx, parsed, name)
     cls = ModbusSourceConfig if protocol == "modbus" else OpcuaSourceConfig
     _check_backoff(ctx, parsed, cls)
     if ctx.count > before:
         return INVALID, name, name_node
     return cls(**parsed.fields()), name, name_node
+
+
+_SERVER_TRUST = ("server_cert_file", "server_fingerprint", "trust_dir")
+
+
+def _opcua_security(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {
+            "policy": _choice(OpcuaSecurityPolicy),
+            "mode": _choice(OpcuaSecurityMode),
+            "cert_file": _path,
+            "key_file": _path,
+            "server_cert_file": _path,
+            "server_fingerprint": _fingerprint,
+            "trust_dir": _path,
+        },
+        required=("policy",),
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    given = [key for key in parsed.nodes if key != "policy"]
+    if parsed.values["policy"] is OpcuaSecurityPolicy.NONE:
+        for key in given:
+            ctx.add(parsed.nodes[key], join_key(path, key), "applies only when policy is not None")
+        return INVALID if ctx.count > before else OpcuaSecurityConfig()
+    for key in ("cert_file", "key_file"):
+        if key not in parsed.nodes:
+            ctx.add(
+                node,
+                join_key(path, key),
+                "required key missing (create one with: edge-agent certs opcua --out DIR)",
+            )
+    trust = [key for key in _SERVER_TRUST if key in parsed.nodes]
+    if not trust:
+        ctx.add(
+            node,
+            path,
+            "give server_cert_file, server_fingerprint or trust_dir: the server's certificate "
+            "is never trusted on first use",
+        )
+    for key in trust[1:]:
+        ctx.add(parsed.nodes[key], join_key(path, key), f"give only one of {', '.join(trust)}")
+    if ctx.count > before:
+        return INVALID
+    return OpcuaSecurityConfig(**parsed.fields())
+
+
+def normalize_fingerprint(text: str) -> str | None:
+    """``text`` as :func:`fingerprint` writes it, accepting an optional ``sha256:`` prefix, any
+    case, and ``:``, spaces or nothing between the pairs; None when it is not 32 bytes of hex."""
+    body = text.strip()
+    if body.lower().startswith("sha256:"):
+        body = body[len("sha256:") :]
+    digits = "".join(c for c in body if c not in ": ").upper()
+    if len(digits) != 64 or any(c not in "0123456789ABCDEF" for c in digits):
+        return None
+    return ":".join(digits[i : i + 2] for i in range(0, 64, 2))
+
+
+def _fingerprint(ctx: _Ctx, node: Node, path: str) -> Any:
+    value = _string()(ctx, node, path)
+    if not isinstance(value, str):
+        return INVALID
+    normal = normalize_fingerprint(value)
+    if normal is None:
+        ctx.add(
+            node,
+            path,
+            "must be a SHA-256 fingerprint: 64 hex digits, optionally in pairs separated by ':'"
+            f", got {_raw(node)!r}",
+        )
+        return INVALID
+    return normal
+
+
+def _check_modbus_transport(ctx: _Ctx, parsed: _Parsed, name: str | None) -> None:
+    """host/port for the TCP transports, serial for rtu; one source per serial port."""
+    transport = parsed.get("transport", ModbusTransport.TCP)
+    if isinstance(transport, _Invalid):
+        return
+    path = parsed.path
+    if transport is ModbusTransport.RTU:
+        if "serial" not in parsed.nodes:
+            ctx.add(parsed.node, join_key(path, "serial"), "required key missing (transport rtu)")
+        for key in ("host", "port"):
+            if key in parsed.nodes:
+                ctx.add(
+                    parsed.nodes[key],
+                    join_key(path, key),
+                    "applies to transports tcp and rtu_over_tcp, not rtu (use serial.port)",
+                )
+        serial = parsed.get("serial")
+        serial_node = parsed.nodes.get("serial")
+        if isinstance(serial, SerialConfig) and isinstance(serial_node, MappingNode):
+            port_node = next(v for k, _, v in _pairs(ctx, serial_node, path) if k == "port")
+            first = ctx.serial_ports.setdefault(serial.port, (name, port_node))
+            if first[1] is not port_node:
+                # The port is opened exclusively: a second source could never connect.
+                ctx.add(
+                    port_node,
+                    join_key(join_key(path, "serial"), "port"),
+                    f"serial port {serial.port!r} is already read by source {first[0]!r} "
+                    f"(line {first[1].start_mark.line + 1}): one source reads a shared line; "
+                    "give its tags their own unit_id",
+                )
+        return
+    if "host" not in parsed.nodes:
+        ctx.add(parsed.node, join_key(path, "host"), "required key missing")
+    if "serial" in parsed.nodes:
+        ctx.add(
+            parsed.nodes["serial"],
+            join_key(path, "serial"),
+            f"applies to transport rtu, not {transport.value}",
+        )
+
+
+def _serial(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {
+            "port": _string(),
+            "baudrate": _integer(50, 4_000_000),
+            "parity": _choice(Parity),
+            "stopbits": _integer(1, 2),
+            "bytesize": _integer(5, 8),
+        },
+        required=("port",),
+    )
+    if parsed is None:
+        return INVALID
+    bytesize = parsed.get("bytesize", 8)
+    if isinstance(bytesize, int) and bytesize != 8:
+        ctx.add(
+            parsed.nodes["bytesize"],
+            join_key(path, "bytesize"),
+            f"Modbus RTU needs 8 data bits, got {bytesize}",
+        )
+    if ctx.count > before:
+        return INVALID
+    return SerialConfig(**parsed.fields())
+
+
+def _deadband(ctx: _Ctx, node: Node, path: str) -> Any:
+    value = _number(ctx, node, path)
+    if isinstance(value, float) and value < 0:
+        ctx.add(node, path, f"must be >= 0, got {_raw(node)}")
+        return INVALID
+    return value
 
 
 def _endpoint(ctx: _Ctx, node: Node, path: str) -> Any:
@@ -894,12 +1147,15 @@ def _modbus_tag(ctx: _Ctx, node: Node, path: str) -> Any:
             "scale": _number,
             "offset": _number,
             "unit_id": _optional(_integer(0, 247)),
+            "min": _number,
+            "max": _number,
         },
         required=("name", "address"),
         elsewhere={"node": "applies to opcua tags, not modbus"},
     )
     if parsed is None or ctx.count > before:
         return INVALID
+    _check_range(ctx, parsed)
     table = parsed.get("table", ModbusTable.HOLDING)
     if table in _BIT_TABLES:
         parsed.values.setdefault("type", DataType.BOOL)  # a coil can only be a bit
@@ -916,7 +1172,7 @@ def _modbus_tag(ctx: _Ctx, node: Node, path: str) -> Any:
     elif kind != DataType.STRING and "length" in parsed.nodes:
         ctx.add(*at("length"), "applies to type string only")
     if kind in (DataType.BOOL, DataType.STRING):
-        for key in ("scale", "offset"):
+        for key in ("scale", "offset", "min", "max"):
             if key in parsed.nodes:
                 ctx.add(*at(key), f"applies to numeric types only, not {kind}")
     elif parsed.get("scale") == 0.0:
@@ -937,13 +1193,22 @@ def _opcua_tag(ctx: _Ctx, node: Node, path: str) -> Any:
         ctx,
         node,
         path,
-        {"name": _name, "node": _node_id},
+        {"name": _name, "node": _node_id, "min": _number, "max": _number},
         required=("name", "node"),
         elsewhere=dict.fromkeys(_MODBUS_TAG_ONLY, "applies to modbus tags, not opcua"),
     )
     if parsed is None or ctx.count > before:
         return INVALID
+    _check_range(ctx, parsed)
+    if ctx.count > before:
+        return INVALID
     return OpcuaTag(**parsed.fields())
+
+
+def _check_range(ctx: _Ctx, parsed: _Parsed) -> None:
+    low, high = parsed.get("min"), parsed.get("max")
+    if isinstance(low, float) and isinstance(high, float) and high < low:
+        ctx.add(parsed.nodes["max"], join_key(parsed.path, "max"), f"must be >= min ({low:g})")
 
 
 def _node_id(ctx: _Ctx, node: Node, path: str) -> Any:
@@ -986,8 +1251,11 @@ def _line(ctx: _Ctx, node: Node, path: str) -> Any:
             "timezone": _timezone,
             "ideal_cycle_time": _duration(),
             "stop_after": _optional(_duration()),
+            "micro_stop_max": _optional(_duration()),
+            "min_data_coverage": _fraction,
             "planned_states": _planned_states,
             "shifts": _shifts,
+            "calendar": _calendar,
             "signals": _signals,
         },
         required=("name", "ideal_cycle_time", "signals"),
@@ -995,6 +1263,121 @@ def _line(ctx: _Ctx, node: Node, path: str) -> Any:
     if parsed is None or ctx.count > before:
         return INVALID
     return LineConfig(**parsed.fields())
+
+
+def _fraction(ctx: _Ctx, node: Node, path: str) -> Any:
+    value = _number(ctx, node, path)
+    if isinstance(value, float) and not 0.0 <= value <= 1.0:
+        ctx.add(node, path, f"must be between 0 and 1, got {_raw(node)}")
+        return INVALID
+    return value
+
+
+def _date(ctx: _Ctx, node: Node, path: str) -> Any:
+    # The raw text: YAML 1.1 would construct an unquoted 2026-12-01 as a date object already,
+    # and a quoted one as a string; both mean the same to the user.
+    match = _DATE.fullmatch(node.value) if isinstance(node, ScalarNode) else None
+    try:
+        if match is not None:
+            return date(int(match[1]), int(match[2]), int(match[3]))
+    except ValueError:
+        pass
+    ctx.add(node, path, f'must be a date "YYYY-MM-DD", got {_describe(ctx, node)}')
+    return INVALID
+
+
+def _local_datetime(ctx: _Ctx, node: Node, path: str) -> Any:
+    match = _DATETIME.fullmatch(node.value) if isinstance(node, ScalarNode) else None
+    try:
+        if match is not None:
+            y, mo, d, h, mi = (int(match[i]) for i in range(1, 6))
+            return datetime(y, mo, d, h, mi)
+    except ValueError:
+        pass
+    ctx.add(
+        node,
+        path,
+        f'must be a local date and time "YYYY-MM-DDTHH:MM", got {_describe(ctx, node)}',
+    )
+    return INVALID
+
+
+def _weekday(ctx: _Ctx, node: Node, path: str) -> Any:
+    got = _need_scalar(ctx, node, path, "a weekday")
+    if got is None:
+        return INVALID
+    kind, value = got
+    if kind == "str" and value.lower() in WEEKDAY_NAMES:
+        return WEEKDAY_NAMES.index(value.lower())
+    names = ", ".join(WEEKDAY_NAMES)
+    ctx.add(node, path, f"must be one of: {names}; got {_describe(ctx, node)}")
+    return INVALID
+
+
+def _days(ctx: _Ctx, node: Node, path: str) -> Any:
+    days = _list_of(_weekday, min_items=1)(ctx, node, path)
+    return days if isinstance(days, _Invalid) else frozenset(days)
+
+
+def _calendar(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {
+            "holidays": _list_of(_date),
+            "extra_days": _list_of(_extra_day),
+            "maintenance": _list_of(_maintenance),
+        },
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    cal = Calendar(**parsed.fields())
+    holidays = set(cal.holidays)
+    extra_node = parsed.nodes.get("extra_days")
+    for index, extra in enumerate(cal.extra_days):
+        if extra.date in holidays:
+            where = extra_node.value[index] if isinstance(extra_node, SequenceNode) else node
+            ctx.add(
+                where,
+                join_index(join_key(path, "extra_days"), index),
+                f"{extra.date.isoformat()} is also listed as a holiday",
+            )
+    return INVALID if ctx.count > before else cal
+
+
+def _extra_day(ctx: _Ctx, node: Node, path: str) -> Any:
+    if isinstance(node, ScalarNode):
+        day = _date(ctx, node, path)
+        return day if isinstance(day, _Invalid) else ExtraDay(date=day)
+    before = ctx.count
+    parsed = _mapping(ctx, node, path, {"date": _date, "like": _weekday}, ("date",))
+    if parsed is None or ctx.count > before:
+        return INVALID
+    return ExtraDay(**parsed.fields())
+
+
+def _maintenance(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {"start": _local_datetime, "end": _local_datetime, "reason": _string()},
+        ("start", "end"),
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    window = Maintenance(**parsed.fields())
+    if window.end <= window.start:
+        ctx.add(
+            parsed.nodes["end"],
+            join_key(path, "end"),
+            f"must be after start ({window.start:%Y-%m-%dT%H:%M})",
+        )
+        return INVALID
+    return window
 
 
 def _timezone(ctx: _Ctx, node: Node, path: str) -> Any:
@@ -1053,7 +1436,13 @@ def _shifts(ctx: _Ctx, node: Node, path: str) -> Any:
         named.append((_plain_name(ctx, name_node), name_node, item_path))
         if isinstance(shift, Shift):
             built.append(shift)
-            minutes = _span(shift.start, shift.end)
+            # Minutes of the week: shifts on different weekdays may share their hours.
+            day_minutes = _span(shift.start, shift.end)
+            minutes = {
+                (day * 1440 + _minute(shift.start) + (m - _minute(shift.start)) % 1440) % 10080
+                for day in shift.days
+                for m in day_minutes
+            }
             for other_name, other in covered:
                 if minutes & other:
                     ctx.add(item, item_path, f"shift {shift.name!r} overlaps shift {other_name!r}")
@@ -1074,6 +1463,7 @@ def _shift(ctx: _Ctx, node: Node, path: str) -> Any:
             "start": _clock,
             "end": _clock,
             "breaks": _list_of(_break),
+            "days": _days,
         },
         required=("name", "start", "end"),
     )
@@ -1123,6 +1513,8 @@ def _signals(ctx: _Ctx, node: Node, path: str) -> Any:
             "total_count": _counter,
             "reject_count": _counter,
             "good_count": _counter,
+            "reason": _reason_signal,
+            "product": _product_signal,
         },
         required=("total_count",),
     )
@@ -1216,6 +1608,66 @@ def _state_map(ctx: _Ctx, node: Node, path: str) -> Any:
     return INVALID if ctx.count > before else result
 
 
+def _code_map(value_check: Check, what: str) -> Check:
+    """A mapping of integer codes to ``value_check`` values (at least one)."""
+
+    def check(ctx: _Ctx, node: Node, path: str) -> Any:
+        if not isinstance(node, MappingNode):
+            ctx.add(node, path, f"must be a mapping of codes to {what}, got {_describe(ctx, node)}")
+            return INVALID
+        before = ctx.count
+        result: dict[int, Any] = {}
+        for key, key_node, value_node in _pairs(ctx, node, path):
+            key_path = join_key(path, key)
+            if isinstance(key, bool) or not isinstance(key, int):
+                ctx.add(
+                    key_node, key_path, f"codes must be integers, got {_describe(ctx, key_node)}"
+                )
+                continue
+            value = value_check(ctx, value_node, key_path)
+            if not isinstance(value, _Invalid):
+                result[key] = value
+        if not node.value:
+            ctx.add(node, path, "must map at least one code")
+        return INVALID if ctx.count > before else result
+
+    return check
+
+
+def _reason_signal(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx, node, path, {"tag": _tag_ref, "map": _code_map(_string(), "reason names")}, ("tag",)
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    return ReasonSignal(tag=parsed.get("tag"), map=parsed.get("map") or {})
+
+
+def _product(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {"name": _string(), "ideal_cycle_time": _duration()},
+        ("name", "ideal_cycle_time"),
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    return Product(**parsed.fields())
+
+
+def _product_signal(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx, node, path, {"tag": _tag_ref, "map": _code_map(_product, "products")}, ("tag", "map")
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    return ProductSignal(**parsed.fields())
+
+
 # --- mqtt, prometheus, storage, logging ------------------------------------------------------
 
 
@@ -1230,7 +1682,7 @@ def _mqtt(ctx: _Ctx, node: Node, path: str) -> Any:
             "port": _integer(1, 65535),
             "client_id": _optional(_string()),
             "username": _optional(_string()),
-            "password_file": _optional(_string()),
+            "password_file": _optional(_path),
             "tls": _tls,
             "topic_prefix": _topic_prefix,
             "keepalive": _keepalive,
@@ -1240,6 +1692,9 @@ def _mqtt(ctx: _Ctx, node: Node, path: str) -> Any:
             "timeout": _duration(),
             "backoff_initial": _duration(),
             "backoff_max": _duration(),
+            "clean_session": _boolean,
+            "session_expiry": _session_expiry,
+            "max_inflight": _integer(1, 65535),  # paho's message ids are 16-bit
         },
         required=("host",),
     )
@@ -1264,9 +1719,9 @@ def _tls(ctx: _Ctx, node: Node, path: str) -> Any:
         node,
         path,
         {
-            "ca_file": _optional(_string()),
-            "cert_file": _optional(_string()),
-            "key_file": _optional(_string()),
+            "ca_file": _optional(_path),
+            "cert_file": _optional(_path),
+            "key_file": _optional(_path),
             "insecure": _boolean,
         },
     )
@@ -1302,6 +1757,14 @@ def _keepalive(ctx: _Ctx, node: Node, path: str) -> Any:
     return seconds
 
 
+def _session_expiry(ctx: _Ctx, node: Node, path: str) -> Any:
+    seconds = _duration()(ctx, node, path)
+    if isinstance(seconds, float) and seconds > 0xFFFFFFFF:
+        ctx.add(node, path, f"must be at most 4294967295 s (an MQTT 5 limit), got {_raw(node)}")
+        return INVALID
+    return seconds
+
+
 def _mqtt_protocol(ctx: _Ctx, node: Node, path: str) -> Any:
     got = _need_scalar(ctx, node, path, '"3.1.1" or 5')
     if got is None:
@@ -1323,19 +1786,94 @@ def _prometheus(ctx: _Ctx, node: Node, path: str) -> Any:
         ctx,
         node,
         path,
-        {"enabled": _boolean, "host": _string(), "port": _integer(1, 65535)},
+        {
+            "enabled": _boolean,
+            "host": _string(),
+            "port": _integer(1, 65535),
+            "cert_file": _optional(_path),
+            "key_file": _optional(_path),
+            "username": _optional(_string()),
+            "password_file": _optional(_path),
+        },
     )
     if parsed is None or ctx.count > before:
+        return INVALID
+    for first, second in (("cert_file", "key_file"), ("username", "password_file")):
+        for key, other in ((first, second), (second, first)):
+            if parsed.get(key) is not None and parsed.get(other) is None:
+                ctx.add(parsed.nodes[key], join_key(path, key), f"needs {other} as well")
+    if ctx.count > before:
         return INVALID
     return PrometheusConfig(**parsed.fields())
 
 
 def _storage(ctx: _Ctx, node: Node, path: str) -> Any:
     before = ctx.count
-    parsed = _mapping(ctx, node, path, {"dir": _optional(_string())})
+    parsed = _mapping(ctx, node, path, {"dir": _optional(_string()), "outbox": _outbox})
     if parsed is None or ctx.count > before:
         return INVALID
     return StorageConfig(**parsed.fields())
+
+
+_SIZE = re.compile(r"\s*(\d+)\s*(|B|kB|KB|KiB|MB|MiB|GB|GiB)\s*")
+_SIZE_UNITS: Final[Mapping[str, int]] = {
+    "": 1,
+    "B": 1,
+    "kB": 1000,
+    "KB": 1000,
+    "KiB": 1024,
+    "MB": 1000**2,
+    "MiB": 1024**2,
+    "GB": 1000**3,
+    "GiB": 1024**3,
+}
+
+
+def _size(ctx: _Ctx, node: Node, path: str) -> Any:
+    """A byte count: an integer, or a string with a unit (``500kB``, ``100MiB``, ``1GB``)."""
+    what = "a size like 100MiB, 500kB or a number of bytes"
+    got = _need_scalar(ctx, node, path, what)
+    if got is None:
+        return INVALID
+    kind, value = got
+    if kind == "int" and value >= 0:
+        return value
+    match = _SIZE.fullmatch(value) if kind == "str" else None
+    if match is None:
+        ctx.add(node, path, f"must be {what}, got {_describe(ctx, node)}")
+        return INVALID
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def _outbox(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx,
+        node,
+        path,
+        {
+            "max_messages": _integer(0),
+            "max_bytes": _size,
+            "hard_max_messages": _integer(0),
+            "hard_max_bytes": _size,
+        },
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    default = {f.name: f.default for f in dataclasses.fields(OutboxConfig)}
+    for soft, hard in (("max_messages", "hard_max_messages"), ("max_bytes", "hard_max_bytes")):
+        low = parsed.get(soft, default[soft])
+        high = parsed.get(hard, default[hard])
+        if low and high and high < low:
+            key = hard if hard in parsed.nodes else soft
+            ctx.add(
+                parsed.nodes[key],
+                join_key(path, key),
+                f"{hard} ({high}) must be >= {soft} ({low}), or 0 for no limit",
+            )
+    if ctx.count > before:
+        return INVALID
+    return OutboxConfig(**parsed.fields())
 
 
 def _log_level(ctx: _Ctx, node: Node, path: str) -> Any:

@@ -1,5 +1,9 @@
 """The configuration model: frozen, typed data that the loader builds from YAML.
 
+File paths (``*_file``, ``trust_dir``) are absolute here: the loader resolves a relative path
+against ``$CREDENTIALS_DIRECTORY`` when it is set (systemd ``LoadCredential=``), else against the
+directory of the configuration file.
+
 Key names are a **contract** (DESIGN §2): extend, never rename. YAML durations (``5s``) become
 ``*_s`` floats here; YAML keys without a unit suffix map to fields with one (``poll_interval`` →
 ``poll_interval_s``, ``ideal_cycle_time`` → ``ideal_cycle_time_s``).
@@ -9,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import time
+from datetime import date, datetime, time
 
 
 class MachineState(enum.StrEnum):
@@ -58,15 +62,49 @@ class ByteOrder(enum.StrEnum):
     DCBA = "DCBA"
 
 
+class ModbusTransport(enum.StrEnum):
+    """How Modbus frames travel: MBAP over TCP, RTU frames over TCP (serial gateways), or RTU
+    over a serial line (RS-485/RS-232)."""
+
+    TCP = "tcp"
+    RTU_OVER_TCP = "rtu_over_tcp"
+    RTU = "rtu"
+
+
+class Parity(enum.StrEnum):
+    NONE = "N"
+    EVEN = "E"
+    ODD = "O"
+
+
 class OnStartupError(enum.StrEnum):
     RETRY = "retry"
     FAIL = "fail"
     DISABLE = "disable"
 
 
+class OpcuaMode(enum.StrEnum):
+    POLL = "poll"  # one batched Read every poll_interval
+    SUBSCRIBE = "subscribe"  # monitored items; each poll takes the latest reported values
+
+
 class MqttProtocol(enum.StrEnum):
     V311 = "3.1.1"
     V5 = "5"
+
+
+class OpcuaSecurityPolicy(enum.StrEnum):
+    """OPC UA security policies (the names of the policy URIs' fragments)."""
+
+    NONE = "None"
+    BASIC256SHA256 = "Basic256Sha256"
+    AES128_SHA256_RSAOAEP = "Aes128_Sha256_RsaOaep"
+    AES256_SHA256_RSAPSS = "Aes256_Sha256_RsaPss"
+
+
+class OpcuaSecurityMode(enum.StrEnum):
+    SIGN = "Sign"
+    SIGN_AND_ENCRYPT = "SignAndEncrypt"
 
 
 class LogFormat(enum.StrEnum):
@@ -85,15 +123,32 @@ class ModbusTag:
     scale: float = 1.0  # value = raw * scale + offset (numeric types only)
     offset: float = 0.0
     unit_id: int | None = None  # overrides the source's unit_id
+    min_value: float | None = None  # YAML `min`: a smaller value is reported as BAD
+    max_value: float | None = None  # YAML `max`: a larger value is reported as BAD
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SerialConfig:
+    """A serial port for Modbus RTU. Defaults follow the Modbus serial line specification
+    (19200 baud, even parity, 8 data bits, 1 stop bit)."""
+
+    port: str  # e.g. /dev/ttyUSB0, /dev/serial/by-id/...
+    baudrate: int = 19200
+    parity: Parity = Parity.EVEN
+    stopbits: int = 1
+    bytesize: int = 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModbusSourceConfig:
     name: str
     protocol: str = "modbus"
-    host: str
+    transport: ModbusTransport = ModbusTransport.TCP
+    host: str = ""  # required for tcp and rtu_over_tcp; empty for rtu
     port: int = 502
+    serial: SerialConfig | None = None  # required for rtu, None otherwise
     unit_id: int = 1
+    inter_request_gap_s: float = 0.0  # quiet time between a response and the next request
     poll_interval_s: float = 1.0
     timeout_s: float = 2.0
     max_gap: int = 16  # registers (or bits ×16) read over to save a request
@@ -107,6 +162,23 @@ class ModbusSourceConfig:
 class OpcuaTag:
     name: str
     node: str  # node id as a string, e.g. "ns=2;s=Line1.TotalCount"
+    min_value: float | None = None  # YAML `min`: a smaller value is reported as BAD
+    max_value: float | None = None  # YAML `max`: a larger value is reported as BAD
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpcuaSecurityConfig:
+    """A secure channel to the server. The server certificate is never trusted on first use:
+    exactly one of ``server_cert_file`` (pinned file), ``server_fingerprint`` (pinned SHA-256)
+    or ``trust_dir`` (trusted certificates and CAs) is set when the policy is not None."""
+
+    policy: OpcuaSecurityPolicy = OpcuaSecurityPolicy.NONE
+    mode: OpcuaSecurityMode = OpcuaSecurityMode.SIGN_AND_ENCRYPT
+    cert_file: str | None = None  # the agent's application instance certificate (DER or PEM)
+    key_file: str | None = None  # its private key (PEM or DER, unencrypted)
+    server_cert_file: str | None = None
+    server_fingerprint: str | None = None  # normalised "AB:CD:..." (64 hex digits)
+    trust_dir: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,11 +188,16 @@ class OpcuaSourceConfig:
     endpoint: str  # opc.tcp://host:port/path
     username: str | None = None
     password_file: str | None = None
+    security: OpcuaSecurityConfig = field(default_factory=OpcuaSecurityConfig)
     poll_interval_s: float = 1.0
     timeout_s: float = 5.0
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
     on_startup_error: OnStartupError = OnStartupError.RETRY
+    mode: OpcuaMode = OpcuaMode.POLL
+    publishing_interval_s: float | None = None  # subscribe mode; None: poll_interval
+    sampling_interval_s: float | None = None  # subscribe mode; None: publishing interval
+    deadband: float = 0.0  # subscribe mode; absolute deadband of numeric tags, 0: every change
     tags: tuple[OpcuaTag, ...]
 
 
@@ -133,18 +210,68 @@ class Break:
     end: time
 
 
+ALL_DAYS: frozenset[int] = frozenset(range(7))
+WEEKDAY_NAMES: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Shift:
     name: str
     start: time
     end: time  # end <= start means the shift crosses midnight; start == end is 24 h
     breaks: tuple[Break, ...] = ()
+    # Weekdays (0 = Monday, as date.weekday()) on which the shift *starts*; default every day.
+    days: frozenset[int] = ALL_DAYS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExtraDay:
+    """A working day outside the usual week (e.g. a Saturday worked to catch up)."""
+
+    date: date
+    like: int | None = None  # follow the shifts of this weekday (0 = Monday); None: all shifts
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Maintenance:
+    """A dated planned-maintenance window: planned stop, not planned production time."""
+
+    start: datetime  # naive, local time of the line's timezone
+    end: datetime
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Calendar:
+    """Dated exceptions to a line's weekly shift pattern."""
+
+    holidays: tuple[date, ...] = ()  # no shift starts on these local dates
+    extra_days: tuple[ExtraDay, ...] = ()  # shifts start on these dates whatever the weekday
+    maintenance: tuple[Maintenance, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StateSignal:
     tag: str  # SOURCE.TAG
     map: dict[int, MachineState]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReasonSignal:
+    tag: str  # SOURCE.TAG of an integer reason (downtime cause) code
+    map: dict[int, str]  # code -> reason name; an unmapped code is reported as "code N"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Product:
+    name: str
+    ideal_cycle_time_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProductSignal:
+    tag: str  # SOURCE.TAG of an integer product / recipe code
+    map: dict[int, Product]  # an unmapped code uses the line's ideal cycle time
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +287,8 @@ class Signals:
     total_count: CounterSignal
     reject_count: CounterSignal | None = None
     good_count: CounterSignal | None = None
+    reason: ReasonSignal | None = None
+    product: ProductSignal | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,8 +297,12 @@ class LineConfig:
     timezone: str = "UTC"
     ideal_cycle_time_s: float
     stop_after_s: float | None = None  # None: 5 × ideal cycle time
+    # Stops shorter than this are also counted as micro-stops. None: max(60 s, 2 × stop_after).
+    micro_stop_max_s: float | None = None
+    min_data_coverage: float = 0.9  # below it, reports carry the low_data_coverage warning
     planned_states: frozenset[MachineState] = frozenset({MachineState.PLANNED_STOP})
     shifts: tuple[Shift, ...] = ()  # empty: the whole day is one shift
+    calendar: Calendar = field(default_factory=Calendar)
     signals: Signals
 
 
@@ -197,6 +330,12 @@ class MqttConfig:
     timeout_s: float = 10.0
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
+    # False: a persistent session (MQTT 3.1.1 clean_session=0; MQTT 5 clean start off with a
+    # session expiry of session_expiry_s), so the broker keeps the client's session across
+    # reconnects.
+    clean_session: bool = True
+    session_expiry_s: float = 3600.0
+    max_inflight: int = 100  # publishes awaiting PUBACK at once (also the client's queue bound)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,12 +343,32 @@ class PrometheusConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9108
+    cert_file: str | None = None  # HTTPS when set (with key_file)
+    key_file: str | None = None
+    username: str | None = None  # HTTP basic auth when set
+    password_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxConfig:
+    """How much the outbox may hold while the broker is away. ``0``: no limit.
+
+    Above ``max_messages`` / ``max_bytes`` the oldest live ``kpi`` snapshots are dropped (each
+    line's newest is kept); above ``hard_max_messages`` / ``hard_max_bytes`` the oldest messages
+    of every topic are. Bytes count payloads, not the file's own overhead.
+    """
+
+    max_messages: int = 100_000
+    max_bytes: int = 100 * 1024 * 1024
+    hard_max_messages: int = 1_000_000
+    hard_max_bytes: int = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StorageConfig:
     # None: $STATE_DIRECTORY (systemd), else ./state
     dir: str | None = None
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,9 +17,26 @@ value), or the engine was not running (before its first input, and between a per
 :meth:`LineEngine.state_dict` and the first input after :meth:`LineEngine.restore`). When the
 signal that carries the machine state is unavailable, the state itself becomes ``unknown``.
 
+Windows. Two windows are open at any time and every piece of time and every part lands in
+both: the *shift* window (a shift, or the off-shift time between two: ``kpi`` snapshots and the
+``kpi/shift`` report) and the *hour* window (the local clock hour: ``kpi/hour`` reports). The
+piece is cut at whichever window ends first, so no piece ever crosses a window's end.
+
 Counts. Parts count in the window in which the counter sample that shows them arrives; a
 counter's baseline survives restarts, so parts made while the agent was down are counted once, in
-the first window after the restart.
+the first window after the restart. With a product signal, parts count for the product in force
+*before* the counter sample's time: a product change takes effect for counter samples later than
+it, so the parts a poll shows alongside a new product code still count for the old product.
+
+Downtime reasons. With a reason signal, availability-loss time is also booked by the reason
+code in force; loss time with no known reason is ``unspecified``. A reason signal without data
+makes the reason unknown, never the time: it is auxiliary, like the product signal.
+
+Micro-stops. A *stop* starts when the state leaves ``running`` for a loss state (``idle``,
+``fault``, ...) and ends when it is ``running`` again; going through a planned state or losing
+data cancels it. A stop shorter (wall time) than ``micro_stop_max_s`` is a micro-stop, counted in
+the window in which it ends with the part of its loss time that lies in that window. Micro-stops
+stay availability losses; they are an extra breakdown.
 
 Persistence contract: store :meth:`LineEngine.state_dict` together with (in the same transaction
 as) the messages that :meth:`LineEngine.tick` returned; otherwise a crash in between repeats or
@@ -33,16 +50,21 @@ from typing import Any
 
 from edge_agent.config.schema import LineConfig, MachineState
 from edge_agent.engine.counters import CounterTracker
-from edge_agent.engine.oee import Accounting, TimeBuckets, compute_kpis
+from edge_agent.engine.intervals import clip
+from edge_agent.engine.oee import LOSS_STATES, Accounting, TimeBuckets, compute_kpis
 from edge_agent.engine.payload import kpi_payload, state_payload
-from edge_agent.engine.shifts import SHIFT, ShiftCalendar, Window
+from edge_agent.engine.shifts import HOUR, OFF_SHIFT, SHIFT, ShiftCalendar, Window, hour_window
 from edge_agent.model import OutMessage, Quality, Sample, Value
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # restore() also reads version 1 (no hour window, no products)
 
-# Signal kinds (small ints: ingest() is on the hot path).
-_STATE, _RUNNING, _TOTAL, _REJECT, _GOOD = range(5)
+# Signal kinds (small ints: ingest() is on the hot path). Counters are the kinds >= _TOTAL;
+# _REASON and _PRODUCT are auxiliary: without their data the time is still known.
+_STATE, _RUNNING, _REASON, _PRODUCT, _TOTAL, _REJECT, _GOOD = range(7)
 _COUNTER_NAMES = {_TOTAL: "total", _REJECT: "reject", _GOOD: "good"}
+_TOPICS = {SHIFT: "kpi/shift", HOUR: "kpi/hour"}
+# Micro-stop threshold without micro_stop_max: max(this, 2 × stop_after).
+DEFAULT_MICRO_STOP_MIN_S = 60.0
 
 _AGENT = "agent"  # unknown cause: the engine did not observe (not started yet, or restarted)
 _SOURCE = "source:"  # unknown cause prefix: a source is down
@@ -90,6 +112,47 @@ def _as_bool(value: Value) -> bool | None:
     return None
 
 
+class _Open:
+    """One open reporting window and what was counted in it."""
+
+    __slots__ = ("acc", "counts", "flags", "micro_count", "micro_pending_s", "micro_s", "window")
+
+    def __init__(self, window: Window, acc: Accounting) -> None:
+        self.window = window
+        self.acc = acc
+        # product code (None: no product signal, or product not known) -> [total, second counter]
+        self.counts: dict[int | None, list[int]] = {}
+        self.flags: set[str] = set()
+        self.micro_count = 0
+        self.micro_s = 0.0
+        self.micro_pending_s = 0.0  # loss time in this window of the stop in progress
+
+    def state_dict(self) -> dict[str, Any]:
+        w = self.window
+        return {
+            "window": {"kind": w.kind, "name": w.name, "start": w.start, "end": w.end},
+            "accounting": self.acc.state_dict(),
+            "counts": [[code, c[0], c[1]] for code, c in self.counts.items()],
+            "flags": sorted(self.flags),
+            "micro": [self.micro_count, self.micro_s, self.micro_pending_s],
+        }
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any], planned_states: frozenset[MachineState]) -> _Open:
+        w = d["window"]
+        window = Window(
+            kind=w["kind"], name=w["name"], start=float(w["start"]), end=float(w["end"])
+        )
+        o = cls(window, Accounting.from_state(d["accounting"], planned_states))
+        o.counts = {
+            (None if code is None else int(code)): [int(t), int(x)] for code, t, x in d["counts"]
+        }
+        o.flags = set(d.get("flags", []))
+        count, micro_s, pending_s = d.get("micro", (0, 0.0, 0.0))
+        o.micro_count, o.micro_s, o.micro_pending_s = int(count), float(micro_s), float(pending_s)
+        return o
+
+
 class LineEngine:
     """KPIs of one production line. See the module docstring for the time model."""
 
@@ -97,12 +160,18 @@ class LineEngine:
         self.cfg = cfg
         self.site = site
         self.line = cfg.name
-        self.calendar = ShiftCalendar(cfg.timezone, cfg.shifts)
+        self.calendar = ShiftCalendar(cfg.timezone, cfg.shifts, cfg.calendar)
         self._tz = self.calendar.tz
         self._ideal_s = cfg.ideal_cycle_time_s
         self._stop_after_s = (
             cfg.stop_after_s if cfg.stop_after_s is not None else 5.0 * cfg.ideal_cycle_time_s
         )
+        self._micro_max_s = (
+            cfg.micro_stop_max_s
+            if cfg.micro_stop_max_s is not None
+            else max(DEFAULT_MICRO_STOP_MIN_S, 2.0 * self._stop_after_s)
+        )
+        self._min_coverage = cfg.min_data_coverage
         self._planned_states = frozenset(cfg.planned_states)
 
         sig = cfg.signals
@@ -117,6 +186,12 @@ class LineEngine:
             self._state_kind = _RUNNING
         else:
             self._state_kind = _TOTAL  # inferred from the counter
+        self._reason_map: dict[int, str] = dict(sig.reason.map) if sig.reason else {}
+        if sig.reason is not None:
+            kinds[sig.reason.tag] = _REASON
+        self._products = dict(sig.product.map) if sig.product is not None else None
+        if sig.product is not None:
+            kinds[sig.product.tag] = _PRODUCT
         kinds[sig.total_count.tag] = _TOTAL
         counters = {_TOTAL: sig.total_count}
         if sig.reject_count is not None:
@@ -126,7 +201,13 @@ class LineEngine:
             kinds[sig.good_count.tag] = _GOOD
             counters[_GOOD] = sig.good_count
         self._counter_signals = counters
-        self._trackers = {k: CounterTracker(c.rollover, self._ideal_s) for k, c in counters.items()}
+        # Wrap plausibility uses the fastest rate the line may run at.
+        self._fastest_s = min(
+            [self._ideal_s, *(p.ideal_cycle_time_s for p in (self._products or {}).values())]
+        )
+        self._trackers = {
+            k: CounterTracker(c.rollover, self._fastest_s) for k, c in counters.items()
+        }
         self._second_counter = (
             _REJECT if _REJECT in counters else _GOOD if _GOOD in counters else None
         )
@@ -142,16 +223,18 @@ class LineEngine:
                     self._source_keys.setdefault(key[:i], []).append((kind, key))
 
         self._now: float | None = None
-        self._window: Window | None = None
-        self._acc: Accounting | None = None
+        self._shift: _Open | None = None
+        self._hour: _Open | None = None
         self._piece_start = 0.0
         self._state = MachineState.UNKNOWN
         self._state_since: float | None = None
         self._causes: set[str] = {_AGENT}
         self._idle_at: float | None = None  # inferred state: idle at this time without a part
         self._reset_hints: set[int] = set()
-        self._counts = {_TOTAL: 0, _REJECT: 0, _GOOD: 0}
-        self._flags: set[str] = set()
+        self._reason: str | None = None
+        self._product: int | None = None
+        self._product_next: tuple[float, int | None] | None = None  # (since, code), deferred
+        self._stop_since: float | None = None  # the stop in progress (micro-stop candidate)
         self._pending: list[OutMessage] = []
         self._last_report: dict[str, Any] | None = None
 
@@ -169,15 +252,26 @@ class LineEngine:
 
     @property
     def window(self) -> Window | None:
-        """The open window (``None`` before the first input)."""
-        return self._window
+        """The open shift (or off-shift) window (``None`` before the first input)."""
+        return self._shift.window if self._shift is not None else None
+
+    @property
+    def hour(self) -> Window | None:
+        """The open hour window (``None`` before the first input)."""
+        return self._hour.window if self._hour is not None else None
 
     def time_buckets(self) -> TimeBuckets | None:
-        """The open window's time buckets at the engine's time, unrounded (``None`` before the
-        first input). Read-only: does not move time."""
-        if self._now is None or self._window is None:
+        """The open shift window's time buckets at the engine's time, unrounded (``None`` before
+        the first input). Read-only: does not move time."""
+        if self._now is None or self._shift is None:
             return None
-        return self._buckets(self._now)
+        return self._buckets(self._shift, self._now)
+
+    def hour_buckets(self) -> TimeBuckets | None:
+        """Like :meth:`time_buckets`, for the open hour window."""
+        if self._now is None or self._hour is None:
+            return None
+        return self._buckets(self._hour, self._now)
 
     def ingest(self, sample: Sample) -> None:
         """Take one sample. Samples of other tags are ignored at the cost of two dict lookups."""
@@ -201,10 +295,11 @@ class LineEngine:
                 self._reset_hints.discard(kind)
             d = self._trackers[kind].update(count, t, reset_hint=hint)
             if d.wrapped:
-                self._flags.add("counter_wrap")
+                self._flag("counter_wrap")
             if d.reset:
-                self._flags.add("counter_reset")
-            self._counts[kind] += d.delta
+                self._flag("counter_reset")
+            if d.delta:
+                self._count(kind, d.delta, t)
             if kind == _TOTAL and self._state_kind == _TOTAL:
                 self._infer(d.delta, t)
         elif kind == _STATE:
@@ -215,25 +310,41 @@ class LineEngine:
             code = _as_code(sample.value)
             state = self._state_map.get(code) if code is not None else None
             if state is None:
-                self._flags.add("unmapped_state_code")
+                self._flag("unmapped_state_code")
                 state = MachineState.UNKNOWN
             self._set_state(state, t)
-        else:  # _RUNNING
+        elif kind == _RUNNING:
             running = _as_bool(sample.value) if good else None
             if running is None:
                 self._data_lost(key, kind, t)
                 return
             self._data_ok(key, t)
             self._set_state(MachineState.RUNNING if running else MachineState.IDLE, t)
+        elif kind == _REASON:
+            code = _as_code(sample.value) if good else None
+            self._set_reason(
+                None if code is None else self._reason_map.get(code, f"code {code}"), t
+            )
+        else:  # _PRODUCT
+            self._set_product(_as_code(sample.value) if good else None, t)
 
     def source_available(self, source: str, available: bool, now: float) -> None:
         """The supervisor's word that ``source`` went down or came back. While it is down, all
-        time is unknown for this line (if it uses the source); after it comes back, the state
-        stays unknown until a fresh sample of the state's signal."""
+        time is unknown for this line (if it reads a state or counter signal from it); after it
+        comes back, the state stays unknown until a fresh sample of the state's signal. A reason
+        or product signal of a source that is down becomes unknown; the time does not."""
         keys = self._source_keys.get(source)
         if not keys:
             return
         t = self._advance(now)
+        if not available:
+            for kind, _ in keys:
+                if kind == _REASON:
+                    self._set_reason(None, t)
+                elif kind == _PRODUCT:
+                    self._set_product(None, t)
+        if not any(kind in (_STATE, _RUNNING) or kind >= _TOTAL for kind, _ in keys):
+            return
         cause = _SOURCE + source
         if available:
             self._remove_cause(cause, t)
@@ -253,24 +364,26 @@ class LineEngine:
 
     def tick(self, now: float) -> list[OutMessage]:
         """Advance time to ``now``; return the messages due since the last call, in time order:
-        ``kpi/shift`` for each closed shift (QoS 1, not retained) and ``state`` for each state
-        change (retained)."""
+        ``kpi/hour`` for each closed clock hour and ``kpi/shift`` for each closed shift (QoS 1,
+        not retained; at a common end the hour comes first), and ``state`` for each state change
+        (retained)."""
         self._advance(now)
         out, self._pending = self._pending, []
         return out
 
     def snapshot(self, now: float) -> OutMessage:
-        """The live ``kpi`` report of the open window at ``now`` (retained), also off shift.
+        """The live ``kpi`` report of the open shift window at ``now`` (retained), also off shift.
 
         Messages due from advancing time are kept for the next :meth:`tick`."""
         t = self._advance(now)
-        payload = self._report(t)
+        assert self._shift is not None
+        payload = self._report(self._shift, t)
         self._last_report = payload
         return OutMessage(line=self.line, topic_suffix="kpi", payload=payload, retain=True)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue after a restart, JSON-serialisable: counter baselines,
-        the open window's accumulators and counts, the current state, undelivered messages."""
+        the open windows' accumulators and counts, the current state, undelivered messages."""
         d: dict[str, Any] = {
             "version": STATE_VERSION,
             "line": self.line,
@@ -278,6 +391,9 @@ class LineEngine:
             "state": str(self._state),
             "state_since": self._state_since,
             "idle_at": self._idle_at,
+            "reason": self._reason,
+            "product": self._product,
+            "product_next": list(self._product_next) if self._product_next else None,
             "counters": {
                 _COUNTER_NAMES[k]: {"tag": self._counter_signals[k].tag, **tr.state_dict()}
                 for k, tr in self._trackers.items()
@@ -291,24 +407,27 @@ class LineEngine:
                 }
                 for m in self._pending
             ],
-            "window": None,
+            "windows": {},
         }
-        if self._window is not None and self._acc is not None and self._now is not None:
-            w = self._window
-            acc = self._acc.folded(self._now, (self._piece_start, self._state, bool(self._causes)))
-            d["window"] = {"kind": w.kind, "name": w.name, "start": w.start, "end": w.end}
-            d["accounting"] = acc.state_dict()
-            d["counts"] = {_COUNTER_NAMES[k]: v for k, v in self._counts.items()}
-            d["flags"] = sorted(self._flags)
+        if self._now is not None:
+            piece = self._open_piece()
+            for name, o in (("shift", self._shift), ("hour", self._hour)):
+                if o is None:
+                    continue
+                saved = o.state_dict()
+                saved["accounting"] = o.acc.folded(self._now, piece).state_dict()
+                d["windows"][name] = saved
         return d
 
     def restore(self, d: dict[str, Any]) -> None:
-        """Continue from a :meth:`state_dict`. Time between the saved moment and the next input is
-        unknown (the agent was not observing). Call before the first input.
+        """Continue from a :meth:`state_dict` (this version's or version 1's). Time between the
+        saved moment and the next input is unknown (the agent was not observing); a stop in
+        progress is not a micro-stop. Call before the first input.
 
         Raises ``ValueError`` if ``d`` is from another line or another format version."""
-        if d.get("version") != STATE_VERSION:
-            raise ValueError(f"unsupported engine state version {d.get('version')!r}")
+        version = d.get("version")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"unsupported engine state version {version!r}")
         if d.get("line") != self.line:
             raise ValueError(f"engine state is for line {d.get('line')!r}, not {self.line!r}")
         names = {v: k for k, v in _COUNTER_NAMES.items()}
@@ -317,7 +436,7 @@ class LineEngine:
             sig = self._counter_signals.get(kind) if kind is not None else None
             if kind is None or sig is None or saved.get("tag") != sig.tag:
                 continue  # the counter was reconfigured: its old baseline means nothing
-            self._trackers[kind] = CounterTracker.from_state(saved, sig.rollover, self._ideal_s)
+            self._trackers[kind] = CounterTracker.from_state(saved, sig.rollover, self._fastest_s)
         self._pending = [
             OutMessage(
                 line=self.line,
@@ -337,68 +456,128 @@ class LineEngine:
         self._state_since = float(since) if since is not None else None
         idle_at = d.get("idle_at")
         self._idle_at = float(idle_at) if idle_at is not None else None
+        self._reason = d.get("reason")
+        product = d.get("product")
+        self._product = int(product) if product is not None else None
+        nxt = d.get("product_next")
+        if nxt:
+            self._product_next = (float(nxt[0]), None if nxt[1] is None else int(nxt[1]))
         self._causes = {_AGENT}
         self._piece_start = self._now
-        w = d.get("window")
-        if w is not None:
-            self._window = Window(
-                kind=w["kind"], name=w["name"], start=float(w["start"]), end=float(w["end"])
-            )
-            self._acc = Accounting.from_state(d["accounting"], self._planned_states)
-            counts = d.get("counts", {})
-            self._counts = {k: int(counts.get(n, 0)) for k, n in _COUNTER_NAMES.items()}
-            self._flags = set(d.get("flags", []))
+        windows = d.get("windows") or {}
+        if version == 1 and d.get("window") is not None:
+            windows = {"shift": self._v1_window(d)}
+        if "shift" in windows:
+            self._shift = _Open.from_state(windows["shift"], self._planned_states)
+            acc = self._shift.acc
+            if not acc.stops:  # version 1 kept no causes: ask the calendar
+                acc.stops = {
+                    k: clip(v, acc.start, acc.end)
+                    for k, v in self.calendar.plan(acc.start, acc.end).stops.items()
+                }
+        if "hour" in windows:
+            self._hour = _Open.from_state(windows["hour"], self._planned_states)
+        elif self._shift is not None:  # version 1: open the hour now; its past is unknown
+            self._hour = self._new_open(HOUR, self._now)
 
     # ------------------------------------------------------------------------------ internals
+
+    def _v1_window(self, d: dict[str, Any]) -> dict[str, Any]:
+        counts = d.get("counts", {})
+        second = _COUNTER_NAMES.get(self._second_counter or -1, "")
+        total, other = int(counts.get("total", 0)), int(counts.get(second, 0))
+        return {
+            "window": d["window"],
+            "accounting": d["accounting"],
+            "counts": [[None, total, other]] if total or other else [],
+            "flags": d.get("flags", []),
+        }
+
+    def _opens(self) -> list[_Open]:
+        return [o for o in (self._shift, self._hour) if o is not None]
+
+    def _flag(self, name: str) -> None:
+        for o in self._opens():
+            o.flags.add(name)
 
     def _advance(self, now: float) -> float:
         """Move time to ``now`` (never backwards): apply inferred idle transitions and close
         windows that ended, in time order. Returns the engine's time."""
         t = now if self._now is None or now >= self._now else self._now
-        if self._window is None:
-            self._open_window(t)
+        if self._shift is None:
+            self._piece_start = t
+            self._shift = self._new_open(SHIFT, t)
+        if self._hour is None:
+            self._hour = self._new_open(HOUR, self._piece_start)
         while True:
-            w = self._window
-            assert w is not None
+            shift, hour = self._shift, self._hour
+            boundary = min(shift.window.end, hour.window.end)
             idle_at = self._idle_at
-            if idle_at is not None and idle_at <= t and idle_at <= w.end:
+            if idle_at is not None and idle_at <= t and idle_at <= boundary:
                 self._idle_at = None
                 self._set_state(MachineState.IDLE, idle_at)
                 continue
-            if w.end > t:
+            if boundary > t:
                 break
-            self._close_window(jump_to=t if t - w.end > MAX_CATCHUP_S else None)
+            # After a long gap, close what ended and open the windows of ``t`` directly.
+            jump = t - boundary > MAX_CATCHUP_S
+            until = t if jump else boundary
+            ending = [o for o in (hour, shift) if o.window.end <= until]
+            ending.sort(key=lambda o: o.window.end)  # stable: the hour before the shift
+            for o in ending:
+                self._close(o)
+            if jump:
+                self._cut(t)
+            for o in ending:
+                reopen = self._new_open(HOUR if o is hour else SHIFT, t if jump else o.window.end)
+                if o is hour:
+                    self._hour = reopen
+                else:
+                    self._shift = reopen
         self._now = t
         if _AGENT in self._causes:
             self._remove_cause(_AGENT, t)
         return t
 
-    def _open_window(self, t: float) -> None:
-        w = self.calendar.window_or_off_shift(t)
-        acc = Accounting(w.start, w.end, self.calendar.planned_intervals(w), self._planned_states)
-        # Time of the window before the engine saw it: not observed, hence unknown.
+    def _new_open(self, kind: str, t: float) -> _Open:
+        """The window of ``kind`` (SHIFT: shift or off-shift) containing ``t``. Its time before
+        ``t`` was not observed: unknown."""
+        w = hour_window(t, self._tz) if kind == HOUR else self.calendar.window_or_off_shift(t)
+        plan = self.calendar.plan(w.start, w.end)
+        planned = [] if w.kind == OFF_SHIFT else plan.planned
+        acc = Accounting(w.start, w.end, planned, self._planned_states, plan.stops)
         acc.add(w.start, t, MachineState.UNKNOWN, True)
-        self._window, self._acc, self._piece_start = w, acc, t
-        self._counts = dict.fromkeys(self._counts, 0)
-        self._flags = set()
+        return _Open(w, acc)
 
-    def _close_window(self, *, jump_to: float | None) -> None:
-        w = self._window
-        assert w is not None
+    def _close(self, o: _Open) -> None:
+        """Cut at the window's end, report it if it is a shift or an hour, and stop feeding it."""
+        w = o.window
         self._cut(w.end)
-        if w.kind == SHIFT:
-            payload = self._report(w.end)
+        topic = _TOPICS.get(w.kind)
+        if topic is not None:
+            payload = self._report(o, w.end)
             self._pending.append(
-                OutMessage(line=self.line, topic_suffix="kpi/shift", payload=payload, retain=False)
+                OutMessage(line=self.line, topic_suffix=topic, payload=payload, retain=False)
             )
-        self._open_window(w.end if jump_to is None else jump_to)
+        if o is self._hour:
+            self._hour = None
+        elif o is self._shift:
+            self._shift = None
 
     def _cut(self, t: float) -> None:
-        """Close the current piece at ``t``."""
-        if t > self._piece_start:
-            assert self._acc is not None
-            self._acc.add(self._piece_start, t, self._state, bool(self._causes))
+        """Close the current piece at ``t`` into every open window."""
+        a = self._piece_start
+        if t > a:
+            unknown = bool(self._causes)
+            stopping = self._stop_since is not None
+            for o in self._opens():
+                loss_s = o.acc.add(a, t, self._state, unknown, self._reason)
+                if stopping:
+                    o.micro_pending_s += loss_s
             self._piece_start = t
+
+    def _open_piece(self) -> tuple[float, MachineState, bool, str | None]:
+        return (self._piece_start, self._state, bool(self._causes), self._reason)
 
     def _set_state(self, state: MachineState, t: float) -> None:
         if state is self._state:
@@ -406,6 +585,7 @@ class LineEngine:
         self._cut(t)
         previous = self._state
         self._state, self._state_since = state, t
+        self._track_stop(previous, state, t)
         payload = state_payload(
             site=self.site,
             line=self.line,
@@ -419,11 +599,64 @@ class LineEngine:
             OutMessage(line=self.line, topic_suffix="state", payload=payload, retain=True)
         )
 
+    def _is_loss(self, state: MachineState) -> bool:
+        return state in LOSS_STATES and state not in self._planned_states
+
+    def _track_stop(self, previous: MachineState, state: MachineState, t: float) -> None:
+        """Micro-stop bookkeeping on a state change (see the module docstring)."""
+        if state is MachineState.RUNNING:
+            if self._stop_since is not None and t - self._stop_since < self._micro_max_s:
+                for o in self._opens():
+                    if o.micro_pending_s > 0:  # no loss time here: not this window's stop
+                        o.micro_count += 1
+                        o.micro_s += o.micro_pending_s
+            self._cancel_stop()
+        elif self._is_loss(state) and not self._causes:
+            if previous is MachineState.RUNNING:
+                self._cancel_stop()
+                self._stop_since = t
+        else:
+            self._cancel_stop()
+
+    def _cancel_stop(self) -> None:
+        self._stop_since = None
+        for o in self._opens():
+            o.micro_pending_s = 0.0
+
+    def _set_reason(self, reason: str | None, t: float) -> None:
+        if reason != self._reason:
+            self._cut(t)
+            self._reason = reason
+
+    def _set_product(self, code: int | None, t: float) -> None:
+        self._current_product(t)  # an earlier change takes effect first
+        if self._product_next is None and code == self._product:
+            return
+        self._product_next = (t, code)
+
+    def _current_product(self, t: float) -> int | None:
+        nxt = self._product_next
+        if nxt is not None and t > nxt[0]:
+            self._product, self._product_next = nxt[1], None
+        return self._product
+
+    def _count(self, kind: int, delta: int, t: float) -> None:
+        product = self._current_product(t) if self._products is not None else None
+        slot = 0 if kind == _TOTAL else 1
+        for o in self._opens():
+            entry = o.counts.get(product)
+            if entry is None:
+                entry = o.counts[product] = [0, 0]
+            entry[slot] += delta
+        if product is not None and self._products is not None and product not in self._products:
+            self._flag("unmapped_product_code")
+
     def _add_cause(self, cause: str, t: float) -> None:
         if cause in self._causes:
             return
         if not self._causes:
             self._cut(t)
+            self._cancel_stop()  # a stop whose end cannot be seen is not a micro-stop
         self._causes.add(cause)
 
     def _remove_cause(self, cause: str, t: float) -> None:
@@ -452,34 +685,68 @@ class LineEngine:
         elif self._state is MachineState.UNKNOWN and self._idle_at is None:
             self._idle_at = t + self._stop_after_s
 
-    def _counts_out(self) -> tuple[int, int, int]:
-        """(total, good, reject) of the open window. A reject (good) delta that arrives in the
-        window before its total delta is capped so that good and reject are never negative."""
-        total = self._counts[_TOTAL]
-        if self._second_counter == _REJECT:
-            reject = min(self._counts[_REJECT], total)
-            return total, total - reject, reject
-        if self._second_counter == _GOOD:
-            good = min(self._counts[_GOOD], total)
-            return total, good, total - good
-        return total, total, 0
+    def _product_rows(self, o: _Open) -> list[tuple[int | None, int, int, int]]:
+        """(product code, total, good, reject) per product of a window. A reject (good) delta
+        that arrives in the window before its total delta is capped so that good and reject are
+        never negative."""
+        rows = []
+        for code, (total, second) in o.counts.items():
+            if self._second_counter == _REJECT:
+                reject = min(second, total)
+                rows.append((code, total, total - reject, reject))
+            elif self._second_counter == _GOOD:
+                good = min(second, total)
+                rows.append((code, total, good, total - good))
+            else:
+                rows.append((code, total, total, 0))
+        rows.sort(key=lambda r: (r[0] is not None, r[0] or 0))
+        return rows
 
-    def _buckets(self, until: float) -> TimeBuckets:
-        assert self._acc is not None
-        return self._acc.buckets(until, (self._piece_start, self._state, bool(self._causes)))
+    def _ideal_of(self, code: int | None) -> float:
+        product = self._products.get(code) if self._products and code is not None else None
+        return product.ideal_cycle_time_s if product is not None else self._ideal_s
 
-    def _report(self, now: float) -> dict[str, Any]:
-        w = self._window
-        assert w is not None
-        buckets = self._buckets(now)
-        total, good, reject = self._counts_out()
+    def _buckets(self, o: _Open, until: float) -> TimeBuckets:
+        return o.acc.buckets(until, self._open_piece())
+
+    def _report(self, o: _Open, now: float) -> dict[str, Any]:
+        w = o.window
+        buckets = self._buckets(o, now)
+        rows = self._product_rows(o)
+        total = sum(r[1] for r in rows)
+        good = sum(r[2] for r in rows)
+        reject = sum(r[3] for r in rows)
+        net_s = sum(self._ideal_of(r[0]) * r[1] for r in rows)
+        fpt_s = sum(self._ideal_of(r[0]) * r[2] for r in rows)
+        # The count-weighted ideal cycle time keeps performance = ideal × total / run true.
+        ideal_s = net_s / total if self._products is not None and total > 0 else self._ideal_s
         kpis = compute_kpis(
             buckets,
             total_count=total,
             good_count=good,
-            ideal_cycle_time_s=self._ideal_s,
-            ratios=w.kind == SHIFT,
+            ideal_cycle_time_s=ideal_s,
+            net_run_time_s=net_s,
+            fully_productive_time_s=fpt_s,
+            ratios=w.kind == SHIFT or (w.kind == HOUR and bool(o.acc.planned)),
+            min_data_coverage=self._min_coverage,
         )
+        products = None
+        if self._products is not None:
+            products = []
+            for code, p_total, p_good, p_reject in rows:
+                mapped = self._products.get(code) if code is not None else None
+                products.append(
+                    {
+                        "product": mapped.name
+                        if mapped
+                        else (None if code is None else f"code {code}"),
+                        "code": code,
+                        "ideal_cycle_time_s": self._ideal_of(code),
+                        "total_count": p_total,
+                        "good_count": p_good,
+                        "reject_count": p_reject,
+                    }
+                )
         return kpi_payload(
             site=self.site,
             line=self.line,
@@ -488,11 +755,16 @@ class LineEngine:
             now=now,
             state=self._state,
             planned_states=self._planned_states,
-            ideal_cycle_time_s=self._ideal_s,
+            ideal_cycle_time_s=ideal_s,
             buckets=buckets,
             kpis=kpis,
             total_count=total,
             good_count=good,
             reject_count=reject,
-            flags=self._flags,
+            net_run_time_s=net_s,
+            fully_productive_time_s=fpt_s,
+            micro_stop_count=o.micro_count,
+            micro_stop_time_s=o.micro_s,
+            products=products,
+            flags=o.flags,
         )

@@ -20,8 +20,8 @@ piece so that the live engine's cost and persisted state do not grow with the nu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.config.schema import MachineState
@@ -35,7 +35,8 @@ LOSS_STATES: tuple[MachineState, ...] = (
     MachineState.BLOCKED,
 )
 
-LOW_DATA_COVERAGE = 0.9
+LOW_DATA_COVERAGE = 0.9  # default of a line's min_data_coverage
+UNSPECIFIED_REASON = "unspecified"  # loss time while no reason code was known
 
 # Bucket indices of Accounting's sums.
 _PLANNED_STOP, _UNKNOWN, _RUN, _IDLE, _FAULT, _CHANGEOVER, _STARVED, _BLOCKED = range(8)
@@ -73,6 +74,10 @@ class TimeBuckets:
     changeover_s: float = 0.0
     starved_s: float = 0.0
     blocked_s: float = 0.0
+    # planned_stop_s by cause: calendar causes (off_shift, break, maintenance) and planned states.
+    planned_stop_by_cause_s: Mapping[str, float] = field(default_factory=dict)
+    # The loss buckets' total by downtime reason (UNSPECIFIED_REASON while none was known).
+    loss_by_reason_s: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def loss_s(self) -> dict[str, float]:
@@ -150,16 +155,31 @@ def account(
     )
 
 
+OpenPiece = tuple[float, MachineState, bool, str | None]
+
+
 class Accounting:
     """Incremental form of :func:`account` for one window.
 
-    The engine feeds it consecutive *pieces* ``[a, b)`` in which the state and the unknown flag are
-    constant, covering the window without gaps or overlaps. Each piece is split by the planned
-    intervals (interval intersection) and lands in exactly one bucket, so the sums are the
-    interval-arithmetic result, not a sum of event durations.
+    The engine feeds it consecutive *pieces* ``[a, b)`` in which the state, the unknown flag and
+    the downtime reason are constant, covering the window without gaps or overlaps. Each piece is
+    split by the planned intervals (interval intersection) and lands in exactly one bucket, so the
+    sums are the interval-arithmetic result, not a sum of event durations.
+
+    ``stops`` are the calendar's planned stops by cause (:class:`~edge_agent.engine.shifts.Plan`):
+    the complement of ``planned`` in the window, used only to split ``planned_stop_s`` by cause.
     """
 
-    __slots__ = ("_planned_states", "_sums", "end", "planned", "start")
+    __slots__ = (
+        "_by_reason",
+        "_by_state",
+        "_planned_states",
+        "_sums",
+        "end",
+        "planned",
+        "start",
+        "stops",
+    )
 
     def __init__(
         self,
@@ -167,12 +187,18 @@ class Accounting:
         end: float,
         planned: Sequence[Interval],
         planned_states: frozenset[MachineState],
+        stops: Mapping[str, Sequence[Interval]] | None = None,
     ) -> None:
         self.start = start
         self.end = end
         self.planned: list[Interval] = clip(normalize(planned), start, end)
+        self.stops: dict[str, list[Interval]] = {
+            cause: clip(normalize(ivs), start, end) for cause, ivs in (stops or {}).items()
+        }
         self._planned_states = planned_states
         self._sums = [0.0] * len(_BUCKET_NAMES)
+        self._by_state: dict[str, float] = {str(st): 0.0 for st in sorted(planned_states)}
+        self._by_reason: dict[str, float] = {}
 
     def _split(
         self, a: float, b: float, state: MachineState, unknown: bool
@@ -192,24 +218,38 @@ class Accounting:
             idx = _STATE_INDEX.get(state, _UNKNOWN)
         return idx, in_plan, (b - a) - in_plan
 
-    def add(self, a: float, b: float, state: MachineState, unknown: bool) -> None:
-        """Account piece ``[a, b)`` spent in ``state`` (``unknown``: no data during it)."""
+    def add(
+        self,
+        a: float,
+        b: float,
+        state: MachineState,
+        unknown: bool,
+        reason: str | None = None,
+    ) -> float:
+        """Account piece ``[a, b)`` spent in ``state`` (``unknown``: no data during it) while
+        ``reason`` was the downtime reason. Returns the availability-loss seconds it added."""
         if b <= a:
-            return
+            return 0.0
         idx, in_plan, outside = self._split(a, b, state, unknown)
         self._sums[idx] += in_plan
         self._sums[_PLANNED_STOP] += outside
+        if idx == _PLANNED_STOP and in_plan > 0:
+            self._by_state[str(state)] = self._by_state.get(str(state), 0.0) + in_plan
+        elif idx >= _IDLE and in_plan > 0:
+            key = reason or UNSPECIFIED_REASON
+            self._by_reason[key] = self._by_reason.get(key, 0.0) + in_plan
+            return in_plan
+        return 0.0
 
-    def buckets(
-        self, until: float, open_piece: tuple[float, MachineState, bool] | None = None
-    ) -> TimeBuckets:
-        """The buckets up to ``until``; ``open_piece`` = ``(since, state, unknown)`` is the piece
-        still in progress, counted up to ``until`` without being recorded."""
-        sums = list(self._sums)
+    def buckets(self, until: float, open_piece: OpenPiece | None = None) -> TimeBuckets:
+        """The buckets up to ``until``; ``open_piece`` = ``(since, state, unknown, reason)`` is
+        the piece still in progress, counted up to ``until`` without being recorded."""
+        acc = self
         if open_piece is not None and until > open_piece[0]:
-            idx, in_plan, outside = self._split(open_piece[0], until, open_piece[1], open_piece[2])
-            sums[idx] += in_plan
-            sums[_PLANNED_STOP] += outside
+            acc = self.folded(until, open_piece)
+        sums = acc._sums
+        causes = {cause: total(clip(ivs, self.start, until)) for cause, ivs in self.stops.items()}
+        causes.update(acc._by_state)
         return TimeBuckets(
             elapsed_s=max(until - self.start, 0.0),
             planned_stop_s=sums[_PLANNED_STOP],
@@ -220,13 +260,18 @@ class Accounting:
             changeover_s=sums[_CHANGEOVER],
             starved_s=sums[_STARVED],
             blocked_s=sums[_BLOCKED],
+            planned_stop_by_cause_s=causes,
+            loss_by_reason_s=dict(acc._by_reason),
         )
 
-    def folded(self, until: float, open_piece: tuple[float, MachineState, bool]) -> Accounting:
+    def folded(self, until: float, open_piece: OpenPiece) -> Accounting:
         """A copy with the open piece ``[since, until)`` recorded (for persistence)."""
         acc = Accounting(self.start, self.end, self.planned, self._planned_states)
+        acc.stops = self.stops
         acc._sums = list(self._sums)
-        acc.add(open_piece[0], until, open_piece[1], open_piece[2])
+        acc._by_state = dict(self._by_state)
+        acc._by_reason = dict(self._by_reason)
+        acc.add(open_piece[0], until, open_piece[1], open_piece[2], open_piece[3])
         return acc
 
     def state_dict(self) -> dict[str, Any]:
@@ -234,7 +279,10 @@ class Accounting:
             "start": self.start,
             "end": self.end,
             "planned": [list(iv) for iv in self.planned],
+            "stops": {cause: [list(iv) for iv in ivs] for cause, ivs in self.stops.items()},
             "sums": dict(zip(_BUCKET_NAMES, self._sums, strict=True)),
+            "by_state": dict(self._by_state),
+            "by_reason": dict(self._by_reason),
         }
 
     @classmethod
@@ -244,9 +292,15 @@ class Accounting:
             float(d["end"]),
             [(float(s), float(e)) for s, e in d["planned"]],
             planned_states,
+            {
+                cause: [(float(s), float(e)) for s, e in ivs]
+                for cause, ivs in (d.get("stops") or {}).items()
+            },
         )
         sums = d["sums"]
         acc._sums = [float(sums.get(name, 0.0)) for name in _BUCKET_NAMES]
+        acc._by_state.update({k: float(v) for k, v in (d.get("by_state") or {}).items()})
+        acc._by_reason = {k: float(v) for k, v in (d.get("by_reason") or {}).items()}
         return acc
 
 
@@ -283,34 +337,44 @@ def compute_kpis(
     total_count: int,
     good_count: int,
     ideal_cycle_time_s: float,
+    net_run_time_s: float | None = None,
+    fully_productive_time_s: float | None = None,
     ratios: bool = True,
+    min_data_coverage: float = LOW_DATA_COVERAGE,
 ) -> Kpis:
     """The KPIs of one window.
 
-    availability = run / (planned − unknown); performance = ideal × total / run, not clamped
-    (above 1.0 adds ``performance_above_ideal``); quality = good / total; OEE = A × P × Q, computed
-    as good × ideal / (planned − unknown), which is the same product and stays defined (0) when the
-    line ran without making a part; it is ``None`` without run time. Throughput is per hour of
-    elapsed window time. ``ratios=False`` (off shift) makes all ratios ``None``.
+    ``net_run_time_s`` = Σ ideal cycle time × total count and ``fully_productive_time_s`` =
+    Σ ideal cycle time × good count, over the products made (default: ``ideal_cycle_time_s`` ×
+    the counts, one product).
+
+    availability = run / (planned − unknown); performance = net run time / run, not clamped
+    (above 1.0 adds ``performance_above_ideal``); quality = good / total; OEE = fully productive
+    time / (planned − unknown). With one ideal cycle time that is exactly A × P × Q; with several
+    it is A × P × (quality weighted by ideal cycle time). OEE stays defined (0) when the line ran
+    without making a part; it is ``None`` without run time. Throughput is per hour of elapsed
+    window time. ``ratios=False`` (no planned time by the calendar) makes all ratios ``None``.
     """
     warnings: set[str] = set()
     known_s = buckets.known_s
     coverage = _time_ratio(known_s, buckets.planned_s)
+    net_s = ideal_cycle_time_s * total_count if net_run_time_s is None else net_run_time_s
+    fpt_s = (
+        ideal_cycle_time_s * good_count
+        if fully_productive_time_s is None
+        else fully_productive_time_s
+    )
     if not ratios:
         availability = performance = quality = oee = coverage = None
     else:
         availability = _time_ratio(buckets.run_s, known_s)
-        performance = _time_ratio(ideal_cycle_time_s * total_count, buckets.run_s)
+        performance = _time_ratio(net_s, buckets.run_s)
         quality = _ratio(good_count, total_count)
         # Defined exactly when availability and performance are.
-        oee = (
-            good_count * ideal_cycle_time_s / known_s
-            if availability is not None and performance is not None
-            else None
-        )
+        oee = fpt_s / known_s if availability is not None and performance is not None else None
         if performance is not None and performance > 1.0:
             warnings.add("performance_above_ideal")
-        if coverage is not None and coverage < LOW_DATA_COVERAGE:
+        if coverage is not None and coverage < min_data_coverage:
             warnings.add("low_data_coverage")
     hours = buckets.elapsed_s / 3600.0
     return Kpis(

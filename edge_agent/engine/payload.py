@@ -1,4 +1,5 @@
-"""Payloads of the ``kpi``, ``kpi/shift`` and ``state`` messages (DESIGN §4; **contract**).
+"""Payloads of the ``kpi``, ``kpi/shift``, ``kpi/hour`` and ``state`` messages (DESIGN §4;
+**contract**).
 
 JSON Schemas: ``docs/schemas/kpi.schema.json`` and ``docs/schemas/state.schema.json``. The
 sink adds ``seq``. Times become ISO 8601 with the line's UTC offset here and only here.
@@ -49,8 +50,21 @@ def kpi_payload(
     good_count: int,
     reject_count: int,
     flags: Iterable[str],
+    net_run_time_s: float | None = None,
+    fully_productive_time_s: float | None = None,
+    micro_stop_count: int = 0,
+    micro_stop_time_s: float = 0.0,
+    products: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The ``kpi`` / ``kpi/shift`` payload (without ``seq``). Ratios: 6 decimals; seconds: 3."""
+    """The ``kpi`` / ``kpi/shift`` / ``kpi/hour`` payload (without ``seq``). Ratios: 6
+    decimals; seconds: 3. ``products``: per-product rows, ``None`` without a product signal
+    (published as an empty list)."""
+    net_s = ideal_cycle_time_s * total_count if net_run_time_s is None else net_run_time_s
+    fpt_s = (
+        ideal_cycle_time_s * good_count
+        if fully_productive_time_s is None
+        else fully_productive_time_s
+    )
     return {
         "schema": KPI_SCHEMA,
         "site": site,
@@ -73,13 +87,27 @@ def kpi_payload(
         "reject_count": reject_count,
         "throughput_good_per_h": _r(kpis.throughput_good_per_h, 3),
         "throughput_total_per_h": _r(kpis.throughput_total_per_h, 3),
-        "ideal_cycle_time_s": ideal_cycle_time_s,
+        "ideal_cycle_time_s": round(ideal_cycle_time_s, 6),
         "elapsed_s": round(buckets.elapsed_s, 3),
         "planned_time_s": round(buckets.planned_s, 3),
         "run_time_s": round(buckets.run_s, 3),
         "unknown_time_s": round(buckets.unknown_s, 3),
         "planned_stop_s": round(buckets.planned_stop_s, 3),
         "loss_time_s": {k: round(v, 3) for k, v in buckets.loss_s.items()},
+        "loss_time_by_reason_s": {
+            k: round(v, 3) for k, v in sorted(buckets.loss_by_reason_s.items())
+        },
+        "planned_stop_by_cause_s": {
+            k: round(v, 3) for k, v in sorted(buckets.planned_stop_by_cause_s.items())
+        },
+        "micro_stop_count": micro_stop_count,
+        "micro_stop_time_s": round(micro_stop_time_s, 3),
+        "net_run_time_s": round(net_s, 3),
+        "fully_productive_time_s": round(fpt_s, 3),
+        "products": [
+            {**row, "ideal_cycle_time_s": round(row["ideal_cycle_time_s"], 6)}
+            for row in (products or [])
+        ],
         "data_coverage": _r(kpis.data_coverage, 6),
         "warnings": sorted(set(flags) | kpis.warnings),
     }

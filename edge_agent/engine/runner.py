@@ -9,6 +9,7 @@ double-counts parts. Feeds the systemd watchdog only while this makes progress.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -40,6 +41,9 @@ def signal_tags(line: LineConfig) -> list[str]:
     for counter in (s.reject_count, s.good_count):
         if counter is not None:
             tags.append(counter.tag)
+    for aux in (s.reason, s.product):
+        if aux is not None:
+            tags.append(aux.tag)
     return tags
 
 
@@ -62,48 +66,110 @@ class EngineRunner:
         self._clock = clock
         self.publish_interval_s = cfg.mqtt.publish_interval_s
         self._qos = cfg.mqtt.qos
+        self._tick_base_s = tick_interval_s
         self.tick_interval_s = min(tick_interval_s, self.publish_interval_s)
         self.engines: dict[str, LineEngine] = {}
+        self._lines: dict[str, LineConfig] = {}
+        self._site = cfg.site
         self._routes: dict[str, list[LineEngine]] = {}
         self._by_source: dict[str, list[LineEngine]] = {}
+        self._routes_by_source: dict[str, dict[str, list[LineEngine]]] = {}
         saved = outbox.load_state()
         for line in cfg.lines:
-            engine = LineEngine(line, site=cfg.site)
-            blob = saved.get(STATE_KEY_PREFIX + line.name)
-            if blob:
-                try:
-                    engine.restore(json.loads(blob))
-                    log.info(
-                        "line '%s': engine state restored", line.name, extra={"line": line.name}
-                    )
-                except Exception as exc:  # a state from an incompatible config: start afresh
-                    log.warning(
-                        "line '%s': saved engine state not usable (%s)",
-                        line.name,
-                        exc,
-                        extra={"line": line.name},
-                    )
-                    engine = LineEngine(line, site=cfg.site)
-            self.engines[line.name] = engine
+            self.engines[line.name] = self._new_engine(line, saved)
+            self._lines[line.name] = line
+        self._route()
+        self._pending: list[OutMessage] = []
+        self._storage_failing = False
+        self._window_totals: dict[str, tuple[str, int, int, int]] = {}
+        self.steps = 0
+        # Set by deliver() when a line's state changed: run() steps at once, so a `state`
+        # message leaves one poll after the change instead of up to a tick later.
+        self._wake = asyncio.Event()
+
+    def _new_engine(self, line: LineConfig, saved: dict[str, str]) -> LineEngine:
+        engine = LineEngine(line, site=self._site)
+        blob = saved.get(STATE_KEY_PREFIX + line.name)
+        if blob:
+            try:
+                engine.restore(json.loads(blob))
+                log.info("line '%s': engine state restored", line.name, extra={"line": line.name})
+            except Exception as exc:  # a state from an incompatible config: start afresh
+                log.warning(
+                    "line '%s': saved engine state not usable (%s)",
+                    line.name,
+                    exc,
+                    extra={"line": line.name},
+                )
+                engine = LineEngine(line, site=self._site)
+        return engine
+
+    def _route(self) -> None:
+        self._routes = {}
+        self._by_source = {}
+        for line in self._lines.values():
+            engine = self.engines[line.name]
             for tag in signal_tags(line):
                 self._routes.setdefault(tag, []).append(engine)
                 source = tag.split(".", 1)[0]
                 engines = self._by_source.setdefault(source, [])
                 if engine not in engines:
                     engines.append(engine)
-        self._pending: list[OutMessage] = []
-        self._storage_failing = False
-        self._window_totals: dict[str, tuple[str, int, int, int]] = {}
-        self.steps = 0
+        self._routes_by_source = {}
+        for key, engines in self._routes.items():
+            source_name, tag_name = key.split(".", 1)
+            self._routes_by_source.setdefault(source_name, {})[tag_name] = engines
+
+    def reconfigure(self, cfg: AgentConfig) -> tuple[list[str], list[str]]:
+        """Adopt a reloaded configuration; return the lines (kept, started afresh).
+
+        A line whose :class:`LineConfig` is equal keeps its engine, and with it its counter
+        baselines and open windows. A changed line gets a new engine restored from the state it
+        last stored, if that state fits the new configuration, else a fresh one; a removed line's
+        engine is dropped (its last reports are already in the outbox).
+        """
+        self.publish_interval_s = cfg.mqtt.publish_interval_s
+        self.tick_interval_s = min(self._tick_base_s, self.publish_interval_s)
+        self._qos = cfg.mqtt.qos
+        kept: list[str] = []
+        fresh: list[str] = []
+        saved: dict[str, str] | None = None
+        engines: dict[str, LineEngine] = {}
+        for line in cfg.lines:
+            old = self._lines.get(line.name)
+            if old == line and cfg.site == self._site:
+                engines[line.name] = self.engines[line.name]
+                kept.append(line.name)
+                continue
+            if saved is None:
+                # Store the current state first, so that a changed line resumes from now.
+                self._persist([])
+                saved = self._outbox.load_state()
+            engines[line.name] = self._new_engine(line, saved)
+            fresh.append(line.name)
+        self.engines = engines
+        self._lines = {line.name: line for line in cfg.lines}
+        self._window_totals = {k: v for k, v in self._window_totals.items() if k in engines}
+        self._route()
+        return kept, fresh
 
     def deliver(self, samples: list[Sample]) -> None:
-        """Hand a poll's samples to the lines that read them (hot path: one dict lookup each)."""
-        routes = self._routes
+        """Hand a poll's samples to the lines that read them (hot path: one dict lookup each,
+        no allocation: most tags of a source feed no line)."""
+        by_source = self._routes_by_source
+        routes: dict[str, list[LineEngine]] | None = None
+        source: str | None = None
         for sample in samples:
-            engines = routes.get(sample.key)
+            if sample.source != source:
+                source = sample.source
+                routes = by_source.get(source)
+            engines = routes.get(sample.tag) if routes else None
             if engines:
                 for engine in engines:
+                    before = engine.state
                     engine.ingest(sample)
+                    if engine.state is not before:
+                        self._wake.set()
 
     def source_available(self, source: str, available: bool) -> None:
         now = self._clock()
@@ -150,7 +216,15 @@ class EngineRunner:
             kept = [m for m in batch if m.topic_suffix != "kpi"] + [
                 m for m in messages if m.topic_suffix == "kpi"
             ]
+            if len(kept) > _MAX_PENDING:
+                log.error(
+                    "%d held report(s) dropped: the outbox has not been writable for too long",
+                    len(kept) - _MAX_PENDING,
+                )
             self._pending = kept[-_MAX_PENDING:]
+            # The engine itself still makes progress: the watchdog must not restart the agent
+            # and throw away the reports held here.
+            self._on_progress()
             return 0
         if self._storage_failing:
             log.warning("outbox writable again; %d held report(s) stored", len(self._pending))
@@ -160,6 +234,11 @@ class EngineRunner:
             self._notify_sink()
         self._on_progress()
         return len(batch)
+
+    @property
+    def held(self) -> int:
+        """Messages held in memory because the outbox could not be written."""
+        return len(self._pending)
 
     def _update_line_metrics(self, line: str, payload: dict[str, Any]) -> None:
         m = self._metrics
@@ -193,7 +272,9 @@ class EngineRunner:
         self._window_totals[line] = (key, *counts)
 
     async def run(self) -> None:
-        """Tick every ``tick_interval_s``; snapshot every ``publish_interval_s``."""
+        """Tick every ``tick_interval_s``; snapshot every ``publish_interval_s``; and step at once
+        (without a snapshot, off the tick schedule) when a delivered sample changed a line's
+        state."""
         loop = asyncio.get_running_loop()
         next_tick = loop.time()
         next_snapshot = next_tick
@@ -204,9 +285,15 @@ class EngineRunner:
                 next_snapshot += self.publish_interval_s
                 if next_snapshot <= now:  # fell behind: do not publish in a burst
                     next_snapshot = now + self.publish_interval_s
+            self._wake.clear()
             self.step(snapshot=snapshot)
             self._metrics.engine_ticks.inc()
-            next_tick += self.tick_interval_s
-            if next_tick <= loop.time():
-                next_tick = loop.time() + self.tick_interval_s
-            await asyncio.sleep(min(next_tick, next_snapshot) - loop.time())
+            if now >= next_tick:
+                next_tick += self.tick_interval_s
+                if next_tick <= loop.time():
+                    next_tick = loop.time() + self.tick_interval_s
+            delay_s = min(next_tick, next_snapshot) - loop.time()
+            if delay_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay_s):
+                        await self._wake.wait()

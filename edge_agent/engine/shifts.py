@@ -11,8 +11,15 @@ the whole local day is one window named ``day``. Breaks lie inside their shift; 
 shift's start time belongs to the next local date (a night shift's 02:00 break), and a break whose
 end is before its start crosses midnight. Breaks are clipped to their shift.
 
-Extension point: :meth:`ShiftCalendar.day_windows` lists the shift instances that start on one
-local date; weekdays and holidays filter there.
+Dated exceptions (:class:`~edge_agent.config.schema.Calendar`): a shift is held on the local
+dates on which it *starts*: its weekdays (``days``), never on a holiday, and on an extra working
+day if that day follows all shifts or the shifts of the weekday it is ``like``. A night shift that
+starts the evening before a holiday is held in full. Dated maintenance windows (local wall time,
+resolved like shift times) are planned stops: they are cut out of planned time like breaks.
+
+Any time span, not only a shift, has a *plan* (:meth:`ShiftCalendar.plan`): its planned intervals
+and its planned-stop time by cause (``off_shift``, ``break``, ``maintenance``); hourly windows use
+it, since a clock hour can hold the end of one shift and the start of the next.
 """
 
 from __future__ import annotations
@@ -22,24 +29,31 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from edge_agent.config.schema import Shift
-from edge_agent.engine.intervals import Interval, clip, normalize, subtract
+from edge_agent.config.schema import Calendar, Shift
+from edge_agent.engine.intervals import Interval, clip, intersect, normalize, subtract, union
 
 SHIFT = "shift"
 OFF_SHIFT = "off_shift"
+HOUR = "hour"
+# Planned-stop causes that the calendar knows (planned machine states are the engine's).
+CAUSE_OFF_SHIFT = "off_shift"
+CAUSE_BREAK = "break"
+CAUSE_MAINTENANCE = "maintenance"
+CALENDAR_CAUSES = (CAUSE_OFF_SHIFT, CAUSE_BREAK, CAUSE_MAINTENANCE)
 
 _WHOLE_DAY = Shift(name="day", start=time(0, 0), end=time(0, 0))
 _ONE_DAY = timedelta(days=1)
-# How far off_shift_window() looks for the neighbouring shifts (weekends, holidays later).
-_SEARCH_DAYS = 8
-_CACHE_MAX = 32
+# How far off_shift_window() looks for the neighbouring shifts (weekends, holiday weeks).
+_SEARCH_DAYS = 16
+_CACHE_MAX = 64
 
 
 @dataclass(frozen=True, slots=True)
 class Window:
     """A reporting window ``[start, end)`` in POSIX seconds.
 
-    ``kind`` is ``"shift"`` or ``"off_shift"`` (from the end of one shift to the start of the next).
+    ``kind`` is ``"shift"``, ``"off_shift"`` (from the end of one shift to the start of the next)
+    or ``"hour"`` (a local clock hour, named ``"HH:00"``).
     """
 
     kind: str
@@ -51,17 +65,59 @@ class Window:
         return self.start <= t < self.end
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the calendar says about a span: planned intervals and planned stops by cause
+    (disjoint; together with ``planned`` they cover the span)."""
+
+    planned: list[Interval]
+    stops: dict[str, list[Interval]]
+
+
 def _local_ts(tz: ZoneInfo, day: date, wall: time) -> float:
     return datetime.combine(day, wall.replace(tzinfo=None), tzinfo=tz).timestamp()
+
+
+def hour_window(t: float, tz: ZoneInfo) -> Window:
+    """The local clock hour containing ``t``. Across a DST change the hours stay one real hour
+    long (02:00 does not exist in spring; 02:00 comes twice in autumn, with two offsets)."""
+    local = datetime.fromtimestamp(t, tz)
+    start = local.replace(minute=0, second=0, microsecond=0).timestamp()
+    if start > t:  # a zone whose offset is not whole hours around a change: cannot happen often
+        start -= 3600.0
+    nxt = datetime.fromtimestamp(start + 3600.0, tz)
+    end = nxt.replace(minute=0, second=0, microsecond=0).timestamp()
+    if end <= start:
+        end = start + 3600.0
+    name = f"{datetime.fromtimestamp(start, tz):%H}:00"
+    return Window(kind=HOUR, name=name, start=start, end=end)
 
 
 class ShiftCalendar:
     """Shift instances of one line. Pure: every answer depends only on the arguments."""
 
-    def __init__(self, timezone: str, shifts: Sequence[Shift]) -> None:
+    def __init__(
+        self, timezone: str, shifts: Sequence[Shift], calendar: Calendar | None = None
+    ) -> None:
         self.tz = ZoneInfo(timezone)
         self.shifts: tuple[Shift, ...] = tuple(shifts) if shifts else (_WHOLE_DAY,)
+        cal = calendar or Calendar()
+        self._holidays = frozenset(cal.holidays)
+        self._extra = {x.date: x.like for x in cal.extra_days}
+        self.maintenance: list[Interval] = normalize(
+            (m.start.replace(tzinfo=self.tz).timestamp(), m.end.replace(tzinfo=self.tz).timestamp())
+            for m in cal.maintenance
+        )
         self._day_cache: dict[date, tuple[Window, ...]] = {}
+
+    def _held(self, shift: Shift, day: date) -> bool:
+        """Whether ``shift`` starts on local date ``day``."""
+        if day in self._holidays:
+            return False
+        if day in self._extra:
+            like = self._extra[day]
+            return like is None or like in shift.days
+        return day.weekday() in shift.days
 
     def local_date(self, t: float) -> date:
         return datetime.fromtimestamp(t, self.tz).date()
@@ -79,7 +135,11 @@ class ShiftCalendar:
         cached = self._day_cache.get(day)
         if cached is not None:
             return cached
-        found = [w for s in self.shifts if (w := self._instance(s, day)) is not None]
+        found = [
+            w
+            for s in self.shifts
+            if self._held(s, day) and (w := self._instance(s, day)) is not None
+        ]
         windows = tuple(sorted(found, key=lambda w: (w.start, w.end)))
         if len(self._day_cache) >= _CACHE_MAX:
             self._day_cache.clear()
@@ -125,20 +185,43 @@ class ShiftCalendar:
         return self.window_at(now) or self.off_shift_window(now)
 
     def planned_intervals(self, window: Window) -> list[Interval]:
-        """The window minus its breaks, as normalised UTC intervals. Off-shift windows have none."""
-        if window.kind != SHIFT:
+        """The window minus its breaks and maintenance, as normalised UTC intervals. Off-shift
+        windows have none."""
+        if window.kind == OFF_SHIFT:
             return []
-        first = self.local_date(window.start)
-        for day in (first - _ONE_DAY, first, first + _ONE_DAY):
+        return self.plan(window.start, window.end).planned
+
+    def plan(self, start: float, end: float) -> Plan:
+        """Planned intervals of ``[start, end)`` and its planned stops by cause: outside every
+        held shift ``off_shift``; inside one, ``break``, then ``maintenance`` (a maintenance
+        window over a break counts once, as the break)."""
+        span = [(start, end)] if end > start else []
+        shift_iv: list[Interval] = []
+        break_iv: list[Interval] = []
+        first, last = self.local_date(start), self.local_date(end)
+        day = first - _ONE_DAY
+        while day <= last:
             for shift in self.shifts:
-                if shift.name != window.name:
+                if not self._held(shift, day):
                     continue
                 inst = self._instance(shift, day)
-                if inst is not None and inst.start == window.start and inst.end == window.end:
-                    breaks = self._breaks(shift, day)
-                    return subtract([(window.start, window.end)], breaks)
-        # A window from another calendar (e.g. restored after a config change): no known breaks.
-        return [(window.start, window.end)]
+                if inst is None or inst.end <= start or inst.start >= end:
+                    continue
+                shift_iv.append((inst.start, inst.end))
+                break_iv.extend(self._breaks(shift, day))
+            day += _ONE_DAY
+        shifts = clip(normalize(shift_iv), start, end)
+        breaks = intersect(normalize(break_iv), shifts)
+        maint = subtract(intersect(self.maintenance, shifts), breaks)
+        planned = subtract(shifts, union(breaks, maint))
+        return Plan(
+            planned=planned,
+            stops={
+                CAUSE_OFF_SHIFT: subtract(span, shifts),
+                CAUSE_BREAK: breaks,
+                CAUSE_MAINTENANCE: maint,
+            },
+        )
 
     def _breaks(self, shift: Shift, day: date) -> list[Interval]:
         out: list[Interval] = []

@@ -24,22 +24,24 @@ import json
 import logging
 import ssl
 import time
+from collections import deque
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config.schema import MqttConfig, MqttProtocol
 from edge_agent.errors import BrokerRefusedError, SinkError
+from edge_agent.secrets import SecretError, read_secret
 from edge_agent.sinks.outbox import Outbox, StoredMessage
 
 log = logging.getLogger(__name__)
 
 STATUS_SCHEMA = "edge-agent/status/1"
-DEFAULT_WINDOW = 100  # publishes in flight at once; far below paho's 65,535 message ids
 
 
 def status_payload(site: str, status: Literal["online", "offline"], ts: float) -> bytes:
@@ -67,6 +69,29 @@ def build_tls_context(
     return ctx
 
 
+class _ClientLog(logging.Handler):
+    """Receives the MQTT client's own log records, keeps the last error and passes every
+    record on at DEBUG: a failed connection is explained once, in the :class:`SinkError`.
+
+    With TLS 1.3 the broker judges the client certificate after the handshake has completed,
+    so a refused certificate shows up only as an alert on the first read ("failed to receive
+    on socket: [SSL: TLSV1_ALERT_UNKNOWN_CA] ..."), then as a missing CONNACK; the error kept
+    here turns that timeout into a clear refusal.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.last_error: str | None = None
+        self.logger = logging.Logger("edge_agent.sinks.mqtt.client")  # not in the hierarchy
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            self.last_error = text
+        log.debug("mqtt client: %s", text)
+
+
 class MqttSink:
     """Publishes the outbox to an MQTT broker (see the module docstring for the contract).
 
@@ -77,8 +102,9 @@ class MqttSink:
     """
 
     def __init__(
-        self, cfg: MqttConfig, *, site: str, outbox: Outbox, window: int = DEFAULT_WINDOW
+        self, cfg: MqttConfig, *, site: str, outbox: Outbox, window: int | None = None
     ) -> None:
+        window = cfg.max_inflight if window is None else window
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self._cfg = cfg
@@ -94,6 +120,7 @@ class MqttSink:
         self._published_total = 0
         self._last_error: str | None = None
         self.status_topic = f"{cfg.topic_prefix}/{site}/status"
+        self._client_log = _ClientLog()
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -184,11 +211,9 @@ class MqttSink:
                 raise SinkError("mqtt.password_file is set but mqtt.username is not")
             try:
                 # Read on every connect, so a rotated credential is picked up on reconnect.
-                password = Path(cfg.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise SinkError(
-                    f"cannot read mqtt.password_file {cfg.password_file}: {exc}"
-                ) from exc
+                password = read_secret(cfg.password_file)
+            except SecretError as exc:
+                raise SinkError(f"mqtt.password_file: {exc}") from None
         tls_context: ssl.SSLContext | None = None
         if cfg.tls is not None:
             try:
@@ -202,6 +227,17 @@ class MqttSink:
             if cfg.protocol is MqttProtocol.V5
             else aiomqtt.ProtocolVersion.V311
         )
+        # A persistent session: MQTT 3.1.1 clean_session=0; MQTT 5 clean start off and a session
+        # expiry (without one an MQTT 5 broker ends the session at disconnect).
+        session: dict[str, Any] = {}
+        if protocol is aiomqtt.ProtocolVersion.V5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            if not cfg.clean_session:
+                props.SessionExpiryInterval = int(cfg.session_expiry_s)
+            session["clean_start"] = cfg.clean_session
+            session["properties"] = props
+        else:
+            session["clean_session"] = cfg.clean_session
         will = aiomqtt.Will(
             topic=self.status_topic,
             # The will's ts is the time of this connect: the broker sends it unchanged later.
@@ -209,6 +245,7 @@ class MqttSink:
             qos=1,
             retain=True,
         )
+        self._client_log = _ClientLog()
         client = aiomqtt.Client(
             cfg.host,
             cfg.port,
@@ -220,10 +257,15 @@ class MqttSink:
             timeout=cfg.timeout_s,
             keepalive=max(1, round(cfg.keepalive_s)),
             max_inflight_messages=self._window,
+            # The sink hands the client at most one window at a time; the bound makes paho's
+            # memory-only queue refuse rather than grow if that ever changed.
+            max_queued_outgoing_messages=self._window + 2,
             tls_context=tls_context,
+            **session,
+            logger=self._client_log.logger,
         )
-        # aiomqtt warns above 10 pending calls; a full window is normal here.
-        client.pending_calls_threshold = self._window + 2
+        # aiomqtt warns above 10 pending calls; a full pipeline (2 windows) is normal here.
+        client.pending_calls_threshold = 2 * self._window + 2
         return client
 
     async def _run_connection(self) -> None:
@@ -268,15 +310,35 @@ class MqttSink:
                     f"TLS with broker {self._where} failed: {exc.__context__}"
                 ) from None
             if str(exc) == "Operation timed out":  # aiomqtt's CONNACK deadline
-                raise SinkError(
-                    f"broker {self._where} did not answer CONNECT within {cfg.timeout_s} s"
-                    " (it may have closed the connection: see the log above)"
-                ) from None
+                raise self._no_connack() from None
             raise SinkError(f"cannot connect to broker {self._where}: {exc}") from None
         except TimeoutError:
             raise SinkError(
                 f"cannot connect to broker {self._where}: no answer within {cfg.timeout_s} s"
             ) from None
+
+    def _no_connack(self) -> SinkError:
+        """The error for a CONNECT without CONNACK, explained by the client's last error."""
+        cfg = self._cfg
+        seen = self._client_log.last_error
+        if seen is None:
+            return SinkError(
+                f"broker {self._where} did not answer CONNECT within {cfg.timeout_s} s"
+            )
+        if "SSL" in seen and cfg.tls is not None:
+            if cfg.tls.cert_file is None:
+                hint = "it may require a client certificate: set mqtt.tls.cert_file and key_file"
+            else:
+                hint = (
+                    f"it does not accept the client certificate {cfg.tls.cert_file} "
+                    "(not signed by a CA the broker trusts, expired, or revoked)"
+                )
+            return BrokerRefusedError(
+                f"TLS with broker {self._where} failed after the handshake: {seen}; {hint}"
+            )
+        return SinkError(
+            f"broker {self._where} closed the connection before answering CONNECT: {seen}"
+        )
 
     async def _wait_lost(self, client: aiomqtt.Client) -> str:
         """Complete when the connection is gone, with the reason. The sink subscribes to
@@ -321,73 +383,87 @@ class MqttSink:
             ) from None
 
     async def _pump(self, client: aiomqtt.Client, lost: asyncio.Task[str]) -> None:
-        """Publish the outbox until it is empty and close() was called (or its time is up)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            self._check(lost)
-            # Clear before reading: a notify() after this point wakes the wait below.
-            self._wake.clear()
-            batch = self._outbox.peek(self._window)
-            if not batch:
-                if self._closing:
-                    return
-                await self._wake.wait()
-                continue
-            if self._closing and loop.time() >= self._close_deadline:
-                log.warning(
-                    "drain time is up with %d message(s) still in the outbox",
-                    self._outbox.depth(),
-                )
-                return
-            await self._publish_batch(client, batch, lost)
+        """Publish the outbox until it is empty and close() was called (or its time is up).
 
-    async def _publish_batch(
-        self, client: aiomqtt.Client, batch: list[StoredMessage], lost: asyncio.Task[str]
-    ) -> None:
+        Up to ``window`` publishes are on the wire (paho's in-flight limit) and up to another
+        ``window`` wait in paho's queue behind them, refilled as the oldest are acknowledged.
+        paho sends a queued message the moment a PUBACK frees a slot, so the link never idles:
+        waiting for a whole batch before sending more lets the broker's small PUBACK writes
+        (Nagle) wait for our delayed TCP ACK, ~40 ms per batch. Rows are deleted in
+        acknowledged prefixes, half a window per transaction.
+        """
+        loop = asyncio.get_running_loop()
         timeout_s = self._cfg.timeout_s
-        # Tasks start in creation order and each calls paho's publish() before its first await,
-        # so the messages go on the wire in outbox order.
-        tasks = [
-            asyncio.ensure_future(
-                client.publish(
-                    self.topic(m.line, m.topic_suffix),
-                    m.payload,
-                    qos=m.qos,
-                    retain=m.retain,
-                    timeout=timeout_s,
-                )
-            )
-            for m in batch
-        ]
+        depth = 2 * self._window
+        inflight: deque[tuple[StoredMessage, asyncio.Future[Any]]] = deque()
+        acked: list[int] = []
+        last_id = 0
         try:
-            all_done = asyncio.gather(*tasks, return_exceptions=True)
-            try:
+            while True:
+                self._check(lost)
+                # Clear before reading: a notify() after this point wakes the wait below.
+                self._wake.clear()
+                room = depth - len(inflight)
+                if not inflight or room >= self._window:
+                    if self._closing and loop.time() >= self._close_deadline and not inflight:
+                        left = self._outbox.depth()
+                        if left:
+                            log.warning(
+                                "drain time is up with %d message(s) still in the outbox", left
+                            )
+                        return
+                    # Tasks start in creation order and each calls paho's publish() before its
+                    # first await, so the messages go on the wire in outbox order.
+                    for m in self._outbox.peek(room, after_id=last_id):
+                        inflight.append((m, asyncio.ensure_future(self._publish(client, m))))
+                        last_id = m.id
+                if not inflight:
+                    self._flush(acked)
+                    if self._closing:
+                        return
+                    await self._wake.wait()
+                    continue
+                head = inflight[0][1]
                 async with asyncio.timeout(timeout_s + 1.0):
-                    waiters: list[asyncio.Future[Any]] = [all_done, lost]
-                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            except TimeoutError:
-                pass  # judged below, task by task
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.wait(tasks)
-        acked = 0
-        error: BaseException | None = None
-        for t in tasks:
-            if t.cancelled():
-                break
-            error = t.exception()
-            if error is not None:
-                break
-            acked += 1
-        if acked:
-            # Only a prefix: a row is deleted only once it and everything before it is acked.
-            self._outbox.ack([m.id for m in batch[:acked]])
-            self._published_total += acked
-        if acked < len(batch):
+                    await asyncio.wait([head, lost], return_when=asyncio.FIRST_COMPLETED)
+                while inflight and inflight[0][1].done():
+                    message, future = inflight.popleft()
+                    error = None if future.cancelled() else future.exception()
+                    if future.cancelled() or error is not None:
+                        self._check(lost)
+                        raise SinkError(
+                            f"publishing to broker {self._where} failed: {error or 'cancelled'}"
+                        )
+                    acked.append(message.id)
+                if len(acked) >= max(1, self._window // 2) or not inflight:
+                    self._flush(acked)
+        except TimeoutError:
             self._check(lost)
-            reason = str(error) if error is not None else f"no PUBACK within {timeout_s} s"
-            raise SinkError(f"publishing to broker {self._where} failed: {reason}")
+            raise SinkError(
+                f"publishing to broker {self._where} failed: no PUBACK within {timeout_s} s"
+            ) from None
+        finally:
+            self._flush(acked)
+            for _, future in inflight:
+                future.cancel()
+            if inflight:
+                await asyncio.wait([f for _, f in inflight])
+
+    def _publish(self, client: aiomqtt.Client, m: StoredMessage) -> Any:
+        return client.publish(
+            self.topic(m.line, m.topic_suffix),
+            m.payload,
+            qos=m.qos,
+            retain=m.retain,
+            timeout=self._cfg.timeout_s,
+        )
+
+    def _flush(self, acked: list[int]) -> None:
+        """Delete the acknowledged rows (an in-order prefix of what was sent)."""
+        if acked:
+            self._outbox.ack(acked)
+            self._published_total += len(acked)
+            acked.clear()
 
     async def _disconnect(self, client: aiomqtt.Client) -> None:
         try:

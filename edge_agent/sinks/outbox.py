@@ -14,6 +14,16 @@ agent but may lose the last commits on power loss, and an industrial PC does los
 (and the state that advanced with it) must survive that, so every commit syncs the WAL; one append
 per publish interval makes the cost irrelevant.
 
+Bounds (``storage.outbox``, :class:`OutboxConfig`): a broker outage must not fill the disk.
+Above the soft limits (``max_messages`` / ``max_bytes``) the oldest live ``kpi`` snapshots are
+deleted, keeping the newest one per line: each snapshot is superseded by the next one anyway,
+and the ``kpi/shift``, ``kpi/hour`` and ``state`` messages are the ones a subscriber cannot
+rebuild. Only above the hard
+limits (``hard_max_messages`` / ``hard_max_bytes``) are the oldest messages of any topic deleted.
+Every deleted message is counted by topic (:attr:`Outbox.dropped`) and leaves a gap in its line's
+``seq``: a subscriber can tell it was dropped, never silently lost. Thinning and hard drops are
+logged once when they start, and once when the outbox is back under its soft limits.
+
 Thread-safety: an :class:`Outbox` is used from the event loop thread only (the engine appends, the
 MQTT sink peeks and acks, both on the loop). SQLite's own same-thread check enforces it. The calls
 are synchronous; each is one short transaction (an append of 1,000 messages takes milliseconds).
@@ -26,9 +36,10 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_agent.config.schema import OutboxConfig
 from edge_agent.errors import StorageError
 from edge_agent.model import OutMessage
 
@@ -58,6 +69,20 @@ CREATE TABLE IF NOT EXISTS state (
 """
 
 
+LIVE_TOPIC = "kpi"  # the live snapshot: thinned first when the outbox is full
+_LOW_WATER = 0.9  # thinning goes 10 % below a soft limit, so it does not run on every append
+_DELETE_CHUNK = 500  # ids per DELETE statement (SQLite's variable limit is far above)
+
+
+@dataclass(slots=True)
+class _Dropping:
+    """What the limit policy is doing now, for once-per-change logging."""
+
+    thinning: bool = False
+    hard: bool = False
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
     """A message in the outbox: its row ``id`` (for :meth:`Outbox.ack`), where it goes, and its
@@ -81,10 +106,20 @@ class Outbox:
     seed a new line's ``seq`` counter (see :meth:`append`).
     """
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        limits: OutboxConfig | None = None,
+    ) -> None:
         self.path = Path(path)
         self._clock = clock
+        self.limits = limits or OutboxConfig()
         self._db: sqlite3.Connection | None = None
+        self._count = 0
+        self._bytes = 0
+        self._policy = _Dropping()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -104,6 +139,9 @@ class Outbox:
             raise
         self._db = db
         log.debug("outbox %s open, %d message(s) waiting", self.path, self.depth())
+        if self._count:
+            # Limits may have been lowered since the last run.
+            self._enforce_limits_now()
 
     def _prepare(self, db: sqlite3.Connection) -> None:
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -124,6 +162,11 @@ class Outbox:
                 db.execute(statement)
         db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         db.execute("COMMIT")
+        # length() of a BLOB reads the record header only, not the payload pages.
+        count, size = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0) FROM messages"
+        ).fetchone()
+        self._count, self._bytes = int(count), int(size)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -142,10 +185,16 @@ class Outbox:
         compact UTF-8 JSON with ``seq`` added. Returns once the transaction is durable; on any
         error nothing is stored. Raises ``ValueError``/``TypeError`` for a payload that is not
         JSON (NaN included), :class:`StorageError` for sqlite failures.
+
+        When the outbox goes over its limits, older messages are deleted in the same transaction
+        (see the module docstring); the messages just appended are kept unless they alone exceed
+        a hard limit.
         """
         db = self._conn()
         now = self._clock()
         seqs: list[int] = []
+        count, size = self._count, self._bytes
+        dropped: dict[str, int] = {}
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -185,6 +234,9 @@ class Outbox:
                         " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                         list(state.items()),
                     )
+                count += len(rows)
+                size += sum(len(r[2]) for r in rows)
+                count, size = self._enforce(db, count, size, dropped)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -192,7 +244,125 @@ class Outbox:
                 raise
         except sqlite3.Error as exc:
             raise StorageError(f"outbox {self.path}: cannot append: {exc}") from exc
+        self._count, self._bytes = count, size
+        self._note_dropped(dropped)
         return seqs
+
+    # -- limits -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _over(count: int, size: int, max_count: int, max_size: int) -> bool:
+        return bool((max_count and count > max_count) or (max_size and size > max_size))
+
+    def _enforce(
+        self, db: sqlite3.Connection, count: int, size: int, dropped: dict[str, int]
+    ) -> tuple[int, int]:
+        """Apply the limit policy inside the caller's transaction; return the new totals."""
+        lim = self.limits
+        if self._over(count, size, lim.max_messages, lim.max_bytes):
+            target_count = int(lim.max_messages * _LOW_WATER)
+            target_size = int(lim.max_bytes * _LOW_WATER)
+            # The oldest live snapshots first, never a line's newest one.
+            rows = db.execute(
+                "SELECT id, length(payload) FROM messages WHERE topic_suffix = ?"
+                " AND id NOT IN (SELECT MAX(id) FROM messages WHERE topic_suffix = ? GROUP BY line)"
+                " ORDER BY id",
+                (LIVE_TOPIC, LIVE_TOPIC),
+            )
+            victims: list[int] = []
+            for row_id, length in rows:
+                if not self._over(count, size, target_count, target_size):
+                    break
+                victims.append(int(row_id))
+                count -= 1
+                size -= int(length)
+            if victims:
+                self._delete(db, victims)
+                dropped[LIVE_TOPIC] = dropped.get(LIVE_TOPIC, 0) + len(victims)
+                if not self._policy.thinning:
+                    self._policy.thinning = True
+                    log.warning(
+                        "outbox %s over its limit (%d messages / %d bytes allowed): dropping the"
+                        " oldest live kpi snapshots, keeping each line's newest and every other"
+                        " report",
+                        self.path,
+                        lim.max_messages,
+                        lim.max_bytes,
+                    )
+        if self._over(count, size, lim.hard_max_messages, lim.hard_max_bytes):
+            rows = db.execute("SELECT id, topic_suffix, length(payload) FROM messages ORDER BY id")
+            victims = []
+            for row_id, topic, length in rows:
+                if not self._over(count, size, lim.hard_max_messages, lim.hard_max_bytes):
+                    break
+                victims.append(int(row_id))
+                dropped[str(topic)] = dropped.get(str(topic), 0) + 1
+                count -= 1
+                size -= int(length)
+            self._delete(db, victims)
+            if victims and not self._policy.hard:
+                self._policy.hard = True
+                log.error(
+                    "outbox %s at its hard limit (%d messages / %d bytes): dropping the oldest"
+                    " reports of every topic; is the broker unreachable for that long?",
+                    self.path,
+                    lim.hard_max_messages,
+                    lim.hard_max_bytes,
+                )
+        return count, size
+
+    @staticmethod
+    def _delete(db: sqlite3.Connection, ids: Sequence[int]) -> None:
+        for start in range(0, len(ids), _DELETE_CHUNK):
+            chunk = ids[start : start + _DELETE_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            db.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
+
+    def _enforce_limits_now(self) -> None:
+        db = self._conn()
+        dropped: dict[str, int] = {}
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                count, size = self._enforce(db, self._count, self._bytes, dropped)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"outbox {self.path}: cannot apply its limits: {exc}") from exc
+        self._count, self._bytes = count, size
+        self._note_dropped(dropped)
+
+    def _note_dropped(self, dropped: Mapping[str, int]) -> None:
+        totals = self._policy.dropped
+        for topic, n in dropped.items():
+            totals[topic] = totals.get(topic, 0) + n
+        lim = self.limits
+        policy = self._policy
+        if (
+            (policy.thinning or policy.hard)
+            and not self._over(
+                self._count,
+                self._bytes,
+                int(lim.max_messages * _LOW_WATER),
+                int(lim.max_bytes * _LOW_WATER),
+            )
+            and not dropped
+        ):
+            policy.thinning = policy.hard = False
+            log.warning("outbox %s back under its limits; nothing dropped since", self.path)
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Messages deleted by the limit policy since this outbox was opened, by topic suffix."""
+        return dict(self._policy.dropped)
+
+    @property
+    def size_bytes(self) -> int:
+        """Payload bytes waiting (the file itself is larger: rows, indexes, free pages)."""
+        return self._bytes
 
     def load_state(self) -> dict[str, str]:
         """Every state key/value written by :meth:`append`."""
@@ -202,15 +372,16 @@ class Outbox:
             raise StorageError(f"outbox {self.path}: cannot read state: {exc}") from exc
         return {str(k): str(v) for k, v in rows}
 
-    def peek(self, limit: int) -> list[StoredMessage]:
-        """Up to ``limit`` messages, oldest first. They stay until :meth:`ack`."""
+    def peek(self, limit: int, *, after_id: int = 0) -> list[StoredMessage]:
+        """Up to ``limit`` messages with an id above ``after_id``, oldest first. They stay until
+        :meth:`ack`."""
         try:
             rows = (
                 self._conn()
                 .execute(
                     "SELECT id, line, topic_suffix, payload, qos, retain, seq, created"
-                    " FROM messages ORDER BY id LIMIT ?",
-                    (limit,),
+                    " FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+                    (after_id, limit),
                 )
                 .fetchall()
             )
@@ -235,10 +406,20 @@ class Outbox:
         if not ids:
             return
         db = self._conn()
+        count = size = 0
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids])
+                # Ids the limit policy deleted meanwhile are simply not found.
+                for start in range(0, len(ids), _DELETE_CHUNK):
+                    chunk = list(ids[start : start + _DELETE_CHUNK])
+                    marks = ",".join("?" * len(chunk))
+                    for (length,) in db.execute(
+                        f"DELETE FROM messages WHERE id IN ({marks}) RETURNING length(payload)",
+                        chunk,
+                    ).fetchall():
+                        count += 1
+                        size += int(length)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -246,14 +427,14 @@ class Outbox:
                 raise
         except sqlite3.Error as exc:
             raise StorageError(f"outbox {self.path}: cannot delete: {exc}") from exc
+        self._count = max(0, self._count - count)
+        self._bytes = max(0, self._bytes - size)
+        self._note_dropped({})
 
     def depth(self) -> int:
-        """Number of messages waiting."""
-        try:
-            row = self._conn().execute("SELECT COUNT(*) FROM messages").fetchone()
-        except sqlite3.Error as exc:
-            raise StorageError(f"outbox {self.path}: cannot read: {exc}") from exc
-        return int(row[0])
+        """Number of messages waiting (counted in memory: never touches the disk)."""
+        self._conn()
+        return self._count
 
     def oldest_age_s(self, now: float) -> float | None:
         """Seconds since the oldest waiting message was appended; ``None`` when empty."""

@@ -1,17 +1,28 @@
 """Prometheus metrics: the agent's own registry, ``edge_agent_`` prefix, bounded labels.
 
 Labels are only ``source``, ``line`` and small fixed enums (``kind``, ``topic``); a tag value is
-never a label. The HTTP endpoint is prometheus-client's own server (one small thread, started by
-:meth:`Metrics.serve` and stopped by :meth:`Metrics.stop_serving`).
+never a label. The HTTP endpoint is prometheus-client's WSGI app on its threading WSGI server
+(started by :meth:`Metrics.serve`, stopped by :meth:`Metrics.stop_serving`), optionally behind
+TLS and HTTP basic auth. prometheus-client 0.26's ``start_http_server`` offers TLS but no basic
+auth on the serving side (its ``basic_auth_handler`` is for pushing to a Pushgateway), so the
+app is wrapped here: a request without the right ``Authorization: Basic`` header gets 401. The
+comparison is constant-time; the password is read once at start.
 """
 
 from __future__ import annotations
 
+import base64
+import hmac
 import logging
+import socket
+import ssl
 import threading
+from collections.abc import Callable, Iterable
 from typing import Any
+from wsgiref.simple_server import make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +119,22 @@ class Metrics:
             "Age of the oldest message in the outbox",
             registry=r,
         )
+        self.outbox_bytes = Gauge(
+            "edge_agent_outbox_bytes",
+            "Payload bytes waiting in the outbox",
+            registry=r,
+        )
+        self.outbox_dropped = Counter(
+            "edge_agent_outbox_dropped_total",
+            "Messages the outbox deleted unsent because it was over its limits",
+            ["topic"],
+            registry=r,
+        )
+        self.outbox_held = Gauge(
+            "edge_agent_outbox_held_in_memory",
+            "Messages held in memory because the outbox cannot be written (disk full)",
+            registry=r,
+        )
         self.broker_connected = Gauge(
             "edge_agent_mqtt_connected", "1 while connected to the MQTT broker", registry=r
         )
@@ -135,12 +162,46 @@ class Metrics:
         self._thread: threading.Thread | None = None
         self.port: int | None = None
 
-    def serve(self, host: str, port: int) -> int:
-        """Start the /metrics HTTP endpoint; return the bound port (``port=0``: a free one)."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> int:
+        """Start the /metrics endpoint; return the bound port (``port=0``: a free one).
+
+        HTTPS (TLS 1.2 or newer) when ``cert_file`` and ``key_file`` are given; HTTP basic auth
+        when ``username`` and ``password`` are. Raises ``OSError`` / ``ssl.SSLError`` when the
+        port or the files cannot be used.
+        """
+        app: Callable[..., Iterable[bytes]] = make_wsgi_app(self.registry)
+        if username is not None and password is not None:
+            app = _basic_auth(app, username, password)
+        server_class = _Server6 if ":" in host else ThreadingWSGIServer
+        server = make_server(host, port, app, server_class, handler_class=_SilentHandler)
+        scheme = "http"
+        if cert_file is not None and key_file is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            try:
+                context.load_cert_chain(cert_file, key_file)
+            except BaseException:
+                server.server_close()
+                raise
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+            scheme = "https"
+        thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+        thread.start()
         self._server, self._thread = server, thread
         self.port = int(server.server_address[1])
-        log.info("metrics on http://%s:%d/metrics", host, self.port)
+        auth = " (basic auth)" if username is not None else ""
+        log.info("metrics on %s://%s:%d/metrics%s", scheme, host, self.port, auth)
+        if username is not None and scheme == "http" and host not in ("127.0.0.1", "::1"):
+            log.warning("metrics basic auth without TLS: the password crosses the network in clear")
         return self.port
 
     def stop_serving(self) -> None:
@@ -151,3 +212,25 @@ class Metrics:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+class _Server6(ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+def _basic_auth(
+    app: Callable[..., Iterable[bytes]], username: str, password: str
+) -> Callable[..., Iterable[bytes]]:
+    expected = b"Basic " + base64.b64encode(f"{username}:{password}".encode())
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+        if hmac.compare_digest(given, expected):
+            return app(environ, start_response)
+        start_response(
+            "401 Unauthorized",
+            [("WWW-Authenticate", 'Basic realm="edge-agent"'), ("Content-Type", "text/plain")],
+        )
+        return [b"401 Unauthorized\n"]
+
+    return guarded

@@ -281,6 +281,12 @@ class BlockDecoder:
     def fields(self) -> tuple[FieldDecoder, ...]:
         return self._fields
 
+    @property
+    def singles(self) -> tuple[int, ...]:
+        """Fields decoded one by one (strings, overlapping fields): the only ones whose entry in
+        :meth:`decode`'s result can be a :class:`DecodeError`."""
+        return self._single
+
     def decode(self, data: Sequence[int] | Sequence[bool]) -> list[Value | DecodeError]:
         """Decode a block: the registers (16-bit words) or bits one request returned.
 

@@ -16,13 +16,25 @@ Contract (see :class:`edge_agent.model.Source`):
   ``BadSessionIdInvalid``) closes the client and raises :class:`NotConnectedError`: the supervisor
   owns reconnects. asyncua's own auto-reconnect and health-probe watchdog are turned off.
 
+Subscribe mode (``mode: subscribe``): ``connect()`` also creates one subscription with a monitored
+item per tag (created again on every connect, so a reconnect re-subscribes), and ``read()`` sends
+nothing: it returns every tag's latest value reported by the server, so the poller and the engine
+work unchanged. The publish responses are folded straight into one slot per tag (server queue
+size 1, latest value wins), never into asyncua's per-subscription event queue, which drops events
+silently once 1,000 are waiting; nothing can pile up however slow the consumer. A subscription the
+server reports as gone (a ``StatusChangeNotification``) or that stops sending publish responses
+(not even keep-alives) raises :class:`NotConnectedError` at the next ``read()``.
+
 Values: booleans, integers (all widths), floats and strings pass through; ``LocalizedText``
 becomes its text and ``DateTime`` becomes POSIX seconds. Every other variant type (arrays,
 ByteString, structures, NodeId, Guid, ...) is reported as BAD with value ``None``, and logged once
 per tag: the engine works on scalars, and ``str()`` of a structure is no value it could use.
 
-Security: only the ``None`` security policy is used (no certificates are configured), so a
-password crosses the network in plain text; keep such PLCs on a segregated network.
+Security: the source's ``security`` (policy, mode, the agent's certificate, and how the server's
+certificate is trusted) is applied by :mod:`edge_agent.sources.opcua_security` before connecting;
+the server's certificate is never trusted on first use. With policy ``None`` a password crosses
+the network unprotected unless the server's token policy encrypts it: keep such PLCs on a
+segregated network.
 """
 
 from __future__ import annotations
@@ -45,9 +57,10 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError, UaStringParsingError
 from asyncua.ua.uatypes import Int16, Int32, UInt32
 
-from edge_agent.config.schema import OpcuaSourceConfig
+from edge_agent.config.schema import OpcuaMode, OpcuaSourceConfig
 from edge_agent.errors import NotConnectedError, SourceError
 from edge_agent.model import Quality, Sample, Value
+from edge_agent.sources.opcua_security import apply_security
 
 __all__ = ["OpcuaSource", "read_password_file", "split_batches"]
 
@@ -79,6 +92,22 @@ _NODE_NAMESPACE_ARRAY = ua.NodeId(Int32(ObjectIds.Server_NamespaceArray))
 _NODE_START_TIME = ua.NodeId(Int32(ObjectIds.Server_ServerStatus_StartTime))
 _NODE_MAX_NODES_PER_READ = ua.NodeId(
     Int32(ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead)
+)
+_NODE_MAX_MONITORED_ITEMS_PER_CALL = ua.NodeId(
+    Int32(ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall)
+)
+
+# Subscribe mode: the server sends a keep-alive publish response after timeout_s without changes,
+# and a subscription silent for _STALE_KEEPALIVES keep-alive periods is taken for dead.
+_STALE_KEEPALIVES = 3
+# Deadband filters apply to numeric variables only; a server refuses them on the others with one
+# of these, and those items are then monitored without a filter.
+_FILTER_REFUSED = frozenset(
+    {
+        StatusCodes.BadFilterNotAllowed,
+        StatusCodes.BadMonitoredItemFilterUnsupported,
+        StatusCodes.BadDeadbandFilterInvalid,
+    }
 )
 
 
@@ -157,6 +186,7 @@ class OpcuaSource:
         self._server_start_time: float | None = None
         self._max_nodes_per_read = 0
         self._unsupported_logged: set[str] = set()
+        self._monitor: _Monitor | None = None
 
     @property
     def connected(self) -> bool:
@@ -239,6 +269,7 @@ class OpcuaSource:
         self._client = client
         try:
             async with asyncio.timeout(self._cfg.timeout_s):
+                await apply_security(client, self._cfg.security, self._where())
                 await client.connect(auto_reconnect=False)
                 info = await _read(
                     client,
@@ -246,7 +277,7 @@ class OpcuaSource:
                         [_NODE_NAMESPACE_ARRAY, _NODE_START_TIME, _NODE_MAX_NODES_PER_READ]
                     ),
                 )
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, NotConnectedError):
             await self._drop()
             raise
         except UaStatusCodeError as exc:
@@ -280,6 +311,8 @@ class OpcuaSource:
             (batch, _read_request([t.node for t in batch if t.node is not None]))
             for batch in split_batches(readable, self._max_nodes_per_read)
         ]
+        if self._cfg.mode is OpcuaMode.SUBSCRIBE:
+            await self._subscribe(client, readable)
         _log.debug(
             "%s connected: %d tags in %d Read request(s), server start time %s",
             self._where(),
@@ -287,6 +320,36 @@ class OpcuaSource:
             len(self._requests),
             self._server_start_time,
         )
+
+    @property
+    def notifications(self) -> int:
+        """Value changes received by subscribe mode over the current connection (0 when polling)."""
+        return self._monitor.notifications if self._monitor is not None else 0
+
+    async def _subscribe(self, client: Client, readable: list[_Tag]) -> None:
+        """Create the subscription and one monitored item per readable tag (subscribe mode)."""
+        try:
+            async with asyncio.timeout(self._cfg.timeout_s):
+                limit_dv = (
+                    await _read(client, _read_request([_NODE_MAX_MONITORED_ITEMS_PER_CALL]))
+                )[0]
+                # One Read first: it seeds every value (the first poll needs no wait for the
+                # first publish) and tells which variables are numeric, the only ones a
+                # deadband applies to.
+                initial: list[ua.DataValue] = []
+                for _, request in self._requests:
+                    initial.extend(await _read(client, request))
+                monitor = _Monitor(readable, self._cfg)
+                await monitor.start(client, _max_nodes(limit_dv), initial)
+        except asyncio.CancelledError:
+            await self._drop()
+            raise
+        except (OSError, TimeoutError, UaError) as exc:
+            await self._drop()
+            raise NotConnectedError(
+                f"{self._where()}: subscribing failed: {_reason(exc, self._cfg.timeout_s)}"
+            ) from exc
+        self._monitor = monitor
 
     def _resolve(self, parsed: list[tuple[str, ua.NodeId]], namespaces: ua.DataValue) -> list[_Tag]:
         """Turn ``nsu=`` node ids into index-based ones with this server's namespace table.
@@ -327,6 +390,8 @@ class OpcuaSource:
         if client.uaclient.state is not UaClientState.CONNECTED:
             await self._drop()
             raise NotConnectedError(f"{self._where()}: connection lost")
+        if self._monitor is not None:
+            return await self._read_subscribed(self._monitor)
         values: dict[str, ua.DataValue] = {}
         try:
             for tags, request in self._requests:
@@ -340,6 +405,51 @@ class OpcuaSource:
             ) from exc
         now = self._clock()
         return [self._sample(tag.name, values.get(tag.name), now) for tag in self._tags]
+
+    async def _read_subscribed(self, monitor: _Monitor) -> list[Sample]:
+        """Subscribe mode: the latest reported value of every tag; nothing is sent."""
+        problem = monitor.problem(time.monotonic())
+        if problem is not None:
+            await self._drop()
+            raise NotConnectedError(f"{self._where()}: {problem}")
+        if not monitor.complete.is_set():
+            # The server reports every item's value once right after creating it.
+            try:
+                async with asyncio.timeout(self._cfg.timeout_s):
+                    await monitor.complete.wait()
+            except TimeoutError:
+                _log.warning(
+                    "%s: no first value within %g s for %d tag(s); reported as bad until one comes",
+                    self._where(),
+                    self._cfg.timeout_s,
+                    monitor.missing,
+                )
+                monitor.complete.set()
+        now = self._clock()
+        name = self.name
+        latest = monitor.values
+        cache = monitor.converted
+        out: list[Sample] = []
+        append = out.append
+        for tag, handle in self._handles(monitor):
+            dv = latest[handle] if handle >= 0 else None
+            cached = cache[handle] if handle >= 0 else None
+            # The same DataValue object as last time: reuse its conversion (most tags of a
+            # PLC do not change between two polls).
+            if cached is None or cached[0] is not dv:
+                sample = self._sample(tag, dv, now)
+                if handle >= 0:
+                    cache[handle] = (dv, sample.value, sample.quality, sample.source_time)
+                append(sample)
+            else:
+                append(Sample(name, tag, cached[1], cached[2], cached[3], now))
+        return out
+
+    def _handles(self, monitor: _Monitor) -> list[tuple[str, int]]:
+        if monitor.tag_handles is None:
+            index = {id(tag): i for i, tag in enumerate(monitor.tags)}
+            monitor.tag_handles = [(tag.name, index.get(id(tag), -1)) for tag in self._tags]
+        return monitor.tag_handles
 
     def _sample(self, tag: str, dv: ua.DataValue | None, now: float) -> Sample:
         if dv is None:  # namespace unknown to the server: never read
@@ -369,6 +479,7 @@ class OpcuaSource:
         await self._drop()
 
     async def _drop(self) -> None:
+        self._monitor = None
         client, self._client = self._client, None
         if client is None:
             return
@@ -386,6 +497,167 @@ class OpcuaSource:
             _log.debug("%s: error while closing: %r", self._where(), exc)
         finally:
             client.disconnect_socket()
+
+
+class _Monitor:
+    """Subscribe mode: one subscription whose publish responses land in one slot per tag.
+
+    Client handle ``i`` is ``tags[i]``. The publish callback is synchronous and does O(1) work per
+    notification, so it never falls behind and never queues.
+    """
+
+    def __init__(self, tags: Sequence[_Tag], cfg: OpcuaSourceConfig) -> None:
+        self.tags = list(tags)
+        self.values: list[ua.DataValue | None] = [None] * len(self.tags)
+        # Per handle: (the DataValue converted, value, quality, source time).
+        self.converted: list[tuple[ua.DataValue | None, Value, Quality, float | None] | None] = [
+            None
+        ] * len(self.tags)
+        self.tag_handles: list[tuple[str, int]] | None = None
+        self.missing = len(self.tags)
+        self.complete = asyncio.Event()
+        if not self.tags:
+            self.complete.set()
+        self.notifications = 0
+        self._cfg = cfg
+        self._publishing_s = cfg.publishing_interval_s or cfg.poll_interval_s
+        self._sampling_s = cfg.sampling_interval_s or self._publishing_s
+        self._keepalive_count = max(1, round(cfg.timeout_s / self._publishing_s))
+        keepalive_s = self._keepalive_count * self._publishing_s
+        self._stale_after_s = _STALE_KEEPALIVES * keepalive_s + cfg.timeout_s
+        self._last_publish = time.monotonic()
+        self._ended: str | None = None
+
+    async def start(
+        self, client: Client, max_per_call: int, initial: Sequence[ua.DataValue]
+    ) -> None:
+        """Create the subscription and its items; ``initial`` are the tags' values read just
+        before (same order as the tags)."""
+        for handle, dv in enumerate(initial):
+            self._store(handle, dv)
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = self._publishing_s * 1000.0
+        params.RequestedMaxKeepAliveCount = UInt32(self._keepalive_count)
+        # The server ends a subscription after this many publishing intervals without a
+        # publish request (Part 4 requires at least 3 × the keep-alive count).
+        params.RequestedLifetimeCount = UInt32(10 * self._keepalive_count)
+        params.MaxNotificationsPerPublish = UInt32(0)  # no limit: one response per interval
+        params.PublishingEnabled = True
+        params.Priority = 0
+        result = await client.uaclient.create_subscription(params, self._on_publish)
+        subscription_id = result.SubscriptionId
+        handles = list(range(len(self.tags)))
+        filtered = [h for h in handles if self._cfg.deadband > 0 and _numeric(initial[h])]
+        plain = sorted(set(handles) - set(filtered))
+        for batch in split_batches(filtered, max_per_call):
+            refused = await self._create(client, subscription_id, batch, with_filter=True)
+            plain.extend(refused)
+        for batch in split_batches(plain, max_per_call):
+            await self._create(client, subscription_id, batch, with_filter=False)
+        self._last_publish = time.monotonic()
+
+    async def _create(
+        self, client: Client, subscription_id: int, handles: Sequence[int], *, with_filter: bool
+    ) -> list[int]:
+        """Create the items ``handles``; return those refused only for their deadband filter."""
+        items: list[ua.MonitoredItemCreateRequest] = []
+        for handle in handles:
+            node = self.tags[handle].node
+            assert node is not None  # only readable tags are monitored
+            request = ua.MonitoredItemCreateRequest()
+            request.ItemToMonitor = ua.ReadValueId(NodeId=node, AttributeId=AttributeIds.Value)
+            request.MonitoringMode = ua.MonitoringMode.Reporting
+            parameters = ua.MonitoringParameters()
+            parameters.ClientHandle = UInt32(handle)
+            parameters.SamplingInterval = self._sampling_s * 1000.0
+            parameters.QueueSize = UInt32(1)  # the latest value is all a poll takes
+            parameters.DiscardOldest = True
+            if with_filter:
+                parameters.Filter = ua.DataChangeFilter(
+                    Trigger=ua.DataChangeTrigger.StatusValue,
+                    DeadbandType=UInt32(ua.DeadbandType.Absolute),
+                    DeadbandValue=self._cfg.deadband,
+                )
+            request.RequestedParameters = parameters
+            items.append(request)
+        params = ua.CreateMonitoredItemsParameters()
+        params.SubscriptionId = UInt32(subscription_id)
+        params.TimestampsToReturn = ua.TimestampsToReturn.Source
+        params.ItemsToCreate = items
+        results = await client.uaclient.create_monitored_items(params)
+        if len(results) != len(items):
+            raise UaError(f"server answered {len(results)} results for {len(items)} items")
+        refused: list[int] = []
+        for handle, result in zip(handles, results, strict=True):
+            status = result.StatusCode
+            if status.is_good():
+                continue
+            if with_filter and status.value in _FILTER_REFUSED:
+                refused.append(handle)
+            else:
+                # Never monitored (e.g. BadNodeIdUnknown): the tag reads as bad.
+                self._store(handle, ua.DataValue(StatusCode=status))
+        return refused
+
+    def _store(self, handle: int, dv: ua.DataValue) -> None:
+        if self.values[handle] is None:
+            self.missing -= 1
+            if self.missing == 0:
+                self.complete.set()
+        self.values[handle] = dv
+
+    def _on_publish(self, result: ua.PublishResult) -> None:
+        """asyncua's publish callback: fold the notifications into the slots (keep it cheap)."""
+        self._last_publish = time.monotonic()
+        data = result.NotificationMessage.NotificationData
+        if not data:
+            return  # keep-alive
+        values = self.values
+        count = len(values)
+        for notification in data:
+            if isinstance(notification, ua.DataChangeNotification):
+                items = notification.MonitoredItems
+                self.notifications += len(items)
+                for item in items:
+                    handle = item.ClientHandle
+                    if 0 <= handle < count:
+                        if values[handle] is None:
+                            self._store(handle, item.Value)
+                        else:
+                            values[handle] = item.Value
+            elif isinstance(notification, ua.StatusChangeNotification):
+                self._ended = f"subscription ended by the server ({notification.Status.name})"
+
+    def problem(self, now: float) -> str | None:
+        """Why the subscription can no longer be trusted, or ``None``."""
+        if self._ended is not None:
+            return self._ended
+        silent_s = now - self._last_publish
+        if silent_s > self._stale_after_s:
+            return f"no publish response (not even a keep-alive) for {silent_s:.1f} s"
+        return None
+
+
+_NUMERIC = frozenset(
+    {
+        ua.VariantType.SByte,
+        ua.VariantType.Byte,
+        ua.VariantType.Int16,
+        ua.VariantType.UInt16,
+        ua.VariantType.Int32,
+        ua.VariantType.UInt32,
+        ua.VariantType.Int64,
+        ua.VariantType.UInt64,
+        ua.VariantType.Float,
+        ua.VariantType.Double,
+    }
+)
+
+
+def _numeric(dv: ua.DataValue) -> bool:
+    """A scalar number (not a boolean): what an absolute deadband is defined for."""
+    variant = dv.Value
+    return variant is not None and not variant.is_array and variant.VariantType in _NUMERIC
 
 
 def _read_request(nodes: Sequence[ua.NodeId]) -> ua.ReadParameters:

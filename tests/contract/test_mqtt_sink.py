@@ -1,4 +1,7 @@
-"""The MQTT sink against a real Mosquitto on loopback (DESIGN §4)."""
+"""The MQTT sink against a real broker on loopback (DESIGN §4).
+
+Tests that need no broker-specific configuration run against both Mosquitto and amqtt (the
+``broker`` fixture); password files and TLS are configured for Mosquitto only."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 from helpers.aio import until
+from helpers.amqtt_broker import Amqtt, AnyBroker
 from helpers.mosquitto import Mosquitto, MosquittoFactory, make_password_file
 from helpers.subscriber import Received, Subscriber
 from helpers.tls import Pki, make_pki
@@ -29,7 +33,7 @@ STATUS = f"{PREFIX}/{SITE}/status"
 HELPERS = Path(__file__).resolve().parent.parent / "helpers"
 
 
-def config(broker: Mosquitto, **overrides: object) -> MqttConfig:
+def config(broker: AnyBroker, **overrides: object) -> MqttConfig:
     values: dict[str, object] = {
         "host": broker.host,
         "port": broker.port,
@@ -88,21 +92,21 @@ def status_of(r: Received) -> str:
     return str(doc["status"])
 
 
-async def retained(broker: Mosquitto, topic_filter: str, n: int) -> list[Received]:
+async def retained(broker: AnyBroker, topic_filter: str, n: int) -> list[Received]:
     """What a fresh subscriber gets: the retained messages (``n`` of them expected)."""
     async with Subscriber(broker.host, broker.port, topic_filter) as sub:
         return await sub.collect(n, 5.0)
 
 
 async def test_online_retained_on_connect_and_offline_on_close(
-    mosquitto: Mosquitto, outbox: Outbox
+    broker: AnyBroker, outbox: Outbox
 ) -> None:
-    sink = MqttSink(config(mosquitto), site=SITE, outbox=outbox)
-    async with Subscriber(mosquitto.host, mosquitto.port, STATUS) as live:
+    sink = MqttSink(config(broker), site=SITE, outbox=outbox)
+    async with Subscriber(broker.host, broker.port, STATUS) as live:
         async with running(sink) as task:
             first = await live.collect(1)
             assert status_of(first[0]) == "online"
-            (fresh,) = await retained(mosquitto, STATUS, 1)
+            (fresh,) = await retained(broker, STATUS, 1)
             assert fresh.retain
             assert status_of(fresh) == "online"
             assert sink.connected
@@ -110,7 +114,7 @@ async def test_online_retained_on_connect_and_offline_on_close(
             await asyncio.wait_for(task, 5.0)  # run() returns after close()
         assert not sink.connected
         assert [status_of(r) for r in await live.collect(2)] == ["online", "offline"]
-    (fresh,) = await retained(mosquitto, STATUS, 1)
+    (fresh,) = await retained(broker, STATUS, 1)
     assert fresh.retain
     assert status_of(fresh) == "offline"
     # After close(), a restart by the supervisor is a no-op.
@@ -119,14 +123,16 @@ async def test_online_retained_on_connect_and_offline_on_close(
 
 @pytest.mark.parametrize("protocol", [MqttProtocol.V311, MqttProtocol.V5])
 async def test_messages_arrive_in_order_with_topics_retain_qos_and_seq(
-    mosquitto: Mosquitto, outbox: Outbox, protocol: MqttProtocol
+    broker: AnyBroker, outbox: Outbox, protocol: MqttProtocol
 ) -> None:
-    sink = MqttSink(config(mosquitto, protocol=protocol), site=SITE, outbox=outbox, window=32)
+    if isinstance(broker, Amqtt) and protocol is MqttProtocol.V5:
+        pytest.skip("amqtt speaks MQTT 3.1.1 only (docs/mqtt.md, Brokers)")
+    sink = MqttSink(config(broker, protocol=protocol), site=SITE, outbox=outbox, window=32)
     # Appended before and after the sink starts: both paths (backlog, notify) are exercised.
     first = [msg(f"l{i % 2}", ("kpi", "state", "kpi/shift")[i % 3], i) for i in range(150)]
     second = [msg(f"l{i % 2}", ("kpi", "state", "kpi/shift")[i % 3], i) for i in range(150, 250)]
     expected = [*first, *second]
-    async with Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/{SITE}/+/#") as sub:
+    async with Subscriber(broker.host, broker.port, f"{PREFIX}/{SITE}/+/#") as sub:
         seqs = outbox.append(first)
         async with running(sink):
             await sub.collect(1 + len(first), 10.0)  # with the status
@@ -151,7 +157,7 @@ async def test_messages_arrive_in_order_with_topics_retain_qos_and_seq(
 
     # Retain flags: a fresh subscriber gets the last kpi and state of each line and the
     # status, never a kpi/shift.
-    fresh = await retained(mosquitto, f"{PREFIX}/{SITE}/#", 5)
+    fresh = await retained(broker, f"{PREFIX}/{SITE}/#", 5)
     assert all(r.retain for r in fresh)
     by_topic = {r.topic: r.json() for r in fresh}
     assert set(by_topic) == {
@@ -164,15 +170,31 @@ async def test_messages_arrive_in_order_with_topics_retain_qos_and_seq(
     assert by_topic[f"{PREFIX}/{SITE}/l0/kpi"]["n"] == last_l0_kpi
 
 
-async def test_rows_stay_until_puback_and_arrive_after_an_outage(
-    mosquitto: Mosquitto, outbox: Outbox
+async def test_mqtt5_to_a_3_1_1_only_broker_fails_with_a_clear_error(
+    tmp_path: Path, outbox: Outbox
 ) -> None:
-    sink = MqttSink(config(mosquitto, timeout_s=1.0), site=SITE, outbox=outbox)
+    # amqtt drops an MQTT 5 CONNECT without a CONNACK: the sink must say so, not hang.
+    pytest.importorskip("amqtt", reason="amqtt (the 'demo' extra) is the second broker")
+    amqtt = Amqtt(tmp_path / "amqtt")
+    amqtt.start(attempts=3)
+    try:
+        sink = MqttSink(config(amqtt, protocol=MqttProtocol.V5), site=SITE, outbox=outbox)
+        with pytest.raises(SinkError, match=r"did not answer CONNECT|lost|refused"):
+            await asyncio.wait_for(sink.run(), 10.0)
+        assert not sink.connected
+    finally:
+        amqtt.close()
+
+
+async def test_rows_stay_until_puback_and_arrive_after_an_outage(
+    broker: AnyBroker, outbox: Outbox
+) -> None:
+    sink = MqttSink(config(broker, timeout_s=1.0), site=SITE, outbox=outbox)
     async with running(sink) as task:
         await until(lambda: sink.connected, 5.0)
-        async with Subscriber(mosquitto.host, mosquitto.port, STATUS) as sub:
+        async with Subscriber(broker.host, broker.port, STATUS) as sub:
             await sub.collect(1)  # online is through: the sink is in its publish loop
-        mosquitto.pause()  # the connection stays up, but no PUBACK will come
+        broker.pause()  # the connection stays up, but no PUBACK will come
         seqs = outbox.append([msg("l1", "kpi/shift", i) for i in range(20)])
         sink.notify()
         with pytest.raises(SinkError, match=r"PUBACK|timed out"):
@@ -182,14 +204,14 @@ async def test_rows_stay_until_puback_and_arrive_after_an_outage(
     assert sink.last_error is not None
 
     # The frozen broker is gone for good (anything it had is lost), a new one takes its port.
-    mosquitto.stop()
+    broker.stop()
     with pytest.raises(SinkError, match="cannot connect"):
         await asyncio.wait_for(sink.run(), 10.0)
     assert outbox.depth() == 20
-    mosquitto.start()
+    broker.start()
 
     async with (
-        Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/{SITE}/l1/#") as sub,
+        Subscriber(broker.host, broker.port, f"{PREFIX}/{SITE}/l1/#") as sub,
         running(sink),  # the supervisor's restart
     ):
         got = await sub.collect(20, 10.0)
@@ -200,28 +222,28 @@ async def test_rows_stay_until_puback_and_arrive_after_an_outage(
 
 
 async def test_connection_loss_while_idle_fails_run_promptly(
-    mosquitto: Mosquitto, outbox: Outbox
+    broker: AnyBroker, outbox: Outbox
 ) -> None:
-    sink = MqttSink(config(mosquitto, timeout_s=5.0, keepalive_s=60.0), site=SITE, outbox=outbox)
+    sink = MqttSink(config(broker, timeout_s=5.0, keepalive_s=60.0), site=SITE, outbox=outbox)
     async with running(sink) as task:
-        async with Subscriber(mosquitto.host, mosquitto.port, STATUS) as sub:
+        async with Subscriber(broker.host, broker.port, STATUS) as sub:
             await sub.collect(1)
-        mosquitto.stop()
+        broker.stop()
         # Well under both the keepalive and the network timeout: the loss itself wakes run().
         with pytest.raises(SinkError, match="lost"):
             await asyncio.wait_for(task, 3.0)
         assert not sink.connected
 
 
-async def test_last_will_offline_when_the_agent_dies(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    async with Subscriber(mosquitto.host, mosquitto.port, STATUS) as sub:
+async def test_last_will_offline_when_the_agent_dies(broker: AnyBroker, tmp_path: Path) -> None:
+    async with Subscriber(broker.host, broker.port, STATUS) as sub:
         # A plain Popen: it returns at once, and the child is killed and reaped below.
         proc = subprocess.Popen(  # noqa: ASYNC220
             [
                 sys.executable,
                 str(HELPERS / "sink_process.py"),
-                mosquitto.host,
-                str(mosquitto.port),
+                broker.host,
+                str(broker.port),
                 SITE,
                 str(tmp_path / "child" / "outbox.sqlite"),
             ],
@@ -237,16 +259,16 @@ async def test_last_will_offline_when_the_agent_dies(mosquitto: Mosquitto, tmp_p
                 proc.kill()
                 proc.wait(timeout=10)
         assert status_of(got[1]) == "offline"
-    (fresh,) = await retained(mosquitto, STATUS, 1)
+    (fresh,) = await retained(broker, STATUS, 1)
     assert fresh.retain
     assert status_of(fresh) == "offline"
 
 
 async def test_cancelled_run_leaves_the_will_to_say_offline(
-    mosquitto: Mosquitto, outbox: Outbox
+    broker: AnyBroker, outbox: Outbox
 ) -> None:
-    sink = MqttSink(config(mosquitto), site=SITE, outbox=outbox)
-    async with Subscriber(mosquitto.host, mosquitto.port, STATUS) as sub:
+    sink = MqttSink(config(broker), site=SITE, outbox=outbox)
+    async with Subscriber(broker.host, broker.port, STATUS) as sub:
         task = asyncio.create_task(sink.run())
         assert status_of((await sub.collect(1))[0]) == "online"
         task.cancel()
@@ -257,10 +279,10 @@ async def test_cancelled_run_leaves_the_will_to_say_offline(
         assert not sink.connected
 
 
-async def test_close_drains_the_outbox_before_offline(mosquitto: Mosquitto, outbox: Outbox) -> None:
-    sink = MqttSink(config(mosquitto), site=SITE, outbox=outbox, window=50)
+async def test_close_drains_the_outbox_before_offline(broker: AnyBroker, outbox: Outbox) -> None:
+    sink = MqttSink(config(broker), site=SITE, outbox=outbox, window=50)
     seqs = outbox.append([msg("l1", "kpi/shift", i) for i in range(500)])
-    async with Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/{SITE}/#") as sub:
+    async with Subscriber(broker.host, broker.port, f"{PREFIX}/{SITE}/#") as sub:
         async with running(sink) as task:
             await until(lambda: sink.connected, 5.0)
             await sink.close(10.0)
@@ -272,8 +294,8 @@ async def test_close_drains_the_outbox_before_offline(mosquitto: Mosquitto, outb
     assert [r.json()["seq"] for r in got[1:-1]] == seqs
 
 
-async def test_close_without_run_returns_at_once(mosquitto: Mosquitto, outbox: Outbox) -> None:
-    sink = MqttSink(config(mosquitto), site=SITE, outbox=outbox)
+async def test_close_without_run_returns_at_once(broker: AnyBroker, outbox: Outbox) -> None:
+    sink = MqttSink(config(broker), site=SITE, outbox=outbox)
     await asyncio.wait_for(sink.close(10.0), 0.5)
     await asyncio.wait_for(sink.run(), 0.5)
     assert not sink.connected
@@ -314,10 +336,10 @@ async def test_refused_credentials_raise_broker_refused(
 
 
 async def test_unreadable_password_file_is_a_sink_error(
-    mosquitto: Mosquitto, outbox: Outbox, tmp_path: Path
+    broker: AnyBroker, outbox: Outbox, tmp_path: Path
 ) -> None:
     sink = MqttSink(
-        config(mosquitto, username="agent", password_file=str(tmp_path / "missing")),
+        config(broker, username="agent", password_file=str(tmp_path / "missing")),
         site=SITE,
         outbox=outbox,
     )
@@ -325,15 +347,15 @@ async def test_unreadable_password_file_is_a_sink_error(
         await sink.run()
 
 
-async def test_seq_continues_across_outbox_reopen(mosquitto: Mosquitto, tmp_path: Path) -> None:
+async def test_seq_continues_across_outbox_reopen(broker: AnyBroker, tmp_path: Path) -> None:
     path = tmp_path / "state" / "outbox.sqlite"
     got: list[int] = []
-    async with Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/{SITE}/l1/#") as sub:
+    async with Subscriber(broker.host, broker.port, f"{PREFIX}/{SITE}/l1/#") as sub:
         for round_ in range(2):  # two agent lifetimes on the same state directory
             box = Outbox(path)
             try:
                 box.append([msg("l1", "state", round_ * 10 + i) for i in range(3)])
-                sink = MqttSink(config(mosquitto), site=SITE, outbox=box)
+                sink = MqttSink(config(broker), site=SITE, outbox=box)
                 async with running(sink):
                     await until(lambda b=box: b.depth() == 0, 10.0)  # type: ignore[misc]
             finally:
@@ -393,10 +415,95 @@ async def test_tls_checks_the_host_name_unless_insecure(
         await until(lambda: outbox.depth() == 0, 10.0)
 
 
-async def test_tls_rejects_an_unknown_ca(tls_broker: tuple[Mosquitto, Pki], outbox: Outbox) -> None:
+@pytest.mark.parametrize("ca", ["system", "other"])
+async def test_tls_rejects_a_broker_signed_by_an_unknown_ca(
+    tls_broker: tuple[Mosquitto, Pki], outbox: Outbox, ca: str
+) -> None:
     broker, pki = tls_broker
-    # No ca_file: the system trust store, which does not know the test CA.
-    tls = TlsConfig(cert_file=str(pki.client_cert), key_file=str(pki.client_key))
+    # "system": no ca_file, so the system trust store, which does not know the test CA.
+    tls = TlsConfig(
+        ca_file=str(pki.other_ca_cert) if ca == "other" else None,
+        cert_file=str(pki.client_cert),
+        key_file=str(pki.client_key),
+    )
+    seqs = outbox.append([msg("l1", "kpi", 0)])
     sink = MqttSink(config(broker, host="localhost", tls=tls), site=SITE, outbox=outbox)
-    with pytest.raises(BrokerRefusedError, match=r"TLS.*certificate"):
+    with pytest.raises(BrokerRefusedError, match=r"TLS.*certificate verify failed"):
         await asyncio.wait_for(sink.run(), 10.0)
+    assert [r.seq for r in outbox.peek(10)] == seqs
+
+
+@pytest.mark.parametrize("version", ["tlsv1.2", "tlsv1.3"])
+async def test_mutual_tls_refuses_a_client_certificate_from_an_unknown_ca(
+    mosquitto_factory: MosquittoFactory, tmp_path: Path, outbox: Outbox, version: str
+) -> None:
+    """With TLS 1.2 the handshake itself fails; with TLS 1.3 the broker's verdict arrives after
+    it, and used to surface only as a CONNACK timeout: both must say what went wrong."""
+    pki = make_pki(tmp_path / "pki")
+    broker = mosquitto_factory(
+        extra_conf=(
+            f"cafile {pki.ca_cert}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
+            f"require_certificate true\ntls_version {version}\n"
+        )
+    )
+    seqs = outbox.append([msg("l1", "kpi", 0)])
+    stranger = TlsConfig(
+        ca_file=str(pki.ca_cert), cert_file=str(pki.stranger_cert), key_file=str(pki.stranger_key)
+    )
+    sink = MqttSink(config(broker, host="localhost", tls=stranger), site=SITE, outbox=outbox)
+    with pytest.raises(BrokerRefusedError, match=r"TLS with broker .*(UNKNOWN_CA|unknown ca)"):
+        await asyncio.wait_for(sink.run(), 10.0)
+    if version == "tlsv1.3":
+        assert "client certificate" in (sink.last_error or "")
+    assert [r.seq for r in outbox.peek(10)] == seqs
+
+    # No client certificate at all: refused as well.
+    anonymous = TlsConfig(ca_file=str(pki.ca_cert))
+    sink = MqttSink(config(broker, host="localhost", tls=anonymous), site=SITE, outbox=outbox)
+    with pytest.raises(BrokerRefusedError, match="TLS"):
+        await asyncio.wait_for(sink.run(), 10.0)
+    assert outbox.depth() == 1
+
+    # The certificate from the broker's CA gets through and delivers what was kept.
+    good = TlsConfig(
+        ca_file=str(pki.ca_cert), cert_file=str(pki.client_cert), key_file=str(pki.client_key)
+    )
+    sink = MqttSink(config(broker, host="localhost", tls=good), site=SITE, outbox=outbox)
+    async with running(sink):
+        await until(lambda: outbox.depth() == 0, 10.0)
+    assert sink.published_total == 1
+
+
+def test_tls_context_is_tls_1_2_or_newer_and_verifies(tmp_path: Path) -> None:
+    import ssl
+
+    from edge_agent.sinks.mqtt import build_tls_context
+
+    pki = make_pki(tmp_path / "pki")
+    ctx = build_tls_context(str(pki.ca_cert), None, None, insecure=False)
+    assert ctx.minimum_version is ssl.TLSVersion.TLSv1_2
+    assert ctx.verify_mode is ssl.CERT_REQUIRED and ctx.check_hostname
+    insecure = build_tls_context(str(pki.ca_cert), None, None, insecure=True)
+    assert insecure.verify_mode is ssl.CERT_REQUIRED and not insecure.check_hostname
+
+
+@pytest.mark.parametrize(
+    ("protocol", "clean", "expect"),
+    [
+        (MqttProtocol.V311, True, "p2, c1"),
+        (MqttProtocol.V311, False, "p2, c0"),
+        (MqttProtocol.V5, True, "p5, c1"),
+        (MqttProtocol.V5, False, "p5, c0"),
+    ],
+)
+async def test_session_flags_reach_the_broker(
+    mosquitto: Mosquitto, outbox: Outbox, protocol: MqttProtocol, clean: bool, expect: str
+) -> None:
+    cfg = config(mosquitto, protocol=protocol, clean_session=clean, client_id="session-test")
+    sink = MqttSink(cfg, site=SITE, outbox=outbox)
+    async with Subscriber(mosquitto.host, mosquitto.port, STATUS) as live, running(sink):
+        await live.collect(1)
+    # Mosquitto logs each connect as "... as CLIENT_ID (pPROTOCOL, cCLEAN, kKEEPALIVE)", with
+    # p2 for MQTT 3.1.1 and p5 for MQTT 5.
+    connects = [ln for ln in mosquitto.log_tail(200).splitlines() if "as session-test (" in ln]
+    assert connects and expect in connects[-1], connects

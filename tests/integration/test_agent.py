@@ -10,8 +10,10 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -34,7 +36,9 @@ IDEAL_S = 1.0 / SPEED  # the simulated machines' ideal cycle time, in real secon
 pytestmark = pytest.mark.integration
 
 
-def agent_config(sim: Simulation, broker_port: int, state_dir: Path) -> str:
+def agent_config(
+    sim: Simulation, broker_port: int, state_dir: Path, metrics_port: int | None = None
+) -> str:
     # The simulated machines make a part every ~1 s of simulated time; at speed X that is 1/X s.
     ideal_ms = round(1000 * IDEAL_S)
     return f"""
@@ -92,10 +96,22 @@ mqtt:
   backoff_initial: 200ms
   backoff_max: 1s
 prometheus:
-  enabled: false
+  enabled: {"true" if metrics_port else "false"}
+  port: {metrics_port or 9108}
 storage:
   dir: {state_dir}
 """
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return resp.read().decode()
 
 
 class Collector:
@@ -188,14 +204,16 @@ class AgentProcess:
 
 
 async def test_kpis_flow_end_to_end_and_sigterm_leaves_offline(
-    sim: Simulation, mosquitto: Any, tmp_path: Path
+    sim: Simulation, broker: Any, tmp_path: Path
 ) -> None:
+    # Against Mosquitto and amqtt (the `broker` fixture): nothing may depend on one broker.
     cfg = tmp_path / "agent.yaml"
-    cfg.write_text(agent_config(sim, mosquitto.port, tmp_path / "state"))
+    metrics_port = free_port()
+    cfg.write_text(agent_config(sim, broker.port, tmp_path / "state", metrics_port))
     kpi_schema = json.loads((SCHEMAS / "kpi.schema.json").read_text())
     api = contract()
 
-    async with Collector(mosquitto.host, mosquitto.port) as col:
+    async with Collector(broker.host, broker.port) as col:
         agent = AgentProcess(cfg)
         await agent.start()
         try:
@@ -209,6 +227,21 @@ async def test_kpis_flow_end_to_end_and_sigterm_leaves_offline(
 
             await col.wait_for(enough, timeout_s=60)
             assert "online" in col.status()
+            metrics = await asyncio.to_thread(scrape, metrics_port)
+            for sample in (
+                'edge_agent_source_up{source="plc1"} 1.0',
+                'edge_agent_source_up{source="plc2"} 1.0',
+                "edge_agent_mqtt_connected 1.0",
+            ):
+                assert sample in metrics, sample
+            for name in (
+                'edge_agent_poll_duration_seconds_count{source="plc1"}',
+                'edge_agent_line_kpi_ratio{kpi="oee",line="line1"}',
+                'edge_agent_line_parts_total{kind="good",line="line2"}',
+                "edge_agent_outbox_messages",
+                "edge_agent_mqtt_published_total",
+            ):
+                assert name in metrics, name
         finally:
             code = await agent.stop()
         assert code == 0, agent.output()
@@ -235,7 +268,7 @@ async def test_kpis_flow_end_to_end_and_sigterm_leaves_offline(
     assert {api.channel(t).name for t, _, _ in col.messages} >= {"kpi", "status"}
 
     # The retained status a newcomer sees after the agent left is 'offline'.
-    async with Collector(mosquitto.host, mosquitto.port) as late:
+    async with Collector(broker.host, broker.port) as late:
 
         def retained_kpis() -> list[str]:
             return sorted(t for t, _, retain in late.messages if t.endswith("/kpi") and retain)
@@ -252,7 +285,7 @@ async def test_kpis_flow_end_to_end_and_sigterm_leaves_offline(
 
     # The SCM-side view of the same broker: both lines, their agent gone offline.
     watch = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "edge_agent.cli", "watch", "--once", "--port", str(mosquitto.port)),
+        *(sys.executable, "-m", "edge_agent.cli", "watch", "--once", "--port", str(broker.port)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

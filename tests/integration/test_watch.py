@@ -59,6 +59,13 @@ def kpi(site: str, line: str, seq: int, ts: float, **values: Any) -> dict[str, A
             "starved": 0.0,
             "blocked": 0.0,
         },
+        "loss_time_by_reason_s": {"unspecified": 120.0},
+        "planned_stop_by_cause_s": {"off_shift": 0.0, "break": 0.0, "maintenance": 0.0},
+        "micro_stop_count": 0,
+        "micro_stop_time_s": 0.0,
+        "net_run_time_s": 1000.0,
+        "fully_productive_time_s": 980.0,
+        "products": [],
         "data_coverage": 1.0,
         "warnings": [],
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from datetime import time
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -707,3 +707,91 @@ mqtt: {host: 127.0.0.1}
     joined = "\n".join(err.value.issues)
     assert "sources[1].endpoint: needs a port" in joined
     assert "sources[0].tags[0].length: must be" in joined
+
+
+# --- line calendars, products, reasons, KPI options -------------------------------------------
+
+CALENDAR_LINE = """
+version: 1
+site: plant
+lines:
+  - name: line1
+    timezone: Asia/Seoul
+    ideal_cycle_time: 1s
+    micro_stop_max: 30s
+    min_data_coverage: 0.8
+    shifts:
+      - {name: day, start: "08:00", end: "17:00", days: [mon, tue, wed, thu, fri]}
+      - {name: weekend, start: "08:00", end: "12:00", days: [sat, sun]}
+    calendar:
+      holidays: [2026-01-01, "2026-02-17"]
+      extra_days: ["2026-01-03", {date: 2026-01-10, like: mon}]
+      maintenance:
+        - {start: "2026-12-01T08:00", end: "2026-12-01T12:00", reason: press overhaul}
+    signals:
+      total_count: plc.total
+      reason: {tag: plc.reason, map: {12: jam, 31: no material}}
+      product:
+        tag: plc.recipe
+        map:
+          1: {name: A-100, ideal_cycle_time: 1.2s}
+          2: {name: B-200, ideal_cycle_time: 2s}
+mqtt: {host: 127.0.0.1}
+"""
+
+
+def test_calendar_products_and_reasons_load() -> None:
+    line = load_config_text(CALENDAR_LINE).lines[0]
+    assert (line.micro_stop_max_s, line.min_data_coverage) == (30.0, 0.8)
+    day, weekend = line.shifts
+    assert day.days == frozenset({0, 1, 2, 3, 4}) and weekend.days == frozenset({5, 6})
+    cal = line.calendar
+    assert cal.holidays == (date(2026, 1, 1), date(2026, 2, 17))
+    assert [(x.date, x.like) for x in cal.extra_days] == [
+        (date(2026, 1, 3), None),
+        (date(2026, 1, 10), 0),
+    ]
+    (m,) = cal.maintenance
+    assert (m.start, m.end, m.reason) == (
+        datetime(2026, 12, 1, 8),
+        datetime(2026, 12, 1, 12),
+        "press overhaul",
+    )
+    sig = line.signals
+    assert sig.reason is not None and sig.reason.map == {12: "jam", 31: "no material"}
+    assert sig.product is not None
+    assert {c: (p.name, p.ideal_cycle_time_s) for c, p in sig.product.map.items()} == {
+        1: ("A-100", 1.2),
+        2: ("B-200", 2.0),
+    }
+
+
+def test_defaults_of_the_new_line_keys() -> None:
+    line = load_config_text(with_changes()).lines[0]
+    assert (line.micro_stop_max_s, line.min_data_coverage) == (None, 0.9)
+    assert line.calendar.holidays == line.calendar.extra_days == line.calendar.maintenance == ()
+    assert line.signals.reason is None and line.signals.product is None
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path", "message"),
+    [
+        ("days: [sat, sun]", "days: [sat, sunday]", "lines[0].shifts[1].days[1]", "must be one of"),
+        ("days: [sat, sun]", "days: []", "lines[0].shifts[1].days", "at least 1"),
+        ("days: [sat, sun]", "days: [fri]", "lines[0].shifts[1]", "overlaps shift 'day'"),
+        ('"2026-02-17"', '"2026-02-30"', "lines[0].calendar.holidays[1]", "YYYY-MM-DD"),
+        ('"2026-01-03"', '"2026-01-01"', "lines[0].calendar.extra_days[0]", "also listed"),
+        ("like: mon", "like: 1", "lines[0].calendar.extra_days[1].like", "must be one of"),
+        ('end: "2026-12-01T12:00"', 'end: "2026-12-01T07:00"', "maintenance[0].end", "after"),
+        ('end: "2026-12-01T12:00"', 'end: "2026-12-01"', "maintenance[0].end", "YYYY-MM-DDTHH"),
+        ("min_data_coverage: 0.8", "min_data_coverage: 80", "min_data_coverage", "between 0"),
+        ("micro_stop_max: 30s", "micro_stop_max: 0s", "micro_stop_max", "positive"),
+        ("ideal_cycle_time: 2s}", "ideal_time: 2s}", "product.map[2]", "ideal_cycle_time"),
+        ("12: jam", "x: jam", "reason.map.x", "codes must be integers"),
+        ("holidays:", "holiday:", "lines[0].calendar.holiday", "did you mean 'holidays'"),
+    ],
+)
+def test_calendar_and_signal_validation(old: str, new: str, path: str, message: str) -> None:
+    assert old in CALENDAR_LINE
+    issues = issues_of(CALENDAR_LINE.replace(old, new))
+    assert any(path in i and message in i for i in issues), issues

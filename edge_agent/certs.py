@@ -1,0 +1,138 @@
+"""Certificates: OPC UA application instance certificates and fingerprints.
+
+``edge-agent certs opcua --out DIR`` uses :func:`make_opcua_certificate` to create the agent's
+OPC UA client certificate: self-signed RSA 2048 / SHA-256 (what the policies Basic256Sha256,
+Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss accept), the ApplicationUri in the
+subjectAltName (OPC UA Part 6 §6.2.2: servers reject a certificate without it), the host's names
+as DNS entries, and the key usages Part 6 asks of an application instance certificate. The same
+function makes the simulator's server certificate.
+
+Only ``cryptography`` is used here (a dependency of asyncua), so the command works offline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = [
+    "OpcuaCertificate",
+    "fingerprint",
+    "load_certificate",
+    "make_opcua_certificate",
+]
+
+DEFAULT_APPLICATION_URI = "urn:edge-agent:client"
+CERT_FILE = "edge-agent-opcua.der"
+KEY_FILE = "edge-agent-opcua.key.pem"
+
+
+@dataclass(frozen=True, slots=True)
+class OpcuaCertificate:
+    cert_file: Path  # DER: the form PLC engineering tools import into their trust lists
+    key_file: Path  # PEM, unencrypted, mode 0600
+    application_uri: str
+    fingerprint: str  # SHA-256, "AB:CD:..."
+
+
+def load_certificate(data: bytes) -> x509.Certificate:
+    """A certificate from PEM or DER bytes; raises ``ValueError`` when it is neither."""
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(data)
+    return x509.load_der_x509_certificate(data)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """The certificate's SHA-256 fingerprint as upper-case hex pairs joined by ``:``."""
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def make_opcua_certificate(
+    out_dir: Path,
+    *,
+    application_uri: str = DEFAULT_APPLICATION_URI,
+    common_name: str = "edge-agent",
+    hostnames: Sequence[str] = (),
+    days: int = 3650,
+    cert_name: str = CERT_FILE,
+    key_name: str = KEY_FILE,
+    overwrite: bool = False,
+) -> OpcuaCertificate:
+    """Create a self-signed OPC UA application instance certificate and its key in ``out_dir``.
+
+    ``hostnames`` become DNS (or IP) subjectAltName entries. Refuses to replace existing files
+    unless ``overwrite`` (raises ``FileExistsError``): a PLC that trusts the old certificate
+    would refuse the agent after a silent replacement. The key file is created with mode 0600.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = out_dir / cert_name, out_dir / key_name
+    if not overwrite:
+        for path in (cert_path, key_path):
+            if path.exists():
+                raise FileExistsError(f"{path} exists (pass --force to replace it)")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    alt_names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(application_uri)]
+    for host in hostnames:
+        try:
+            alt_names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            alt_names.append(x509.DNSName(host))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=True,
+                key_encipherment=True,
+                data_encipherment=True,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_private(key_path, key_pem)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    return OpcuaCertificate(cert_path, key_path, application_uri, fingerprint(cert))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as stream:
+        stream.write(data)
