@@ -442,6 +442,7 @@ class Agent:
                         "source '%s' could not start (%s); disabled (on_startup_error: disable)",
                         sc.name,
                         exc,
+                        extra={"source": sc.name},
                     )
                     on_change(False)
                     return

@@ -1,4 +1,5 @@
-"""``edge-agent`` command line: run, check-config, replay, history export, certs, demo."""
+"""``edge-agent`` command line: run, check-config, config-schema, replay, history export,
+certs, demo, watch, version."""
 
 from __future__ import annotations
 
@@ -107,12 +108,25 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p_export.add_argument("-o", "--output", help="output file (default: stdout)")
 
+    sub.add_parser(
+        "config-schema",
+        help="print the JSON Schema of the configuration file (for editors; "
+        "docs/schemas/config.schema.json)",
+    )
+
     p_demo = sub.add_parser(
         "demo", help="simulated PLCs + agent + broker in one command, with a live KPI table"
     )
     from edge_agent.demo import add_arguments  # noqa: PLC0415
 
     add_arguments(p_demo)
+
+    p_watch = sub.add_parser(
+        "watch", help="live table of the KPIs of every agent (site, line) on a broker"
+    )
+    from edge_agent.watch import add_arguments as add_watch_arguments  # noqa: PLC0415
+
+    add_watch_arguments(p_watch)
     return parser
 
 
@@ -130,6 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_config_main(args.config, dump=args.dump)
     if args.command == "certs":
         return _certs(args)
+    if args.command == "config-schema":
+        from edge_agent.config.json_schema import config_schema_text  # noqa: PLC0415
+
+        sys.stdout.write(config_schema_text())
+        return 0
     if args.command == "demo":
         from edge_agent.demo import run_demo  # noqa: PLC0415
 
@@ -146,6 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return replay_main(args.config, args.samples, args.format)
     if args.command == "history":
         return _history_export(args)
+    if args.command == "watch":
+        from edge_agent.watch import run_watch  # noqa: PLC0415
+
+        _setup_logging(args, "WARNING")
+        try:
+            return asyncio.run(run_watch(args))
+        except KeyboardInterrupt:
+            return 130
     raise AssertionError(args.command)
 
 

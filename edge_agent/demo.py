@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import json
 import logging
 import os
@@ -132,6 +133,9 @@ class LineView:
     seq_gaps: int = 0  # messages lost between two seen ones (DESIGN §4: seq has no gaps)
     seq_backwards: int = 0  # a seq not above the last one (a redelivery, or a retained leftover)
     last_message_monotonic: float | None = None
+    # POSIX time the latest kpi refers to: its arrival, or for a retained one (which may be a
+    # leftover of an agent long gone) the time in its payload.
+    last_kpi_time: float | None = None
 
 
 @dataclass(slots=True)
@@ -156,9 +160,18 @@ class BrokerView:
             view = self.lines[name] = LineView(name)
         return view
 
-    def receive(self, topic: str, payload: bytes, *, now_monotonic: float) -> str | None:
+    def receive(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        now_monotonic: float,
+        now: float | None = None,
+        retained: bool = False,
+    ) -> str | None:
         """Fold one message in. Returns a one-line description of it for the plain output
-        (``None`` for messages not worth a line)."""
+        (``None`` for messages not worth a line). ``now`` (POSIX time) and ``retained`` date
+        the line's latest kpi (``LineView.last_kpi_time``)."""
         base = f"{self.prefix}/{self.site}/"
         if not topic.startswith(base):
             return None
@@ -191,6 +204,9 @@ class BrokerView:
         if suffix == "kpi":
             view.kpi = data
             view.kpi_messages += 1
+            if now is not None:
+                stamped = _posix(data.get("ts")) if retained else None
+                view.last_kpi_time = min(stamped, now) if stamped is not None else now
             view.state = str(data.get("state") or view.state)
             return _kpi_line(line_name, data)
         if suffix == "state":
@@ -198,10 +214,12 @@ class BrokerView:
             return f"{line_name} state {view.state} (was {data.get('previous_state')}) seq={seq}"
         if suffix == "kpi/shift":
             window = data.get("window") or {}
-            return f"{line_name} shift '{window.get('name')}' closed: oee={_num(data.get('oee'))}"
+            return (
+                f"{line_name} shift '{window.get('name')}' closed: oee={fmt_num(data.get('oee'))}"
+            )
         if suffix == "kpi/hour":
             window = data.get("window") or {}
-            return f"{line_name} hour {window.get('name')} closed: oee={_num(data.get('oee'))}"
+            return f"{line_name} hour {window.get('name')} closed: oee={fmt_num(data.get('oee'))}"
         if suffix == "energy":
             view.energy = data
             return _energy_line(line_name, data)
@@ -211,26 +229,37 @@ class BrokerView:
         if suffix == "order/closed":
             return (
                 f"{line_name} order {data.get('order_id')} closed ({data.get('reason')}): "
-                f"good={_int(data.get('good_count'))}/{_int(data.get('target_quantity'))} "
-                f"energy={_num(data.get('energy_kwh'), 4)} kWh "
-                f"kWh/part={_num(data.get('energy_per_good_part_kwh'), 5)}"
+                f"good={fmt_int(data.get('good_count'))}/{fmt_int(data.get('target_quantity'))} "
+                f"energy={fmt_num(data.get('energy_kwh'), 4)} kWh "
+                f"kWh/part={fmt_num(data.get('energy_per_good_part_kwh'), 5)}"
             )
         return f"{line_name} {suffix} seq={seq}"
 
 
-def _num(value: Any, digits: int = 3) -> str:
+def _posix(value: Any) -> float | None:
+    """An ISO 8601 time with offset (the payloads' ``ts``) as POSIX time; None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
+
+
+def fmt_num(value: Any, digits: int = 3) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "-"
     return f"{value:.{digits}f}"
 
 
-def _pct(value: Any) -> str:
+def fmt_pct(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "-"
     return f"{100.0 * value:.1f}%"
 
 
-def _int(value: Any) -> str:
+def fmt_int(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "-"
     return str(int(value))
@@ -238,12 +267,13 @@ def _int(value: Any) -> str:
 
 def _kpi_line(line: str, data: dict[str, Any]) -> str:
     return (
-        f"{line} kpi seq={data.get('seq')} state={data.get('state')} oee={_num(data.get('oee'))} "
-        f"A={_num(data.get('availability'))} P={_num(data.get('performance'))} "
-        f"Q={_num(data.get('quality'))} total={_int(data.get('total_count'))} "
-        f"good={_int(data.get('good_count'))} reject={_int(data.get('reject_count'))} "
-        f"good/h={_num(data.get('throughput_good_per_h'), 0)} "
-        f"coverage={_num(data.get('data_coverage'), 2)}"
+        f"{line} kpi seq={data.get('seq')} state={data.get('state')} "
+        f"oee={fmt_num(data.get('oee'))} "
+        f"A={fmt_num(data.get('availability'))} P={fmt_num(data.get('performance'))} "
+        f"Q={fmt_num(data.get('quality'))} total={fmt_int(data.get('total_count'))} "
+        f"good={fmt_int(data.get('good_count'))} reject={fmt_int(data.get('reject_count'))} "
+        f"good/h={fmt_num(data.get('throughput_good_per_h'), 0)} "
+        f"coverage={fmt_num(data.get('data_coverage'), 2)}"
     )
 
 
@@ -256,12 +286,12 @@ def _clock(iso_time: Any) -> str:
 
 def _energy_line(line: str, data: dict[str, Any]) -> str:
     by_state = data.get("energy_by_state_kwh") or {}
-    split = ", ".join(f"{k} {_num(v, 4)}" for k, v in sorted(by_state.items()))
+    split = ", ".join(f"{k} {fmt_num(v, 4)}" for k, v in sorted(by_state.items()))
     return (
-        f"{line} energy {_num(data.get('energy_kwh'), 4)} kWh ({split or 'none yet'}) "
-        f"kWh/part={_num(data.get('energy_per_good_part_kwh'), 5)} "
-        f"CO2e/part={_num(data.get('co2e_per_good_part_kg'), 5)} kg "
-        f"power={_num(data.get('power_kw'), 1)} kW"
+        f"{line} energy {fmt_num(data.get('energy_kwh'), 4)} kWh ({split or 'none yet'}) "
+        f"kWh/part={fmt_num(data.get('energy_per_good_part_kwh'), 5)} "
+        f"CO2e/part={fmt_num(data.get('co2e_per_good_part_kg'), 5)} kg "
+        f"power={fmt_num(data.get('power_kw'), 1)} kW"
     )
 
 
@@ -270,8 +300,8 @@ def _order_line(line: str, data: dict[str, Any]) -> str:
         return f"{line} order: none"
     return (
         f"{line} order {data.get('order_id')} {data.get('status')}: "
-        f"good={_int(data.get('good_count'))}/{_int(data.get('target_quantity'))} "
-        f"remaining={_int(data.get('remaining_quantity'))} "
+        f"good={fmt_int(data.get('good_count'))}/{fmt_int(data.get('target_quantity'))} "
+        f"remaining={fmt_int(data.get('remaining_quantity'))} "
         f"ETA {_clock(data.get('eta_current'))} (current rate), "
         f"{_clock(data.get('eta_shift_average'))} (shift average)"
     )
@@ -315,33 +345,42 @@ def render_table(view: BrokerView, line_names: list[str], now_monotonic: float) 
             [
                 name,
                 lv.state or "-",
-                _pct(k.get("oee")),
-                _pct(k.get("availability")),
-                _pct(k.get("performance")),
-                _pct(k.get("quality")),
-                _int(k.get("total_count")),
-                _int(k.get("good_count")),
-                _int(k.get("reject_count")),
-                _num(k.get("throughput_good_per_h"), 0),
-                _pct(k.get("data_coverage")),
-                _num(k.get("energy_per_good_part_kwh"), 4),
+                fmt_pct(k.get("oee")),
+                fmt_pct(k.get("availability")),
+                fmt_pct(k.get("performance")),
+                fmt_pct(k.get("quality")),
+                fmt_int(k.get("total_count")),
+                fmt_int(k.get("good_count")),
+                fmt_int(k.get("reject_count")),
+                fmt_num(k.get("throughput_good_per_h"), 0),
+                fmt_pct(k.get("data_coverage")),
+                fmt_num(k.get("energy_per_good_part_kwh"), 4),
                 str(order.get("order_id") or "-"),
-                _int(order.get("remaining_quantity")),
+                fmt_int(order.get("remaining_quantity")),
                 _clock(order.get("eta_current")),
-                _int(lv.last_seq),
+                fmt_int(lv.last_seq),
                 age,
             ]
         )
+    return format_table(_COLUMNS, rows[1:], align="ll")
+
+
+def format_table(
+    columns: tuple[tuple[str, int], ...], rows: list[list[str]], *, align: str
+) -> list[str]:
+    """Header and rows as aligned text lines: ``columns`` are (title, minimum width); column i
+    is left-aligned where ``align[i]`` is ``l``, right-aligned (numbers) otherwise."""
+    table = [[name for name, _ in columns], *rows]
     # Columns grow to fit (a seq can be long), so rows stay aligned with the header.
     widths = [
-        max(min_width, *(len(r[i]) for r in rows)) for i, (_, min_width) in enumerate(_COLUMNS)
+        max(min_width, *(len(r[i]) for r in table)) for i, (_, min_width) in enumerate(columns)
     ]
     return [
         " ".join(
-            cell.ljust(width) if i < 2 else cell.rjust(width)
+            cell.ljust(width) if align[i : i + 1] == "l" else cell.rjust(width)
             for i, (cell, width) in enumerate(zip(r, widths, strict=True))
         ).rstrip()
-        for r in rows
+        for r in table
     ]
 
 
@@ -378,7 +417,7 @@ def _capture_logs(enabled: bool) -> Iterator[_Recent | None]:
             sys.stderr.write(text + "\n")
 
 
-class _Screen:
+class Screen:
     """Redraws a block of lines in place (ANSI cursor movement), or prints plain lines."""
 
     def __init__(self, out: TextIO) -> None:
@@ -497,7 +536,7 @@ def demo_config(cfg: AgentConfig, ep: DemoEndpoints) -> AgentConfig:
     )
 
 
-async def _subscribe(view: BrokerView, host: str, port: int, screen: _Screen, table: bool) -> None:
+async def _subscribe(view: BrokerView, host: str, port: int, screen: Screen, table: bool) -> None:
     """Follow the agent's topics until cancelled, reconnecting if the broker goes away."""
     import aiomqtt  # noqa: PLC0415
 
@@ -532,7 +571,7 @@ async def _subscribe(view: BrokerView, host: str, port: int, screen: _Screen, ta
 
 async def _show(
     view: BrokerView,
-    screen: _Screen,
+    screen: Screen,
     line_names: list[str],
     header: list[str],
     recent: _Recent | None,
@@ -578,7 +617,7 @@ async def run_demo(args: argparse.Namespace, *, out: TextIO | None = None) -> in
         sys.stderr.write(f"--speed must be > 0, got {args.speed}\n")
         return EXIT_CONFIG
     table = not args.no_table and out.isatty()
-    screen = _Screen(out)
+    screen = Screen(out)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -627,7 +666,7 @@ async def _run(
     args: argparse.Namespace,
     base_cfg: AgentConfig,
     stop: asyncio.Event,
-    screen: _Screen,
+    screen: Screen,
     table: bool,
 ) -> int:
     # Imported here: the OPC UA stack is heavy, and `edge-agent --help` should not pay for it.
@@ -751,6 +790,6 @@ async def _run(
         lv = view.lines.get(name) or LineView(name)
         screen.say(
             f"  {name}: {lv.messages} message(s), {lv.kpi_messages} kpi, last seq "
-            f"{_int(lv.last_seq)}, {lv.seq_gaps} lost, {lv.seq_backwards} out of order"
+            f"{fmt_int(lv.last_seq)}, {lv.seq_gaps} lost, {lv.seq_backwards} out of order"
         )
     return code

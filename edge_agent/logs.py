@@ -6,15 +6,18 @@ import json
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for journald / Loki pipelines."""
+    """One JSON object per line, for journald / Loki pipelines: ``ts`` (UTC, ISO 8601),
+    ``level``, ``logger``, ``msg``, and the context the call passed with ``extra=``: ``source``
+    (a PLC connection's name), ``line`` (a line's name) or ``component`` (``broker``, ...)."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

@@ -66,6 +66,7 @@ class Poller:
         self._transient_logged = False
         self._on_source_restart = on_source_restart
         self._server_start: float | None = None
+        self._log_extra = {"source": cfg.name}
         self._limits: dict[str, tuple[float | None, float | None]] = {
             tag.name: (tag.min_value, tag.max_value)
             for tag in cfg.tags
@@ -92,12 +93,21 @@ class Poller:
             if reason is None:
                 if self._screened_bad and sample.tag in self._screened_bad:
                     self._screened_bad.discard(sample.tag)
-                    log.info("source '%s': tag '%s' is in range again", self.cfg.name, sample.tag)
+                    log.info(
+                        "source '%s': tag '%s' is in range again",
+                        self.cfg.name,
+                        sample.tag,
+                        extra=self._log_extra,
+                    )
                 continue
             if sample.tag not in self._screened_bad:
                 self._screened_bad.add(sample.tag)
                 log.warning(
-                    "source '%s': tag '%s': %s; reported as bad", self.cfg.name, sample.tag, reason
+                    "source '%s': tag '%s': %s; reported as bad",
+                    self.cfg.name,
+                    sample.tag,
+                    reason,
+                    extra=self._log_extra,
                 )
             if out is None:
                 out = list(samples)
@@ -122,7 +132,12 @@ class Poller:
                 async with asyncio.timeout(self.cfg.timeout_s):
                     await self.source.close()
             except Exception:  # closing a dead connection may fail; nothing left to do
-                log.debug("closing source '%s' failed", self.cfg.name, exc_info=True)
+                log.debug(
+                    "closing source '%s' failed",
+                    self.cfg.name,
+                    exc_info=True,
+                    extra=self._log_extra,
+                )
 
     async def _run(self) -> None:
         async with asyncio.timeout(self.cfg.timeout_s * 2):
@@ -132,7 +147,11 @@ class Poller:
         start = getattr(self.source, "server_start_time", None)
         if isinstance(start, float):
             if self._server_start is not None and start != self._server_start:
-                log.warning("source '%s' restarted since the last connection", self.cfg.name)
+                log.warning(
+                    "source '%s' restarted since the last connection",
+                    self.cfg.name,
+                    extra=self._log_extra,
+                )
                 self._on_source_restart()
             self._server_start = start
         interval = self.cfg.poll_interval_s
@@ -151,12 +170,16 @@ class Poller:
             except SourceError as exc:
                 self._m_errors.inc()
                 if not self._transient_logged:
-                    log.warning("source '%s': poll failed: %s", self.cfg.name, exc)
+                    log.warning(
+                        "source '%s': poll failed: %s", self.cfg.name, exc, extra=self._log_extra
+                    )
                     self._transient_logged = True
                 samples = []
             else:
                 if self._transient_logged:
-                    log.info("source '%s': polls succeed again", self.cfg.name)
+                    log.info(
+                        "source '%s': polls succeed again", self.cfg.name, extra=self._log_extra
+                    )
                     self._transient_logged = False
             elapsed = self._monotonic() - started
             self._m_duration.observe(elapsed)
@@ -186,5 +209,6 @@ class Poller:
                     self.cfg.name,
                     elapsed,
                     missed,
+                    extra=self._log_extra,
                 )
             await asyncio.sleep(next_tick - now)

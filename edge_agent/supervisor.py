@@ -55,6 +55,10 @@ class Health:
         self._failing_since: float | None = None
         self._on_change = on_change
         self._clock = clock
+        # Structured context for JSON logs (edge_agent.logs.JsonFormatter).
+        self.log_extra: dict[str, str] = (
+            {"source": name} if kind == "source" else {"component": kind}
+        )
 
     def ok(self) -> None:
         """The component did useful work (a good poll, an acknowledged publish)."""
@@ -67,10 +71,11 @@ class Health:
                 self.kind,
                 self.name,
                 self._clock() - self._failing_since,
+                extra=self.log_extra,
             )
             self._failing_since = None
         else:
-            log.info("%s '%s' up", self.kind, self.name)
+            log.info("%s '%s' up", self.kind, self.name, extra=self.log_extra)
         if self._on_change:
             self._on_change(True)
 
@@ -85,6 +90,7 @@ class Health:
                 self.name,
                 reason,
                 retry_in_s,
+                extra=self.log_extra,
             )
         else:
             log.debug(
@@ -93,6 +99,7 @@ class Health:
                 self.name,
                 reason,
                 retry_in_s,
+                extra=self.log_extra,
             )
         was_up = self.up
         self.up = False
@@ -131,7 +138,13 @@ async def supervise(
                 backoff.reset()
             delay = backoff.next_delay()
             if health.failures == 0 or health.up:
-                log.debug("%s '%s' failed", health.kind, health.name, exc_info=True)
+                log.debug(
+                    "%s '%s' failed",
+                    health.kind,
+                    health.name,
+                    exc_info=True,
+                    extra=health.log_extra,
+                )
             health.failed(exc, delay)
             if on_restart:
                 on_restart()

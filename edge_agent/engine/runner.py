@@ -109,9 +109,14 @@ class EngineRunner:
         if blob:
             try:
                 engine.restore(json.loads(blob))
-                log.info("line '%s': engine state restored", line.name)
+                log.info("line '%s': engine state restored", line.name, extra={"line": line.name})
             except Exception as exc:  # a state from an incompatible config: start afresh
-                log.warning("line '%s': saved engine state not usable (%s)", line.name, exc)
+                log.warning(
+                    "line '%s': saved engine state not usable (%s)",
+                    line.name,
+                    exc,
+                    extra={"line": line.name},
+                )
                 engine = LineEngine(line, site=self._site, orders=self._orders)
         return engine
 

@@ -22,6 +22,7 @@ from typing import Any
 import aiomqtt
 import jsonschema
 import pytest
+from helpers.contract import contract
 
 from simulators.runner import Simulation
 
@@ -217,6 +218,7 @@ async def test_kpis_flow_end_to_end_and_sigterm_leaves_offline(
     metrics_port = free_port()
     cfg.write_text(agent_config(sim, broker.port, tmp_path / "state", metrics_port))
     kpi_schema = json.loads((SCHEMAS / "kpi.schema.json").read_text())
+    api = contract()
 
     async with Collector(broker.host, broker.port) as col:
         agent = AgentProcess(cfg)
@@ -267,6 +269,10 @@ async def test_kpis_flow_end_to_end_and_sigterm_leaves_offline(
                 assert k["oee"] >= 0.0
                 assert k["good_count"] * IDEAL_S <= known_s + 2 * IDEAL_S, k
         assert kpis[-1]["total_count"] >= kpis[0]["total_count"]
+    # Every message (kpi, state, status) holds to its channel's schema in docs/asyncapi.yaml.
+    for topic, payload, _ in col.messages:
+        api.validate(topic, payload)
+    assert {api.channel(t).name for t, _, _ in col.messages} >= {"kpi", "status"}
 
     # The retained status a newcomer sees after the agent left is 'offline'.
     async with Collector(broker.host, broker.port) as late:
@@ -276,10 +282,27 @@ async def test_kpis_flow_end_to_end_and_sigterm_leaves_offline(
 
         await late.wait_for(lambda: bool(late.status()) and len(retained_kpis()) >= 2, 10)
         assert late.status() == ["offline"]
+        # What the broker kept is exactly what the contract says is retained.
+        for topic, payload, retain in late.messages:
+            assert retain and api.validate(topic, payload).retain, topic
         assert retained_kpis() == [
             f"{PREFIX}/{SITE}/line1/kpi",
             f"{PREFIX}/{SITE}/line2/kpi",
         ]
+
+    # The SCM-side view of the same broker: both lines, their agent gone offline.
+    watch = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "edge_agent.cli", "watch", "--once", "--port", str(broker.port)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await watch.communicate()
+    assert watch.returncode == 0, err.decode()
+    table = [r.split() for r in out.decode().splitlines()]
+    assert table[0][:3] == ["SITE", "LINE", "AGENT"], out
+    assert [r[:3] for r in table[1:]] == [[SITE, "line1", "offline"], [SITE, "line2", "offline"]]
+    assert all(r[-1].startswith("OFFLINE") for r in table[1:]), out
 
 
 async def test_seq_continues_across_agent_restarts(

@@ -25,6 +25,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from helpers.contract import contract
 
 from edge_agent.broker import LocalBroker
 from edge_agent.config.loader import load_config
@@ -98,9 +99,11 @@ class Seen:
 
     kpi: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {ln: [] for ln in LINES})
     status: list[str] = field(default_factory=list)
+    raw: list[tuple[str, bytes]] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, topic: str, payload: bytes) -> None:
+        self.raw.append((topic, payload))
         if topic == f"{PREFIX}/status":
             self.status.append(json.loads(payload)["status"])
         else:
@@ -126,6 +129,9 @@ async def _follow(host: str, port: int, seen: Seen, subscribed: asyncio.Event) -
 
 
 def _assert_kpis(seen: Seen) -> None:
+    # Everything the demo's agent published holds to the published contract.
+    for topic, payload in seen.raw:
+        contract().validate(topic, payload)
     for line in LINES:
         # Retained copies from an earlier connection can repeat a seq: de-duplicate as the
         # contract tells subscribers to, then it must be strictly increasing.
