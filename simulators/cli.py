@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[f.value for f in Fault],
         default=None,
         help="repeat a fault: drop, restart (counters reset), stall, busy, illegal (Modbus"
-        " exceptions 6 / 2), bad-status (OPC UA); see docs/simulators.md",
+        " exceptions 6 / 2), garbage (Modbus noise), bad-status (OPC UA); see"
+        " docs/simulators.md",
     )
     parser.add_argument(
         "--fault-every", type=_positive_float, default=30.0, help="seconds between faults (30)"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import random
 import struct
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -156,6 +157,8 @@ class ModbusSimServer:
         # Fault injection (simulators.scenarios): an exception to answer every request with, and
         # a gate that holds requests unanswered while it is clear.
         self.exception: ExcCodes | None = None
+        self.garbage = False  # answer noise instead of Modbus frames (fault injection)
+        self._noise = random.Random(0)
         self.answering = asyncio.Event()
         self.answering.set()
         self._where = ""
@@ -191,13 +194,12 @@ class ModbusSimServer:
                     action=self._action(device_index, unit),
                 )
             )
-        trace_packet = None
         if self._unit_ids is not None:
             # A catch-all device (id 0) answers every other unit id, and the answer is dropped on
             # its way out: absent devices stay silent, as on a real bus. (pymodbus's own
             # ignore_missing_devices does not apply to simulator devices.)
             devices.append(SimDevice(id=0, simdata=devices[0].simdata))
-            trace_packet = self._drop_answers_of_absent_units
+        trace_packet = self._outgoing
         server: ModbusTcpServer | ModbusSerialServer
         if self._transport == "rtu":
             assert self._serial_port is not None
@@ -268,9 +270,19 @@ class ModbusSimServer:
         self._registers = all_registers
         self._bit_words = all_bits
 
-    def _drop_answers_of_absent_units(self, sending: bool, packet: bytes) -> bytes:
+    def _outgoing(self, sending: bool, packet: bytes) -> bytes:
+        """pymodbus's trace_packet hook: the last say on every frame the server sends."""
         if not sending or not packet:
             return packet
+        if self._unit_ids is not None:
+            packet = self._drop_answers_of_absent_units(packet)
+        if packet and self.garbage:
+            # Fault injection: the answer's bytes are replaced by noise of the same length (a
+            # corrupted line, a device speaking another protocol).
+            return bytes(self._noise.getrandbits(8) for _ in packet)
+        return packet
+
+    def _drop_answers_of_absent_units(self, packet: bytes) -> bytes:
         # The unit id leads an RTU frame and follows the 6-byte MBAP header on Modbus TCP.
         index = 6 if self._transport == "tcp" else 0
         if len(packet) > index and packet[index] not in (self._unit_ids or ()):

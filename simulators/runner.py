@@ -209,6 +209,9 @@ class Simulation:
             case Fault.BAD_STATUS:
                 if self._opcua is not None:
                     self._opcua.bad_status = True
+            case Fault.GARBAGE:
+                if self._modbus is not None:
+                    self._modbus.garbage = True
 
     async def fault_off(self, fault: Fault) -> None:
         """Switch ``fault`` off again: servers restarted on their ports, answers normal."""
@@ -228,6 +231,9 @@ class Simulation:
             case Fault.BAD_STATUS:
                 if self._opcua is not None:
                     self._opcua.bad_status = False
+            case Fault.GARBAGE:
+                if self._modbus is not None:
+                    self._modbus.garbage = False
 
     async def _run_scenario(self, scenario: Scenario) -> None:
         while True:

@@ -8,7 +8,9 @@ for ``duration_s``, then off again. The faults a PLC shows in the field:
 - ``stall``: Modbus requests are accepted but never answered (a hung PLC or gateway);
 - ``busy``: Modbus requests are answered with exception 6 (server device busy);
 - ``illegal``: Modbus requests are answered with exception 2 (illegal data address);
-- ``bad-status``: OPC UA values carry the status ``BadDeviceFailure`` (no value).
+- ``bad-status``: OPC UA values carry the status ``BadDeviceFailure`` (no value);
+- ``garbage``: Modbus answers are replaced by random bytes of the same length (line noise, a
+  device speaking another protocol).
 
 Faults between the agent and the PLC's network (latency, a silent partition, cut connections)
 are the job of a TCP proxy in front of the servers (``tests/helpers/proxy.py``).
@@ -29,6 +31,7 @@ class Fault(enum.StrEnum):
     BUSY = "busy"
     ILLEGAL = "illegal"
     BAD_STATUS = "bad-status"
+    GARBAGE = "garbage"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -77,6 +77,27 @@ async def test_stall_is_a_timeout_that_asks_for_a_reconnect(sim: Simulation) -> 
         await source.close()
 
 
+async def test_garbage_answers_ask_for_a_reconnect_and_then_read_again(sim: Simulation) -> None:
+    # Noise instead of Modbus frames must never come back as values: the source gives up on
+    # the connection (the stream cannot be trusted) and reads normally once the line is clean.
+    assert sim.modbus_port is not None
+    source = modbus(sim.modbus_port)
+    await source.connect()
+    try:
+        await sim.fault_on(Fault.GARBAGE)
+        with pytest.raises(NotConnectedError):
+            await source.read()
+        assert not source.connected
+        await sim.fault_off(Fault.GARBAGE)
+        await source.connect()
+        samples = await source.read()
+        assert [s.quality for s in samples] == [Quality.GOOD, Quality.GOOD]
+        assert samples[0].value == sim.models[0].state_code
+    finally:
+        await sim.fault_off(Fault.GARBAGE)
+        await source.close()
+
+
 async def test_restart_drops_connections_and_resets_the_counters(sim: Simulation) -> None:
     assert sim.modbus_port is not None
     source = modbus(sim.modbus_port)
