@@ -81,14 +81,20 @@ async def read_modbus_line(
     client: AsyncModbusTcpClient, index: int, *, input_registers: bool = False
 ) -> ModbusLine:
     base = 100 * index
-    async with asyncio.timeout(TIMEOUT_S):
-        if input_registers:
-            regs = await client.read_input_registers(base, count=7, device_id=UNIT_ID)
-        else:
-            regs = await client.read_holding_registers(base, count=7, device_id=UNIT_ID)
-        coils = await client.read_coils(index, count=1, device_id=UNIT_ID)
-    assert not regs.isError(), regs
-    assert not coils.isError(), coils
+    # Registers and coil take two requests: a simulator update may land between them. Read
+    # again until the coil is the same before and after the registers (one snapshot).
+    for _ in range(20):
+        async with asyncio.timeout(TIMEOUT_S):
+            first = await client.read_coils(index, count=1, device_id=UNIT_ID)
+            if input_registers:
+                regs = await client.read_input_registers(base, count=7, device_id=UNIT_ID)
+            else:
+                regs = await client.read_holding_registers(base, count=7, device_id=UNIT_ID)
+            coils = await client.read_coils(index, count=1, device_id=UNIT_ID)
+        assert not regs.isError(), regs
+        assert not coils.isError() and not first.isError(), coils
+        if first.bits[0] == coils.bits[0]:
+            break
     r = regs.registers
     return ModbusLine(
         state=r[0],

@@ -234,13 +234,18 @@ async def test_kpis_flow_end_to_end_and_sigterm_leaves_offline(
 
             await col.wait_for(enough, timeout_s=60)
             assert "online" in col.status()
-            metrics = await asyncio.to_thread(scrape, metrics_port)
-            for sample in (
+            # Gauges are mirrored about once a second: poll until they show, with a deadline.
+            expected = (
                 'edge_agent_source_up{source="plc1"} 1.0',
                 'edge_agent_source_up{source="plc2"} 1.0',
                 "edge_agent_mqtt_connected 1.0",
-            ):
-                assert sample in metrics, sample
+            )
+            async with asyncio.timeout(15):
+                while True:
+                    metrics = await asyncio.to_thread(scrape, metrics_port)
+                    if all(sample in metrics for sample in expected):
+                        break
+                    await asyncio.sleep(0.2)  # the next scrape, not synchronisation
             for name in (
                 'edge_agent_poll_duration_seconds_count{source="plc1"}',
                 'edge_agent_line_kpi_ratio{kpi="oee",line="line1"}',
