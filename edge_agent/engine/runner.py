@@ -4,6 +4,17 @@ Routes samples to the lines that use them, ticks the engines on a fixed schedule
 messages to the outbox together with the engines' state, in one transaction: a report and the
 counter baselines that produced it are durable together, so a restart neither loses nor
 double-counts parts. Feeds the systemd watchdog only while this makes progress.
+
+Several MQTT sinks: each has its own outbox file and gets each batch filtered by its ``share``
+(:mod:`edge_agent.sharing`), with its own ``qos``, and live ``kpi`` snapshots at most every its
+own ``publish_interval``. The engine state is written once, in the primary (first) sink's
+transaction. The other sinks' outboxes are written *before* it: two SQLite files cannot commit
+atomically together (WAL mode makes an attached-database transaction atomic per file only), so
+the order decides what a crash between the commits costs. With this order nothing is lost for
+any sink: a crash after a secondary commit and before the primary's leaves the state where it
+was, so on restart the engine makes that batch again and the secondary sink may carry a report
+of the same window twice (with a new ``seq``; a closed window's report is the same figures). The
+other order would lose that batch for the secondary sinks for good.
 """
 
 from __future__ import annotations
@@ -16,11 +27,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from edge_agent.config.schema import AgentConfig, LineConfig, MachineState
+from edge_agent.config.schema import AgentConfig, LineConfig, MachineState, MqttConfig
 from edge_agent.engine.line import LineEngine
 from edge_agent.errors import StorageError
 from edge_agent.model import OutMessage, Sample
-from edge_agent.sinks.outbox import Outbox
+from edge_agent.sharing import ShareFilter
+from edge_agent.sinks.outbox import LIVE_TOPIC, Outbox
 from edge_agent.sinks.prometheus import Metrics
 
 log = logging.getLogger(__name__)
@@ -46,6 +58,77 @@ def signal_tags(line: LineConfig) -> list[str]:
     return tags
 
 
+class SinkOutbox:
+    """One MQTT sink's side of the runner: its outbox, its filter, and the messages held in
+    memory while that outbox cannot be written."""
+
+    def __init__(
+        self, cfg: MqttConfig, outbox: Outbox, notify: Callable[[], None] = lambda: None
+    ) -> None:
+        self.outbox = outbox
+        self.notify = notify
+        self.pending: list[OutMessage] = []
+        self.failing = False
+        self._last_live: dict[str, float] = {}  # line -> time of the last kpi snapshot taken
+        self.configure(cfg)
+
+    def configure(self, cfg: MqttConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.filter = ShareFilter(cfg.share)
+
+    def select(self, messages: list[OutMessage], now: float, slack_s: float) -> list[OutMessage]:
+        """The messages for this sink: shared ones only, its QoS, its snapshot interval."""
+        out = []
+        for msg in self.filter.select(messages):
+            if msg.topic_suffix == LIVE_TOPIC:
+                last = self._last_live.get(msg.line)
+                if last is not None and now - last < self.cfg.publish_interval_s - slack_s:
+                    continue  # superseded by a later snapshot: this sink wants fewer
+                self._last_live[msg.line] = now
+            out.append(msg if msg.qos == self.cfg.qos else replace(msg, qos=self.cfg.qos))
+        return out
+
+    def store(self, messages: list[OutMessage], state: dict[str, str] | None = None) -> bool:
+        """Append the held messages and ``messages`` (with ``state``); on a storage error hold
+        them in memory instead (live snapshots only the newest). True when stored."""
+        batch = self.pending + messages
+        try:
+            self.outbox.append(batch, state=state)
+        except StorageError as exc:
+            if not self.failing:
+                log.error(
+                    "outbox of sink '%s' cannot be written, holding reports in memory: %s",
+                    self.name,
+                    exc,
+                )
+                self.failing = True
+            # Live snapshots are superseded by the next one; keep everything else.
+            kept = [m for m in batch if m.topic_suffix != LIVE_TOPIC] + [
+                m for m in messages if m.topic_suffix == LIVE_TOPIC
+            ]
+            if len(kept) > _MAX_PENDING:
+                log.error(
+                    "%d held report(s) of sink '%s' dropped: its outbox has not been writable"
+                    " for too long",
+                    len(kept) - _MAX_PENDING,
+                    self.name,
+                )
+            self.pending = kept[-_MAX_PENDING:]
+            return False
+        if self.failing:
+            log.warning(
+                "outbox of sink '%s' writable again; %d held report(s) stored",
+                self.name,
+                len(self.pending),
+            )
+            self.failing = False
+        self.pending = []
+        if batch:
+            self.notify()
+        return True
+
+
 class EngineRunner:
     def __init__(
         self,
@@ -57,10 +140,14 @@ class EngineRunner:
         on_progress: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         tick_interval_s: float = 1.0,
+        more_sinks: list[SinkOutbox] | None = None,
     ) -> None:
+        """``outbox`` belongs to the primary sink (``cfg.mqtt``) and holds the engine state;
+        ``more_sinks`` are the further sinks (``cfg.mqtt_extra``), in order."""
         self._outbox = outbox
+        self.primary = SinkOutbox(cfg.mqtt, outbox, notify_sink)
+        self.more_sinks = list(more_sinks or [])
         self._metrics = metrics
-        self._notify_sink = notify_sink
         self._on_progress = on_progress
         self._clock = clock
         self.publish_interval_s = cfg.mqtt.publish_interval_s
@@ -77,8 +164,6 @@ class EngineRunner:
             self.engines[line.name] = self._new_engine(line, saved)
             self._lines[line.name] = line
         self._route()
-        self._pending: list[OutMessage] = []
-        self._storage_failing = False
         self._window_totals: dict[str, tuple[str, int, int, int]] = {}
         self.steps = 0
 
@@ -117,6 +202,13 @@ class EngineRunner:
         self.publish_interval_s = cfg.mqtt.publish_interval_s
         self.tick_interval_s = min(self._tick_base_s, self.publish_interval_s)
         self._qos = cfg.mqtt.qos
+        # The set of sinks is fixed for the process (the app refuses to change it on reload);
+        # their filters, QoS and intervals follow the new configuration.
+        self.primary.configure(cfg.mqtt)
+        by_name = {sink.name: sink for sink in cfg.mqtt_extra}
+        for target in self.more_sinks:
+            if target.name in by_name:
+                target.configure(by_name[target.name])
         kept: list[str] = []
         fresh: list[str] = []
         saved: dict[str, str] | None = None
@@ -178,44 +270,34 @@ class EngineRunner:
         return self._persist(messages)
 
     def _persist(self, messages: list[OutMessage]) -> int:
-        batch = self._pending + messages
+        now = self._clock()
+        # Half a snapshot period of slack, so that scheduling jitter does not skip a snapshot.
+        slack_s = self.publish_interval_s / 2
+        # The other sinks first, the primary with the state last: see the module docstring.
+        for target in self.more_sinks:
+            target.store(target.select(messages, now, slack_s))
+        primary = self.primary
+        batch = primary.select(messages, now, slack_s) if primary.cfg.share else messages
         state = {
             STATE_KEY_PREFIX + name: json.dumps(engine.state_dict(), separators=(",", ":"))
             for name, engine in self.engines.items()
         }
-        try:
-            self._outbox.append(batch, state=state)
-        except StorageError as exc:
-            if not self._storage_failing:
-                log.error("outbox cannot be written, holding reports in memory: %s", exc)
-                self._storage_failing = True
-            # Live snapshots are superseded by the next one; keep everything else.
-            kept = [m for m in batch if m.topic_suffix != "kpi"] + [
-                m for m in messages if m.topic_suffix == "kpi"
-            ]
-            if len(kept) > _MAX_PENDING:
-                log.error(
-                    "%d held report(s) dropped: the outbox has not been writable for too long",
-                    len(kept) - _MAX_PENDING,
-                )
-            self._pending = kept[-_MAX_PENDING:]
-            # The engine itself still makes progress: the watchdog must not restart the agent
-            # and throw away the reports held here.
-            self._on_progress()
-            return 0
-        if self._storage_failing:
-            log.warning("outbox writable again; %d held report(s) stored", len(self._pending))
-            self._storage_failing = False
-        self._pending = []
-        if batch:
-            self._notify_sink()
+        held = len(primary.pending)
+        stored = primary.store(batch, state=state)
+        # The engine itself still makes progress even while storage fails: the watchdog must
+        # not restart the agent and throw away the reports held here.
         self._on_progress()
-        return len(batch)
+        return held + len(batch) if stored else 0
 
     @property
     def held(self) -> int:
-        """Messages held in memory because the outbox could not be written."""
-        return len(self._pending)
+        """Messages held in memory because an outbox could not be written (all sinks)."""
+        return len(self.primary.pending) + sum(len(t.pending) for t in self.more_sinks)
+
+    def held_by_sink(self) -> dict[str, int]:
+        """Messages held in memory, by sink name."""
+        targets = [self.primary, *self.more_sinks]
+        return {t.name: len(t.pending) for t in targets}
 
     def _update_line_metrics(self, line: str, payload: dict[str, Any]) -> None:
         m = self._metrics

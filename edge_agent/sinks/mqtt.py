@@ -14,6 +14,13 @@ Presence: ``{topic_prefix}/{site}/status`` carries a retained ``online`` publish
 connect; the last will (retained, QoS 1) says ``offline`` when the connection dies without a
 DISCONNECT, and :meth:`MqttSink.close` publishes ``offline`` itself before disconnecting.
 
+Sharing (``share`` in the sink's configuration): the engine runner stores only the shared
+messages, reduced to the agreed fields, in this sink's outbox; the sink checks each message again
+as it publishes it, so that messages queued under an older, wider agreement (or by another sink,
+if the configuration's sinks were reordered) never leave the plant: a message of a line or topic
+no longer shared is deleted unsent, a payload with fields no longer agreed is published without
+them.
+
 Only this module imports aiomqtt / paho.
 """
 
@@ -24,6 +31,7 @@ import json
 import logging
 import ssl
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -36,6 +44,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_agent.config.schema import MqttConfig, MqttProtocol
 from edge_agent.errors import BrokerRefusedError, SinkError
 from edge_agent.secrets import SecretError, read_secret
+from edge_agent.sharing import ShareFilter
 from edge_agent.sinks.outbox import Outbox, StoredMessage
 
 log = logging.getLogger(__name__)
@@ -120,6 +129,8 @@ class MqttSink:
         self._last_error: str | None = None
         self.status_topic = f"{cfg.topic_prefix}/{site}/status"
         self._client_log = _ClientLog()
+        self._share = ShareFilter(cfg.share)
+        self.withheld_total = 0  # queued messages deleted unsent: no longer shared
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -402,9 +413,32 @@ class MqttSink:
                 return
             await self._publish_batch(client, batch, lost)
 
+    def _screen(self, batch: list[StoredMessage]) -> list[StoredMessage]:
+        """The publish-time share check (see the module docstring)."""
+        share = self._share
+        if share.passes_all:
+            return batch
+        withheld = [m.id for m in batch if not share.allows(m.line, m.topic_suffix)]
+        if withheld:
+            self._outbox.ack(withheld)
+            if not self.withheld_total:
+                log.warning(
+                    "sink '%s': deleting queued messages of lines or topics it no longer shares",
+                    self._cfg.name,
+                )
+            self.withheld_total += len(withheld)
+        return [
+            replace(m, payload=share.reduce_stored(m.payload))
+            for m in batch
+            if share.allows(m.line, m.topic_suffix)
+        ]
+
     async def _publish_batch(
         self, client: aiomqtt.Client, batch: list[StoredMessage], lost: asyncio.Task[str]
     ) -> None:
+        batch = self._screen(batch)
+        if not batch:
+            return
         timeout_s = self._cfg.timeout_s
         # Tasks start in creation order and each calls paho's publish() before its first await,
         # so the messages go on the wire in outbox order.
