@@ -135,7 +135,7 @@ def test_runner_writes_each_sink_its_share(boxes: tuple[Outbox, Outbox]) -> None
         else:
             assert set(doc) <= (CORE_FIELDS | {"state", SHARED_MARK})
             jsonschema.validate(doc, state_schema)
-    # Snapshots every 3 s for the sponsor (7 steps of 1 s: at 1, 4 and 7 s), every 1 s for the plant.
+    # Snapshots every 3 s for the sponsor (steps of 1 s: at 1, 4 and 7 s), every 1 s for the plant.
     assert len([m for m in shared if m.topic_suffix == "kpi"]) == 3
     assert len([m for m in full if m.topic_suffix == "kpi" and m.line == "l1"]) == 7
     # Each sink numbers its own messages: no gaps in either.
