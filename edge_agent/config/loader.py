@@ -1675,6 +1675,21 @@ def _mqtt_sinks(ctx: _Ctx, node: Node, path: str, line_names: set[str] | None) -
         name_node = _name_node(ctx, item, item_path)
         named.append((_plain_name(ctx, name_node), name_node, item_path))
     _check_unique(ctx, named, "sink")
+    if ctx.count > before:
+        return INVALID
+    # Two connections with one client id to one broker take the session from each other, on
+    # every reconnect, forever.
+    seen: dict[tuple[str, int, str | None], str] = {}
+    for sink, (item, item_path) in zip(sinks, items, strict=True):
+        key = (sink.host, sink.port, sink.client_id)
+        if key in seen:
+            ctx.add(
+                item,
+                item_path,
+                f"sink {sink.name!r} connects to {sink.host}:{sink.port} with the same client id as"
+                f" sink {seen[key]!r}: set a distinct client_id",
+            )
+        seen.setdefault(key, sink.name)
     return INVALID if ctx.count > before else tuple(sinks)
 
 

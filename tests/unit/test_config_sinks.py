@@ -47,7 +47,7 @@ def test_list_of_sinks_primary_first() -> None:
 def test_share_keys_are_optional() -> None:
     cfg = load_config_text(
         with_changes(
-            ("mqtt", [{"name": "a", "host": "h"}, {"name": "b", "host": "h", "share": {}}])
+            ("mqtt", [{"name": "a", "host": "h"}, {"name": "b", "host": "i", "share": {}}])
         )
     )
     assert cfg.mqtt_extra[0].share == ShareConfig()
@@ -101,7 +101,7 @@ def test_secret_files_of_every_sink(tmp_path: Path) -> None:
                 "mqtt",
                 [
                     {"name": "a", "host": "h", "username": "u", "password_file": "/p/a"},
-                    {"name": "b", "host": "h", "username": "u", "password_file": "/p/b"},
+                    {"name": "b", "host": "i", "username": "u", "password_file": "/p/b"},
                 ],
             )
         )
@@ -151,3 +151,11 @@ def test_shareable_fields_match_the_payload_schemas() -> None:
 def test_sink_names_are_plain(sink: dict[str, Any]) -> None:
     (issue,) = issues_of(with_changes(("mqtt", [sink])))
     assert ": mqtt[0].name: " in issue
+
+
+def test_two_sinks_on_one_broker_need_distinct_client_ids() -> None:
+    same = [{"name": "a", "host": "h"}, {"name": "b", "host": "h"}]
+    (issue,) = issues_of(with_changes(("mqtt", same)))
+    assert "mqtt[1]: sink 'b' connects to h:1883 with the same client id as sink 'a'" in issue
+    same[1]["client_id"] = "other"
+    assert len(load_config_text(with_changes(("mqtt", same))).mqtt_sinks) == 2
