@@ -34,6 +34,7 @@ mqtt:
   - {name: plant, host: 127.0.0.1, publish_interval: 1s}
   - name: sponsor
     host: 127.0.0.1
+    client_id: to-sponsor
     qos: 0
     publish_interval: 3s
     share: {lines: [l1], topics: [kpi, kpi/shift, state], fields: [oee, availability, state]}
