@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
 
@@ -50,8 +50,9 @@ log = logging.getLogger(__name__)
 
 STATE_KEY_PREFIX = "engine:"
 _MAX_PENDING = 10_000  # messages held in memory while the outbox cannot be written
-# The live snapshots (engine.snapshots(), every publish interval): each is superseded by the next
-# of its line and topic, so they are thinned per sink and held in memory only the newest.
+# The live topics (engine.snapshots() every publish interval; `order` also at an order change):
+# each message is superseded by the next of its line and topic, so while an outbox cannot be
+# written only the newest are held in memory. (Thinning per sink applies to snapshots only.)
 LIVE_TOPICS: frozenset[str] = frozenset({"kpi", "energy", "order"})
 # Topics that only the primary sink receives: replies to order commands belong to the broker the
 # commands came from (the plant's, ``mqtt.commands`` on the first sink).
@@ -99,17 +100,40 @@ class SinkOutbox:
         self.name = cfg.name
         self.filter = ShareFilter(cfg.share)
 
-    def select(self, messages: list[OutMessage], now: float, slack_s: float) -> list[OutMessage]:
-        """The messages for this sink: shared ones only, its QoS, its snapshot interval."""
+    def select(
+        self,
+        messages: list[OutMessage],
+        now: float,
+        slack_s: float,
+        *,
+        live: Collection[int] = (),
+        replies: bool = True,
+    ) -> list[OutMessage]:
+        """The messages for this sink: shared ones only, its QoS, its snapshot interval.
+
+        ``live``: the indexes in ``messages`` of the periodic snapshots, thinned to this sink's
+        ``publish_interval`` per line and topic; an ``order`` published at an order change is
+        not one of them and is never thinned. ``replies``: whether command replies
+        (``cmd/...``) are for this sink (the primary's only)."""
+        share = self.filter
+        qos = self.cfg.qos
         out = []
-        for msg in self.filter.select(messages):
-            if msg.topic_suffix in LIVE_TOPICS:
+        for i, msg in enumerate(messages):
+            if not share.allows(msg.line, msg.topic_suffix):
+                continue
+            if not replies and msg.topic_suffix.startswith(PRIMARY_ONLY_PREFIX):
+                continue
+            if i in live:
                 key = (msg.line, msg.topic_suffix)
                 last = self._last_live.get(key)
                 if last is not None and now - last < self.cfg.publish_interval_s - slack_s:
                     continue  # superseded by a later snapshot: this sink wants fewer
                 self._last_live[key] = now
-            out.append(msg if msg.qos == self.cfg.qos else replace(msg, qos=self.cfg.qos))
+            payload = share.reduce(msg.payload)
+            if payload is msg.payload and msg.qos == qos:
+                out.append(msg)
+            else:
+                out.append(replace(msg, payload=payload, qos=qos))
         return out
 
     def store(self, messages: list[OutMessage], state: dict[str, str] | None = None) -> bool:
@@ -335,10 +359,13 @@ class EngineRunner:
         messages made durable (0 while the outbox cannot be written: they wait in memory)."""
         now = self._now()
         messages: list[OutMessage] = []
+        live: set[int] = set()  # indexes of the snapshots: other sinks may want fewer
         for engine in self.engines.values():
             messages.extend(engine.tick(now))
             if snapshot:
-                messages.extend(engine.snapshots(now))
+                snapshots = engine.snapshots(now)
+                live.update(range(len(messages), len(messages) + len(snapshots)))
+                messages.extend(snapshots)
         self.steps += 1
         if any(msg.qos != self._qos for msg in messages):
             messages = [replace(msg, qos=self._qos) for msg in messages]
@@ -346,24 +373,24 @@ class EngineRunner:
             self._metrics.reports.labels(line=msg.line, topic=msg.topic_suffix).inc()
             if msg.topic_suffix == "kpi":
                 self._update_line_metrics(msg.line, msg.payload)
-        return self._persist(messages)
+        return self._persist(messages, live)
 
     def _now(self) -> float:
         """The clock, never before a time already handed to the engines."""
         self._time = max(self._time, self._clock())
         return self._time
 
-    def _persist(self, messages: list[OutMessage]) -> int:
+    def _persist(self, messages: list[OutMessage], live: Collection[int] = ()) -> int:
+        """Store ``messages`` for every sink, the engine state with the primary's; ``live``:
+        the indexes of the periodic snapshots among them (see :meth:`SinkOutbox.select`)."""
         now = self._clock()
         # Half a snapshot period of slack, so that scheduling jitter does not skip a snapshot.
         slack_s = self.publish_interval_s / 2
         # The other sinks first, the primary with the state last: see the module docstring.
-        if self.more_sinks:
-            shared = [m for m in messages if not m.topic_suffix.startswith(PRIMARY_ONLY_PREFIX)]
-            for target in self.more_sinks:
-                target.store(target.select(shared, now, slack_s))
+        for target in self.more_sinks:
+            target.store(target.select(messages, now, slack_s, live=live, replies=False))
         primary = self.primary
-        batch = primary.select(messages, now, slack_s) if primary.cfg.share else messages
+        batch = primary.select(messages, now, slack_s, live=live) if primary.cfg.share else messages
         state = {
             STATE_KEY_PREFIX + name: json.dumps(engine.state_dict(), separators=(",", ":"))
             for name, engine in self.engines.items()

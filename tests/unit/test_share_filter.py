@@ -172,3 +172,41 @@ def test_a_failing_sink_outbox_does_not_hold_up_the_others(
     runner.step(snapshot=True)
     assert runner.held == 0
     assert [m.topic_suffix for m in sponsor.peek(10)] == ["kpi", "kpi"]
+
+
+def test_order_replies_go_to_the_primary_only_and_snapshots_thin_per_topic(
+    boxes: tuple[Outbox, Outbox],
+) -> None:
+    plant, sponsor = boxes
+    # The plant takes order commands; the sponsor shares everything but is not the plant's
+    # broker: replies to commands are not its business, order snapshots are.
+    text = CONFIG.replace("publish_interval: 1s}", "publish_interval: 1s, commands: true}")
+    text = text[: text.index("    share:")]
+    cfg = load_config_text(text)
+    assert cfg.mqtt.commands and cfg.mqtt_extra[0].share is None
+    clock = [1_700_000_000.0]
+    runner = EngineRunner(
+        cfg,
+        plant,
+        metrics=Metrics(),
+        clock=lambda: clock[0],
+        more_sinks=[SinkOutbox(cfg.mqtt_extra[0], sponsor)],
+    )
+    runner.command("l1", "order", b'{"order_id": "PO-1", "target_quantity": 10}')
+    for i in range(7):
+        clock[0] += 1.0
+        runner.deliver(_samples(clock[0], 10 + i, 20 + 2 * i))
+        runner.step(snapshot=True)
+
+    def topics(box: Outbox, line: str = "l1") -> list[str]:
+        return [m.topic_suffix for m in box.peek(1000) if m.line == line]
+
+    assert topics(plant).count("cmd/order/reply") == 1
+    assert "cmd/order/reply" not in topics(sponsor)
+    reply = next(m for m in plant.peek(1000) if m.topic_suffix == "cmd/order/reply")
+    assert json.loads(reply.payload)["ok"] is True
+    # Live snapshots follow each sink's publish_interval (7 and 3 in 7 s); the order message
+    # published at the order change is no snapshot: every sink gets it.
+    assert (topics(plant).count("kpi"), topics(plant).count("order")) == (7, 8)
+    assert (topics(sponsor).count("kpi"), topics(sponsor).count("order")) == (3, 4)
+    assert topics(sponsor)[0] == "order"  # the change, before any snapshot
