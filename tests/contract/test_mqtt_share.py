@@ -56,3 +56,26 @@ async def test_queued_messages_outside_the_share_are_withheld(
         assert sink.withheld_total == 2
     finally:
         box.close()
+
+
+async def test_a_window_of_withheld_rows_does_not_stall_the_pipeline(
+    mosquitto: Any, tmp_path: Path
+) -> None:
+    """More withheld rows than the pipeline peeks at once, then a shared one: it still goes."""
+    box = Outbox(tmp_path / "outbox-sponsor.sqlite")
+    try:
+        box.append([full("l2", "kpi", n) for n in range(5)] + [full("l1", "kpi", 5)])
+        share = ShareConfig(lines=frozenset({"l1"}))
+        cfg = MqttConfig(
+            name="sponsor", host=mosquitto.host, port=mosquitto.port, share=share, max_inflight=1
+        )
+        sink = MqttSink(cfg, site=SITE, outbox=box)
+        topic = f"edge-agent/{SITE}/+/kpi"
+        async with Subscriber(mosquitto.host, mosquitto.port, topic) as sub, running(sink):
+            sink.notify()
+            (got,) = await sub.collect(1)
+        assert got.topic == f"edge-agent/{SITE}/l1/kpi"
+        assert json.loads(got.payload)["n"] == 5
+        assert box.depth() == 0 and sink.withheld_total == 5
+    finally:
+        box.close()

@@ -168,3 +168,15 @@ def test_two_sinks_on_one_broker_need_distinct_client_ids() -> None:
     assert "mqtt[1]: sink 'b' connects to h:1883 with the same client id as sink 'a'" in issue
     same[1]["client_id"] = "other"
     assert len(load_config_text(with_changes(("mqtt", same))).mqtt_sinks) == 2
+
+
+def test_order_commands_only_on_the_first_sink() -> None:
+    sinks = [
+        {"name": "plant", "host": "h", "commands": True},
+        {"name": "sponsor", "host": "s", "commands": True},
+    ]
+    (issue,) = issues_of(with_changes(("mqtt", sinks)))
+    assert "mqtt[1].commands: order commands are taken from the first sink only" in issue
+    sinks[1]["commands"] = False
+    cfg = load_config_text(with_changes(("mqtt", sinks)))
+    assert cfg.mqtt.commands and not cfg.mqtt_extra[0].commands
