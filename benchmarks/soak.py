@@ -239,7 +239,9 @@ async def soak(minutes: float, speed: float, every_s: float) -> list[Row]:
 
 
 def _depth(agent: Agent) -> int:
-    value = agent.metrics.registry.get_sample_value("edge_agent_outbox_messages")
+    value = agent.metrics.registry.get_sample_value(
+        "edge_agent_outbox_messages", {"sink": agent.cfg.mqtt.name}
+    )
     return int(value or 0)
 
 

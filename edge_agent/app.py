@@ -1,15 +1,23 @@
 """The agent: builds the components from a config and runs them under one supervisor.
 
-Start order: outbox, metrics, MQTT sink, history, engine, then sources. Stop order is the
+Start order: outboxes, metrics, MQTT sinks, history, engine, then sources. Stop order is the
 reverse: sources stop first, the engine writes a last snapshot, the history writes what it holds,
-the sink drains the outbox and publishes ``offline``, then everything closes.
+the sinks drain their outboxes (all at once, each within the drain time) and publish ``offline``,
+then everything closes.
+
+Several MQTT sinks (the list form of ``mqtt``): each has its own outbox file (the first sink's is
+``outbox.sqlite``, as with a single sink, so a state directory keeps working when a single sink
+becomes the first of a list; the others' are ``outbox-{name}.sqlite``), its own task under the
+supervisor with its own backoff, and its own metrics (label ``sink``). A broker that is down holds
+up only its own sink. Order commands (``mqtt.commands``) are taken from the primary (first) sink
+only, the plant's broker, and their replies go there only.
 
 Reload (SIGHUP, :meth:`Agent.request_reload`): the configuration file is loaded and validated
 again; an invalid one is refused with its problems logged, and the running one stays. A valid
 one is applied in place: sources that changed (or are new or gone) are restarted (or started,
 stopped), lines whose configuration is unchanged keep their engine and its state, the broker link
-is reconnected only when ``mqtt`` connection settings changed. ``site``, ``storage`` and
-``prometheus`` need a restart: a change to them is logged and not applied.
+is reconnected only when that sink's settings changed. ``site``, ``storage``, ``prometheus`` and
+the list of sink names need a restart: a change to them is logged and not applied.
 """
 
 from __future__ import annotations
@@ -20,13 +28,13 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.config.schema import AgentConfig, OnStartupError, SourceConfig
-from edge_agent.engine.runner import EngineRunner
+from edge_agent.config.schema import AgentConfig, MqttConfig, OnStartupError, SourceConfig
+from edge_agent.engine.runner import EngineRunner, SinkOutbox
 from edge_agent.errors import ConfigError, EdgeAgentError, StorageError
 from edge_agent.poller import Poller
 from edge_agent.secrets import read_secret
@@ -50,6 +58,24 @@ EXIT_CONFIG = 78  # EX_CONFIG
 
 class StartupFailedError(EdgeAgentError):
     """A source configured with ``on_startup_error: fail`` could not connect at start."""
+
+
+def outbox_file(cfg: AgentConfig, sink: MqttConfig) -> str:
+    """The outbox file name of ``sink`` (see the module docstring)."""
+    return "outbox.sqlite" if sink.name == cfg.mqtt.name else f"outbox-{sink.name}.sqlite"
+
+
+@dataclass(slots=True)
+class _SinkRun:
+    """One MQTT sink while the agent runs: its outbox, its client and its supervised task."""
+
+    cfg: MqttConfig
+    outbox: Outbox
+    sink: MqttSink | None = None
+    task: asyncio.Task[None] | None = None
+    health: Health | None = None
+    published_seen: int = 0
+    dropped_seen: dict[str, int] = field(default_factory=dict)
 
 
 def state_dir_for(cfg: AgentConfig) -> Path:
@@ -84,7 +110,7 @@ class Agent:
         self.drain_timeout_s = drain_timeout_s
         self.runner: EngineRunner | None = None
         self.history: History | None = None
-        self.sink: MqttSink | None = None
+        self.sinks: dict[str, _SinkRun] = {}  # by sink name, the primary first
         self.pollers: dict[str, Poller] = {}
         self.metrics_port: int | None = None
         self.ready = asyncio.Event()
@@ -96,30 +122,48 @@ class Agent:
         self._reload_requested = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._source_tasks: dict[str, asyncio.Task[None]] = {}
-        self._sink_task: asyncio.Task[None] | None = None
-        self._sink_health: Health | None = None
         self.engine_task: asyncio.Task[None] | None = None
-        self._published_seen = 0
+
+    @property
+    def sink(self) -> MqttSink | None:
+        """The primary (first) MQTT sink."""
+        run = self.sinks.get(self.cfg.mqtt.name)
+        return run.sink if run is not None else None
 
     def request_reload(self) -> None:
         """Reload the configuration file soon (the SIGHUP handler calls this)."""
         self._reload_requested.set()
 
-    def _open_outbox(self) -> Outbox:
+    def _open_outboxes(self) -> list[Outbox]:
+        """One outbox per sink, the primary's first; all or none."""
         directory = state_dir_for(self.cfg)
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create state directory {directory}: {exc}") from exc
-        return Outbox(directory / "outbox.sqlite", limits=self.cfg.storage.outbox)
+        opened: list[Outbox] = []
+        try:
+            for sink in self.cfg.mqtt_sinks:
+                path = directory / outbox_file(self.cfg, sink)
+                opened.append(Outbox(path, limits=self.cfg.storage.outbox))
+        except StorageError:
+            for outbox in opened:
+                outbox.close()
+            raise
+        return opened
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set, then shut down in order. Returns the process exit code."""
         try:
-            outbox = self._open_outbox()
+            outboxes = self._open_outboxes()
         except StorageError as exc:
             log.error("%s", exc)
             return EXIT_CANTCREAT
+        self.sinks = {
+            sc.name: _SinkRun(sc, outbox)
+            for sc, outbox in zip(self.cfg.mqtt_sinks, outboxes, strict=True)
+        }
+        outbox = outboxes[0]
         try:
             return await self._run(stop, outbox)
         except BaseExceptionGroup as group:
@@ -132,7 +176,8 @@ class Agent:
         finally:
             if self.history is not None:
                 self.history.close()  # after a failed start; a clean stop closed it already
-            outbox.close()
+            for each in outboxes:
+                each.close()
             self.metrics.stop_serving()
 
     async def _run(self, stop: asyncio.Event, outbox: Outbox) -> int:
@@ -161,17 +206,22 @@ class Agent:
             cfg,
             outbox,
             metrics=m,
-            notify_sink=self._notify_sink,
+            notify_sink=self._notifier(cfg.mqtt.name),
             on_progress=self._progress,
             clock=self.clock,
             history=history,
+            more_sinks=[
+                SinkOutbox(sc, self.sinks[sc.name].outbox, self._notifier(sc.name))
+                for sc in cfg.mqtt_extra
+            ],
         )
         self.runner = runner
 
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
-            self._start_sink(outbox)
-            status_task = tg.create_task(self._watch(outbox), name="status")
+            for name in self.sinks:
+                self._start_sink(name)
+            status_task = tg.create_task(self._watch(), name="status")
             history_task = tg.create_task(history.run(), name="history") if history else None
             self.engine_task = tg.create_task(runner.run(), name="engine")
             for sc in cfg.sources:
@@ -179,17 +229,16 @@ class Agent:
             self.notifier.ready(f"{len(cfg.sources)} sources, {len(cfg.lines)} lines")
             self.ready.set()
             log.info(
-                "agent started: site '%s', %d source(s), %d line(s), broker %s:%d",
+                "agent started: site '%s', %d source(s), %d line(s), broker %s",
                 cfg.site,
                 len(cfg.sources),
                 len(cfg.lines),
-                cfg.mqtt.host,
-                cfg.mqtt.port,
+                ", ".join(_describe_sink(sc) for sc in cfg.mqtt_sinks),
             )
             while await _first_of(stop, self._reload_requested) is self._reload_requested:
                 self._reload_requested.clear()
                 try:
-                    await self._reload(outbox)
+                    await self._reload()
                 finally:
                     self.reload_done.set()
 
@@ -206,62 +255,79 @@ class Agent:
                 history_task.cancel()
                 await asyncio.gather(history_task, return_exceptions=True)
                 history.close()
-            await self._stop_sink(self.drain_timeout_s)
+            # All sinks drain at once: a broker that is down costs the drain time only once.
+            await asyncio.gather(*(self._stop_sink(n, self.drain_timeout_s) for n in self.sinks))
             status_task.cancel()
             await asyncio.gather(status_task, return_exceptions=True)
-            left = outbox.depth()
-            if left:
-                log.warning("%d message(s) stay in the outbox for the next start", left)
+            for name, run in self.sinks.items():
+                left = run.outbox.depth()
+                if left:
+                    log.warning(
+                        "%d message(s) stay in the outbox of sink '%s' for the next start",
+                        left,
+                        name,
+                    )
         self._tg = None
         log.info("stopped")
         return EXIT_OK
 
-    def _notify_sink(self) -> None:
-        if self.sink is not None:
-            self.sink.notify()
+    def _notifier(self, name: str) -> Callable[[], None]:
+        def notify() -> None:
+            run = self.sinks.get(name)
+            if run is not None and run.sink is not None:
+                run.sink.notify()
 
-    def _start_sink(self, outbox: Outbox) -> None:
+        return notify
+
+    def _start_sink(self, name: str) -> None:
         assert self._tg is not None
-        cfg = self.cfg
+        run = self.sinks[name]
+        sc = run.cfg
         m = self.metrics
-        sink = MqttSink(cfg.mqtt, site=cfg.site, outbox=outbox)
-        self.sink = sink
-        if cfg.mqtt.commands and self.runner is not None:
+        sink = MqttSink(sc, site=self.cfg.site, outbox=run.outbox)
+        run.sink = sink
+        run.published_seen = 0
+        # Commands only from the primary sink: the plant's broker (the loader refuses
+        # `commands` on the others).
+        if name == self.cfg.mqtt.name and sc.commands and self.runner is not None:
             self._subscribe_commands(sink, self.runner)
-        health = Health("broker", f"{cfg.mqtt.host}:{cfg.mqtt.port}")
-        self._sink_health = health
+        what = "broker" if len(self.sinks) == 1 else f"broker '{name}'"
+        run.health = Health(what, f"{sc.host}:{sc.port}")
+        component = "mqtt" if name == self.cfg.mqtt.name else f"mqtt:{name}"
 
         async def run_sink() -> None:
             try:
                 await sink.run()
             finally:
-                m.broker_connected.set(0)
+                m.broker_connected.labels(sink=name).set(0)
 
-        self._sink_task = self._tg.create_task(
+        run.task = self._tg.create_task(
             supervise(
                 run_sink,
-                health,
-                Backoff(cfg.mqtt.backoff_initial_s, cfg.mqtt.backoff_max_s),
-                on_restart=lambda: m.component_restarts.labels(component="mqtt").inc(),
+                run.health,
+                Backoff(sc.backoff_initial_s, sc.backoff_max_s),
+                on_restart=lambda: m.component_restarts.labels(component=component).inc(),
             ),
-            name="mqtt",
+            name=component,
         )
         sink.notify()  # whatever waits in the outbox goes out as soon as it connects
 
-    async def _stop_sink(self, drain_timeout_s: float) -> None:
-        sink, task = self.sink, self._sink_task
+    async def _stop_sink(self, name: str, drain_timeout_s: float) -> None:
+        run = self.sinks[name]
+        sink, task = run.sink, run.task
         if sink is not None:
             try:
                 await sink.close(drain_timeout_s)
             except Exception as exc:  # the broker may be gone: the outbox keeps what is left
-                log.warning("could not close the broker link cleanly: %s", exc)
+                log.warning("could not close the link to broker '%s' cleanly: %s", name, exc)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         if sink is not None:
-            self.metrics.published.inc(max(0, sink.published_total - self._published_seen))
-        self._published_seen = 0
-        self._sink_task = None
+            published = self.metrics.published.labels(sink=name)
+            published.inc(max(0, sink.published_total - run.published_seen))
+        run.published_seen = 0
+        run.task = None
 
     def _start_source(self, sc: SourceConfig) -> None:
         assert self._tg is not None and self.runner is not None
@@ -269,7 +335,7 @@ class Agent:
             self._run_source(sc, self.runner), name=f"source:{sc.name}"
         )
 
-    async def _reload(self, outbox: Outbox) -> None:
+    async def _reload(self) -> None:
         from edge_agent.config.loader import load_config  # noqa: PLC0415
 
         path = self.cfg.path
@@ -288,9 +354,9 @@ class Agent:
         except OSError as exc:
             log.error("configuration reload refused: cannot read %s: %s", path, exc)
             return
-        await self.apply(new, outbox)
+        await self.apply(new)
 
-    async def apply(self, new: AgentConfig, outbox: Outbox) -> None:
+    async def apply(self, new: AgentConfig) -> None:
         """Apply a validated configuration to the running agent (see the module docstring)."""
         old = self.cfg
         assert self.runner is not None
@@ -298,6 +364,9 @@ class Agent:
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload: a change of '%s' needs a restart; not applied", key)
         new = replace(new, site=old.site, storage=old.storage, prometheus=old.prometheus)
+        if [sc.name for sc in new.mqtt_sinks] != [sc.name for sc in old.mqtt_sinks]:
+            log.warning("reload: a change of the list of mqtt sinks needs a restart; not applied")
+            new = replace(new, mqtt=old.mqtt, mqtt_extra=old.mqtt_extra)
         if new.logging.level != old.logging.level:
             logging.getLogger().setLevel(new.logging.level)
 
@@ -322,24 +391,29 @@ class Agent:
         for sc in start:
             self._start_source(sc)
 
-        # publish_interval and qos are the engine's; anything else in mqtt is the link's.
-        def link(c: AgentConfig) -> object:
-            return replace(c.mqtt, publish_interval_s=0.0, qos=0)
+        # publish_interval, qos and share are applied by the engine runner before the outbox;
+        # anything else of a sink is its link's. The sink re-checks the share when publishing,
+        # so it restarts on a share change too.
+        def link(c: MqttConfig) -> object:
+            return replace(c, publish_interval_s=0.0, qos=0)
 
-        relinked = link(new) != link(old)
-        if relinked:
-            log.info("reload: broker settings changed; reconnecting")
-            await self._stop_sink(min(self.drain_timeout_s, new.mqtt.timeout_s))
-            self._start_sink(outbox)
+        relinked = []
+        for mc, before in zip(new.mqtt_sinks, old.mqtt_sinks, strict=True):
+            self.sinks[mc.name].cfg = mc
+            if link(mc) != link(before):
+                log.info("reload: settings of broker '%s' changed; reconnecting", mc.name)
+                await self._stop_sink(mc.name, min(self.drain_timeout_s, mc.timeout_s))
+                self._start_sink(mc.name)
+                relinked.append(mc.name)
         self.reloads += 1
         log.info(
             "configuration reloaded: %d line(s) kept, %d started afresh; %d source(s) restarted"
-            " or started, %d stopped; broker link %s",
+            " or started, %d stopped; broker links %s",
             len(kept),
             len(fresh),
             len(start),
             len([n for n in stop if n not in new_sources]),
-            "reconnected" if relinked else "kept",
+            f"reconnected: {', '.join(relinked)}" if relinked else "kept",
         )
 
     def _subscribe_commands(self, sink: MqttSink, runner: EngineRunner) -> None:
@@ -361,23 +435,14 @@ class Agent:
     def _progress(self) -> None:
         self._last_progress = time.monotonic()
 
-    async def _watch(self, outbox: Outbox) -> None:
+    async def _watch(self) -> None:
         """Mirror component state into metrics and feed the watchdog while the engine progresses."""
-        m = self.metrics
         interval = 1.0
         if self.notifier.watchdog_interval_s:
             interval = min(interval, self.notifier.watchdog_interval_s / 4)
-        dropped: dict[str, int] = {}
         while True:
-            sink, health = self.sink, self._sink_health
-            if sink is not None and health is not None:
-                connected = sink.connected
-                m.broker_connected.set(1 if connected else 0)
-                if connected:
-                    health.ok()
-                m.published.inc(max(0, sink.published_total - self._published_seen))
-                self._published_seen = sink.published_total
-            dropped = self._mirror_outbox(outbox, dropped)
+            for name, run in self.sinks.items():
+                self._mirror_sink(name, run)
             # The engine ticks every second; 3 publish intervals without progress is a hang.
             stale_after = self.stall_after_s or max(
                 3 * (self.runner.publish_interval_s if self.runner else 1.0), 5.0
@@ -386,21 +451,32 @@ class Agent:
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
 
-    def _mirror_outbox(self, outbox: Outbox, seen: dict[str, int]) -> dict[str, int]:
+    def _mirror_sink(self, name: str, run: _SinkRun) -> None:
         m = self.metrics
-        m.outbox_depth.set(outbox.depth())
-        m.outbox_bytes.set(outbox.size_bytes)
-        m.outbox_held.set(self.runner.held if self.runner else 0)
+        sink, health = run.sink, run.health
+        if sink is not None and health is not None:
+            connected = sink.connected
+            m.broker_connected.labels(sink=name).set(1 if connected else 0)
+            if connected:
+                health.ok()
+            m.published.labels(sink=name).inc(max(0, sink.published_total - run.published_seen))
+            run.published_seen = sink.published_total
+        outbox = run.outbox
+        m.outbox_depth.labels(sink=name).set(outbox.depth())
+        m.outbox_bytes.labels(sink=name).set(outbox.size_bytes)
+        held = self.runner.held_by_sink() if self.runner else {}
+        m.outbox_held.labels(sink=name).set(held.get(name, 0))
         try:
             age = outbox.oldest_age_s(time.time())
         except StorageError:  # the runner logs storage trouble once; a metric can wait
             age = None
-        m.outbox_oldest_age.set(age or 0.0)
+        m.outbox_oldest_age.labels(sink=name).set(age or 0.0)
         now = outbox.dropped
+        seen = run.dropped_seen
         for topic, total in now.items():
             if total > seen.get(topic, 0):
-                m.outbox_dropped.labels(topic=topic).inc(total - seen.get(topic, 0))
-        return now
+                m.outbox_dropped.labels(sink=name, topic=topic).inc(total - seen.get(topic, 0))
+        run.dropped_seen = now
 
     async def _run_source(self, sc: SourceConfig, runner: EngineRunner) -> None:
         m = self.metrics
@@ -453,6 +529,11 @@ class Agent:
             Backoff(sc.backoff_initial_s, sc.backoff_max_s),
             on_restart=lambda: m.component_restarts.labels(component=f"source:{sc.name}").inc(),
         )
+
+
+def _describe_sink(sc: MqttConfig) -> str:
+    shared = " (shared)" if sc.share is not None else ""
+    return f"'{sc.name}' {sc.host}:{sc.port}{shared}"
 
 
 async def _first_of(*events: asyncio.Event) -> asyncio.Event:

@@ -99,5 +99,9 @@ def _not_applicable(obj: Any, field_name: str) -> bool:
 
 def dump_config(cfg: AgentConfig) -> str:
     """The configuration as YAML text, secrets redacted (see the module docstring)."""
-    data = redact(_plain(cfg))
+    data = _plain(cfg)
+    extra = data.pop("mqtt_extra", [])
+    if extra:  # the list form of `mqtt`: the primary sink first
+        data["mqtt"] = [data["mqtt"], *extra]
+    data = redact(data)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)

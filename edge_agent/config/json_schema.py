@@ -26,6 +26,7 @@ from typing import Any, Final
 from edge_agent.config import schema as model
 from edge_agent.config.dump import duration_text
 from edge_agent.config.loader import FIELD_NAMES, NAME_PATTERN
+from edge_agent.sharing import LINE_TOPICS, PAYLOAD_FIELDS
 
 SCHEMA_ID: Final = "https://edge-agent.invalid/schemas/config.schema.json"
 
@@ -158,13 +159,32 @@ _OVERRIDES: Final[Mapping[tuple[type, str], dict[str, Any]]] = {
     },
     (model.MqttConfig, "protocol"): {"enum": ["3.1.1", "311", 311, "5", "5.0", 5]},
     (model.MqttConfig, "qos"): {"minimum": 0, "maximum": 2},
+    (model.MqttConfig, "name"): _NAME,
+    (model.ShareConfig, "lines"): {
+        "anyOf": [{"type": "array", "uniqueItems": True, "items": _NAME}, {"type": "null"}]
+    },
+    (model.ShareConfig, "topics"): {
+        "anyOf": [
+            {"type": "array", "uniqueItems": True, "items": {"enum": list(LINE_TOPICS)}},
+            {"type": "null"},
+        ]
+    },
+    (model.ShareConfig, "fields"): {
+        "anyOf": [
+            {"type": "array", "uniqueItems": True, "items": {"enum": sorted(PAYLOAD_FIELDS)}},
+            {"type": "null"},
+        ]
+    },
     (model.PrometheusConfig, "port"): {"minimum": 1, "maximum": 65535},
     (model.LoggingConfig, "level"): {"enum": [*_LEVELS, *(v.lower() for v in _LEVELS)]},
 }
 _DEFAULTS: Final[Mapping[tuple[type, str], Any]] = {
     (model.Shift, "days"): list(model.WEEKDAY_NAMES),
 }
-_EXCLUDED: Final = {(model.AgentConfig, "path")}  # where the file was read from, not a key
+_EXCLUDED: Final = {
+    (model.AgentConfig, "path"),  # where the file was read from, not a key
+    (model.AgentConfig, "mqtt_extra"),  # the list form of `mqtt` (below), not a key
+}
 
 
 def _yaml_key(field_name: str) -> str:
@@ -305,6 +325,15 @@ def config_schema() -> dict[str, Any]:
     b.defs["MqttConfig"]["properties"]["tls"] = {
         "description": "true for TLS with the system's trust store, or the TLS settings",
         "oneOf": [{"type": "boolean"}, b.ref(model.TlsConfig)],
+    }
+    # One sink as a mapping, or a list of named sinks (the first is the primary).
+    mqtt = b.ref(model.MqttConfig)
+    props["mqtt"] = {
+        "description": "one MQTT sink, or a list of named sinks, the first being the primary",
+        "oneOf": [
+            mqtt,
+            {"type": "array", "minItems": 1, "items": {"allOf": [mqtt, {"required": ["name"]}]}},
+        ],
     }
     b.defs["TlsConfig"]["dependentRequired"] = {"key_file": ["cert_file"]}
     # A worked extra day is a date, or a date with the weekday whose shifts it follows.

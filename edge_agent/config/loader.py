@@ -73,6 +73,7 @@ from edge_agent.config.schema import (
     PrometheusConfig,
     ReasonSignal,
     SerialConfig,
+    ShareConfig,
     Shift,
     Signals,
     SourceConfig,
@@ -82,6 +83,7 @@ from edge_agent.config.schema import (
 )
 from edge_agent.errors import ConfigError
 from edge_agent.secrets import loose_permissions, resolve_path
+from edge_agent.sharing import LINE_TOPICS, PAYLOAD_FIELDS
 
 __all__ = [
     "EXIT_CONFIG",
@@ -269,10 +271,9 @@ def check_config_main(path: str, *, dump: bool = False) -> int:
 
 def secret_files(cfg: AgentConfig) -> list[str]:
     """The configured files that hold secrets or private keys."""
-    files: list[str | None] = [cfg.mqtt.password_file, cfg.prometheus.password_file]
-    files.append(cfg.prometheus.key_file)
-    if cfg.mqtt.tls is not None:
-        files.append(cfg.mqtt.tls.key_file)
+    files: list[str | None] = [sink.password_file for sink in cfg.mqtt_sinks]
+    files += [cfg.prometheus.password_file, cfg.prometheus.key_file]
+    files += [sink.tls.key_file for sink in cfg.mqtt_sinks if sink.tls is not None]
     for source in cfg.sources:
         if isinstance(source, OpcuaSourceConfig):
             files += [source.password_file, source.security.key_file]
@@ -745,7 +746,7 @@ def _agent(ctx: _Ctx, node: Node) -> AgentConfig | _Invalid:
             "site": _name,
             "sources": _sources,
             "lines": keep,
-            "mqtt": _mqtt,
+            "mqtt": keep,  # checked after lines: a share names lines
             "prometheus": _prometheus,
             "storage": _storage,
             "logging": _logging,
@@ -757,9 +758,16 @@ def _agent(ctx: _Ctx, node: Node) -> AgentConfig | _Invalid:
         return INVALID
     if "lines" in parsed.nodes:
         parsed.values["lines"] = _lines(ctx, parsed.nodes["lines"], "lines")
+    extra: Any = ()
+    if "mqtt" in parsed.nodes:
+        lines = parsed.values.get("lines")
+        line_names = {line.name for line in lines} if isinstance(lines, tuple) else None
+        sinks = _mqtt_sinks(ctx, parsed.nodes["mqtt"], "mqtt", line_names)
+        if isinstance(sinks, tuple):
+            parsed.values["mqtt"], extra = sinks[0], sinks[1:]
     if ctx.count > before:
         return INVALID
-    return AgentConfig(**parsed.fields(), path=ctx.file)
+    return AgentConfig(**parsed.fields(), mqtt_extra=extra, path=ctx.file)
 
 
 def _version(ctx: _Ctx, node: Node, path: str) -> Any:
@@ -1742,13 +1750,108 @@ def _emission_factor(ctx: _Ctx, node: Node, path: str) -> Any:
 # --- mqtt, prometheus, storage, logging ------------------------------------------------------
 
 
-def _mqtt(ctx: _Ctx, node: Node, path: str) -> Any:
+def _mqtt_sinks(ctx: _Ctx, node: Node, path: str, line_names: set[str] | None) -> Any:
+    """``mqtt``: one sink as a mapping (as ever), or a list of named sinks, the first being
+    the primary. Returns a non-empty tuple of :class:`MqttConfig`, or INVALID."""
+    if not isinstance(node, SequenceNode):
+        sink = _mqtt(ctx, node, path, line_names, named=False)
+        return INVALID if isinstance(sink, _Invalid) else (sink,)
+    items = _items(ctx, node, path)
+    if items is None:
+        return INVALID
+    if not items:
+        ctx.add(node, path, "must list at least one sink (or be a mapping for a single one)")
+        return INVALID
+    before = ctx.count
+    sinks = []
+    named: list[tuple[Any, Node | None, str]] = []
+    for item, item_path in items:
+        sinks.append(_mqtt(ctx, item, item_path, line_names, named=True))
+        name_node = _name_node(ctx, item, item_path)
+        named.append((_plain_name(ctx, name_node), name_node, item_path))
+    _check_unique(ctx, named, "sink")
+    if ctx.count > before:
+        return INVALID
+    # Two connections with one client id to one broker take the session from each other, on
+    # every reconnect, forever.
+    seen: dict[tuple[str, int, str | None], str] = {}
+    for sink, (item, item_path) in zip(sinks, items, strict=True):
+        key = (sink.host, sink.port, sink.client_id)
+        if key in seen:
+            ctx.add(
+                item,
+                item_path,
+                f"sink {sink.name!r} connects to {sink.host}:{sink.port} with the same client id as"
+                f" sink {seen[key]!r}: set a distinct client_id",
+            )
+        seen.setdefault(key, sink.name)
+    # Order commands come from the plant's broker, the first sink, and their replies go there
+    # only: a further sink (a sponsor's) must not be able to command the plant.
+    for sink, (item, item_path) in list(zip(sinks, items, strict=True))[1:]:
+        if sink.commands and isinstance(item, MappingNode):
+            node_at = next((v for k, v in item.value if k.value == "commands"), item)
+            ctx.add(
+                node_at,
+                join_key(item_path, "commands"),
+                "order commands are taken from the first sink only (the plant's broker)",
+            )
+    return INVALID if ctx.count > before else tuple(sinks)
+
+
+def _share(line_names: set[str] | None) -> Check:
+    def names(known: Collection[str], what: str) -> Check:
+        def check(ctx: _Ctx, node: Node, path: str) -> Any:
+            values = _list_of(_string())(ctx, node, path)
+            if isinstance(values, _Invalid):
+                return INVALID
+            items = _items(ctx, node, path) or []
+            bad = False
+            for value, (item, item_path) in zip(values, items, strict=True):
+                if value not in known:
+                    close = difflib.get_close_matches(value, sorted(known), n=1, cutoff=0.6)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    ctx.add(item, item_path, f"unknown {what} {value!r}{hint}")
+                    bad = True
+            return INVALID if bad else frozenset(values)
+
+        return check
+
+    def lines(ctx: _Ctx, node: Node, path: str) -> Any:
+        if line_names is None:  # the lines themselves are broken and reported
+            values = _list_of(_string())(ctx, node, path)
+            return INVALID if isinstance(values, _Invalid) else frozenset(values)
+        return names(line_names, "line")(ctx, node, path)
+
+    def share(ctx: _Ctx, node: Node, path: str) -> Any:
+        before = ctx.count
+        parsed = _mapping(
+            ctx,
+            node,
+            path,
+            {
+                "lines": lines,
+                "topics": names(LINE_TOPICS, "topic"),
+                "fields": names(PAYLOAD_FIELDS, "payload field"),
+            },
+        )
+        if parsed is None or ctx.count > before:
+            return INVALID
+        return ShareConfig(**parsed.fields())
+
+    return share
+
+
+def _mqtt(
+    ctx: _Ctx, node: Node, path: str, line_names: set[str] | None = None, *, named: bool = False
+) -> Any:
     before = ctx.count
     parsed = _mapping(
         ctx,
         node,
         path,
         {
+            "name": _name,
+            "share": _share(line_names),
             "host": _string(),
             "port": _integer(1, 65535),
             "client_id": _optional(_string()),
@@ -1768,7 +1871,7 @@ def _mqtt(ctx: _Ctx, node: Node, path: str) -> Any:
             "max_inflight": _integer(1, 65535),  # paho's message ids are 16-bit
             "commands": _boolean,
         },
-        required=("host",),
+        required=("name", "host") if named else ("host",),
     )
     if parsed is None:
         return INVALID

@@ -356,7 +356,26 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ShareConfig:
+    """What a sink receives (``mqtt[].share``): allow-lists; ``None`` allows everything.
+
+    Messages of other lines or topics are never given to the sink; payloads keep only
+    ``fields`` plus the fields that identify them (``edge_agent.sharing.CORE_FIELDS``).
+    """
+
+    lines: frozenset[str] | None = None
+    topics: frozenset[str] | None = None  # topic suffixes: edge_agent.sharing.LINE_TOPICS
+    fields: frozenset[str] | None = None  # top-level payload fields
+
+
+DEFAULT_SINK_NAME = "default"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MqttConfig:
+    # Names the sink in metrics, logs and its outbox file (outbox-{name}.sqlite, except the
+    # first sink's: outbox.sqlite). Required in the list form of `mqtt`.
+    name: str = DEFAULT_SINK_NAME
     host: str
     port: int = 1883
     client_id: str | None = None  # None: "edge-agent-{site}"
@@ -380,6 +399,7 @@ class MqttConfig:
     # Accept order commands on {topic_prefix}/{site}/{line}/cmd/order. Meant for the plant's own
     # broker only: whoever can publish there can set the line's current order.
     commands: bool = False
+    share: ShareConfig | None = None  # None: the sink receives everything
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -437,8 +457,15 @@ class AgentConfig:
     site: str
     sources: tuple[SourceConfig, ...] = ()
     lines: tuple[LineConfig, ...]
-    mqtt: MqttConfig
+    mqtt: MqttConfig  # the first (primary) MQTT sink: the engine's state lives in its outbox
+    # Further sinks, from the list form of `mqtt` (`mqtt: [{name: plant, ...}, {name: ...}]`).
+    mqtt_extra: tuple[MqttConfig, ...] = ()
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     path: str = "<memory>"  # where it was loaded from, for messages
+
+    @property
+    def mqtt_sinks(self) -> tuple[MqttConfig, ...]:
+        """Every MQTT sink, the primary (``mqtt``) first."""
+        return (self.mqtt, *self.mqtt_extra)

@@ -10,6 +10,19 @@ Time order. The runner hands samples to the engines, and to the history, in non-
 sample of another source delivered first) is restamped with that time. The engine would take it
 as happening then anyway; restamping it here makes the history record exactly what the engine
 saw, so that ``edge-agent replay`` of an export reproduces the live ``kpi/shift`` reports.
+
+Several MQTT sinks: each has its own outbox file and gets each batch filtered by its ``share``
+(:mod:`edge_agent.sharing`), with its own ``qos``, and live snapshots (``kpi``, ``energy``,
+``order``) at most every its own ``publish_interval``. Replies to order commands
+(``cmd/order/reply``) go to the primary sink only: the commands come from its broker. The engine
+state is written once, in the primary (first) sink's transaction. The other sinks' outboxes are
+written *before* it: two SQLite files cannot commit atomically together (WAL mode makes an
+attached-database transaction atomic per file only), so the order decides what a crash between the
+commits costs. With this order nothing is lost for any sink: a crash after a secondary commit and
+before the primary's leaves the state where it was, so on restart the engine makes that batch again
+and the secondary sink may carry a report of the same window twice (with a new ``seq``; a closed
+window's report is the same figures). The other order would lose that batch for the secondary sinks
+for good.
 """
 
 from __future__ import annotations
@@ -20,14 +33,15 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
 
-from edge_agent.config.schema import AgentConfig, LineConfig, MachineState
+from edge_agent.config.schema import AgentConfig, LineConfig, MachineState, MqttConfig
 from edge_agent.engine.line import LineEngine
 from edge_agent.errors import StorageError
 from edge_agent.model import OutMessage, Sample
+from edge_agent.sharing import ShareFilter
 from edge_agent.sinks.history import History
 from edge_agent.sinks.outbox import Outbox
 from edge_agent.sinks.prometheus import Metrics
@@ -36,6 +50,13 @@ log = logging.getLogger(__name__)
 
 STATE_KEY_PREFIX = "engine:"
 _MAX_PENDING = 10_000  # messages held in memory while the outbox cannot be written
+# The live topics (engine.snapshots() every publish interval; `order` also at an order change):
+# each message is superseded by the next of its line and topic, so while an outbox cannot be
+# written only the newest are held in memory. (Thinning per sink applies to snapshots only.)
+LIVE_TOPICS: frozenset[str] = frozenset({"kpi", "energy", "order"})
+# Topics that only the primary sink receives: replies to order commands belong to the broker the
+# commands came from (the plant's, ``mqtt.commands`` on the first sink).
+PRIMARY_ONLY_PREFIX = "cmd/"
 
 
 def signal_tags(line: LineConfig) -> list[str]:
@@ -59,6 +80,102 @@ def signal_tags(line: LineConfig) -> list[str]:
     return tags
 
 
+class SinkOutbox:
+    """One MQTT sink's side of the runner: its outbox, its filter, and the messages held in
+    memory while that outbox cannot be written."""
+
+    def __init__(
+        self, cfg: MqttConfig, outbox: Outbox, notify: Callable[[], None] = lambda: None
+    ) -> None:
+        self.outbox = outbox
+        self.notify = notify
+        self.pending: list[OutMessage] = []
+        self.failing = False
+        # (line, topic) -> time of the last live snapshot taken
+        self._last_live: dict[tuple[str, str], float] = {}
+        self.configure(cfg)
+
+    def configure(self, cfg: MqttConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.filter = ShareFilter(cfg.share)
+
+    def select(
+        self,
+        messages: list[OutMessage],
+        now: float,
+        slack_s: float,
+        *,
+        live: Collection[int] = (),
+        replies: bool = True,
+    ) -> list[OutMessage]:
+        """The messages for this sink: shared ones only, its QoS, its snapshot interval.
+
+        ``live``: the indexes in ``messages`` of the periodic snapshots, thinned to this sink's
+        ``publish_interval`` per line and topic; an ``order`` published at an order change is
+        not one of them and is never thinned. ``replies``: whether command replies
+        (``cmd/...``) are for this sink (the primary's only)."""
+        share = self.filter
+        qos = self.cfg.qos
+        out = []
+        for i, msg in enumerate(messages):
+            if not share.allows(msg.line, msg.topic_suffix):
+                continue
+            if not replies and msg.topic_suffix.startswith(PRIMARY_ONLY_PREFIX):
+                continue
+            if i in live:
+                key = (msg.line, msg.topic_suffix)
+                last = self._last_live.get(key)
+                if last is not None and now - last < self.cfg.publish_interval_s - slack_s:
+                    continue  # superseded by a later snapshot: this sink wants fewer
+                self._last_live[key] = now
+            payload = share.reduce(msg.payload)
+            if payload is msg.payload and msg.qos == qos:
+                out.append(msg)
+            else:
+                out.append(replace(msg, payload=payload, qos=qos))
+        return out
+
+    def store(self, messages: list[OutMessage], state: dict[str, str] | None = None) -> bool:
+        """Append the held messages and ``messages`` (with ``state``); on a storage error hold
+        them in memory instead (live snapshots only the newest). True when stored."""
+        batch = self.pending + messages
+        try:
+            self.outbox.append(batch, state=state)
+        except StorageError as exc:
+            if not self.failing:
+                log.error(
+                    "outbox of sink '%s' cannot be written, holding reports in memory: %s",
+                    self.name,
+                    exc,
+                )
+                self.failing = True
+            # Live snapshots are superseded by the next one; keep everything else.
+            kept = [m for m in batch if m.topic_suffix not in LIVE_TOPICS] + [
+                m for m in messages if m.topic_suffix in LIVE_TOPICS
+            ]
+            if len(kept) > _MAX_PENDING:
+                log.error(
+                    "%d held report(s) of sink '%s' dropped: its outbox has not been writable"
+                    " for too long",
+                    len(kept) - _MAX_PENDING,
+                    self.name,
+                )
+            self.pending = kept[-_MAX_PENDING:]
+            return False
+        if self.failing:
+            log.warning(
+                "outbox of sink '%s' writable again; %d held report(s) stored",
+                self.name,
+                len(self.pending),
+            )
+            self.failing = False
+        self.pending = []
+        if batch:
+            self.notify()
+        return True
+
+
 class EngineRunner:
     def __init__(
         self,
@@ -71,12 +188,16 @@ class EngineRunner:
         clock: Callable[[], float] = time.time,
         tick_interval_s: float = 1.0,
         history: History | None = None,
+        more_sinks: list[SinkOutbox] | None = None,
     ) -> None:
+        """``outbox`` belongs to the primary sink (``cfg.mqtt``) and holds the engine state;
+        ``more_sinks`` are the further sinks (``cfg.mqtt_extra``), in order."""
         self._outbox = outbox
         self._history = history
         self._time = -math.inf  # the latest time handed to the engines
+        self.primary = SinkOutbox(cfg.mqtt, outbox, notify_sink)
+        self.more_sinks = list(more_sinks or [])
         self._metrics = metrics
-        self._notify_sink = notify_sink
         self._on_progress = on_progress
         self._clock = clock
         self.publish_interval_s = cfg.mqtt.publish_interval_s
@@ -95,8 +216,6 @@ class EngineRunner:
             self.engines[line.name] = self._new_engine(line, saved)
             self._lines[line.name] = line
         self._route()
-        self._pending: list[OutMessage] = []
-        self._storage_failing = False
         self._window_totals: dict[str, tuple[str, int, int, int]] = {}
         self.steps = 0
         # Set by deliver() when a line's state changed: run() steps at once, so a `state`
@@ -148,6 +267,13 @@ class EngineRunner:
         self.tick_interval_s = min(self._tick_base_s, self.publish_interval_s)
         self._qos = cfg.mqtt.qos
         self._orders = cfg.mqtt.commands
+        # The set of sinks is fixed for the process (the app refuses to change it on reload);
+        # their filters, QoS and intervals follow the new configuration.
+        self.primary.configure(cfg.mqtt)
+        by_name = {sink.name: sink for sink in cfg.mqtt_extra}
+        for target in self.more_sinks:
+            if target.name in by_name:
+                target.configure(by_name[target.name])
         kept: list[str] = []
         fresh: list[str] = []
         saved: dict[str, str] | None = None
@@ -233,10 +359,13 @@ class EngineRunner:
         messages made durable (0 while the outbox cannot be written: they wait in memory)."""
         now = self._now()
         messages: list[OutMessage] = []
+        live: set[int] = set()  # indexes of the snapshots: other sinks may want fewer
         for engine in self.engines.values():
             messages.extend(engine.tick(now))
             if snapshot:
-                messages.extend(engine.snapshots(now))
+                snapshots = engine.snapshots(now)
+                live.update(range(len(messages), len(messages) + len(snapshots)))
+                messages.extend(snapshots)
         self.steps += 1
         if any(msg.qos != self._qos for msg in messages):
             messages = [replace(msg, qos=self._qos) for msg in messages]
@@ -244,53 +373,44 @@ class EngineRunner:
             self._metrics.reports.labels(line=msg.line, topic=msg.topic_suffix).inc()
             if msg.topic_suffix == "kpi":
                 self._update_line_metrics(msg.line, msg.payload)
-        return self._persist(messages)
+        return self._persist(messages, live)
 
     def _now(self) -> float:
         """The clock, never before a time already handed to the engines."""
         self._time = max(self._time, self._clock())
         return self._time
 
-    def _persist(self, messages: list[OutMessage]) -> int:
-        batch = self._pending + messages
+    def _persist(self, messages: list[OutMessage], live: Collection[int] = ()) -> int:
+        """Store ``messages`` for every sink, the engine state with the primary's; ``live``:
+        the indexes of the periodic snapshots among them (see :meth:`SinkOutbox.select`)."""
+        now = self._clock()
+        # Half a snapshot period of slack, so that scheduling jitter does not skip a snapshot.
+        slack_s = self.publish_interval_s / 2
+        # The other sinks first, the primary with the state last: see the module docstring.
+        for target in self.more_sinks:
+            target.store(target.select(messages, now, slack_s, live=live, replies=False))
+        primary = self.primary
+        batch = primary.select(messages, now, slack_s, live=live) if primary.cfg.share else messages
         state = {
             STATE_KEY_PREFIX + name: json.dumps(engine.state_dict(), separators=(",", ":"))
             for name, engine in self.engines.items()
         }
-        try:
-            self._outbox.append(batch, state=state)
-        except StorageError as exc:
-            if not self._storage_failing:
-                log.error("outbox cannot be written, holding reports in memory: %s", exc)
-                self._storage_failing = True
-            # Live snapshots are superseded by the next one; keep everything else.
-            live = ("kpi", "energy", "order")
-            kept = [m for m in batch if m.topic_suffix not in live] + [
-                m for m in messages if m.topic_suffix in live
-            ]
-            if len(kept) > _MAX_PENDING:
-                log.error(
-                    "%d held report(s) dropped: the outbox has not been writable for too long",
-                    len(kept) - _MAX_PENDING,
-                )
-            self._pending = kept[-_MAX_PENDING:]
-            # The engine itself still makes progress: the watchdog must not restart the agent
-            # and throw away the reports held here.
-            self._on_progress()
-            return 0
-        if self._storage_failing:
-            log.warning("outbox writable again; %d held report(s) stored", len(self._pending))
-            self._storage_failing = False
-        self._pending = []
-        if batch:
-            self._notify_sink()
+        held = len(primary.pending)
+        stored = primary.store(batch, state=state)
+        # The engine itself still makes progress even while storage fails: the watchdog must
+        # not restart the agent and throw away the reports held here.
         self._on_progress()
-        return len(batch)
+        return held + len(batch) if stored else 0
 
     @property
     def held(self) -> int:
-        """Messages held in memory because the outbox could not be written."""
-        return len(self._pending)
+        """Messages held in memory because an outbox could not be written (all sinks)."""
+        return len(self.primary.pending) + sum(len(t.pending) for t in self.more_sinks)
+
+    def held_by_sink(self) -> dict[str, int]:
+        """Messages held in memory, by sink name."""
+        targets = [self.primary, *self.more_sinks]
+        return {t.name: len(t.pending) for t in targets}
 
     def _update_line_metrics(self, line: str, payload: dict[str, Any]) -> None:
         m = self._metrics

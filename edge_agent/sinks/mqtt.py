@@ -19,6 +19,13 @@ Subscriptions: :meth:`MqttSink.subscribe` registers a topic filter and a handler
 messages are handed to the handlers of the filters they match, in arrival order, on the event
 loop. Used for order commands on the plant's broker (``mqtt.commands``).
 
+Sharing (``share`` in the sink's configuration): the engine runner stores only the shared
+messages, reduced to the agreed fields, in this sink's outbox; the sink checks each message again
+as it publishes it, so that messages queued under an older, wider agreement (or by another sink,
+if the configuration's sinks were reordered) never leave the plant: a message of a line or topic
+no longer shared is deleted unsent, a payload with fields no longer agreed is published without
+them.
+
 Only this module imports aiomqtt / paho.
 """
 
@@ -31,6 +38,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -43,6 +51,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_agent.config.schema import MqttConfig, MqttProtocol
 from edge_agent.errors import BrokerRefusedError, SinkError
 from edge_agent.secrets import SecretError, read_secret
+from edge_agent.sharing import ShareFilter
 from edge_agent.sinks.outbox import Outbox, StoredMessage
 
 log = logging.getLogger(__name__)
@@ -131,6 +140,8 @@ class MqttSink:
         self.status_topic = f"{cfg.topic_prefix}/{site}/status"
         self._client_log = _ClientLog()
         self._subscriptions: list[tuple[str, MessageHandler, int]] = []
+        self._share = ShareFilter(cfg.share)
+        self.withheld_total = 0  # queued messages deleted unsent: no longer shared
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -464,9 +475,13 @@ class MqttSink:
                         return
                     # Tasks start in creation order and each calls paho's publish() before its
                     # first await, so the messages go on the wire in outbox order.
-                    for m in self._outbox.peek(room, after_id=last_id):
+                    batch = self._outbox.peek(room, after_id=last_id)
+                    if batch:
+                        last_id = batch[-1].id
+                    for m in self._screen(batch):
                         inflight.append((m, asyncio.ensure_future(self._publish(client, m))))
-                        last_id = m.id
+                    if batch and not inflight:
+                        continue  # every row was withheld (no longer shared): look further
                 if not inflight:
                     self._flush(acked)
                     if self._closing:
@@ -498,6 +513,29 @@ class MqttSink:
                 future.cancel()
             if inflight:
                 await asyncio.wait([f for _, f in inflight])
+
+    def _screen(self, batch: list[StoredMessage]) -> list[StoredMessage]:
+        """The publish-time share check (see the module docstring).
+
+        Withheld rows are deleted at once; they are never sent, so deleting them out of order
+        with the acknowledged prefix loses nothing."""
+        share = self._share
+        if share.passes_all:
+            return batch
+        withheld = [m.id for m in batch if not share.allows(m.line, m.topic_suffix)]
+        if withheld:
+            self._outbox.ack(withheld)
+            if not self.withheld_total:
+                log.warning(
+                    "sink '%s': deleting queued messages of lines or topics it no longer shares",
+                    self._cfg.name,
+                )
+            self.withheld_total += len(withheld)
+        return [
+            replace(m, payload=share.reduce_stored(m.payload))
+            for m in batch
+            if share.allows(m.line, m.topic_suffix)
+        ]
 
     def _publish(self, client: aiomqtt.Client, m: StoredMessage) -> Any:
         return client.publish(

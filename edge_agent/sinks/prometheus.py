@@ -1,7 +1,8 @@
 """Prometheus metrics: the agent's own registry, ``edge_agent_`` prefix, bounded labels.
 
-Labels are only ``source``, ``line`` and small fixed enums (``kind``, ``topic``); a tag value is
-never a label. The HTTP endpoint is prometheus-client's WSGI app on its threading WSGI server
+Labels are only ``source``, ``line``, ``sink`` (the configured MQTT sink names) and small fixed
+enums (``kind``, ``topic``); a tag value is never a label. The HTTP endpoint is
+prometheus-client's WSGI app on its threading WSGI server
 (started by :meth:`Metrics.serve`, stopped by :meth:`Metrics.stop_serving`), optionally behind
 TLS and HTTP basic auth. prometheus-client 0.26's ``start_http_server`` offers TLS but no basic
 auth on the serving side (its ``basic_auth_handler`` is for pushing to a Pushgateway), so the
@@ -112,35 +113,43 @@ class Metrics:
         self.outbox_depth = Gauge(
             "edge_agent_outbox_messages",
             "Messages waiting in the outbox for the broker",
+            ["sink"],
             registry=r,
         )
         self.outbox_oldest_age = Gauge(
             "edge_agent_outbox_oldest_age_seconds",
             "Age of the oldest message in the outbox",
+            ["sink"],
             registry=r,
         )
         self.outbox_bytes = Gauge(
             "edge_agent_outbox_bytes",
             "Payload bytes waiting in the outbox",
+            ["sink"],
             registry=r,
         )
         self.outbox_dropped = Counter(
             "edge_agent_outbox_dropped_total",
             "Messages the outbox deleted unsent because it was over its limits",
-            ["topic"],
+            ["sink", "topic"],
             registry=r,
         )
         self.outbox_held = Gauge(
             "edge_agent_outbox_held_in_memory",
             "Messages held in memory because the outbox cannot be written (disk full)",
+            ["sink"],
             registry=r,
         )
         self.broker_connected = Gauge(
-            "edge_agent_mqtt_connected", "1 while connected to the MQTT broker", registry=r
+            "edge_agent_mqtt_connected",
+            "1 while connected to the MQTT broker",
+            ["sink"],
+            registry=r,
         )
         self.published = Counter(
             "edge_agent_mqtt_published_total",
             "Messages acknowledged by the broker",
+            ["sink"],
             registry=r,
         )
         self.reports = Counter(

@@ -238,7 +238,7 @@ async def test_kpis_flow_end_to_end_and_sigterm_leaves_offline(
             expected = (
                 'edge_agent_source_up{source="plc1"} 1.0',
                 'edge_agent_source_up{source="plc2"} 1.0',
-                "edge_agent_mqtt_connected 1.0",
+                'edge_agent_mqtt_connected{sink="default"} 1.0',
             )
             async with asyncio.timeout(15):
                 while True:

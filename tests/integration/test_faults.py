@@ -403,21 +403,28 @@ async def test_outbox_at_its_limit_thins_live_snapshots_and_keeps_running(
 
         def dropped() -> float:
             try:
-                return metric(metrics_port, "edge_agent_outbox_dropped_total", 'topic="kpi"') or 0
+                return (
+                    metric(
+                        metrics_port,
+                        "edge_agent_outbox_dropped_total",
+                        'sink="default",topic="kpi"',
+                    )
+                    or 0
+                )
             except OSError:
                 return 0.0
 
         async with asyncio.timeout(60):
             while dropped() < 40:  # noqa: ASYNC110 - a metric, polled with a deadline
                 await asyncio.sleep(0.1)
-        depth = metric(metrics_port, "edge_agent_outbox_messages")
+        depth = metric(metrics_port, "edge_agent_outbox_messages", 'sink="default"')
         assert depth is not None and depth <= 40
         assert agent.alive
         broker.start(attempts=1)
         async with PersistentSubscriber(broker.host, broker.port) as sub:
             await sub.wait_for(lambda: len(sub.kpis["line1"]) >= 5, 30)
         async with asyncio.timeout(30):
-            while metric(metrics_port, "edge_agent_outbox_messages") != 0:  # noqa: ASYNC110
+            while metric(metrics_port, "edge_agent_outbox_messages", 'sink="default"') != 0:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
     finally:
         code = await agent.stop()

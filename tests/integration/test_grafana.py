@@ -125,3 +125,7 @@ storage: {{dir: {tmp_path / "state"}}}
         for key, values in re.findall(r'\b(kpi|kind|topic|state)=~?"([^"$]+)"', q):
             for value in values.split("|"):
                 assert value in labels.get(key, set()), (key, value, q)
+    # The MQTT panels' legends name the sink: a single sink's metrics carry its name.
+    legends = [t.get("legendFormat", "") for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert any("{{sink}}" in legend for legend in legends)
+    assert labels.get("sink") == {"default"}

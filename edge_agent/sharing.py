@@ -1,0 +1,178 @@
+"""Sharing controls: which lines, topics and payload fields an MQTT sink receives.
+
+A sink without ``share`` receives everything. A sink with ``share`` (a sponsor's broker, say)
+receives only the messages of the allowed ``lines`` and ``topics``, each reduced to the allowed
+``fields`` plus the fields every payload keeps so that it still identifies itself and validates
+(:data:`CORE_FIELDS`). The filter runs before a message enters that sink's outbox, so nothing
+outside the agreement is ever written to its file, let alone sent; the sink applies it again
+when it publishes, so messages queued under an older, wider agreement do not leave the plant
+after the agreement was narrowed.
+
+Pure code: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any, Final
+
+from edge_agent.config.schema import ShareConfig
+from edge_agent.model import OutMessage
+
+# The fields every line payload keeps on a shared sink (``window`` where the payload has one).
+# ``seq`` is added by the outbox, after the filter.
+CORE_FIELDS: Final[frozenset[str]] = frozenset({"schema", "site", "line", "window", "ts", "seq"})
+
+# Set in a payload from which fields were withheld by a share's ``fields`` list: the JSON
+# Schemas then require only CORE_FIELDS.
+SHARED_MARK: Final = "shared"
+
+# The line topics (suffixes under {topic_prefix}/{site}/{line}/) a share may list.
+# ``cmd/order/reply`` only ever goes to the primary sink (the commands come from its broker);
+# a share on the primary sink may still leave it out.
+LINE_TOPICS: Final[tuple[str, ...]] = (
+    "kpi",
+    "kpi/shift",
+    "kpi/hour",
+    "state",
+    "energy",
+    "order",
+    "order/closed",
+    "cmd/order/reply",
+)
+
+# Every top-level field of the line payloads (docs/schemas/kpi, state, energy, order,
+# order-closed and cmd-reply .schema.json; a test keeps this in step with them): what a share's
+# ``fields`` may list. A field listed applies to every topic whose payload has it.
+PAYLOAD_FIELDS: Final[frozenset[str]] = frozenset(
+    {
+        # kpi, kpi/shift, kpi/hour (edge-agent/kpi/1)
+        "schema",
+        "site",
+        "line",
+        "window",
+        "ts",
+        "seq",
+        "state",
+        "convention",
+        "availability",
+        "performance",
+        "quality",
+        "oee",
+        "total_count",
+        "good_count",
+        "reject_count",
+        "throughput_good_per_h",
+        "throughput_total_per_h",
+        "ideal_cycle_time_s",
+        "elapsed_s",
+        "planned_time_s",
+        "run_time_s",
+        "unknown_time_s",
+        "planned_stop_s",
+        "loss_time_s",
+        "data_coverage",
+        "warnings",
+        "loss_time_by_reason_s",
+        "planned_stop_by_cause_s",
+        "micro_stop_count",
+        "micro_stop_time_s",
+        "net_run_time_s",
+        "fully_productive_time_s",
+        "products",
+        "energy_kwh",
+        "energy_by_state_kwh",
+        "energy_per_good_part_kwh",
+        "co2e_kg",
+        "co2e_per_good_part_kg",
+        "emission_factor",
+        "energy_notes",
+        "fault_count",
+        "mtbf_s",
+        "mttr_s",
+        "top_downtime_reasons",
+        # state (edge-agent/state/1)
+        "previous_state",
+        "since",
+        # energy
+        "meter_kwh",
+        "power_kw",
+        # order
+        "order_id",
+        "product",
+        "source",
+        "target_quantity",
+        "status",
+        "remaining_quantity",
+        "started",
+        "throughput_current_good_per_h",
+        "throughput_shift_good_per_h",
+        "time_to_complete_current_s",
+        "time_to_complete_shift_average_s",
+        "eta_current",
+        "eta_shift_average",
+        # order/closed
+        "reason",
+        "duration_s",
+        # cmd/order/reply
+        "command",
+        "ok",
+        "errors",
+        "request_id",
+    }
+)
+
+
+class ShareFilter:
+    """Applies one sink's :class:`ShareConfig` to messages (``None``: everything passes)."""
+
+    def __init__(self, share: ShareConfig | None) -> None:
+        self.share = share
+        self._lines = share.lines if share is not None else None
+        self._topics = share.topics if share is not None else None
+        self._keep = (share.fields | CORE_FIELDS) if share and share.fields is not None else None
+
+    @property
+    def passes_all(self) -> bool:
+        return self.share is None
+
+    def allows(self, line: str, topic_suffix: str) -> bool:
+        """Whether a message of ``line`` on ``topic_suffix`` may go to this sink at all."""
+        if self._lines is not None and line not in self._lines:
+            return False
+        return self._topics is None or topic_suffix in self._topics
+
+    def reduce(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """``payload`` with only the allowed fields (and the core ones), marked as shared when
+        anything was withheld."""
+        keep = self._keep
+        if keep is None:
+            return payload
+        out = {k: v for k, v in payload.items() if k in keep}
+        if any(k not in keep and k != SHARED_MARK for k in payload):
+            out[SHARED_MARK] = True
+        return out
+
+    def select(self, messages: Iterable[OutMessage]) -> list[OutMessage]:
+        """The messages this sink may receive, each reduced to the allowed fields."""
+        if self.share is None:
+            return list(messages)
+        return [
+            replace(m, payload=self.reduce(m.payload))
+            for m in messages
+            if self.allows(m.line, m.topic_suffix)
+        ]
+
+    def reduce_stored(self, payload: bytes) -> bytes:
+        """The publish-time check of a stored (serialised) payload: unchanged when it holds no
+        field outside the agreement, else re-serialised without them."""
+        if self._keep is None:
+            return payload
+        doc = json.loads(payload)
+        if not isinstance(doc, dict) or all(k in self._keep or k == SHARED_MARK for k in doc):
+            return payload
+        return json.dumps(
+            self.reduce(doc), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode("utf-8")
