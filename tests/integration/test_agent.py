@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +20,7 @@ from typing import Any
 import aiomqtt
 import jsonschema
 import pytest
+from helpers.agent_process import AgentProcess
 from helpers.contract import contract
 
 from simulators.runner import Simulation
@@ -161,53 +160,6 @@ class Collector:
 async def sim() -> AsyncIterator[Simulation]:
     async with Simulation(lines=2, seed=7, speed=SPEED) as s:
         yield s
-
-
-class AgentProcess:
-    """``edge-agent run -c FILE`` as a child process; its log goes to a file next to the config."""
-
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.log = config.with_suffix(".log")
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "edge_agent.cli",
-                "run",
-                "-c",
-                str(self.config),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.config.parent,
-            )
-
-    async def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        try:
-            async with asyncio.timeout(20):
-                return await self.proc.wait()
-        except TimeoutError:
-            pass
-        # Stuck: a second SIGTERM makes the agent log what its shutdown waits for.
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(5):
-                await self.proc.wait()
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-        raise AssertionError(f"agent did not stop within 20 s:\n{self.output()[-6000:]}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 async def test_kpis_flow_end_to_end_and_sigterm_leaves_offline(

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections import defaultdict
@@ -22,6 +19,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from helpers.agent_process import AgentProcess
 from helpers.mosquitto import Mosquitto
 from helpers.net import free_port
 from helpers.proxy import Proxy
@@ -88,48 +86,6 @@ storage:
   dir: {state_dir}
 {extra_storage}
 """
-
-
-class AgentProcess:
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.log = config.with_suffix(".log")
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "edge_agent.cli",
-                "run",
-                "-c",
-                str(self.config),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.config.parent,
-            )
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    async def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        try:
-            async with asyncio.timeout(40):
-                return await self.proc.wait()
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-            raise
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 class PersistentSubscriber:
@@ -249,7 +205,7 @@ async def test_broker_down_20s_under_load_loses_nothing(
     broker = persistent_broker(mosquitto_factory, tmp_path)
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(agent_config(sim.modbus_port, broker.port, tmp_path / "state"))
-    agent = AgentProcess(cfg)
+    agent = AgentProcess(cfg, stop_timeout_s=40)
     async with PersistentSubscriber(broker.host, broker.port) as sub:
         await agent.start()
         try:
@@ -290,7 +246,7 @@ async def test_sigkill_mid_publish_then_restart_loses_nothing(
     cfg.write_text(
         agent_config(sim.modbus_port, broker.port, tmp_path / "state", publish_interval="100ms")
     )
-    agent = AgentProcess(cfg)
+    agent = AgentProcess(cfg, stop_timeout_s=40)
     async with PersistentSubscriber(broker.host, broker.port) as sub:
         await agent.start()
         try:
@@ -325,7 +281,7 @@ async def test_plc_killed_and_restarted_counts_unknown_time(mosquitto: Any, tmp_
     cfg.write_text(
         agent_config(plc_port, mosquitto.port, tmp_path / "state", metrics_port=metrics_port)
     )
-    agent = AgentProcess(cfg)
+    agent = AgentProcess(cfg, stop_timeout_s=40)
     async with PersistentSubscriber(mosquitto.host, mosquitto.port) as sub:
         async with Simulation(lines=2, seed=5, speed=SPEED, modbus_port=plc_port, opcua_port=None):
             await agent.start()
@@ -400,7 +356,7 @@ async def test_outbox_at_its_limit_thins_live_snapshots_and_keeps_running(
             extra_storage="  outbox: {max_messages: 40, hard_max_messages: 400}",
         )
     )
-    agent = AgentProcess(cfg)
+    agent = AgentProcess(cfg, stop_timeout_s=40)
     await agent.start()
     try:
 
@@ -445,7 +401,7 @@ async def test_broker_link_partitioned_then_cut_recovers_through_a_proxy(
     async with Proxy(mosquitto.host, mosquitto.port) as proxy:
         cfg = tmp_path / "agent.yaml"
         cfg.write_text(agent_config(sim.modbus_port, proxy.port, tmp_path / "state"))
-        agent = AgentProcess(cfg)
+        agent = AgentProcess(cfg, stop_timeout_s=40)
         async with PersistentSubscriber(mosquitto.host, mosquitto.port) as sub:
             await agent.start()
             try:
