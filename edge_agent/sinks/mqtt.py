@@ -361,7 +361,9 @@ class MqttSink:
             return SinkError(
                 f"broker {self._where} did not answer CONNECT within {cfg.timeout_s} s"
             )
-        if "SSL" in seen and cfg.tls is not None:
+        # A broker that drops a refused client certificate may close the socket before its TLS
+        # alert is read: the client then sees only "EOF occurred in violation of protocol".
+        if cfg.tls is not None and ("SSL" in seen or "EOF occurred" in seen):
             if cfg.tls.cert_file is None:
                 hint = "it may require a client certificate: set mqtt.tls.cert_file and key_file"
             else:
