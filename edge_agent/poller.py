@@ -77,6 +77,16 @@ class Poller:
     def screen(self, samples: list[Sample]) -> list[Sample]:
         """Samples with non-finite or out-of-range numbers turned BAD (see the module docs)."""
         limits = self._limits
+        if not limits and not self._screened_bad:
+            # Hot path (a scan per poll interval): without limits only a non-finite float can
+            # turn a sample bad; return the list as it is when there is none.
+            isfinite = math.isfinite
+            for sample in samples:
+                value = sample.value
+                if isinstance(value, float) and not isfinite(value):
+                    break
+            else:
+                return samples
         out: list[Sample] | None = None
         for index, sample in enumerate(samples):
             value = sample.value

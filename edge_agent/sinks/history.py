@@ -170,9 +170,19 @@ class History:
         rows = self._rows
         for s in samples:
             key = (s.source, s.tag)
-            kind = _kind(s.value)
-            current = (kind, s.value, s.quality)
+            value = s.value
             previous = last.get(key)
+            # Fast path for the common case, an unchanged value: equal, of the same type (so of
+            # the same kind) and the same quality.
+            if (
+                previous is not None
+                and previous[2] is s.quality
+                and previous[1] == value
+                and type(previous[1]) is type(value)
+            ):
+                continue
+            kind = _kind(value)
+            current = (kind, value, s.quality)
             if previous is not None and _same(previous, current):
                 continue
             last[key] = current

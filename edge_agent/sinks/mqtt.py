@@ -44,6 +44,8 @@ from typing import Any, Literal
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt import client as mqtt
+from paho.mqtt.client import MQTTMessageInfo
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -100,7 +102,11 @@ class _ClientLog(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.last_error: str | None = None
-        self.logger = logging.Logger("edge_agent.sinks.mqtt.client")  # not in the hierarchy
+        # Not in the hierarchy. Below DEBUG on our side only errors are kept: paho logs two
+        # records per QoS 1 message, and building them cost as much CPU as the publish itself.
+        # Decided at each connect (a new client logs through a new handler).
+        level = logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.ERROR
+        self.logger = logging.Logger("edge_agent.sinks.mqtt.client", level)
         self.logger.addHandler(self)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -355,7 +361,9 @@ class MqttSink:
             return SinkError(
                 f"broker {self._where} did not answer CONNECT within {cfg.timeout_s} s"
             )
-        if "SSL" in seen and cfg.tls is not None:
+        # A broker that drops a refused client certificate may close the socket before its TLS
+        # alert is read: the client then sees only "EOF occurred in violation of protocol".
+        if cfg.tls is not None and ("SSL" in seen or "EOF occurred" in seen):
             if cfg.tls.cert_file is None:
                 hint = "it may require a client certificate: set mqtt.tls.cert_file and key_file"
             else:
@@ -452,11 +460,32 @@ class MqttSink:
         waiting for a whole batch before sending more lets the broker's small PUBACK writes
         (Nagle) wait for our delayed TCP ACK, ~40 ms per batch. Rows are deleted in
         acknowledged prefixes, half a window per transaction.
+
+        The messages go to paho's ``publish()`` directly: aiomqtt's costs a task, an event and
+        a ``wait_for`` per message, more CPU than paho's own work. Acknowledgements come from
+        paho's ``on_publish`` (which may fire before ``publish()`` returns), chained in front
+        of aiomqtt's own handler for the time of the pump, so aiomqtt's publish (the status
+        messages) keeps working.
         """
         loop = asyncio.get_running_loop()
         timeout_s = self._cfg.timeout_s
         depth = 2 * self._window
-        inflight: deque[tuple[StoredMessage, asyncio.Future[Any]]] = deque()
+        paho = client._client
+        inflight: deque[tuple[StoredMessage, MQTTMessageInfo]] = deque()
+        acked_mids: set[int] = set()  # acknowledged, not yet popped from inflight
+        waiter: list[asyncio.Future[None]] = []  # the pump's wait for an acknowledgement
+        chained = paho.on_publish
+
+        def on_publish(
+            c: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode, props: Properties
+        ) -> None:
+            acked_mids.add(mid)
+            if waiter and not waiter[0].done():
+                waiter[0].set_result(None)
+            if chained is not None:
+                chained(c, userdata, mid, rc, props)  # type: ignore[call-arg]
+
+        paho.on_publish = on_publish
         acked: list[int] = []
         last_id = 0
         try:
@@ -473,13 +502,12 @@ class MqttSink:
                                 "drain time is up with %d message(s) still in the outbox", left
                             )
                         return
-                    # Tasks start in creation order and each calls paho's publish() before its
-                    # first await, so the messages go on the wire in outbox order.
+                    # paho writes (and queues) the messages in call order: outbox order.
                     batch = self._outbox.peek(room, after_id=last_id)
                     if batch:
                         last_id = batch[-1].id
                     for m in self._screen(batch):
-                        inflight.append((m, asyncio.ensure_future(self._publish(client, m))))
+                        inflight.append((m, self._publish(paho, m, lost)))
                     if batch and not inflight:
                         continue  # every row was withheld (no longer shared): look further
                 if not inflight:
@@ -488,17 +516,18 @@ class MqttSink:
                         return
                     await self._wake.wait()
                     continue
-                head = inflight[0][1]
-                async with asyncio.timeout(timeout_s + 1.0):
-                    await asyncio.wait([head, lost], return_when=asyncio.FIRST_COMPLETED)
-                while inflight and inflight[0][1].done():
-                    message, future = inflight.popleft()
-                    error = None if future.cancelled() else future.exception()
-                    if future.cancelled() or error is not None:
-                        self._check(lost)
-                        raise SinkError(
-                            f"publishing to broker {self._where} failed: {error or 'cancelled'}"
-                        )
+                if inflight[0][1].mid not in acked_mids:
+                    waiter.append(loop.create_future())
+                    wakers: list[asyncio.Future[Any]] = [waiter[0], lost]
+                    try:
+                        async with asyncio.timeout(timeout_s + 1.0):
+                            await asyncio.wait(wakers, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.clear()
+                # Acknowledged prefix only: a row is deleted after its PUBACK and all earlier ones.
+                while inflight and inflight[0][1].mid in acked_mids:
+                    message, info = inflight.popleft()
+                    acked_mids.discard(info.mid)
                     acked.append(message.id)
                 if len(acked) >= max(1, self._window // 2) or not inflight:
                     self._flush(acked)
@@ -509,10 +538,7 @@ class MqttSink:
             ) from None
         finally:
             self._flush(acked)
-            for _, future in inflight:
-                future.cancel()
-            if inflight:
-                await asyncio.wait([f for _, f in inflight])
+            paho.on_publish = chained
 
     def _screen(self, batch: list[StoredMessage]) -> list[StoredMessage]:
         """The publish-time share check (see the module docstring).
@@ -537,14 +563,23 @@ class MqttSink:
             if share.allows(m.line, m.topic_suffix)
         ]
 
-    def _publish(self, client: aiomqtt.Client, m: StoredMessage) -> Any:
-        return client.publish(
-            self.topic(m.line, m.topic_suffix),
-            m.payload,
-            qos=m.qos,
-            retain=m.retain,
-            timeout=self._cfg.timeout_s,
-        )
+    def _publish(
+        self, paho: mqtt.Client, m: StoredMessage, lost: asyncio.Task[str]
+    ) -> MQTTMessageInfo:
+        """Hand one message to paho; its PUBACK arrives through ``on_publish``. paho reports
+        failure in the return code only (or ValueError for a message it cannot encode)."""
+        try:
+            info = paho.publish(
+                self.topic(m.line, m.topic_suffix), m.payload, qos=m.qos, retain=m.retain
+            )
+        except ValueError as exc:
+            raise SinkError(f"publishing to broker {self._where} failed: {exc}") from None
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self._check(lost)
+            raise SinkError(
+                f"publishing to broker {self._where} failed: {mqtt.error_string(info.rc)}"
+            )
+        return info
 
     def _flush(self, acked: list[int]) -> None:
         """Delete the acknowledged rows (an in-order prefix of what was sent)."""

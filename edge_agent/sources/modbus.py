@@ -233,8 +233,11 @@ class ModbusSource:
             raise NotConnectedError(f"no device answered on {self._endpoint}")
         now = self._clock()
         source = self.name
+        # tuple.__new__ directly: a NamedTuple's own __new__ is a Python function, and this list
+        # is the agent's largest per-scan allocation (one Sample per tag).
+        make = tuple.__new__
         return [
-            Sample(source, tag, value, quality, None, now)
+            make(Sample, (source, tag, value, quality, None, now))
             for tag, value, quality in zip(scan.names, scan.values, scan.qualities, strict=True)
         ]
 
@@ -334,8 +337,14 @@ class ModbusSource:
         scan.values.extend(values)  # type: ignore[arg-type]  # DecodeErrors replaced below
         scan.qualities.extend([Quality.GOOD] * len(values))
         names = planned.names
+        bad_tags = self._bad_tags
         for i in planned.checked:
-            if not self._good(names[i], values[i]):
+            value = values[i]
+            # Fast path for the common case, a finite float of a tag that was good (x - x is NaN
+            # for an infinity and for NaN); anything else goes through _good.
+            if value.__class__ is float and value - value == 0.0 and names[i] not in bad_tags:
+                continue
+            if not self._good(names[i], value):
                 scan.values[first + i] = None
                 scan.qualities[first + i] = Quality.BAD
         return None

@@ -451,7 +451,11 @@ async def test_mutual_tls_refuses_a_client_certificate_from_an_unknown_ca(
         ca_file=str(pki.ca_cert), cert_file=str(pki.stranger_cert), key_file=str(pki.stranger_key)
     )
     sink = MqttSink(config(broker, host="localhost", tls=stranger), site=SITE, outbox=outbox)
-    with pytest.raises(BrokerRefusedError, match=r"TLS with broker .*(UNKNOWN_CA|unknown ca)"):
+    # Under load the broker may close the socket before its alert is read ("EOF occurred"):
+    # still a TLS refusal with the hint, though the reason itself is then unknown to the client.
+    with pytest.raises(
+        BrokerRefusedError, match=r"TLS with broker .*(UNKNOWN_CA|unknown ca|EOF occurred)"
+    ):
         await asyncio.wait_for(sink.run(), 10.0)
     if version == "tlsv1.3":
         assert "client certificate" in (sink.last_error or "")
