@@ -108,7 +108,8 @@ def payload_class() -> Any:
         ("string_value", 8, fdp.TYPE_STRING),
     ):
         add(value, name, number, kind, oneof_index=0)
-    add(value, "propertyset_value", 9, fdp.TYPE_MESSAGE, type_name=f"{pkg}.PropertySet", oneof_index=0)
+    add(value, "propertyset_value", 9, fdp.TYPE_MESSAGE, type_name=f"{pkg}.PropertySet")
+    value.field[-1].oneof_index = 0
 
     props = payload.nested_type.add(name="PropertySet")
     add(props, "keys", 1, fdp.TYPE_STRING, rep)
@@ -520,6 +521,6 @@ class SparkplugSession:
         except Exception:  # a malformed command is not a rebirth request
             return False
         return any(
-            m.name == REBIRTH_METRIC and m.WhichOneof("value") == "boolean_value" and m.boolean_value
+            m.name == REBIRTH_METRIC and m.HasField("boolean_value") and m.boolean_value
             for m in msg.metrics
         )
