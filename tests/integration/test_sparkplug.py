@@ -8,6 +8,7 @@ a restart (bdSeq + 1) and a clean stop (DDEATH, NDEATH)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import sqlite3
 from collections.abc import AsyncIterator
@@ -99,8 +100,10 @@ async def births(sub: Subscriber, after: int) -> tuple[int, list[Received]]:
     nb = await sub.wait_for(lambda r: kind(r) == "NBIRTH" and sub.received.index(r) >= after)
     start = sub.received.index(nb)
     await sub.wait_for(
-        lambda _r: {r.topic.rsplit("/", 1)[1] for r in sub.received[start:] if kind(r) == "DBIRTH"}
-        == set(LINES)
+        lambda _r: (
+            {r.topic.rsplit("/", 1)[1] for r in sub.received[start:] if kind(r) == "DBIRTH"}
+            == set(LINES)
+        )
     )
     return start, sub.received[start:]
 
@@ -108,7 +111,7 @@ async def births(sub: Subscriber, after: int) -> tuple[int, list[Received]]:
 def check_seq(decoded: list[dict[str, Any]]) -> None:
     """From an NBIRTH (seq 0) on, every node message's seq is the previous one + 1 mod 256."""
     assert decoded[0]["seq"] == 0
-    for before, after in zip(decoded, decoded[1:], strict=False):
+    for before, after in itertools.pairwise(decoded):
         assert after["seq"] == (before["seq"] + 1) % 256, (before["seq"], after["seq"])
 
 
@@ -191,7 +194,7 @@ async def test_sparkplug_b_node_lifecycle_decoded_by_tahu(
                     None,
                 )
                 await cmd.publish(ncmd, rebirth, qos=1)
-            second, reborn = await births(sub, len(sub.received))
+            _, reborn = await births(sub, len(sub.received))
             docs = tahu_decode([r.payload for r in reborn if kind(r) in {"NBIRTH", "DBIRTH"}])
             assert metrics(docs[0])["bdSeq"]["value"] == bdseq1 and docs[0]["seq"] == 0
             for doc in docs[1:]:
@@ -222,9 +225,7 @@ async def test_sparkplug_b_node_lifecycle_decoded_by_tahu(
             # One bdSeq per CONNECT: the refused attempts in between used some.
             assert 1 <= (bdseq2 - bdseq1) % 256 < 128
             check_seq(decoded)
-            data = [
-                (r, d) for r, d in zip(session3, decoded, strict=True) if kind(r) == "DDATA"
-            ]
+            data = [(r, d) for r, d in zip(session3, decoded, strict=True) if kind(r) == "DDATA"]
             flags = [bool(d["metrics"][0].get("isHistorical")) for _, d in data]
             # The queued reports first, all historical, then the live ones.
             assert flags[0] is True and flags == sorted(flags, reverse=True)
@@ -235,7 +236,7 @@ async def test_sparkplug_b_node_lifecycle_decoded_by_tahu(
                     if r.topic.endswith("/" + line) and "oee" in metrics(d)
                 ]
                 assert stamps == sorted(stamps)  # in order
-            for r, d in data:
+            for _, d in data:
                 if "oee" in metrics(d):
                     check_ddata(d, historical=bool(d["metrics"][0].get("isHistorical")))
 
@@ -257,9 +258,7 @@ async def test_sparkplug_b_node_lifecycle_decoded_by_tahu(
             # A clean stop: DDEATH per line, then NDEATH.
             mark = len(sub.received)
             assert await agent.stop() == 0
-            await sub.wait_for(
-                lambda r: kind(r) == "NDEATH" and sub.received.index(r) >= mark, 20
-            )
+            await sub.wait_for(lambda r: kind(r) == "NDEATH" and sub.received.index(r) >= mark, 20)
             ends = [kind(r) for r in sub.received[mark:] if kind(r) in {"DDEATH", "NDEATH"}]
             assert ends == ["DDEATH", "DDEATH", "NDEATH"]
         finally:
