@@ -284,7 +284,12 @@ class Agent:
         run = self.sinks[name]
         sc = run.cfg
         m = self.metrics
-        sink = MqttSink(sc, site=self.cfg.site, outbox=run.outbox)
+        sink = MqttSink(
+            sc,
+            site=self.cfg.site,
+            outbox=run.outbox,
+            lines=[line.name for line in self.cfg.lines],
+        )
         run.sink = sink
         run.published_seen = 0
         # Commands only from the primary sink: the plant's broker (the loader refuses

@@ -144,6 +144,10 @@ class ShareFilter:
             return False
         return self._topics is None or topic_suffix in self._topics
 
+    def keeps(self, field_name: str) -> bool:
+        """Whether the top-level payload field ``field_name`` may go to this sink."""
+        return self._keep is None or field_name in self._keep
+
     def reduce(self, payload: dict[str, Any]) -> dict[str, Any]:
         """``payload`` with only the allowed fields (and the core ones), marked as shared when
         anything was withheld."""

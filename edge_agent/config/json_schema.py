@@ -84,6 +84,11 @@ _SIZE: Final = {
         {"type": "string", "pattern": r"^\s*[0-9]+\s*(|B|kB|KB|KiB|MB|MiB|GB|GiB)\s*$"},
     ],
 }
+_SPARKPLUG_ID: Final = {
+    "type": "string",
+    "pattern": "^[^+#/]+$",
+    "description": "a Sparkplug id: not empty, without '+', '#' or '/' (it is a topic level)",
+}
 _NO_STATE = (model.MachineState.UNKNOWN,)
 _STATE_VALUES = [s.value for s in model.MachineState if s not in _NO_STATE]
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -175,6 +180,11 @@ _OVERRIDES: Final[Mapping[tuple[type, str], dict[str, Any]]] = {
             {"type": "null"},
         ]
     },
+    (model.SparkplugConfig, "group_id"): {
+        "anyOf": [_SPARKPLUG_ID, {"type": "null"}],
+        "description": "the Sparkplug group id; null or left out: the site",
+    },
+    (model.SparkplugConfig, "edge_node_id"): _SPARKPLUG_ID,
     (model.PrometheusConfig, "port"): {"minimum": 1, "maximum": 65535},
     (model.LoggingConfig, "level"): {"enum": [*_LEVELS, *(v.lower() for v in _LEVELS)]},
 }

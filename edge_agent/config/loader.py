@@ -57,6 +57,7 @@ from edge_agent.config.schema import (
     ModbusTag,
     ModbusTransport,
     MqttConfig,
+    MqttEncoding,
     MqttProtocol,
     OnStartupError,
     OpcuaMode,
@@ -77,6 +78,7 @@ from edge_agent.config.schema import (
     Shift,
     Signals,
     SourceConfig,
+    SparkplugConfig,
     StateSignal,
     StorageConfig,
     TlsConfig,
@@ -84,6 +86,7 @@ from edge_agent.config.schema import (
 from edge_agent.errors import ConfigError
 from edge_agent.secrets import loose_permissions, resolve_path
 from edge_agent.sharing import LINE_TOPICS, PAYLOAD_FIELDS
+from edge_agent.sinks import sparkplug
 
 __all__ = [
     "EXIT_CONFIG",
@@ -1870,15 +1873,60 @@ def _mqtt(
             "session_expiry": _session_expiry,
             "max_inflight": _integer(1, 65535),  # paho's message ids are 16-bit
             "commands": _boolean,
+            "encoding": _choice(MqttEncoding),
+            "sparkplug": _sparkplug,
         },
         required=("name", "host") if named else ("host",),
     )
     if parsed is None:
         return INVALID
     _check_backoff(ctx, parsed, MqttConfig)
+    _check_encoding(ctx, parsed, path)
     if ctx.count > before:
         return INVALID
     return MqttConfig(**parsed.fields())
+
+
+def _check_encoding(ctx: _Ctx, parsed: _Parsed, path: str) -> None:
+    """``encoding: sparkplug_b`` needs protobuf (checked here, before anything starts) and
+    excludes order commands (Sparkplug has its own command topics). ``sparkplug`` is ignored
+    with ``encoding: json`` (so that switching encodings is a one-line change)."""
+    if parsed.get("encoding") is MqttEncoding.SPARKPLUG_B:
+        if sparkplug.protobuf_missing():
+            ctx.add(
+                parsed.nodes["encoding"],
+                join_key(path, "encoding"),
+                "sparkplug_b needs the protobuf package, which is not installed: "
+                + sparkplug.INSTALL_HINT,
+            )
+        if parsed.get("commands"):
+            ctx.add(
+                parsed.nodes["commands"],
+                join_key(path, "commands"),
+                "order commands need encoding: json (a sparkplug_b sink publishes Sparkplug "
+                "topics only)",
+            )
+
+
+def _sparkplug_id(ctx: _Ctx, node: Node, path: str) -> Any:
+    value = _string()(ctx, node, path)
+    if not isinstance(value, str):
+        return INVALID
+    problem = sparkplug.id_problem(value)
+    if problem is not None:
+        ctx.add(node, path, f"{problem}, got {value!r}")
+        return INVALID
+    return value
+
+
+def _sparkplug(ctx: _Ctx, node: Node, path: str) -> Any:
+    before = ctx.count
+    parsed = _mapping(
+        ctx, node, path, {"group_id": _optional(_sparkplug_id), "edge_node_id": _sparkplug_id}
+    )
+    if parsed is None or ctx.count > before:
+        return INVALID
+    return SparkplugConfig(**parsed.fields())
 
 
 def _tls(ctx: _Ctx, node: Node, path: str) -> Any:

@@ -93,6 +93,13 @@ class MqttProtocol(enum.StrEnum):
     V5 = "5"
 
 
+class MqttEncoding(enum.StrEnum):
+    """How an MQTT sink encodes what it publishes (``mqtt.encoding``)."""
+
+    JSON = "json"  # the agent's own topics and JSON payloads (docs/mqtt.md)
+    SPARKPLUG_B = "sparkplug_b"  # Sparkplug B 3.0 (docs/mqtt.md, "Sparkplug B")
+
+
 class OpcuaSecurityPolicy(enum.StrEnum):
     """OPC UA security policies (the names of the policy URIs' fragments)."""
 
@@ -368,6 +375,14 @@ class ShareConfig:
     fields: frozenset[str] | None = None  # top-level payload fields
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SparkplugConfig:
+    """The Sparkplug B identity of a sink with ``encoding: sparkplug_b`` (``mqtt.sparkplug``)."""
+
+    group_id: str | None = None  # None: the site
+    edge_node_id: str = "edge-agent"
+
+
 DEFAULT_SINK_NAME = "default"
 
 
@@ -400,6 +415,10 @@ class MqttConfig:
     # broker only: whoever can publish there can set the line's current order.
     commands: bool = False
     share: ShareConfig | None = None  # None: the sink receives everything
+    # json: the agent's topics and payloads; sparkplug_b: Sparkplug B (needs the `sparkplug`
+    # extra), with the identity in `sparkplug`.
+    encoding: MqttEncoding = MqttEncoding.JSON
+    sparkplug: SparkplugConfig = field(default_factory=SparkplugConfig)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,6 +26,12 @@ if the configuration's sinks were reordered) never leave the plant: a message of
 no longer shared is deleted unsent, a payload with fields no longer agreed is published without
 them.
 
+Encoding (``encoding`` in the sink's configuration): ``json`` is the above; ``sparkplug_b``
+publishes Sparkplug B instead (:mod:`edge_agent.sinks.sparkplug` turns each outbox message into
+a DDATA): the last will is the NDEATH, births replace ``online``, deaths replace ``offline``, an
+NCMD rebirth request publishes the births again, and nothing is published on the JSON topics.
+Delivery, order and the outbox are the same for both.
+
 Only this module imports aiomqtt / paho.
 """
 
@@ -37,7 +43,7 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -50,10 +56,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.config.schema import MqttConfig, MqttProtocol
+from edge_agent.config.schema import MqttConfig, MqttEncoding, MqttProtocol
 from edge_agent.errors import BrokerRefusedError, SinkError
 from edge_agent.secrets import SecretError, read_secret
 from edge_agent.sharing import ShareFilter
+from edge_agent.sinks import sparkplug
 from edge_agent.sinks.outbox import Outbox, StoredMessage
 
 log = logging.getLogger(__name__)
@@ -126,8 +133,15 @@ class MqttSink:
     """
 
     def __init__(
-        self, cfg: MqttConfig, *, site: str, outbox: Outbox, window: int | None = None
+        self,
+        cfg: MqttConfig,
+        *,
+        site: str,
+        outbox: Outbox,
+        window: int | None = None,
+        lines: Sequence[str] = (),
     ) -> None:
+        """``lines``: the agent's line names, the Sparkplug devices (``sparkplug_b`` only)."""
         window = cfg.max_inflight if window is None else window
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -148,6 +162,10 @@ class MqttSink:
         self._subscriptions: list[tuple[str, MessageHandler, int]] = []
         self._share = ShareFilter(cfg.share)
         self.withheld_total = 0  # queued messages deleted unsent: no longer shared
+        self._client: aiomqtt.Client | None = None  # the connection's, for an NCMD rebirth
+        self.sparkplug: sparkplug.SparkplugSession | None = None
+        if cfg.encoding is MqttEncoding.SPARKPLUG_B:
+            self._setup_sparkplug(lines)
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -271,13 +289,18 @@ class MqttSink:
             session["properties"] = props
         else:
             session["clean_session"] = cfg.clean_session
-        will = aiomqtt.Will(
-            topic=self.status_topic,
-            # The will's ts is the time of this connect: the broker sends it unchanged later.
-            payload=status_payload(self._site, "offline", time.time()),
-            qos=1,
-            retain=True,
-        )
+        if self.sparkplug is not None:
+            # NDEATH with this session's (new, persisted) bdSeq; never retained (Sparkplug).
+            topic, death = self.sparkplug.new_session(time.time())
+            will = aiomqtt.Will(topic=topic, payload=death, qos=1, retain=False)
+        else:
+            will = aiomqtt.Will(
+                topic=self.status_topic,
+                # The will's ts is the time of this connect: the broker sends it unchanged later.
+                payload=status_payload(self._site, "offline", time.time()),
+                qos=1,
+                retain=True,
+            )
         self._client_log = _ClientLog()
         client = aiomqtt.Client(
             cfg.host,
@@ -312,6 +335,7 @@ class MqttSink:
             log.info("connected to broker %s", self._where)
             lost = asyncio.ensure_future(self._wait_lost(client))
             lost.add_done_callback(self._on_lost)
+            self._client = client
             await self._publish_status(client, "online", lost)
             await self._subscribe_all(client, lost)
             await self._pump(client, lost)
@@ -321,6 +345,7 @@ class MqttSink:
             clean = True
             log.info("broker link closed, %d message(s) left in the outbox", self._outbox.depth())
         finally:
+            self._client = None
             if lost is not None:
                 await self._stop_watching(lost)
             if not clean:
@@ -438,6 +463,9 @@ class MqttSink:
         self, client: aiomqtt.Client, status: Literal["online", "offline"], lost: asyncio.Task[str]
     ) -> None:
         self._check(lost)
+        if self.sparkplug is not None:
+            await self._publish_sparkplug_status(client, status, lost)
+            return
         payload = status_payload(self._site, status, time.time())
         try:
             async with asyncio.timeout(self._cfg.timeout_s + 1.0):
@@ -471,15 +499,17 @@ class MqttSink:
         timeout_s = self._cfg.timeout_s
         depth = 2 * self._window
         paho = client._client
-        inflight: deque[tuple[StoredMessage, MQTTMessageInfo]] = deque()
-        acked_mids: set[int] = set()  # acknowledged, not yet popped from inflight
+        # None: a row with nothing to send, acknowledged as it is reached.
+        inflight: deque[tuple[StoredMessage, MQTTMessageInfo | None]] = deque()
         waiter: list[asyncio.Future[None]] = []  # the pump's wait for an acknowledgement
         chained = paho.on_publish
 
         def on_publish(
             c: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode, props: Properties
         ) -> None:
-            acked_mids.add(mid)
+            # paho marks the message's info as published right after this callback returns,
+            # before the pump (woken through the future) runs again. A mid is not kept: a
+            # message published outside the pump (a rebirth) would leave a stale one behind.
             if waiter and not waiter[0].done():
                 waiter[0].set_result(None)
             if chained is not None:
@@ -516,7 +546,7 @@ class MqttSink:
                         return
                     await self._wake.wait()
                     continue
-                if inflight[0][1].mid not in acked_mids:
+                if not _done(inflight[0][1]):
                     waiter.append(loop.create_future())
                     wakers: list[asyncio.Future[Any]] = [waiter[0], lost]
                     try:
@@ -525,10 +555,8 @@ class MqttSink:
                     finally:
                         waiter.clear()
                 # Acknowledged prefix only: a row is deleted after its PUBACK and all earlier ones.
-                while inflight and inflight[0][1].mid in acked_mids:
-                    message, info = inflight.popleft()
-                    acked_mids.discard(info.mid)
-                    acked.append(message.id)
+                while inflight and _done(inflight[0][1]):
+                    acked.append(inflight.popleft()[0].id)
                 if len(acked) >= max(1, self._window // 2) or not inflight:
                     self._flush(acked)
         except TimeoutError:
@@ -565,12 +593,23 @@ class MqttSink:
 
     def _publish(
         self, paho: mqtt.Client, m: StoredMessage, lost: asyncio.Task[str]
-    ) -> MQTTMessageInfo:
+    ) -> MQTTMessageInfo | None:
         """Hand one message to paho; its PUBACK arrives through ``on_publish``. paho reports
-        failure in the return code only (or ValueError for a message it cannot encode)."""
+        failure in the return code only (or ValueError for a message it cannot encode).
+
+        ``None``: nothing to send for this row (a topic without a Sparkplug mapping); it counts
+        as acknowledged."""
+        topic, payload = self.topic(m.line, m.topic_suffix), m.payload
+        if self.sparkplug is not None:
+            # Encoded right before paho's publish(): the seq numbers follow the wire order, a
+            # rebirth in between included.
+            out = self.sparkplug.data(m.line, m.topic_suffix, m.payload, m.created, time.time())
+            if out is None:
+                return None
+            topic, payload = out
         try:
             info = paho.publish(
-                self.topic(m.line, m.topic_suffix), m.payload, qos=m.qos, retain=m.retain
+                topic, payload, qos=m.qos, retain=m.retain and self.sparkplug is None
             )
         except ValueError as exc:
             raise SinkError(f"publishing to broker {self._where} failed: {exc}") from None
@@ -580,6 +619,52 @@ class MqttSink:
                 f"publishing to broker {self._where} failed: {mqtt.error_string(info.rc)}"
             )
         return info
+
+    # -- Sparkplug B (encoding: sparkplug_b) ---------------------------------------------------
+
+    def _setup_sparkplug(self, lines: Sequence[str]) -> None:
+        cfg = self._cfg
+        share = self._share
+        node = sparkplug.Topics(cfg.sparkplug.group_id or self._site, cfg.sparkplug.edge_node_id)
+        self.sparkplug = sparkplug.SparkplugSession(
+            node,
+            [line for line in lines if share.allows(line, "kpi") or share.allows(line, "state")],
+            sparkplug.BdSeqStore(self._outbox.path.parent / f"sparkplug-{cfg.name}.bdseq"),
+            allow_metric=lambda line, topic, name: share.allows(line, topic) and share.keeps(name),
+        )
+        self.subscribe(node.node("NCMD"), self._on_ncmd, qos=1)
+
+    async def _publish_sparkplug_status(
+        self, client: aiomqtt.Client, status: Literal["online", "offline"], lost: asyncio.Task[str]
+    ) -> None:
+        """``online``: NBIRTH and the DBIRTHs (QoS 0, as the specification says); ``offline``:
+        DDEATHs and NDEATH, the last one acknowledged before the DISCONNECT."""
+        assert self.sparkplug is not None
+        now = time.time()
+        messages = self.sparkplug.births(now) if status == "online" else self.sparkplug.deaths(now)
+        for i, (topic, payload) in enumerate(messages):
+            qos = 1 if status == "offline" and i == len(messages) - 1 else 0
+            try:
+                async with asyncio.timeout(self._cfg.timeout_s + 1.0):
+                    await client.publish(
+                        topic, payload, qos=qos, retain=False, timeout=self._cfg.timeout_s
+                    )
+            except (aiomqtt.MqttError, TimeoutError) as exc:
+                self._check(lost)
+                raise SinkError(
+                    f"broker {self._where} did not take the Sparkplug {status} messages: "
+                    f"{str(exc) or 'timeout'}"
+                ) from None
+
+    def _on_ncmd(self, topic: str, payload: bytes, retained: bool) -> None:
+        """NCMD ``Node Control/Rebirth``: NBIRTH and DBIRTHs again, at once, ahead of the
+        reports not yet started (paho's publish() is synchronous and thread-safe)."""
+        client, session = self._client, self.sparkplug
+        if session is None or client is None or not session.is_rebirth(payload):
+            return
+        log.info("sink '%s': rebirth requested on %s", self._cfg.name, topic)
+        for birth_topic, birth in session.births(time.time()):
+            client._client.publish(birth_topic, birth, qos=0, retain=False)
 
     def _flush(self, acked: list[int]) -> None:
         """Delete the acknowledged rows (an in-order prefix of what was sent)."""
@@ -616,6 +701,11 @@ def _reason(exc: MqttConnectError) -> str:
     if isinstance(rc, ReasonCode):
         return f"{rc} (reason code {rc.value})"
     return str(exc)
+
+
+def _done(info: MQTTMessageInfo | None) -> bool:
+    """A pump row is finished: nothing to send, or acknowledged (QoS 0: written)."""
+    return info is None or info.is_published()
 
 
 def _drop(client: aiomqtt.Client) -> None:
