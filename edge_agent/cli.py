@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from edge_agent import __version__
@@ -43,6 +43,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "--once",
         action="store_true",
         help="poll each source once, print the samples and the KPIs it would publish, exit",
+    )
+    p_run.add_argument(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="uvloop: a faster event loop, about 10%% less CPU (pip install 'edge-agent[uvloop]'; "
+        "docs/performance.md)",
     )
 
     p_check = sub.add_parser("check-config", help="validate a configuration file (exit 0 or 78)")
@@ -263,19 +270,38 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"{args.config}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_CONFIG
+    loop_factory = _loop_factory(args.event_loop)
+    if isinstance(loop_factory, str):
+        print(loop_factory, file=sys.stderr)
+        return EXIT_CONFIG
     _setup_logging(args, cfg.logging.level, cfg.logging.format.value)
     from edge_agent.config.loader import permission_warnings  # noqa: PLC0415
 
     for warning in permission_warnings(cfg):
         log.warning("%s", warning)
-    if args.once:
-        return asyncio.run(_run_once(cfg))
-    from edge_agent.app import Agent, run_until_signalled  # noqa: PLC0415
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        if args.once:
+            return runner.run(_run_once(cfg))
+        from edge_agent.app import Agent, run_until_signalled  # noqa: PLC0415
 
+        if loop_factory is not None:
+            log.info("event loop: %s", args.event_loop)
+        try:
+            return runner.run(run_until_signalled(Agent(cfg)))
+        except KeyboardInterrupt:
+            return 130
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | str | None:
+    """The event loop factory for ``--event-loop`` (``None``: asyncio's own), or why not."""
+    if name == "asyncio":
+        return None
     try:
-        return asyncio.run(run_until_signalled(Agent(cfg)))
-    except KeyboardInterrupt:
-        return 130
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        return "--event-loop uvloop: uvloop is not installed (pip install 'edge-agent[uvloop]')"
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 async def _run_once(cfg: Any) -> int:

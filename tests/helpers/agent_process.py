@@ -19,7 +19,8 @@ class AgentProcess:
         self.stop_timeout_s = stop_timeout_s
         self.proc: asyncio.subprocess.Process | None = None
 
-    async def start(self) -> None:
+    async def start(self, *extra_args: str) -> None:
+        """Start ``edge-agent run -c CONFIG [extra_args]``."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
@@ -29,6 +30,7 @@ class AgentProcess:
                 "run",
                 "-c",
                 str(self.config),
+                *extra_args,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -270,16 +270,18 @@ async def test_seq_continues_across_agent_restarts(
     per_line: dict[str, list[int]] = defaultdict(list)
     async with Collector(mosquitto.host, mosquitto.port) as col:
         agent = AgentProcess(cfg)
-        for _run in range(2):
+        # The second run on uvloop (`--event-loop uvloop`): the same agent, signals included.
+        for loop in ("asyncio", "uvloop"):
             before = len(col.kpis("line1"))
             offline_before = col.status().count("offline")
-            await agent.start()
+            await agent.start("--event-loop", loop)
             try:
                 await col.wait_for(lambda b=before: len(col.kpis("line1")) >= b + 2, 60)
             finally:
                 code = await agent.stop()
             assert code == 0, agent.output()
             await col.wait_for(lambda n=offline_before: col.status().count("offline") > n, 10)
+        assert "event loop: uvloop" in agent.output()
         for topic, payload, _ in col.messages:
             if "seq" in payload:
                 per_line[topic.split("/")[2]].append(payload["seq"])

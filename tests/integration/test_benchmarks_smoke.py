@@ -25,6 +25,7 @@ FIGURES = [
     "latency_p50_ms",
     "latency_p99_ms",
     "cpu_1000_modbus_tags_1hz_pct",
+    "cpu_1000_modbus_tags_1hz_uvloop_pct",
     "rss_mib",
     "scale_cpu_pct",
     "scale_skipped_ticks",
