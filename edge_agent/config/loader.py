@@ -1888,10 +1888,20 @@ def _mqtt(
 
 
 def _check_encoding(ctx: _Ctx, parsed: _Parsed, path: str) -> None:
-    """``encoding: sparkplug_b`` needs protobuf (checked here, before anything starts) and
-    excludes order commands (Sparkplug has its own command topics). ``sparkplug`` is ignored
-    with ``encoding: json`` (so that switching encodings is a one-line change)."""
+    """``encoding: sparkplug_b`` needs protobuf (checked here, before anything starts),
+    excludes order commands (Sparkplug has its own command topics) and a persistent session
+    (Sparkplug 3.0: MQTT 3.1.1 Clean Session true, MQTT 5 Clean Start true with Session Expiry
+    0; the sink sends a session expiry only with ``clean_session: false``, so that flag covers
+    both). ``sparkplug`` is ignored with ``encoding: json`` (so that switching encodings is a
+    one-line change)."""
     if parsed.get("encoding") is MqttEncoding.SPARKPLUG_B:
+        if parsed.get("clean_session") is False:
+            ctx.add(
+                parsed.nodes["clean_session"],
+                join_key(path, "clean_session"),
+                "sparkplug_b needs a clean session (Sparkplug 3.0: Clean Session true, or "
+                "Clean Start true with Session Expiry 0 on MQTT 5): remove it or set it to true",
+            )
         if sparkplug.protobuf_missing():
             ctx.add(
                 parsed.nodes["encoding"],

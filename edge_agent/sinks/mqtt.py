@@ -17,7 +17,8 @@ DISCONNECT, and :meth:`MqttSink.close` publishes ``offline`` itself before disco
 Subscriptions: :meth:`MqttSink.subscribe` registers a topic filter and a handler before
 :meth:`MqttSink.run`; every connection subscribes to all of them after announcing ``online``, and
 messages are handed to the handlers of the filters they match, in arrival order, on the event
-loop. Used for order commands on the plant's broker (``mqtt.commands``).
+loop. Used for order commands on the plant's broker (``mqtt.commands``) and for Sparkplug's NCMD
+(subscribed before the births instead, as Sparkplug's session setup says).
 
 Sharing (``share`` in the sink's configuration): the engine runner stores only the shared
 messages, reduced to the agreed fields, in this sink's outbox; the sink checks each message again
@@ -162,7 +163,10 @@ class MqttSink:
         self._subscriptions: list[tuple[str, MessageHandler, int]] = []
         self._share = ShareFilter(cfg.share)
         self.withheld_total = 0  # queued messages deleted unsent: no longer shared
-        self._client: aiomqtt.Client | None = None  # the connection's, for an NCMD rebirth
+        # An NCMD rebirth request not yet served: the pump publishes the births once every
+        # earlier DDATA is acknowledged (so seq and values stay in wire order).
+        self._rebirth_pending = False
+        self._retained_ncmd_logged = False
         self.sparkplug: sparkplug.SparkplugSession | None = None
         if cfg.encoding is MqttEncoding.SPARKPLUG_B:
             self._setup_sparkplug(lines)
@@ -335,17 +339,22 @@ class MqttSink:
             log.info("connected to broker %s", self._where)
             lost = asyncio.ensure_future(self._wait_lost(client))
             lost.add_done_callback(self._on_lost)
-            self._client = client
-            await self._publish_status(client, "online", lost)
-            await self._subscribe_all(client, lost)
+            if self.sparkplug is None:
+                await self._publish_status(client, "online", lost)
+                await self._subscribe_all(client, lost)
+            else:
+                # Sparkplug session setup: subscribe to NCMD before the births.
+                await self._subscribe_all(client, lost)
+                await self._publish_status(client, "online", lost)
             await self._pump(client, lost)
+            # No births after this point: a rebirth request is served by the pump only, so
+            # the deaths below are the session's last messages.
             await self._publish_status(client, "offline", lost)
             await self._stop_watching(lost)
             await self._disconnect(client)
             clean = True
             log.info("broker link closed, %d message(s) left in the outbox", self._outbox.depth())
         finally:
-            self._client = None
             if lost is not None:
                 await self._stop_watching(lost)
             if not clean:
@@ -509,7 +518,8 @@ class MqttSink:
         ) -> None:
             # paho marks the message's info as published right after this callback returns,
             # before the pump (woken through the future) runs again. A mid is not kept: a
-            # message published outside the pump (a rebirth) would leave a stale one behind.
+            # message published through aiomqtt (the births of a rebirth) would leave a stale
+            # one behind.
             if waiter and not waiter[0].done():
                 waiter[0].set_result(None)
             if chained is not None:
@@ -523,15 +533,21 @@ class MqttSink:
                 self._check(lost)
                 # Clear before reading: a notify() after this point wakes the wait below.
                 self._wake.clear()
+                time_up = self._closing and loop.time() >= self._close_deadline
+                if self._rebirth_pending and not inflight and not time_up:
+                    # Every earlier DDATA is acknowledged, so on the wire before the births
+                    # (QoS 0 births would overtake QoS 1 messages still queued in paho).
+                    self._flush(acked)
+                    await self._publish_status(client, "online", lost)
+                    continue
+                if time_up and not inflight:
+                    left = self._outbox.depth()
+                    if left:
+                        log.warning("drain time is up with %d message(s) still in the outbox", left)
+                    return
                 room = depth - len(inflight)
-                if not inflight or room >= self._window:
-                    if self._closing and loop.time() >= self._close_deadline and not inflight:
-                        left = self._outbox.depth()
-                        if left:
-                            log.warning(
-                                "drain time is up with %d message(s) still in the outbox", left
-                            )
-                        return
+                # A rebirth request stops new rows until the ones in flight are acknowledged.
+                if (not inflight or room >= self._window) and not self._rebirth_pending:
                     # paho writes (and queues) the messages in call order: outbox order.
                     batch = self._outbox.peek(room, after_id=last_id)
                     if batch:
@@ -637,11 +653,24 @@ class MqttSink:
     async def _publish_sparkplug_status(
         self, client: aiomqtt.Client, status: Literal["online", "offline"], lost: asyncio.Task[str]
     ) -> None:
-        """``online``: NBIRTH and the DBIRTHs (QoS 0, as the specification says); ``offline``:
-        DDEATHs and NDEATH, the last one acknowledged before the DISCONNECT."""
-        assert self.sparkplug is not None
+        """``online``: NBIRTH and the DBIRTHs (QoS 0, as the specification says), at connect
+        and for a rebirth request (which they serve); ``offline``: DDEATHs and NDEATH, the last
+        one acknowledged before the DISCONNECT.
+
+        The births' current values are first seeded from the newest queued report of each
+        (line, topic) made before the session's first NBIRTH: those rows go out later as
+        historical DDATA, which a host keeps as history only."""
+        session = self.sparkplug
+        assert session is not None
         now = time.time()
-        messages = self.sparkplug.births(now) if status == "online" else self.sparkplug.deaths(now)
+        if status == "online":
+            self._rebirth_pending = False
+            for m in self._outbox.newest_per_topic(session.session_start or now):
+                if self._share.allows(m.line, m.topic_suffix):
+                    session.seed(m.line, m.topic_suffix, self._share.reduce_stored(m.payload))
+            messages = session.births(now)
+        else:
+            messages = session.deaths(now)
         for i, (topic, payload) in enumerate(messages):
             qos = 1 if status == "offline" and i == len(messages) - 1 else 0
             try:
@@ -657,14 +686,27 @@ class MqttSink:
                 ) from None
 
     def _on_ncmd(self, topic: str, payload: bytes, retained: bool) -> None:
-        """NCMD ``Node Control/Rebirth``: NBIRTH and DBIRTHs again, at once, ahead of the
-        reports not yet started (paho's publish() is synchronous and thread-safe)."""
-        client, session = self._client, self.sparkplug
-        if session is None or client is None or not session.is_rebirth(payload):
+        """NCMD ``Node Control/Rebirth``: ask the pump for the births (see :meth:`_pump`); it
+        publishes them once every DDATA already handed to the client is acknowledged. The
+        births at connect serve a pending request too; after the pump (the deaths) none is
+        served. A retained NCMD is ignored: Sparkplug commands are never retained, and a stray
+        retained rebirth would fire on every connect."""
+        session = self.sparkplug
+        if session is None or not session.is_rebirth(payload):
+            return
+        if retained:
+            if not self._retained_ncmd_logged:
+                self._retained_ncmd_logged = True
+                log.warning(
+                    "sink '%s': ignoring a retained rebirth request on %s (Sparkplug commands "
+                    "are never retained; clear it with an empty retained message)",
+                    self._cfg.name,
+                    topic,
+                )
             return
         log.info("sink '%s': rebirth requested on %s", self._cfg.name, topic)
-        for birth_topic, birth in session.births(time.time()):
-            client._client.publish(birth_topic, birth, qos=0, retain=False)
+        self._rebirth_pending = True
+        self._wake.set()
 
     def _flush(self, acked: list[int]) -> None:
         """Delete the acknowledged rows (an in-order prefix of what was sent)."""

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edge_agent.config.schema import OutboxConfig
 from edge_agent.errors import StorageError
@@ -387,19 +388,26 @@ class Outbox:
             )
         except sqlite3.Error as exc:
             raise StorageError(f"outbox {self.path}: cannot read: {exc}") from exc
-        return [
-            StoredMessage(
-                id=int(r[0]),
-                line=str(r[1]),
-                topic_suffix=str(r[2]),
-                payload=bytes(r[3]),
-                qos=int(r[4]),
-                retain=bool(r[5]),
-                seq=int(r[6]),
-                created=float(r[7]),
+        return [_stored(r) for r in rows]
+
+    def newest_per_topic(self, created_before: float) -> list[StoredMessage]:
+        """The newest message of each (line, topic suffix) among those created before
+        ``created_before``, oldest first (read only; one statement). They stay until
+        :meth:`ack`."""
+        try:
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT id, line, topic_suffix, payload, qos, retain, seq, created"
+                    " FROM messages WHERE id IN (SELECT MAX(id) FROM messages"
+                    " WHERE created < ? GROUP BY line, topic_suffix) ORDER BY id",
+                    (created_before,),
+                )
+                .fetchall()
             )
-            for r in rows
-        ]
+        except sqlite3.Error as exc:
+            raise StorageError(f"outbox {self.path}: cannot read: {exc}") from exc
+        return [_stored(r) for r in rows]
 
     def ack(self, ids: Sequence[int]) -> None:
         """Delete the messages with these ids (the broker acknowledged them), in one transaction."""
@@ -454,3 +462,18 @@ class Outbox:
                 db.close()
             except sqlite3.Error as exc:
                 raise StorageError(f"outbox {self.path}: cannot close: {exc}") from exc
+
+
+def _stored(r: Sequence[Any]) -> StoredMessage:
+    """A :class:`StoredMessage` from a row of ``SELECT id, line, topic_suffix, payload, qos,
+    retain, seq, created``."""
+    return StoredMessage(
+        id=int(r[0]),
+        line=str(r[1]),
+        topic_suffix=str(r[2]),
+        payload=bytes(r[3]),
+        qos=int(r[4]),
+        retain=bool(r[5]),
+        seq=int(r[6]),
+        created=float(r[7]),
+    )

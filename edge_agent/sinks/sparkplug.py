@@ -25,6 +25,7 @@ import contextlib
 import enum
 import importlib.util
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any, Final
+
+log = logging.getLogger(__name__)
 
 NAMESPACE: Final = "spBv1.0"
 INSTALL_HINT: Final = "pip install 'edge-agent[sparkplug]'"
@@ -297,7 +300,8 @@ def _specs(topic_suffix: str) -> tuple[MetricSpec, ...]:
 
 
 def line_metrics() -> tuple[tuple[str, MetricSpec], ...]:
-    """Every metric of a line's DBIRTH, as (topic suffix, spec), names unique."""
+    """Every metric of a line's DBIRTH, as (topic suffix, spec), names unique: the first
+    topic that produces a name gives its datatype (:data:`METRIC_SOURCES` has them all)."""
     out: dict[str, tuple[str, MetricSpec]] = {}
     for topic, folder in TOPIC_FOLDERS.items():
         for spec in _specs(topic):
@@ -305,7 +309,18 @@ def line_metrics() -> tuple[tuple[str, MetricSpec], ...]:
     return tuple(out.values())
 
 
+def metric_sources() -> dict[str, tuple[tuple[str, MetricSpec], ...]]:
+    """Metric name -> every (topic suffix, spec) that produces it (``state`` comes from both
+    ``kpi`` and ``state``, with the same datatype)."""
+    out: dict[str, list[tuple[str, MetricSpec]]] = {}
+    for topic, folder in TOPIC_FOLDERS.items():
+        for spec in _specs(topic):
+            out.setdefault(folder + spec.name, []).append((topic, spec))
+    return {name: tuple(sources) for name, sources in out.items()}
+
+
 LINE_METRICS: Final = line_metrics()
+METRIC_SOURCES: Final[Mapping[str, tuple[tuple[str, MetricSpec], ...]]] = metric_sources()
 
 
 def report_metrics(
@@ -400,12 +415,16 @@ Outgoing = tuple[str, bytes]  # (topic, payload)
 class SparkplugSession:
     """The Sparkplug state of one sink (see the module docstring). Event loop thread only.
 
-    Sequence of a connection: :meth:`new_session` (before CONNECT: the will), :meth:`births`
-    (after CONNACK), then :meth:`data` per outbox message in outbox order, :meth:`births`
-    again on a rebirth request (:meth:`is_rebirth`), and :meth:`deaths` before a clean
-    DISCONNECT. ``allow_metric(line, topic_suffix, field)`` tells whether a metric may be
-    shared at all (the sink's ``share``): a metric withheld never appears in a DBIRTH, and the
-    sink's publish-time share check removes it from the reports before :meth:`data`.
+    Sequence of a connection: :meth:`new_session` (before CONNECT: the will), :meth:`seed`
+    with the newest queued reports and :meth:`births` (after CONNACK), then :meth:`data` per
+    outbox message in outbox order, :meth:`births` again on a rebirth request
+    (:meth:`is_rebirth`; the caller publishes them only when every earlier DDATA is on the
+    wire), and :meth:`deaths` before a clean DISCONNECT. ``allow_metric(line, topic_suffix,
+    field)`` tells whether a metric may be shared at all (the sink's ``share``): a metric
+    withheld by every topic that produces it never appears in a DBIRTH, and the sink's
+    publish-time share check removes it from the reports before :meth:`data`. A DDATA carries
+    only metrics its device's last DBIRTH declared (the others are dropped, logged once each),
+    and only lines that got a DBIRTH get DDATA or a DDEATH.
     """
 
     def __init__(
@@ -425,6 +444,9 @@ class SparkplugSession:
         self._seq = 0
         self.session_start = 0.0  # POSIX seconds of this session's first NBIRTH
         self._current: dict[str, dict[str, Metric]] = {}  # line -> name -> last live metric
+        # line -> the metric names of its last DBIRTH in this MQTT session (born lines only)
+        self._declared: dict[str, frozenset[str]] = {}
+        self._undeclared_logged: set[tuple[str, str]] = set()
 
     def next_seq(self) -> int:
         """The ``seq`` of the next node message after NBIRTH: 1, 2, … 255, 0, 1, …"""
@@ -436,6 +458,7 @@ class SparkplugSession:
         connection's last will."""
         self.bdseq = self._bdseq_store.next()
         self.session_start = 0.0
+        self._declared = {}
         return self._ndeath(now)
 
     def _ndeath(self, now: float) -> Outgoing:
@@ -454,13 +477,16 @@ class SparkplugSession:
             Metric(REBIRTH_METRIC, DataType.BOOLEAN, False, now_ms),
         ]
         out = [(self.topics.node("NBIRTH"), encode(now_ms, node, 0))]
+        self._declared = {}
         for line in self.lines:
             current = self._current.get(line, {})
             metrics = []
             for topic, spec in LINE_METRICS:
-                if not self._allow(line, topic, spec.path[0]):
-                    continue
                 name = TOPIC_FOLDERS[topic] + spec.name
+                # Declared when any topic that produces it is shared (``state`` comes from the
+                # ``kpi`` and the ``state`` topics).
+                if not any(self._allow(line, t, s.path[0]) for t, s in METRIC_SOURCES[name]):
+                    continue
                 seen = current.get(name)
                 metrics.append(
                     Metric(
@@ -472,10 +498,28 @@ class SparkplugSession:
                     )
                 )
             if metrics:
+                self._declared[line] = frozenset(m.name for m in metrics)
                 out.append(
                     (self.topics.device("DBIRTH", line), encode(now_ms, metrics, self.next_seq()))
                 )
         return out
+
+    def seed(self, line: str, topic_suffix: str, payload: bytes) -> None:
+        """Take a report that is still queued (sent later as historical DDATA) as the current
+        values for the next DBIRTHs: used with the newest queued report of each (line, topic)
+        before the births of a session, so that values made during an outage (a shift that
+        closed meanwhile) reach the host's current values and not only its history."""
+        if line not in self.lines:
+            return
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(doc, dict):
+            return
+        current = self._current.setdefault(line, {})
+        for m in report_metrics(topic_suffix, doc, historical=False):
+            current[m.name] = m
 
     def data(
         self, line: str, topic_suffix: str, payload: bytes, created: float, now: float
@@ -484,7 +528,8 @@ class SparkplugSession:
         mapping (or no metric is shared). A message created before this session's NBIRTH (it
         waited in the outbox) is historical: ``is_historical`` on every metric, and the
         DBIRTH values stay as they are."""
-        if line not in self.lines:
+        declared = self._declared.get(line)
+        if declared is None:  # no DBIRTH (nothing of the line is shared): no DDATA either
             return None
         try:
             doc = json.loads(payload)
@@ -494,6 +539,8 @@ class SparkplugSession:
             return None
         historical = created < self.session_start
         metrics = report_metrics(topic_suffix, doc, historical=historical)
+        if any(m.name not in declared for m in metrics):
+            metrics = self._declared_only(line, declared, metrics)
         if not metrics:
             return None
         if not historical:
@@ -503,12 +550,29 @@ class SparkplugSession:
         topic = self.topics.device("DDATA", line)
         return topic, encode(round(now * 1000), metrics, self.next_seq())
 
+    def _declared_only(
+        self, line: str, declared: frozenset[str], metrics: list[Metric]
+    ) -> list[Metric]:
+        """A safety net: a host rejects (or rebirths on) a DDATA metric its DBIRTH did not
+        declare, so such metrics are dropped, each name logged once."""
+        for m in metrics:
+            if m.name not in declared and (line, m.name) not in self._undeclared_logged:
+                self._undeclared_logged.add((line, m.name))
+                log.warning(
+                    "Sparkplug device %s: metric %r is not in its DBIRTH, left out of DDATA",
+                    line,
+                    m.name,
+                )
+        return [m for m in metrics if m.name in declared]
+
     def deaths(self, now: float) -> list[Outgoing]:
-        """DDEATH per line, then NDEATH: published before a clean DISCONNECT."""
+        """DDEATH per line that got a DBIRTH in this MQTT session, then NDEATH: published
+        before a clean DISCONNECT."""
         now_ms = round(now * 1000)
         out = [
             (self.topics.device("DDEATH", line), encode(now_ms, [], self.next_seq()))
             for line in self.lines
+            if line in self._declared
         ]
         out.append(self._ndeath(now))
         return out

@@ -38,4 +38,5 @@ for await (const line of createInterface({ input: process.stdin })) {
     process.stderr.write(`line ${lineNo}: cannot decode: ${err}\n`);
   }
 }
-process.exit(failed ? 1 : 0);
+// exitCode, not process.exit(): exit() drops stdout writes still pending on a pipe.
+process.exitCode = failed ? 1 : 0;

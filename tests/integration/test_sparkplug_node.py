@@ -115,6 +115,17 @@ def check_seq(decoded: list[dict[str, Any]]) -> None:
         assert after["seq"] == (before["seq"] + 1) % 256, (before["seq"], after["seq"])
 
 
+def check_declared(received: list[Received], decoded: list[dict[str, Any]]) -> None:
+    """Every DDATA metric is declared by its device's last DBIRTH (a host rejects others)."""
+    declared: dict[str, set[str]] = {}
+    for r, doc in zip(received, decoded, strict=True):
+        device = r.topic.rsplit("/", 1)[1]
+        if kind(r) == "DBIRTH":
+            declared[device] = {m["name"] for m in doc["metrics"]}
+        elif kind(r) == "DDATA":
+            assert {m["name"] for m in doc["metrics"]} <= declared[device], r.topic
+
+
 def check_dbirth(doc: dict[str, Any]) -> None:
     ms = metrics(doc)
     expected = {sparkplug.TOPIC_FOLDERS[t] + s.name: s for t, s in sparkplug.LINE_METRICS}
@@ -173,6 +184,7 @@ async def test_sparkplug_b_node_lifecycle_decoded_by_tahu(
             assert nbirth["Node Control/Rebirth"]["type"] == "Boolean"
             assert nbirth["Node Control/Rebirth"]["value"] is False
             check_seq(decoded)
+            check_declared(session1, decoded)
             for r, doc in zip(session1, decoded, strict=True):
                 assert not r.retain
                 if kind(r) == "DBIRTH":
@@ -225,6 +237,7 @@ async def test_sparkplug_b_node_lifecycle_decoded_by_tahu(
             # One bdSeq per CONNECT: the refused attempts in between used some.
             assert 1 <= (bdseq2 - bdseq1) % 256 < 128
             check_seq(decoded)
+            check_declared(session3, decoded)
             data = [(r, d) for r, d in zip(session3, decoded, strict=True) if kind(r) == "DDATA"]
             flags = [bool(d["metrics"][0].get("isHistorical")) for _, d in data]
             # The queued reports first, all historical, then the live ones.

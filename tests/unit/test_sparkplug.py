@@ -9,9 +9,11 @@ import pytest
 from helpers.tahu import tahu_decode
 
 from edge_agent.config.loader import load_config
-from edge_agent.config.schema import MqttEncoding
+from edge_agent.config.schema import MqttConfig, MqttEncoding, ShareConfig
 from edge_agent.errors import ConfigError
 from edge_agent.sinks import sparkplug as spb
+from edge_agent.sinks.mqtt import MqttSink
+from edge_agent.sinks.outbox import Outbox
 
 
 def test_every_datatype_round_trips_through_protobuf_and_tahu() -> None:
@@ -168,3 +170,79 @@ def test_config_without_protobuf_says_how_to_install(
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert "pip install 'edge-agent[sparkplug]'" in str(err.value.issues[0])
+
+
+def test_config_rejects_a_persistent_session(tmp_path: Path) -> None:
+    path = tmp_path / "a.yaml"
+    for protocol in ("'3.1.1'", "'5'"):
+        path.write_text(
+            CONFIG.format(
+                mqtt=f"  encoding: sparkplug_b\n  protocol: {protocol}\n  clean_session: false"
+            )
+        )
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        (issue,) = err.value.issues
+        assert str(issue).startswith(f"{path}:18:18: mqtt.clean_session: sparkplug_b needs")
+    path.write_text(CONFIG.format(mqtt="  encoding: sparkplug_b\n  clean_session: true"))
+    assert load_config(path).mqtt.clean_session
+
+
+def _sink_session(tmp_path: Path, share: ShareConfig | None, lines: list[str]) -> MqttSink:
+    cfg = MqttConfig(host="127.0.0.1", encoding=MqttEncoding.SPARKPLUG_B, share=share)
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    return MqttSink(cfg, site="s", outbox=outbox, lines=lines)
+
+
+def test_a_metric_is_declared_when_any_topic_that_makes_it_is_shared(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `state` comes from the kpi and the state topics; only the state topic is shared here.
+    sink = _sink_session(tmp_path, ShareConfig(topics=frozenset({"state"})), ["l1"])
+    session = sink.sparkplug
+    assert session is not None
+    session.new_session(10.0)
+    (_, dbirth) = session.births(10.0)[1]
+    declared = {m.name for m in spb.decode(dbirth).metrics}
+    assert declared == {"state", "state_since"}
+    state = json.dumps({"ts": "2025-03-04T10:30:00+00:00", "state": "running"}).encode()
+    out = session.data("l1", "state", state, created=11.0, now=11.0)
+    assert out is not None
+    assert {m.name for m in spb.decode(out[1]).metrics} <= declared
+    # The safety net: a report with metrics the DBIRTH did not declare (the kpi topic is not
+    # shared, but a session may be handed one) loses them, logged once per name.
+    report = json.dumps({"ts": "2025-03-04T10:30:00+00:00", "state": "idle", "oee": 0.5})
+    for _ in range(2):
+        out = session.data("l1", "kpi", report.encode(), created=11.0, now=11.0)
+        assert out is not None
+        assert [m.name for m in spb.decode(out[1]).metrics] == ["state"]
+    assert caplog.text.count("metric 'oee' is not in its DBIRTH") == 1
+    sink._outbox.close()
+
+
+def test_ddeath_only_for_lines_that_got_a_dbirth(tmp_path: Path) -> None:
+    allowed = {"l1"}
+    session = spb.SparkplugSession(
+        spb.Topics("g", "n"),
+        ["l1", "l2"],
+        spb.BdSeqStore(tmp_path / "bd"),
+        allow_metric=lambda line, _topic, _field: line in allowed,
+    )
+    session.new_session(1.0)
+    assert [t for t, _ in session.deaths(1.5)] == ["spBv1.0/g/NDEATH/n"]  # no births yet
+    assert [t for t, _ in session.births(2.0)][1:] == ["spBv1.0/g/DBIRTH/n/l1"]
+    report = json.dumps({"ts": "2025-03-04T10:30:00+00:00", "oee": 0.5}).encode()
+    assert session.data("l2", "kpi", report, created=3.0, now=3.0) is None
+    assert [t for t, _ in session.deaths(4.0)] == ["spBv1.0/g/DDEATH/n/l1", "spBv1.0/g/NDEATH/n"]
+
+
+def test_births_take_queued_reports_as_current_values(tmp_path: Path) -> None:
+    session = spb.SparkplugSession(spb.Topics("g", "n"), ["l1"], spb.BdSeqStore(tmp_path / "bd"))
+    session.new_session(10.0)
+    shift = json.dumps({"ts": "2025-03-04T10:00:00+00:00", "oee": 0.42}).encode()
+    session.seed("l1", "kpi/shift", shift)
+    session.seed("l9", "kpi/shift", shift)  # not a device of this node: ignored
+    dbirth = spb.decode(session.births(10.0)[1][1])
+    assert {m.name: m.double_value for m in dbirth.metrics}["last_shift/oee"] == 0.42
+    out = session.data("l1", "kpi/shift", shift, created=9.0, now=11.0)
+    assert out is not None and spb.decode(out[1]).metrics[0].is_historical
