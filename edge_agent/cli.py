@@ -48,7 +48,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--event-loop",
         choices=("asyncio", "uvloop"),
         default="asyncio",
-        help="uvloop: a faster event loop, 10-30%% less CPU (pip install 'edge-agent[uvloop]'; "
+        help="uvloop: a faster event loop, 5-30%% less CPU (pip install 'edge-agent[uvloop]'; "
         "docs/performance.md)",
     )
 
