@@ -376,32 +376,26 @@ class Outbox:
     def peek(self, limit: int, *, after_id: int = 0) -> list[StoredMessage]:
         """Up to ``limit`` messages with an id above ``after_id``, oldest first. They stay until
         :meth:`ack`."""
-        try:
-            rows = (
-                self._conn()
-                .execute(
-                    "SELECT id, line, topic_suffix, payload, qos, retain, seq, created"
-                    " FROM messages WHERE id > ? ORDER BY id LIMIT ?",
-                    (after_id, limit),
-                )
-                .fetchall()
-            )
-        except sqlite3.Error as exc:
-            raise StorageError(f"outbox {self.path}: cannot read: {exc}") from exc
-        return [_stored(r) for r in rows]
+        return self._select("WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
 
     def newest_per_topic(self, created_before: float) -> list[StoredMessage]:
         """The newest message of each (line, topic suffix) among those created before
         ``created_before``, oldest first (read only; one statement). They stay until
         :meth:`ack`."""
+        return self._select(
+            "WHERE id IN (SELECT MAX(id) FROM messages WHERE created < ?"
+            " GROUP BY line, topic_suffix) ORDER BY id",
+            (created_before,),
+        )
+
+    def _select(self, where: str, params: tuple[float, ...]) -> list[StoredMessage]:
         try:
             rows = (
                 self._conn()
                 .execute(
                     "SELECT id, line, topic_suffix, payload, qos, retain, seq, created"
-                    " FROM messages WHERE id IN (SELECT MAX(id) FROM messages"
-                    " WHERE created < ? GROUP BY line, topic_suffix) ORDER BY id",
-                    (created_before,),
+                    " FROM messages " + where,
+                    params,
                 )
                 .fetchall()
             )
