@@ -4,6 +4,7 @@ guard against leaked tasks and threads."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,14 @@ from pathlib import Path
 import pytest
 from helpers.amqtt_broker import Amqtt
 from helpers.mosquitto import Mosquitto, MosquittoFactory, find_mosquitto
+from hypothesis import settings as hypothesis_settings
+
+# The property tests replay the same examples on every run, so that a test run (and CI) never
+# fails at random; a counterexample the search finds is kept as an explicit @example. Set
+# HYPOTHESIS_PROFILE=explore to search new examples.
+hypothesis_settings.register_profile("repeatable", derandomize=True, database=None)
+hypothesis_settings.register_profile("explore")
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 _LEAK_GRACE_S = 2.0  # a thread that is finishing may take a moment to end
 
