@@ -7,7 +7,6 @@ a restart (bdSeq + 1) and a clean stop (DDEATH, NDEATH)."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import signal
 import sqlite3
@@ -18,6 +17,7 @@ from typing import Any
 import aiomqtt
 import pytest
 from helpers.agent_process import AgentProcess
+from helpers.aio import until
 from helpers.proxy import Proxy
 from helpers.subscriber import Received, Subscriber
 from helpers.tahu import tahu_decode
@@ -86,12 +86,6 @@ def outbox_depth(path: Path) -> int:
         return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
     finally:
         db.close()
-
-
-async def until(predicate: Any, timeout_s: float = 20.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - another process's state, polled with a deadline
-            await asyncio.sleep(0.05)
 
 
 async def births(sub: Subscriber, after: int) -> tuple[int, list[Received]]:
@@ -219,7 +213,7 @@ async def test_sparkplug_b_node_lifecycle_decoded_by_tahu(
             death = await sub.wait_for(lambda r: kind(r) == "NDEATH", 20)
             assert metrics(tahu_decode([death.payload])[0])["bdSeq"]["value"] == bdseq1
             # Reports queue on disk meanwhile.
-            await until(lambda: outbox_depth(state / "outbox.sqlite") >= 6)
+            await until(lambda: outbox_depth(state / "outbox.sqlite") >= 6, timeout_s=20.0)
             mark = len(sub.received)
             proxy.refuse = False
             third, _ = await births(sub, mark)
