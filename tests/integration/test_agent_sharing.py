@@ -12,6 +12,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from helpers import aio
 from helpers.subscriber import Received, Subscriber
 
 from edge_agent.app import Agent
@@ -114,9 +115,8 @@ def check_sponsor(received: list[Received]) -> None:
 
 
 async def until(predicate: Any, timeout_s: float = 20.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - agent state, polled with a deadline
-            await asyncio.sleep(0.02)
+    """helpers.aio.until with this module's deadline (an agent in the same process)."""
+    await aio.until(predicate, timeout_s)
 
 
 async def test_plant_gets_everything_sponsor_only_the_agreed_share(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import aio
 from helpers.net import free_port
 
 from edge_agent.app import Agent
@@ -63,10 +64,8 @@ async def sim() -> AsyncIterator[Simulation]:
 
 
 async def until(predicate: Any, timeout_s: float = 20.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        # Polling with a deadline: the conditions are state of the agent, not events.
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+    """helpers.aio.until with this module's deadline (an agent in the same process)."""
+    await aio.until(predicate, timeout_s)
 
 
 async def test_reload_keeps_unchanged_lines_and_refuses_a_bad_file(
