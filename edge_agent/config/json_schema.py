@@ -142,6 +142,7 @@ _OVERRIDES: Final[Mapping[tuple[type, str], dict[str, Any]]] = {
         "anyOf": [{"type": "integer", "minimum": 2}, {"type": "null"}]
     },
     (model.MqttConfig, "port"): {"minimum": 1, "maximum": 65535},
+    (model.MqttConfig, "max_inflight"): {"minimum": 1, "maximum": 32767},
     (model.Shift, "days"): {
         "type": "array",
         "minItems": 1,

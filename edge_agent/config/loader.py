@@ -1871,7 +1871,8 @@ def _mqtt(
             "backoff_max": _duration(),
             "clean_session": _boolean,
             "session_expiry": _session_expiry,
-            "max_inflight": _integer(1, 65535),  # paho's message ids are 16-bit
+            # paho's message ids are 16-bit, and the sink hands paho up to twice this many.
+            "max_inflight": _integer(1, 32767),
             "commands": _boolean,
             "encoding": _choice(MqttEncoding),
             "sparkplug": _sparkplug,

@@ -163,6 +163,10 @@ class MqttSink:
         self._subscriptions: list[tuple[str, MessageHandler, int]] = []
         self._share = ShareFilter(cfg.share)
         self.withheld_total = 0  # queued messages deleted unsent: no longer shared
+        # Deleted without reaching subscribers: the broker refused them (an MQTT 5 PUBACK with a
+        # failure reason code, e.g. not authorized) or they could not be encoded.
+        self.refused_total = 0
+        self._refusals_logged: set[tuple[str, str]] = set()
         # An NCMD rebirth request not yet served: the pump publishes the births once every
         # earlier DDATA is acknowledged (so seq and values stay in wire order).
         self._rebirth_pending = False
@@ -397,7 +401,8 @@ class MqttSink:
             )
         # A broker that drops a refused client certificate may close the socket before its TLS
         # alert is read: the client then sees only "EOF occurred in violation of protocol".
-        if cfg.tls is not None and ("SSL" in seen or "EOF occurred" in seen):
+        eof = "EOF occurred" in seen
+        if cfg.tls is not None and ("SSL" in seen or eof):
             if cfg.tls.cert_file is None:
                 hint = "it may require a client certificate: set mqtt.tls.cert_file and key_file"
             else:
@@ -405,6 +410,8 @@ class MqttSink:
                     f"it does not accept the client certificate {cfg.tls.cert_file} "
                     "(not signed by a CA the broker trusts, expired, or revoked)"
                 )
+            if eof:  # no alert was read: a restart or a proxy closing the link looks the same
+                hint = "possibly: " + hint
             return BrokerRefusedError(
                 f"TLS with broker {self._where} failed after the handshake: {seen}; {hint}"
             )
@@ -511,6 +518,7 @@ class MqttSink:
         # None: a row with nothing to send, acknowledged as it is reached.
         inflight: deque[tuple[StoredMessage, MQTTMessageInfo | None]] = deque()
         waiter: list[asyncio.Future[None]] = []  # the pump's wait for an acknowledgement
+        refused: dict[int, str] = {}  # mid -> reason, for PUBACKs with a failure reason code
         chained = paho.on_publish
 
         def on_publish(
@@ -520,6 +528,8 @@ class MqttSink:
             # before the pump (woken through the future) runs again. A mid is not kept: a
             # message published through aiomqtt (the births of a rebirth) would leave a stale
             # one behind.
+            if rc.is_failure:
+                refused[mid] = str(rc)
             if waiter and not waiter[0].done():
                 waiter[0].set_result(None)
             if chained is not None:
@@ -546,13 +556,22 @@ class MqttSink:
                         log.warning("drain time is up with %d message(s) still in the outbox", left)
                     return
                 room = depth - len(inflight)
-                # A rebirth request stops new rows until the ones in flight are acknowledged.
-                if (not inflight or room >= self._window) and not self._rebirth_pending:
-                    # paho writes (and queues) the messages in call order: outbox order.
+                # A rebirth request stops new rows until the ones in flight are acknowledged;
+                # so does the end of the drain time.
+                if (not inflight or room >= self._window) and not (
+                    self._rebirth_pending or time_up
+                ):
+                    # paho writes (and queues) messages of one QoS in call order: outbox order.
                     batch = self._outbox.peek(room, after_id=last_id)
                     if batch:
                         last_id = batch[-1].id
                     for m in self._screen(batch):
+                        if inflight and m.qos != inflight[-1][0].qos:
+                            # paho sends QoS 0 at once but queues QoS 1 behind its in-flight
+                            # limit: after a QoS change (a reload) the new rows wait until the
+                            # old ones are acknowledged, or they would overtake them.
+                            last_id = m.id - 1
+                            break
                         inflight.append((m, self._publish(paho, m, lost)))
                     if batch and not inflight:
                         continue  # every row was withheld (no longer shared): look further
@@ -572,7 +591,17 @@ class MqttSink:
                         waiter.clear()
                 # Acknowledged prefix only: a row is deleted after its PUBACK and all earlier ones.
                 while inflight and _done(inflight[0][1]):
-                    acked.append(inflight.popleft()[0].id)
+                    message, info = inflight.popleft()
+                    acked.append(message.id)
+                    if info is None:
+                        continue
+                    reason = refused.pop(info.mid, None) if refused else None
+                    if reason is None:
+                        self._published_total += 1
+                    else:
+                        self._refused(message, f"the broker refused it: {reason}")
+                if not inflight:
+                    refused.clear()  # refusals of messages sent outside the pump
                 if len(acked) >= max(1, self._window // 2) or not inflight:
                     self._flush(acked)
         except TimeoutError:
@@ -619,7 +648,11 @@ class MqttSink:
         if self.sparkplug is not None:
             # Encoded right before paho's publish(): the seq numbers follow the wire order, a
             # rebirth in between included.
-            out = self.sparkplug.data(m.line, m.topic_suffix, m.payload, m.created, time.time())
+            try:
+                out = self.sparkplug.data(m.line, m.topic_suffix, m.payload, m.created, time.time())
+            except Exception as exc:  # a row that cannot be encoded must not block the queue
+                self._refused(m, f"it cannot be encoded as Sparkplug B: {exc!r}")
+                return None
             if out is None:
                 return None
             topic, payload = out
@@ -708,11 +741,25 @@ class MqttSink:
         self._rebirth_pending = True
         self._wake.set()
 
+    def _refused(self, m: StoredMessage, why: str) -> None:
+        """Count a row deleted without reaching subscribers; log the first of each kind."""
+        self.refused_total += 1
+        key = (m.topic_suffix, why)
+        if key not in self._refusals_logged:
+            self._refusals_logged.add(key)
+            log.error(
+                "sink '%s': a %s message of line %r was not delivered: %s (deleted from the "
+                "outbox; later ones like it are counted, not logged)",
+                self._cfg.name,
+                m.topic_suffix,
+                m.line,
+                why,
+            )
+
     def _flush(self, acked: list[int]) -> None:
         """Delete the acknowledged rows (an in-order prefix of what was sent)."""
         if acked:
             self._outbox.ack(acked)
-            self._published_total += len(acked)
             acked.clear()
 
     async def _disconnect(self, client: aiomqtt.Client) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -511,3 +512,57 @@ async def test_session_flags_reach_the_broker(
     # p2 for MQTT 3.1.1 and p5 for MQTT 5.
     connects = [ln for ln in mosquitto.log_tail(200).splitlines() if "as session-test (" in ln]
     assert connects and expect in connects[-1], connects
+
+
+async def test_a_publish_the_broker_refuses_is_counted_logged_and_does_not_block_the_rest(
+    mosquitto_factory: MosquittoFactory,
+    tmp_path: Path,
+    outbox: Outbox,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """MQTT 5: a PUBACK with a failure reason code (here: an ACL) is not a delivery."""
+    acl = tmp_path / "acl"
+    acl.write_text(
+        f"topic readwrite {PREFIX}/{SITE}/status\ntopic readwrite {PREFIX}/{SITE}/ok/#\n"
+    )
+    broker = mosquitto_factory(extra_conf=f"acl_file {acl}\n")
+    outbox.append([msg("ok", "kpi", 0), msg("denied", "kpi", 1), msg("ok", "kpi", 2)])
+    sink = MqttSink(config(broker, protocol=MqttProtocol.V5), site=SITE, outbox=outbox)
+    topics = f"{PREFIX}/{SITE}/+/kpi"
+    async with Subscriber(broker.host, broker.port, topics) as sub, running(sink):
+        got = await sub.collect(2)
+        await until(lambda: outbox.depth() == 0, 5.0)
+    assert [r.json()["n"] for r in got] == [0, 2]
+    assert (sink.published_total, sink.refused_total) == (2, 1)
+    refusals = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
+    assert len(refusals) == 1 and "'denied'" in refusals[0] and "Not authorized" in refusals[0]
+
+
+async def test_close_stops_taking_rows_when_the_drain_time_is_up(
+    mosquitto: Mosquitto, outbox: Outbox
+) -> None:
+    """While PUBACKs keep coming, the pump must still stop refilling at the deadline."""
+    outbox.append([msg("l1", "kpi", n) for n in range(3000)])
+    sink = MqttSink(config(mosquitto), site=SITE, outbox=outbox, window=1)
+    async with Subscriber(mosquitto.host, mosquitto.port, STATUS) as live:
+        async with running(sink) as task:
+            await until(lambda: sink.published_total > 0, 5.0)
+            await sink.close(0.05)
+            await asyncio.wait_for(task, 10.0)  # returns, with the link closed cleanly
+        assert [status_of(r) for r in await live.collect(2)] == ["online", "offline"]
+    assert 0 < outbox.depth() < 3000
+
+
+async def test_rows_of_another_qos_wait_for_the_ones_in_flight(
+    mosquitto: Mosquitto, outbox: Outbox
+) -> None:
+    """After a QoS change (a reload), paho would send the QoS 0 rows at once, ahead of the QoS 1
+    rows it still queues behind its in-flight limit: outbox order must hold anyway."""
+    qos1 = [msg("l1", "kpi/shift", n) for n in range(300)]
+    qos0 = [replace(m, qos=0) for m in (msg("l1", "kpi/shift", n) for n in range(300, 400))]
+    outbox.append(qos1 + qos0)
+    sink = MqttSink(config(mosquitto), site=SITE, outbox=outbox, window=20)
+    topics = f"{PREFIX}/{SITE}/l1/#"
+    async with Subscriber(mosquitto.host, mosquitto.port, topics) as sub, running(sink):
+        got = await sub.collect(400, 20.0)
+    assert [r.json()["n"] for r in got] == list(range(400))

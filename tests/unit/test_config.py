@@ -236,6 +236,7 @@ def test_many_mistakes_are_all_reported_with_positions() -> None:
         (("mqtt.host", ""), "mqtt.host", "must not be empty"),
         (("mqtt.port", 0), "mqtt.port", "must be 1..65535, got 0"),
         (("mqtt.port", 65536), "mqtt.port", "must be 1..65535, got 65536"),
+        (("mqtt.max_inflight", 40000), "mqtt.max_inflight", "must be 1..32767, got 40000"),
         (("mqtt.port", "1883"), "mqtt.port", "must be an integer, got '1883'"),
         (("mqtt.qos", -1), "mqtt.qos", "must be 0..2"),
         (("mqtt.protocol", "4"), "mqtt.protocol", 'must be "3.1.1" or 5'),
