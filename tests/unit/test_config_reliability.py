@@ -62,7 +62,7 @@ def test_defaults_keep_old_configs_loading() -> None:
         ("max_bytes: 1MiB", "max_bytes: 1 lot", "storage.outbox.max_bytes: must be a size"),
         ("max_bytes: 1MiB", "max_bytes: 3GB", "hard_max_bytes (2000000000) must be >= max_bytes"),
         ("hard_max_messages: 0", "hard_max_messages: 5", "must be >= max_messages (10)"),
-        ("max_inflight: 500", "max_inflight: 70000", "mqtt.max_inflight: must be 1..65535"),
+        ("max_inflight: 500", "max_inflight: 40000", "mqtt.max_inflight: must be 1..32767"),
         ("session_expiry: 2h", "session_expiry: 0s", "mqtt.session_expiry: must be a positive"),
         ("min: 0, max: 100", "min: 5, max: 1", "sources[0].tags[0].max: must be >= min (5)"),
         ("max: 100", "maxi: 100", "unknown key (did you mean 'max'?)"),
