@@ -525,9 +525,9 @@ class MqttSink:
             c: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode, props: Properties
         ) -> None:
             # paho marks the message's info as published right after this callback returns,
-            # before the pump (woken through the future) runs again. A mid is not kept: a
-            # message published through aiomqtt (the births of a rebirth) would leave a stale
-            # one behind.
+            # before the pump (woken through the future) runs again, so rows are matched by
+            # their info, not by mid. Only refusals are kept by mid; one of a message sent
+            # outside the pump (a birth, a status) is cleared when the pipeline empties.
             if rc.is_failure:
                 refused[mid] = str(rc)
             if waiter and not waiter[0].done():

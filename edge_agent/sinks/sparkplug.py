@@ -34,6 +34,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
+from edge_agent.engine.oee import LOSS_STATES
+
 log = logging.getLogger(__name__)
 
 NAMESPACE: Final = "spBv1.0"
@@ -267,7 +269,7 @@ def _kpi_specs() -> tuple[MetricSpec, ...]:
     ]
     specs += [
         MetricSpec(f"loss_time_s/{k}", ("loss_time_s", k), d, "s")
-        for k in ("idle", "fault", "changeover", "starved", "blocked")
+        for k in (state.value for state in LOSS_STATES)  # the payload's loss_time_s keys
     ]
     specs += [
         MetricSpec("data_coverage", ("data_coverage",), d),
