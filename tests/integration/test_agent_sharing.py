@@ -13,6 +13,7 @@ from typing import Any
 import jsonschema
 import pytest
 from helpers import aio
+from helpers.configs import two_lines_on_one_plc
 from helpers.subscriber import Received, Subscriber
 
 from edge_agent.app import Agent
@@ -37,26 +38,9 @@ SPONSOR_KEYS = {
 
 
 def config_text(modbus_port: int, plant_port: int, sponsor_port: int, state: Path) -> str:
-    return f"""
-version: 1
-site: sup
-sources:
-  - name: plc1
-    protocol: modbus
-    host: 127.0.0.1
-    port: {modbus_port}
-    poll_interval: 200ms
-    timeout: 1s
-    tags:
-      - {{name: total1, address: 1}}
-      - {{name: total2, address: 101}}
-lines:
-  - name: line1
-    ideal_cycle_time: 1s
-    signals: {{total_count: {{tag: plc1.total1, rollover: 65536}}}}
-  - name: line2
-    ideal_cycle_time: 1s
-    signals: {{total_count: {{tag: plc1.total2, rollover: 65536}}}}
+    return (
+        two_lines_on_one_plc(modbus_port)
+        + f"""
 mqtt:
   - name: plant
     host: 127.0.0.1
@@ -80,6 +64,7 @@ mqtt:
 prometheus: {{enabled: false}}
 storage: {{dir: {state}}}
 """
+    )
 
 
 @pytest.fixture

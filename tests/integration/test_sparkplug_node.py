@@ -18,6 +18,7 @@ import aiomqtt
 import pytest
 from helpers.agent_process import AgentProcess
 from helpers.aio import until
+from helpers.configs import two_lines_on_one_plc
 from helpers.proxy import Proxy
 from helpers.subscriber import Received, Subscriber
 from helpers.tahu import tahu_decode
@@ -32,26 +33,9 @@ LINES = ("line1", "line2")
 
 
 def config_text(modbus_port: int, broker_port: int, state: Path) -> str:
-    return f"""
-version: 1
-site: sup
-sources:
-  - name: plc1
-    protocol: modbus
-    host: 127.0.0.1
-    port: {modbus_port}
-    poll_interval: 200ms
-    timeout: 1s
-    tags:
-      - {{name: total1, address: 1}}
-      - {{name: total2, address: 101}}
-lines:
-  - name: line1
-    ideal_cycle_time: 1s
-    signals: {{total_count: {{tag: plc1.total1, rollover: 65536}}}}
-  - name: line2
-    ideal_cycle_time: 1s
-    signals: {{total_count: {{tag: plc1.total2, rollover: 65536}}}}
+    return (
+        two_lines_on_one_plc(modbus_port)
+        + f"""
 mqtt:
   host: 127.0.0.1
   port: {broker_port}
@@ -64,6 +48,7 @@ mqtt:
 prometheus: {{enabled: false}}
 storage: {{dir: {state}}}
 """
+    )
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from helpers import aio
+from helpers.configs import two_lines_on_one_plc
 from helpers.net import free_port
 
 from edge_agent.app import Agent
@@ -24,28 +25,13 @@ pytestmark = pytest.mark.integration
 
 
 def config_text(modbus_port: int, broker_port: int, state: Path, *, line2_ideal: str = "1s") -> str:
-    return f"""
-version: 1
-site: sup
-sources:
-  - name: plc1
-    protocol: modbus
-    host: 127.0.0.1
-    port: {modbus_port}
-    poll_interval: 200ms
-    timeout: 1s
-    backoff_initial: 100ms
-    backoff_max: 500ms
-    tags:
-      - {{name: total1, address: 1}}
-      - {{name: total2, address: 101}}
-lines:
-  - name: line1
-    ideal_cycle_time: 1s
-    signals: {{total_count: {{tag: plc1.total1, rollover: 65536}}}}
-  - name: line2
-    ideal_cycle_time: {line2_ideal}
-    signals: {{total_count: {{tag: plc1.total2, rollover: 65536}}}}
+    return (
+        two_lines_on_one_plc(
+            modbus_port,
+            line2_ideal=line2_ideal,
+            source_extra="backoff_initial: 100ms\nbackoff_max: 500ms",
+        )
+        + f"""
 mqtt:
   host: 127.0.0.1
   port: {broker_port}
@@ -55,6 +41,7 @@ mqtt:
 prometheus: {{enabled: false}}
 storage: {{dir: {state}}}
 """
+    )
 
 
 @pytest.fixture
