@@ -483,17 +483,37 @@ class MqttSink:
             await self._publish_sparkplug_status(client, status, lost)
             return
         payload = status_payload(self._site, status, time.time())
+        await self._publish_control(
+            client,
+            lost,
+            self.status_topic,
+            payload,
+            qos=1,
+            retain=True,
+            failed="did not acknowledge the status message",
+        )
+
+    async def _publish_control(
+        self,
+        client: aiomqtt.Client,
+        lost: asyncio.Task[str],
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int,
+        retain: bool,
+        failed: str,
+    ) -> None:
+        """Publish one message outside the pump (status, births, deaths) through aiomqtt and
+        wait for it; on failure raise :class:`SinkError` ``broker ... {failed}: reason``."""
         try:
             async with asyncio.timeout(self._cfg.timeout_s + 1.0):
                 await client.publish(
-                    self.status_topic, payload, qos=1, retain=True, timeout=self._cfg.timeout_s
+                    topic, payload, qos=qos, retain=retain, timeout=self._cfg.timeout_s
                 )
         except (aiomqtt.MqttError, TimeoutError) as exc:
             self._check(lost)
-            reason = str(exc) or "timeout"
-            raise SinkError(
-                f"broker {self._where} did not acknowledge the status message: {reason}"
-            ) from None
+            raise SinkError(f"broker {self._where} {failed}: {str(exc) or 'timeout'}") from None
 
     async def _pump(self, client: aiomqtt.Client, lost: asyncio.Task[str]) -> None:
         """Publish the outbox until it is empty and close() was called (or its time is up).
@@ -706,17 +726,10 @@ class MqttSink:
             messages = session.deaths(now)
         for i, (topic, payload) in enumerate(messages):
             qos = 1 if status == "offline" and i == len(messages) - 1 else 0
-            try:
-                async with asyncio.timeout(self._cfg.timeout_s + 1.0):
-                    await client.publish(
-                        topic, payload, qos=qos, retain=False, timeout=self._cfg.timeout_s
-                    )
-            except (aiomqtt.MqttError, TimeoutError) as exc:
-                self._check(lost)
-                raise SinkError(
-                    f"broker {self._where} did not take the Sparkplug {status} messages: "
-                    f"{str(exc) or 'timeout'}"
-                ) from None
+            failed = f"did not take the Sparkplug {status} messages"
+            await self._publish_control(
+                client, lost, topic, payload, qos=qos, retain=False, failed=failed
+            )
 
     def _on_ncmd(self, topic: str, payload: bytes, retained: bool) -> None:
         """NCMD ``Node Control/Rebirth``: ask the pump for the births (see :meth:`_pump`); it
