@@ -743,7 +743,11 @@ class LineEngine:
         self._order = Order.from_state(order) if order else None
         plc_order = d.get("plc_order")
         if isinstance(plc_order, list) and len(plc_order) == 3:
-            self._plc_order = list(plc_order)
+            # Saved by a version that took any value: what cannot be an order's is not known.
+            self._plc_order = [
+                _order_value(kind, value)[0]
+                for kind, value in zip(_ORDER_KINDS, plc_order, strict=True)
+            ]
         now = d.get("now")
         if now is None:
             return

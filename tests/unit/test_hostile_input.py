@@ -425,3 +425,22 @@ def test_huge_counter_and_meter_readings_never_break_a_payload(reading: Value) -
         everything(engine, t)
     kpi = everything(engine, T0 + 9 * 3600)["kpi/shift"]
     assert kpi["total_count"] >= 0
+
+
+def test_an_order_target_out_of_range_in_a_saved_state_is_not_restored() -> None:
+    """A state saved while the PLC had no order id and its target tag read ~4.6e18 (a version
+    without the bound kept that value): after the restart the next order has no target."""
+    engine = order_engine()
+    feed(engine, T0 + 70, "order", "")
+    saved = json.loads(json.dumps(engine.state_dict()))
+    saved["plc_order"] = [None, 4575657221408423936, None]
+    engine = LineEngine(_line(), site="plant1", orders=True)
+    engine.restore(saved)
+    feed(engine, T0 + 80, "order", "PO-7")
+    feed(engine, T0 + 140, "total", 90)
+    order = everything(engine, T0 + 141)["order"]
+    assert (order["order_id"], order["target_quantity"], order["eta_current"]) == (
+        "PO-7",
+        None,
+        None,
+    )
