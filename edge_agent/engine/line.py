@@ -51,7 +51,18 @@ time inside the window's planned production time; it counts in each window in wh
 Orders. The current order comes from PLC tags (a new id starts a new order) or from
 :meth:`LineEngine.command`; the latest wins. Parts and energy count for the order that is
 current when they are counted. ``order/closed`` is emitted once per order: when its good
-quantity reaches the target, or when it is replaced or cleared before that.
+quantity reaches the target, or when it is replaced or cleared before that. An order tag whose
+value cannot be an order's (a target that is negative, not a number or above
+:data:`~edge_agent.engine.orders.MAX_ORDER_QUANTITY`, an id or product too long) is bad data: the
+order stays as it was, the ``order`` payload carries the warning ``order_tag_invalid`` and one
+notice says so. An ETA beyond the year 9999 is ``null`` with the warning ``eta_out_of_range``.
+
+Readings. A counter or meter value of magnitude :data:`MAX_READING` or more is no PLC's count: it
+is an unusable value (as bad quality is), so no sum or rate ever overflows.
+
+Notices. What an operator should read in the agent's log (a rejected command, an order tag's
+bad data and its recovery), once per event: :meth:`LineEngine.take_notices`. The engine itself
+does no logging.
 
 Persistence contract: store :meth:`LineEngine.state_dict` together with (in the same transaction
 as) the messages that :meth:`LineEngine.tick` returned; otherwise a crash in between repeats or
@@ -71,17 +82,21 @@ from edge_agent.engine.oee import LOSS_STATES, Accounting, TimeBuckets, compute_
 from edge_agent.engine.orders import (
     COMMAND_REPLY_SCHEMA,
     ENERGY_SCHEMA,
+    MAX_ORDER_ID_CHARS,
+    MAX_ORDER_QUANTITY,
+    MAX_TEXT_CHARS,
     ORDER_CLOSED_SCHEMA,
     ORDER_SCHEMA,
     RATE_WINDOW_S,
     EnergyFigures,
     Order,
+    ParsedCommand,
     energy_fields,
     energy_figures,
     parse_order_command,
     time_to_complete_s,
 )
-from edge_agent.engine.payload import iso, kpi_payload, state_payload
+from edge_agent.engine.payload import iso, iso_if_representable, kpi_payload, state_payload
 from edge_agent.engine.shifts import HOUR, OFF_SHIFT, SHIFT, ShiftCalendar, Window, hour_window
 from edge_agent.model import OutMessage, Quality, Sample, Value
 
@@ -105,6 +120,7 @@ STATE_VERSION = 2  # restore() also reads version 1 (no hour window, no products
     _GOOD,
 ) = range(12)
 _ORDER_KINDS = (_ORDER_ID, _ORDER_TARGET, _ORDER_PRODUCT)
+_ORDER_TAG_NAMES = {_ORDER_ID: "id", _ORDER_TARGET: "target", _ORDER_PRODUCT: "product"}
 _COUNTER_NAMES = {_TOTAL: "total", _REJECT: "reject", _GOOD: "good"}
 _TOPICS = {SHIFT: "kpi/shift", HOUR: "kpi/hour"}
 # Micro-stop threshold without micro_stop_max: max(this, 2 × stop_after).
@@ -114,19 +130,22 @@ _AGENT = "agent"  # unknown cause: the engine did not observe (not started yet, 
 _SOURCE = "source:"  # unknown cause prefix: a source is down
 # After an outage longer than this the engine does not report every missed shift one by one.
 MAX_CATCHUP_S = 14 * 86400.0
+# Counter and meter readings at or beyond this magnitude are unusable: 2^64 is past the largest
+# integer register (uint64); only a misread float (wrong type or byte order) shows such a value.
+MAX_READING = 2**64
+MAX_NOTICES = 100  # notices kept until take_notices()
 
 
 def _as_count(value: Value) -> int | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return round(value) if math.isfinite(value) else None
+        return value if -MAX_READING < value < MAX_READING else None
     try:
-        return round(float(value))
+        x = value if isinstance(value, float) else float(value)
     except ValueError:
         return None
+    return round(x) if math.isfinite(x) and abs(x) < MAX_READING else None
 
 
 def _as_code(value: Value) -> int | None:
@@ -147,9 +166,9 @@ def _as_float(value: Value) -> float | None:
         return None
     try:
         x = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an int beyond the float range
         return None
-    return x if math.isfinite(x) else None
+    return x if math.isfinite(x) and abs(x) < MAX_READING else None
 
 
 def _as_text(value: Value) -> str | None:
@@ -162,6 +181,38 @@ def _as_text(value: Value) -> str | None:
         value = int(value) if value.is_integer() else value
     text = str(value).strip()
     return None if text in ("", "0") else text
+
+
+def _order_value(kind: int, value: Value) -> tuple[Any, str | None]:
+    """A PLC order tag's value as the order's id, target or product: ``(value, None)``, with
+    ``None`` for "none" (empty, 0); or ``(None, problem)`` when it cannot be an order's."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, "not a finite number"
+    if kind != _ORDER_TARGET:
+        text = _as_text(value)
+        limit = MAX_ORDER_ID_CHARS if kind == _ORDER_ID else MAX_TEXT_CHARS
+        if text is not None and len(text) > limit:
+            return None, f"longer than {limit} characters"
+        return text, None
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, None
+    number: int | float
+    if isinstance(value, bool):
+        return None, "not a number of parts"
+    if isinstance(value, int | float):
+        number = value
+    else:
+        try:
+            number = float(value)
+        except ValueError:
+            return None, "not a number of parts"
+        if not math.isfinite(number):
+            return None, "not a finite number"
+    if number < 0:
+        return None, "negative"
+    if number > MAX_ORDER_QUANTITY:
+        return None, f"above the largest order target, {MAX_ORDER_QUANTITY}"
+    return (round(number) or None), None
 
 
 def _as_bool(value: Value) -> bool | None:
@@ -351,6 +402,8 @@ class LineEngine:
         # Orders: the current one, the PLC's order tags, good parts per minute bin.
         self._order: Order | None = None
         self._plc_order: list[Any] = [None, None, None]  # id, target, product
+        self._bad_order_tags: set[str] = set()  # order tags whose last value was bad data
+        self._notices: list[str] = []  # for the log: take_notices()
         # Current throughput: (time, slot, delta) of the counter deltas of the last
         # RATE_WINDOW_S and their sums by slot. Not persisted: after a restart the rate is
         # measured afresh (the first delta after it may hold the parts of the whole gap).
@@ -458,7 +511,7 @@ class LineEngine:
         elif kind == _POWER:
             self._power_kw = _as_float(sample.value) if good else None
         elif good:  # order tags: a bad sample keeps the order as it was
-            self._order_tag(kind, sample.value, t)
+            self._order_tag(kind, key, sample.value, t)
 
     def source_available(self, source: str, available: bool, now: float) -> None:
         """The supervisor's word that ``source`` went down or came back. While it is down, all
@@ -561,16 +614,17 @@ class LineEngine:
         )
 
     def command(self, name: str, payload: bytes, now: float) -> None:
-        """Apply a command received on ``cmd/{name}`` (only ``order`` exists). Invalid commands
-        are never applied; either way a reply on ``cmd/{name}/reply`` (QoS 1, not retained)
-        follows with the next :meth:`tick`. Commands are inputs like samples: persisted through
-        :meth:`state_dict` with the state they change."""
+        """Apply a command received on ``cmd/{name}`` (only ``order`` exists). Any payload is
+        taken: invalid commands are never applied, and a notice says why. Either way a reply on
+        ``cmd/{name}/reply`` (QoS 1, not retained) follows with the next :meth:`tick`. Commands
+        are inputs like samples: persisted through :meth:`state_dict` with the state they
+        change."""
         t = self._advance(now)
-        doc: dict[str, Any] | None = None
         if name == "order":
-            doc, errors = parse_order_command(payload)
+            parsed = parse_order_command(payload)
         else:
-            errors = [f"unknown command {name!r}"]
+            parsed = ParsedCommand(None, (f"unknown command {name!r}",))
+        doc = parsed.command
         reply: dict[str, Any] = {
             "schema": COMMAND_REPLY_SCHEMA,
             "site": self.site,
@@ -578,11 +632,16 @@ class LineEngine:
             "ts": iso(t, self._tz),
             "command": name,
             "ok": doc is not None,
-            "errors": errors,
+            "errors": list(parsed.errors),
         }
-        if doc is not None:
-            if "request_id" in doc:
-                reply["request_id"] = doc["request_id"]
+        if parsed.request_id is not None:
+            reply["request_id"] = parsed.request_id
+        if doc is None:
+            request = "" if parsed.request_id is None else f" {parsed.request_id!a}"
+            self._notice(
+                f"{name} command{request} rejected, not applied: {'; '.join(parsed.errors)}"
+            )
+        else:
             reply["order_id"] = doc["order_id"]
             self._set_order(
                 doc["order_id"], doc.get("product"), doc["target_quantity"], "command", t
@@ -592,6 +651,17 @@ class LineEngine:
                 line=self.line, topic_suffix=f"cmd/{name}/reply", payload=reply, retain=False
             )
         )
+
+    def _notice(self, text: str) -> None:
+        if len(self._notices) < MAX_NOTICES:  # a caller that never takes them (replay)
+            self._notices.append(text)
+
+    def take_notices(self) -> list[str]:
+        """What happened since the last call that the agent's log should say, once each, in
+        plain words (without the line's name): a rejected command and why, an order tag's bad
+        data and its recovery."""
+        out, self._notices = self._notices, []
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue after a restart, JSON-serialisable: counter baselines,
@@ -673,7 +743,11 @@ class LineEngine:
         self._order = Order.from_state(order) if order else None
         plc_order = d.get("plc_order")
         if isinstance(plc_order, list) and len(plc_order) == 3:
-            self._plc_order = list(plc_order)
+            # Saved by a version that took any value: what cannot be an order's is not known.
+            self._plc_order = [
+                _order_value(kind, value)[0]
+                for kind, value in zip(_ORDER_KINDS, plc_order, strict=True)
+            ]
         now = d.get("now")
         if now is None:
             return
@@ -977,15 +1051,26 @@ class LineEngine:
 
     # --- orders --------------------------------------------------------------------------------
 
-    def _order_tag(self, kind: int, value: Value, t: float) -> None:
+    def _order_tag(self, kind: int, key: str, value: Value, t: float) -> None:
         """A PLC order tag's new value: a new id starts an order (the target and product tags
-        of the same poll update it as they arrive); a target or product changes the order."""
+        of the same poll update it as they arrive); a target or product changes the order. A
+        value that cannot be an order's is bad data: the order stays as it was."""
         slot = kind - _ORDER_ID
-        if kind == _ORDER_TARGET:
-            count = _as_count(value)
-            new: Any = count if count is not None and count > 0 else None
-        else:
-            new = _as_text(value)
+        new, problem = _order_value(kind, value)
+        name = _ORDER_TAG_NAMES[kind]
+        if problem is not None:
+            if key not in self._bad_order_tags:
+                self._bad_order_tags.add(key)
+                shown = ascii(value)
+                shown = shown if len(shown) <= 40 else shown[:40] + "..."
+                self._notice(
+                    f"order {name} tag {key} reads {shown}: {problem}; ignored as bad data,"
+                    " the order stays as it was"
+                )
+            return
+        if key in self._bad_order_tags:
+            self._bad_order_tags.discard(key)
+            self._notice(f"order {name} tag {key} reads a usable value again")
         if self._plc_order[slot] == new:
             return
         self._plc_order[slot] = new
@@ -1097,6 +1182,7 @@ class LineEngine:
         elapsed_h = (t - self._shift.window.start) / 3600.0
         shift_rate = shift_good / elapsed_h if elapsed_h > 0 else None
         current_rate = self.current_throughput_good_per_h(t)
+        warnings = ["order_tag_invalid"] if self._bad_order_tags else []
         base: dict[str, Any] = {
             "schema": ORDER_SCHEMA,
             "site": self.site,
@@ -1106,6 +1192,7 @@ class LineEngine:
             if current_rate is None
             else round(current_rate, 3),
             "throughput_shift_good_per_h": None if shift_rate is None else round(shift_rate, 3),
+            "warnings": warnings,
         }
         if order is None:
             return {
@@ -1131,6 +1218,16 @@ class LineEngine:
         remaining = None if order.target is None else max(order.target - good, 0)
         ttc_current = time_to_complete_s(remaining, current_rate)
         ttc_shift = time_to_complete_s(remaining, shift_rate)
+        # An ETA too far ahead to be written as a date: the time to complete stands, the ETA
+        # is not invented.
+        eta_current = (
+            None if ttc_current is None else iso_if_representable(t + ttc_current, self._tz)
+        )
+        eta_shift = None if ttc_shift is None else iso_if_representable(t + ttc_shift, self._tz)
+        if (eta_current is None and ttc_current is not None) or (
+            eta_shift is None and ttc_shift is not None
+        ):
+            warnings.append("eta_out_of_range")
         return {
             **base,
             "order_id": order.order_id,
@@ -1145,8 +1242,8 @@ class LineEngine:
             "started": iso(order.started, self._tz),
             "time_to_complete_current_s": None if ttc_current is None else round(ttc_current, 3),
             "time_to_complete_shift_average_s": None if ttc_shift is None else round(ttc_shift, 3),
-            "eta_current": None if ttc_current is None else iso(t + ttc_current, self._tz),
-            "eta_shift_average": None if ttc_shift is None else iso(t + ttc_shift, self._tz),
+            "eta_current": eta_current,
+            "eta_shift_average": eta_shift,
             **energy_fields(self._energy_of(order.energy_by_state_kwh, good)),
         }
 

@@ -8,7 +8,7 @@ sink adds ``seq``. Times become ISO 8601 with the line's UTC offset here and onl
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,9 +21,20 @@ KPI_SCHEMA = "edge-agent/kpi/1"
 STATE_SCHEMA = "edge-agent/state/1"
 
 
+# The latest time written as ISO 8601 with a four-digit year in any time zone (a day's margin
+# for the UTC offset). Times computed from measured values (an ETA) may lie beyond it.
+LATEST_ISO_TIME = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
+
+
 def iso(t: float, tz: ZoneInfo, timespec: str = "milliseconds") -> str:
     """``t`` (POSIX seconds) as ISO 8601 with the offset of ``tz`` at that moment."""
     return datetime.fromtimestamp(t, tz).isoformat(timespec=timespec)
+
+
+def iso_if_representable(t: float, tz: ZoneInfo) -> str | None:
+    """:func:`iso` of ``t``, or ``None`` unless ``t`` lies between 1970 and the year 9999 (an
+    infinite or NaN ``t`` included)."""
+    return iso(t, tz) if 0.0 <= t <= LATEST_ISO_TIME else None
 
 
 def convention(planned_states: Iterable[MachineState]) -> str:

@@ -349,6 +349,7 @@ class EngineRunner:
             return
         now = self._clock()
         engine.command(name, payload, now)
+        self._log_notices(line, engine)
         messages = engine.tick(now)
         if any(msg.qos != self._qos for msg in messages):
             messages = [replace(msg, qos=self._qos) for msg in messages]
@@ -360,7 +361,8 @@ class EngineRunner:
         now = self._now()
         messages: list[OutMessage] = []
         live: set[int] = set()  # indexes of the snapshots: other sinks may want fewer
-        for engine in self.engines.values():
+        for line, engine in self.engines.items():
+            self._log_notices(line, engine)
             messages.extend(engine.tick(now))
             if snapshot:
                 snapshots = engine.snapshots(now)
@@ -374,6 +376,12 @@ class EngineRunner:
             if msg.topic_suffix == "kpi":
                 self._update_line_metrics(msg.line, msg.payload)
         return self._persist(messages, live)
+
+    @staticmethod
+    def _log_notices(line: str, engine: LineEngine) -> None:
+        """The engine's notices (a rejected command, an order tag's bad data), one line each."""
+        for text in engine.take_notices():
+            log.warning("line '%s': %s", line, text, extra={"line": line})
 
     def _now(self) -> float:
         """The clock, never before a time already handed to the engines."""

@@ -33,7 +33,12 @@ from edge_agent.config.schema import (
     StateSignal,
 )
 from edge_agent.engine.line import LineEngine
-from edge_agent.engine.orders import NO_FACTOR_NOTE, validate_order_command
+from edge_agent.engine.orders import (
+    MAX_ORDER_QUANTITY,
+    NO_FACTOR_NOTE,
+    Order,
+    validate_order_command,
+)
 from edge_agent.model import OutMessage, Quality, Sample
 
 S = MachineState
@@ -298,6 +303,9 @@ def test_eta_under_changing_throughput_and_the_order_closes_at_target() -> None:
         ({"order_id": 7, "target_quantity": 5}, "order_id: must be a non-empty string"),
         ([1, 2], "the command must be a JSON object, got list"),
         (b"{not json", "not UTF-8 JSON"),
+        ({"order_id": "PO-BIG", "target_quantity": 10**12}, "target_quantity: at most 1000000000"),
+        ({"order_id": "PO-BIG", "target_quantity": 10**309}, "target_quantity: at most 1000000000"),
+        (b"[" * 4000, "the command nests arrays or objects more than 2 levels deep"),
     ],
 )
 def test_an_invalid_command_is_rejected_and_never_applied(doc: Any, error: str) -> None:
@@ -319,7 +327,11 @@ def test_the_command_schema_and_the_validator_agree() -> None:
         {"order_id": "PO-1", "target_quantity": 1, "product": "A-100"},
         {"order_id": " ", "target_quantity": 1},
         {"order_id": "x" * 65, "target_quantity": 1},
+        {"order_id": "x" * 64, "target_quantity": 10**9},
+        {"order_id": "x" * 64, "target_quantity": 10**9 + 1},
         {"order_id": "x" * 64, "target_quantity": 10**12},
+        {"order_id": "PO-1", "target_quantity": 5.0},
+        {"order_id": "PO-1", "target_quantity": 1e300},
         {"order_id": "PO-1", "target_quantity": 1, "request_id": 5},
         {"order_id": "PO-1", "target_quantity": "5"},
         {"order_id": "PO-1"},
@@ -328,6 +340,56 @@ def test_the_command_schema_and_the_validator_agree() -> None:
     ]
     for doc in docs:
         assert COMMAND.is_valid(doc) == (validate_order_command(doc) == []), doc
+
+
+def test_the_largest_order_target_is_written_once() -> None:
+    """The schemas say what the engine enforces: commands, and targets in order payloads."""
+    assert MAX_ORDER_QUANTITY == 10**9
+    command_schema = json.loads((SCHEMAS / "order-command.schema.json").read_text())
+    assert command_schema["properties"]["target_quantity"]["maximum"] == MAX_ORDER_QUANTITY
+    for name in ("order", "order-closed"):
+        schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text())
+        assert schema["properties"]["target_quantity"]["maximum"] == MAX_ORDER_QUANTITY
+
+
+def test_an_eta_beyond_the_year_9999_is_null_with_a_warning() -> None:
+    """10^9 parts at 4 parts an hour take 28,500 years: the time to complete is reported, the
+    ETA is null (no date can say it) and the warning says why."""
+    e = LineEngine(order_cfg(), site="s", orders=True)
+    feed(e, T0, state=1, total=0, rejects=0)
+    assert command(e, T0, {"order_id": "PO-BIG", "target_quantity": MAX_ORDER_QUANTITY})["ok"]
+    feed(e, T0 + 15 * M, total=1)
+    order = live(e, T0 + 15 * M)["order"]
+    assert order["throughput_current_good_per_h"] == approx(4.0)
+    assert order["time_to_complete_current_s"] == approx((MAX_ORDER_QUANTITY - 1) / 4.0 * H)
+    assert (order["eta_current"], order["eta_shift_average"]) == (None, None)
+    assert order["warnings"] == ["eta_out_of_range"]
+    # A near target has a date again, and no warning.
+    assert command(e, T0 + 16 * M, {"order_id": "PO-BIG", "target_quantity": 5})["ok"]
+    order = live(e, T0 + 16 * M)["order"]
+    assert order["eta_current"] is not None and order["warnings"] == []
+
+
+def test_a_rejected_command_echoes_its_request_id() -> None:
+    e = LineEngine(order_cfg(), site="s", orders=True)
+    feed(e, T0, state=1, total=0, rejects=0)
+    reply = command(e, T0, {"order_id": "PO-BIG", "target_quantity": 10**12, "request_id": "r9"})
+    assert (reply["ok"], reply["request_id"], reply["errors"]) == (
+        False,
+        "r9",
+        ["target_quantity: at most 1000000000"],
+    )
+    assert "order_id" not in reply
+    assert e.take_notices() == [
+        "order command 'r9' rejected, not applied: target_quantity: at most 1000000000"
+    ]
+
+
+def test_a_saved_target_out_of_range_is_restored_as_unknown() -> None:
+    saved = Order("PO-1", None, 500, "command", T0).state_dict()
+    assert Order.from_state(saved).target == 500
+    assert Order.from_state({**saved, "target": 10**12}).target is None
+    assert Order.from_state({**saved, "target": -3}).target is None
 
 
 def test_a_new_command_closes_the_current_order_and_the_order_survives_a_restart() -> None:
