@@ -723,3 +723,36 @@ async def test_a_refused_status_subscription_is_logged_once_with_what_it_costs(
         f"{STATUS} (SUBACK Unspecified error, 0x80): the agent cannot check that the broker "
         f"delivers its messages; its ACL must allow this client to subscribe to {STATUS}"
     ]
+
+
+async def test_a_link_closed_on_our_first_publish_points_at_the_acl(outbox: Outbox) -> None:
+    """aedes closes the connection on a publish its ACL denies, without a word. A peer that
+    accepts the CONNECT and closes the link on the first PUBLISH (the `online`) stands in for
+    it."""
+
+    async def close_on_publish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)  # the CONNECT
+        writer.write(bytes([0x20, 0x02, 0x00, 0x00]))  # CONNACK: accepted
+        await writer.drain()
+        await reader.read(65536)  # the PUBLISH of `online`
+        writer.transport.abort()
+
+    server = await asyncio.start_server(close_on_publish, "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        cfg = MqttConfig(host="127.0.0.1", port=port, timeout_s=2.0)
+        sink = MqttSink(cfg, site=SITE, outbox=outbox)
+        with pytest.raises(SinkError) as lost:
+            await asyncio.wait_for(sink.run(), 10.0)
+    finally:
+        server.close()
+        await server.wait_closed()
+    text = str(lost.value)
+    assert text.startswith(
+        f"connection to broker 127.0.0.1:{port} lost while it had to acknowledge a message on "
+        f"{STATUS}: "
+    ), text
+    assert text.endswith(
+        "(a broker may close the connection on a publish its ACL denies, as aedes does: check "
+        f"that it lets this client publish to {STATUS})"
+    ), text
