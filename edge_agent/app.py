@@ -44,7 +44,7 @@ from edge_agent.sinks.mqtt import MqttSink
 from edge_agent.sinks.outbox import Outbox
 from edge_agent.sinks.prometheus import Metrics
 from edge_agent.sources import create_source
-from edge_agent.supervisor import Backoff, Health, supervise
+from edge_agent.supervisor import Backoff, Health, link_held_after_s, supervise
 from edge_agent.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class _SinkRun:
     task: asyncio.Task[None] | None = None
     health: Health | None = None
     published_seen: int = 0
+    unconfirmed_seen: int = 0
     dropped_seen: dict[str, int] = field(default_factory=dict)
 
 
@@ -284,20 +285,30 @@ class Agent:
         run = self.sinks[name]
         sc = run.cfg
         m = self.metrics
+        what = "broker" if len(self.sinks) == 1 else f"broker '{name}'"
+        held_after_s = link_held_after_s(sc.keepalive_s)
+        # A link that drops before it held is summed up, at most once per backoff cap.
+        health = Health(
+            what,
+            f"{sc.host}:{sc.port}",
+            held_after_s=held_after_s,
+            summary_every_s=max(sc.backoff_max_s, held_after_s),
+        )
+        run.health = health
         sink = MqttSink(
             sc,
             site=self.cfg.site,
             outbox=run.outbox,
             lines=[line.name for line in self.cfg.lines],
+            on_link=health.ok,
         )
         run.sink = sink
         run.published_seen = 0
+        run.unconfirmed_seen = 0
         # Commands only from the primary sink: the plant's broker (the loader refuses
         # `commands` on the others).
         if name == self.cfg.mqtt.name and sc.commands and self.runner is not None:
             self._subscribe_commands(sink, self.runner)
-        what = "broker" if len(self.sinks) == 1 else f"broker '{name}'"
-        run.health = Health(what, f"{sc.host}:{sc.port}")
         component = "mqtt" if name == self.cfg.mqtt.name else f"mqtt:{name}"
 
         async def run_sink() -> None:
@@ -309,7 +320,7 @@ class Agent:
         run.task = self._tg.create_task(
             supervise(
                 run_sink,
-                run.health,
+                health,
                 Backoff(sc.backoff_initial_s, sc.backoff_max_s),
                 on_restart=lambda: m.component_restarts.labels(component=component).inc(),
             ),
@@ -435,7 +446,11 @@ class Agent:
                     return
                 runner.command(name, "order", payload)
 
-            sink.subscribe(sink.topic(line.name, "cmd/order"), on_command)
+            sink.subscribe(
+                sink.topic(line.name, "cmd/order"),
+                on_command,
+                purpose=f"order commands for line '{line.name}' will not arrive",
+            )
 
     def _progress(self) -> None:
         self._last_progress = time.monotonic()
@@ -466,6 +481,12 @@ class Agent:
                 health.ok()
             m.published.labels(sink=name).inc(max(0, sink.published_total - run.published_seen))
             run.published_seen = sink.published_total
+            unconfirmed = sink.unconfirmed_total
+            m.published_unconfirmed.labels(sink=name).inc(
+                max(0, unconfirmed - run.unconfirmed_seen)
+            )
+            run.unconfirmed_seen = unconfirmed
+            m.delivery_unconfirmed.labels(sink=name).set(1 if sink.status_echo_missing else 0)
         outbox = run.outbox
         m.outbox_depth.labels(sink=name).set(outbox.depth())
         m.outbox_bytes.labels(sink=name).set(outbox.size_bytes)

@@ -14,6 +14,13 @@ Presence: ``{topic_prefix}/{site}/status`` carries a retained ``online`` publish
 connect; the last will (retained, QoS 1) says ``offline`` when the connection dies without a
 DISCONNECT, and :meth:`MqttSink.close` publishes ``offline`` itself before disconnecting.
 
+Delivery check (``json`` encoding): every connection also subscribes to the status topic, and
+expects its own ``online`` back within ``timeout_s``. An MQTT 3.1.1 broker acknowledges a publish
+its ACL denies exactly like a delivered one and drops it: the missing echo is the only sign. It
+is logged once (and counted in :attr:`MqttSink.unconfirmed_total`); publishing goes on, as the
+broker may deny only the agent's reading of the topic. A refused subscription (SUBACK 0x80) is
+logged once per topic filter, with what it costs.
+
 Subscriptions: :meth:`MqttSink.subscribe` registers a topic filter and a handler before
 :meth:`MqttSink.run`; every connection subscribes to all of them after announcing ``online``, and
 messages are handed to the handlers of the filters they match, in arrival order, on the event
@@ -39,6 +46,7 @@ Only this module imports aiomqtt / paho.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import ssl
@@ -50,7 +58,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
+from aiomqtt.exceptions import MqttCodeError, MqttConnectError
 from paho.mqtt import client as mqtt
 from paho.mqtt.client import MQTTMessageInfo
 from paho.mqtt.packettypes import PacketTypes
@@ -70,6 +78,9 @@ STATUS_SCHEMA = "edge-agent/status/1"
 
 # A subscription's handler: (topic, payload, retained). Called on the event loop; must not block.
 MessageHandler = Callable[[str, bytes, bool], None]
+
+# What a refused subscription costs, unless the subscriber says (MqttSink.subscribe's `purpose`).
+_SUBSCRIPTION_LOST = "messages on it will not arrive"
 
 
 def status_payload(site: str, status: Literal["online", "offline"], ts: float) -> bytes:
@@ -141,8 +152,11 @@ class MqttSink:
         outbox: Outbox,
         window: int | None = None,
         lines: Sequence[str] = (),
+        on_link: Callable[[], None] | None = None,
     ) -> None:
-        """``lines``: the agent's line names, the Sparkplug devices (``sparkplug_b`` only)."""
+        """``lines``: the agent's line names, the Sparkplug devices (``sparkplug_b`` only).
+        ``on_link``: called on every connection once it is set up (``online`` published,
+        subscriptions made), before the outbox is published."""
         window = cfg.max_inflight if window is None else window
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -160,7 +174,21 @@ class MqttSink:
         self._last_error: str | None = None
         self.status_topic = f"{cfg.topic_prefix}/{site}/status"
         self._client_log = _ClientLog()
-        self._subscriptions: list[tuple[str, MessageHandler, int]] = []
+        self._on_link = on_link
+        self._will_topic = self.status_topic
+        self._subscriptions: list[tuple[str, MessageHandler, int, str]] = []
+        self._refused_subscriptions: set[str] = set()  # logged once each
+        # The delivery check (module docstring): the `online` payload of this connection, the
+        # timer that gives up on its echo, and what was published on unconfirmed links.
+        self._online_sent: bytes | None = None
+        self._echo_timer: asyncio.TimerHandle | None = None
+        # The last checked connection's `online` did not come back (logged on each change).
+        self.status_echo_missing = False
+        self.delivery_confirmed = False  # this connection's `online` came back
+        self._link_open = False  # this connection is up and its publishes are counted
+        self._link_unconfirmed = False  # this connection's `online` did not come back
+        self._link_published_from = 0
+        self._unconfirmed_done = 0
         self._share = ShareFilter(cfg.share)
         self.withheld_total = 0  # queued messages deleted unsent: no longer shared
         # Deleted without reaching subscribers: the broker refused them (an MQTT 5 PUBACK with a
@@ -174,6 +202,13 @@ class MqttSink:
         self.sparkplug: sparkplug.SparkplugSession | None = None
         if cfg.encoding is MqttEncoding.SPARKPLUG_B:
             self._setup_sparkplug(lines)
+        else:
+            self.subscribe(
+                self.status_topic,
+                self._on_status,
+                qos=0,
+                purpose="the agent cannot check that the broker delivers its messages",
+            )
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -188,6 +223,15 @@ class MqttSink:
         return self._published_total
 
     @property
+    def unconfirmed_total(self) -> int:
+        """Of :attr:`published_total`, the messages acknowledged on connections over which the
+        broker never delivered the agent's own ``online`` back: probably dropped by its ACL."""
+        current = 0
+        if self._link_open and self._link_unconfirmed:
+            current = self._published_total - self._link_published_from
+        return self._unconfirmed_done + current
+
+    @property
     def last_error(self) -> str | None:
         """Why the last :meth:`run` failed; ``None`` until one did."""
         return self._last_error
@@ -196,11 +240,19 @@ class MqttSink:
         """The full topic of a line's message: ``{topic_prefix}/{site}/{line}/{topic_suffix}``."""
         return f"{self._cfg.topic_prefix}/{self._site}/{line}/{topic_suffix}"
 
-    def subscribe(self, topic_filter: str, handler: MessageHandler, *, qos: int = 1) -> None:
+    def subscribe(
+        self,
+        topic_filter: str,
+        handler: MessageHandler,
+        *,
+        qos: int = 1,
+        purpose: str = _SUBSCRIPTION_LOST,
+    ) -> None:
         """Receive messages on ``topic_filter`` (wildcards allowed) from the next connection on:
         each connection subscribes after publishing ``online``, and ``handler`` is called for
-        every message that matches. A handler that raises is logged; the link stays up."""
-        self._subscriptions.append((topic_filter, handler, qos))
+        every message that matches. A handler that raises is logged; the link stays up.
+        ``purpose``: what a refused subscription costs, for the log line that reports it."""
+        self._subscriptions.append((topic_filter, handler, qos, purpose))
 
     def notify(self) -> None:
         """Tell the sink that the outbox has new messages. Cheap; call after every append."""
@@ -222,6 +274,7 @@ class MqttSink:
             raise RuntimeError("MqttSink.run() is already running")
         self._running = True
         self._run_done.clear()
+        _route_client_noise(asyncio.get_running_loop())
         try:
             await self._run_connection()
         except SinkError as exc:
@@ -301,7 +354,9 @@ class MqttSink:
             # NDEATH with this session's (new, persisted) bdSeq; never retained (Sparkplug).
             topic, death = self.sparkplug.new_session(time.time())
             will = aiomqtt.Will(topic=topic, payload=death, qos=1, retain=False)
+            self._will_topic = topic
         else:
+            self._will_topic = self.status_topic
             will = aiomqtt.Will(
                 topic=self.status_topic,
                 # The will's ts is the time of this connect: the broker sends it unchanged later.
@@ -340,7 +395,11 @@ class MqttSink:
         try:
             await self._connect(client)
             self._connected = True
-            log.info("connected to broker %s", self._where)
+            self._link_open = True
+            self.delivery_confirmed = False
+            self._link_published_from = self._published_total
+            # The supervisor's health logs the link's state changes; this is every connect.
+            log.debug("connected to broker %s", self._where)
             lost = asyncio.ensure_future(self._wait_lost(client))
             lost.add_done_callback(self._on_lost)
             if self.sparkplug is None:
@@ -350,6 +409,8 @@ class MqttSink:
                 # Sparkplug session setup: subscribe to NCMD before the births.
                 await self._subscribe_all(client, lost)
                 await self._publish_status(client, "online", lost)
+            if self._on_link is not None:
+                self._on_link()
             await self._pump(client, lost)
             # No births after this point: a rebirth request is served by the pump only, so
             # the deaths below are the session's last messages.
@@ -359,6 +420,7 @@ class MqttSink:
             clean = True
             log.info("broker link closed, %d message(s) left in the outbox", self._outbox.depth())
         finally:
+            self._end_echo_check()
             if lost is not None:
                 await self._stop_watching(lost)
             if not clean:
@@ -376,6 +438,7 @@ class MqttSink:
         except MqttConnectError as exc:
             raise BrokerRefusedError(
                 f"broker {self._where} refused the connection: {_reason(exc)}"
+                f"{self._connack_hint(exc)}"
             ) from None
         except aiomqtt.MqttError as exc:
             if isinstance(exc.__context__, ssl.SSLError):
@@ -390,6 +453,25 @@ class MqttSink:
                 f"cannot connect to broker {self._where}: no answer within {cfg.timeout_s} s"
             ) from None
         _raise_if_cancelled()
+
+    def _connack_hint(self, exc: MqttConnectError) -> str:
+        """What a refusing CONNACK may mean for the ACL: a broker may judge the last will's
+        topic at CONNECT (ejabberd refuses it with 'Topic name invalid', or 'Unspecified error'
+        in MQTT 3.1.1)."""
+        rc = exc.rc
+        value = rc.value if isinstance(rc, ReasonCode) else rc
+        will = self._will_topic
+        if value in (0x80, 0x90):
+            return (
+                f"; a broker whose ACL forbids the last will's topic {will} refuses the "
+                "connection like this (ejabberd does): allow this client to publish to it"
+            )
+        if value in (0x86, 0x87):
+            return (
+                "; check mqtt.username and mqtt.password_file, and that the broker's ACL lets "
+                f"this client publish to its last will's topic {will}"
+            )
+        return ""
 
     def _no_connack(self) -> SinkError:
         """The error for a CONNECT without CONNACK, explained by the client's last error."""
@@ -420,19 +502,96 @@ class MqttSink:
         )
 
     async def _subscribe_all(self, client: aiomqtt.Client, lost: asyncio.Task[str]) -> None:
-        for topic_filter, _, qos in self._subscriptions:
+        for topic_filter, _, qos, purpose in self._subscriptions:
             self._check(lost)
             try:
                 async with asyncio.timeout(self._cfg.timeout_s + 1.0):
-                    await client.subscribe(topic_filter, qos=qos, timeout=self._cfg.timeout_s)
+                    granted = await client.subscribe(
+                        topic_filter, qos=qos, timeout=self._cfg.timeout_s
+                    )
             except (aiomqtt.MqttError, TimeoutError) as exc:
                 self._check(lost)
                 raise SinkError(
                     f"broker {self._where} did not accept the subscription to {topic_filter}: "
                     f"{str(exc) or 'timeout'}"
                 ) from None
+            refusal = _suback_refusal(granted)
+            if refusal is None:
+                if topic_filter == self.status_topic and self.sparkplug is None:
+                    self._start_echo_check()
+                continue
+            if topic_filter not in self._refused_subscriptions:
+                self._refused_subscriptions.add(topic_filter)
+                log.warning(
+                    "sink '%s': broker %s refused the subscription to %s (%s): %s; its ACL "
+                    "must allow this client to subscribe to %s",
+                    self._cfg.name,
+                    self._where,
+                    topic_filter,
+                    refusal,
+                    purpose,
+                    topic_filter,
+                )
         if self._subscriptions:
-            log.info("subscribed to %d topic filter(s)", len(self._subscriptions))
+            log.debug("subscribed to %d topic filter(s)", len(self._subscriptions))
+
+    # -- the delivery check (module docstring) ---------------------------------------------------
+
+    def _start_echo_check(self) -> None:
+        if self._online_sent is None or self._echo_timer is not None:
+            return  # echo already seen (a retained copy can come with the SUBACK)
+        loop = asyncio.get_running_loop()
+        self._echo_timer = loop.call_later(self._cfg.timeout_s, self._echo_missing)
+
+    def _end_echo_check(self) -> None:
+        if self._echo_timer is not None:
+            self._echo_timer.cancel()
+            self._echo_timer = None
+        if self._link_open and self._link_unconfirmed:
+            self._unconfirmed_done += self._published_total - self._link_published_from
+        self._link_open = False
+        self._link_unconfirmed = False
+        self._online_sent = None
+
+    def _on_status(self, topic: str, payload: bytes, retained: bool) -> None:
+        if self._online_sent is None or payload != self._online_sent:
+            return  # an older status, or another agent's: only this connection's counts
+        self._online_sent = None
+        self.delivery_confirmed = True
+        if self._link_unconfirmed:  # a late echo: count no further (what was counted stays)
+            self._unconfirmed_done += self._published_total - self._link_published_from
+            self._link_unconfirmed = False
+        if self._echo_timer is not None:
+            self._echo_timer.cancel()
+            self._echo_timer = None
+        if self.status_echo_missing:
+            self.status_echo_missing = False
+            log.warning(
+                "sink '%s': broker %s now delivers our own 'online' status back: its ACL lets "
+                "our messages through again",
+                self._cfg.name,
+                self._where,
+            )
+
+    def _echo_missing(self) -> None:
+        self._echo_timer = None
+        self._link_unconfirmed = True  # a late echo still confirms the link (_on_status)
+        if self.status_echo_missing:
+            return
+        self.status_echo_missing = True
+        prefix = f"{self._cfg.topic_prefix}/{self._site}/#"
+        log.warning(
+            "sink '%s': broker %s accepted our messages but never delivered our own 'online' "
+            "status back within %.1f s: the broker's ACL probably denies publishing to %s "
+            "(an MQTT 3.1.1 broker acknowledges a denied message and drops it); what it "
+            "acknowledges now is probably lost: allow this client to publish to and subscribe "
+            "to %s (docs/mqtt.md, Broker ACL)",
+            self._cfg.name,
+            self._where,
+            self._cfg.timeout_s,
+            self.status_topic,
+            prefix,
+        )
 
     def _dispatch(self, message: aiomqtt.Message) -> None:
         payload = message.payload
@@ -443,7 +602,7 @@ class MqttSink:
             if payload is not None
             else b""
         )
-        for topic_filter, handler, _ in self._subscriptions:
+        for topic_filter, handler, _, _ in self._subscriptions:
             if message.topic.matches(topic_filter):
                 try:
                     handler(str(message.topic), raw, bool(message.retain))
@@ -483,6 +642,8 @@ class MqttSink:
             await self._publish_sparkplug_status(client, status, lost)
             return
         payload = status_payload(self._site, status, time.time())
+        if status == "online":
+            self._online_sent = payload
         await self._publish_control(
             client,
             lost,
@@ -512,7 +673,20 @@ class MqttSink:
                     topic, payload, qos=qos, retain=retain, timeout=self._cfg.timeout_s
                 )
         except (aiomqtt.MqttError, TimeoutError) as exc:
-            self._check(lost)
+            if lost.done() and not lost.cancelled():
+                # aedes closes the connection on a publish its ACL denies, without a word.
+                raise SinkError(
+                    f"connection to broker {self._where} lost while it had to acknowledge a "
+                    f"message on {topic}: {lost.result()} (a broker may close the connection "
+                    f"on a publish its ACL denies, as aedes does: check that it lets this "
+                    f"client publish to {topic})"
+                ) from None
+            if isinstance(exc, MqttCodeError) and exc.rc == mqtt.MQTT_ERR_NO_CONN:
+                # Closed between CONNACK and this first publish: the client noticed the loss
+                # before the connection watcher started.
+                raise SinkError(
+                    f"connection to broker {self._where} closed right after the broker accepted it"
+                ) from None
             raise SinkError(f"broker {self._where} {failed}: {str(exc) or 'timeout'}") from None
 
     async def _pump(self, client: aiomqtt.Client, lost: asyncio.Task[str]) -> None:
@@ -701,7 +875,9 @@ class MqttSink:
             sparkplug.BdSeqStore(self._outbox.path.parent / f"sparkplug-{cfg.name}.bdseq"),
             allow_metric=lambda line, topic, name: share.allows(line, topic) and share.keeps(name),
         )
-        self.subscribe(node.node("NCMD"), self._on_ncmd, qos=1)
+        self.subscribe(
+            node.node("NCMD"), self._on_ncmd, qos=1, purpose="rebirth requests will not arrive"
+        )
 
     async def _publish_sparkplug_status(
         self, client: aiomqtt.Client, status: Literal["online", "offline"], lost: asyncio.Task[str]
@@ -798,11 +974,54 @@ def _raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
+def _route_client_noise(loop: asyncio.AbstractEventLoop) -> None:
+    """Send the MQTT client's leftovers of a dropped connection to DEBUG instead of the
+    loop's default handler, which logs them with a traceback at ERROR. Installed once per loop,
+    in front of whatever handler was there.
+
+    Both come from a connection closed right after it was made (a broker or middlebox that
+    drops every link): aiomqtt replaces the future that carries the loss when the loss arrives
+    while it finishes connecting, so its error is never read ("Future exception was never
+    retrieved ... MqttCodeError"); and it registers the socket's writer through
+    ``call_soon_threadsafe``, which may run after paho closed the socket (EBADF in
+    ``add_writer``). The loss itself reaches the sink through the next publish.
+    """
+    previous = loop.get_exception_handler()
+    if getattr(previous, "edge_agent_mqtt", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        client_future = "future" in context and isinstance(exc, aiomqtt.MqttError)
+        closed_socket = (
+            "handle" in context and isinstance(exc, OSError) and exc.errno == errno.EBADF
+        )
+        if client_future or closed_socket:
+            log.debug("mqtt client: %s: %r", context.get("message"), exc)
+            return
+        if previous is None:
+            loop.default_exception_handler(context)
+        else:
+            previous(loop, context)
+
+    handler.edge_agent_mqtt = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
+
+
 def _reason(exc: MqttConnectError) -> str:
     rc = exc.rc
     if isinstance(rc, ReasonCode):
         return f"{rc} (reason code {rc.value})"
     return str(exc)
+
+
+def _suback_refusal(granted: Sequence[int | ReasonCode]) -> str | None:
+    """The refusal in a SUBACK (MQTT 3.1.1: 0x80; MQTT 5: any code from 0x80), else ``None``."""
+    for code in granted:
+        value = code.value if isinstance(code, ReasonCode) else int(code)
+        if value >= 0x80:
+            return f"SUBACK {code if isinstance(code, ReasonCode) else 'failure'}, 0x{value:02x}"
+    return None
 
 
 def _done(info: MQTTMessageInfo | None) -> bool:

@@ -152,6 +152,20 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.delivery_unconfirmed = Gauge(
+            "edge_agent_mqtt_delivery_unconfirmed",
+            "1 while the broker does not deliver the agent's own 'online' status back "
+            "(its ACL probably drops the agent's messages)",
+            ["sink"],
+            registry=r,
+        )
+        self.published_unconfirmed = Counter(
+            "edge_agent_mqtt_published_unconfirmed_total",
+            "Messages the broker acknowledged on a connection over which it did not deliver "
+            "the agent's own 'online' status back: probably dropped by its ACL",
+            ["sink"],
+            registry=r,
+        )
         self.reports = Counter(
             "edge_agent_reports_total",
             "Reports produced by the engine",

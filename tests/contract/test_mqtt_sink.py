@@ -6,7 +6,9 @@ Tests that need no broker-specific configuration run against both Mosquitto and 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -566,3 +568,191 @@ async def test_rows_of_another_qos_wait_for_the_ones_in_flight(
     async with Subscriber(mosquitto.host, mosquitto.port, topics) as sub, running(sink):
         got = await sub.collect(400, 20.0)
     assert [r.json()["n"] for r in got] == list(range(400))
+
+
+async def test_an_acl_that_silently_drops_our_messages_under_3_1_1_is_noticed_once(
+    mosquitto_factory: MosquittoFactory,
+    tmp_path: Path,
+    outbox: Outbox,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """MQTT 3.1.1: Mosquitto PUBACKs a publish its ACL denies and drops it. The agent's own
+    retained `online` never comes back on its status subscription: that is logged once, and
+    what the broker acknowledged on that link is counted as unconfirmed."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite other-prefix/#\n")  # the agent's prefix is outside it
+    broker = mosquitto_factory(extra_conf=f"acl_file {acl}\n")
+    outbox.append([msg("l1", "kpi", n) for n in range(3)])
+    sink = MqttSink(config(broker), site=SITE, outbox=outbox)
+    async with running(sink) as task:
+        await until(lambda: sink.status_echo_missing, 10.0)
+        await until(lambda: outbox.depth() == 0, 5.0)  # "acknowledged" into the void
+        assert sink.published_total == 3
+        assert sink.unconfirmed_total == 3
+        assert not task.done()  # publishing goes on: the broker may deny only our reading
+    assert sink.unconfirmed_total == 3
+    warnings = [r.getMessage() for r in caplog.records if "never delivered" in r.getMessage()]
+    assert warnings == [
+        f"sink 'default': broker {broker.host}:{broker.port} accepted our messages but never "
+        "delivered our own 'online' status back within 2.0 s: the broker's ACL probably denies "
+        f"publishing to {STATUS} (an MQTT 3.1.1 broker acknowledges a denied message and drops "
+        "it); what it acknowledges now is probably lost: allow this client to publish to and "
+        f"subscribe to {PREFIX}/{SITE}/# (docs/mqtt.md, Broker ACL)"
+    ]
+
+
+async def test_an_acl_that_lets_our_messages_through_confirms_delivery(
+    mosquitto_factory: MosquittoFactory,
+    tmp_path: Path,
+    outbox: Outbox,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The ACL docs/mqtt.md recommends for one agent: no warning, nothing unconfirmed."""
+    acl = tmp_path / "acl"
+    acl.write_text(f"topic readwrite {PREFIX}/{SITE}/#\n")
+    broker = mosquitto_factory(extra_conf=f"acl_file {acl}\n")
+    outbox.append([msg("l1", "kpi", n) for n in range(3)])
+    sink = MqttSink(config(broker), site=SITE, outbox=outbox)
+    async with Subscriber(broker.host, broker.port, f"{PREFIX}/{SITE}/l1/#") as sub:
+        async with running(sink):
+            await sub.collect(3)
+            await until(lambda: sink.delivery_confirmed, 5.0)
+        assert not sink.status_echo_missing
+    assert sink.unconfirmed_total == 0
+    assert not [r for r in caplog.records if "never delivered" in r.getMessage()]
+
+
+async def test_a_link_closed_right_after_connack_is_named_and_leaves_no_stray_error(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer that closes every link right after its CONNACK (a broker or middlebox dropping
+    each link): the loss reaches the client while it finishes connecting, and aiomqtt drops the
+    future that carries it ("Future exception was never retrieved ... MqttCodeError"). The sink
+    names the loss, and the client's leftover goes to DEBUG. The peer answers like a broker."""
+    connections = 0
+
+    async def accept_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.read(65536)  # the CONNECT
+        writer.write(bytes([0x20, 0x02, 0x00, 0x00]))  # CONNACK: accepted
+        await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(accept_then_close, "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    errors: list[str] = []
+    try:
+        sink = MqttSink(
+            MqttConfig(host="127.0.0.1", port=port, timeout_s=2.0), site=SITE, outbox=outbox
+        )
+        for _ in range(3):
+            with pytest.raises(SinkError) as failed:
+                await asyncio.wait_for(sink.run(), 10.0)
+            errors.append(str(failed.value))
+            gc.collect()  # a dropped future reports its unread error when it is collected
+            await asyncio.sleep(0)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert connections == 3
+    assert (
+        errors
+        == [f"connection to broker 127.0.0.1:{port} closed right after the broker accepted it"] * 3
+    )
+    stray = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not stray, [r.getMessage() for r in stray]
+
+
+async def test_a_connack_refusal_for_the_will_topic_names_the_acl(outbox: Outbox) -> None:
+    """ejabberd refuses a CONNECT whose last will topic its ACL forbids, with MQTT 5's 'Topic
+    name invalid' (0x90). A peer that answers every CONNECT that way stands in for it."""
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)  # the CONNECT
+        writer.write(bytes([0x20, 0x03, 0x00, 0x90, 0x00]))  # CONNACK: 0x90, no properties
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        cfg = MqttConfig(host="127.0.0.1", port=port, timeout_s=2.0, protocol=MqttProtocol.V5)
+        sink = MqttSink(cfg, site=SITE, outbox=outbox)
+        with pytest.raises(BrokerRefusedError) as refused:
+            await asyncio.wait_for(sink.run(), 10.0)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert str(refused.value) == (
+        f"broker 127.0.0.1:{port} refused the connection: Topic name invalid (reason code 144);"
+        f" a broker whose ACL forbids the last will's topic {STATUS} refuses the connection "
+        "like this (ejabberd does): allow this client to publish to it"
+    )
+
+
+async def test_a_refused_status_subscription_is_logged_once_with_what_it_costs(
+    tmp_path: Path, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """amqtt's topic ACL answers a denied subscription with SUBACK 0x80 (MQTT 3.1.1): the sink
+    says so once (not again on the reconnect), and publishes on: the check is impossible, the
+    messages may well arrive."""
+    pytest.importorskip("amqtt", reason="amqtt (the 'demo' extra) has the topic ACL plugin")
+    broker = Amqtt(tmp_path / "amqtt", subscribe_acl=["elsewhere/#"])
+    broker.start(attempts=3)
+    try:
+        outbox.append([msg("l1", "kpi", n) for n in range(3)])
+        sink = MqttSink(config(broker), site=SITE, outbox=outbox)
+        task = asyncio.create_task(sink.run())
+        await until(lambda: outbox.depth() == 0, 10.0)
+        broker.stop()
+        with pytest.raises(SinkError):
+            await asyncio.wait_for(task, 10.0)
+        broker.start(attempts=3)
+        outbox.append([msg("l1", "kpi", 3)])
+        async with running(sink):
+            await until(lambda: outbox.depth() == 0, 10.0)
+        assert not sink.status_echo_missing and sink.unconfirmed_total == 0
+    finally:
+        broker.close()
+    refused = [
+        r.getMessage() for r in caplog.records if "refused the subscription" in r.getMessage()
+    ]
+    assert refused == [
+        f"sink 'default': broker {broker.host}:{broker.port} refused the subscription to "
+        f"{STATUS} (SUBACK Unspecified error, 0x80): the agent cannot check that the broker "
+        f"delivers its messages; its ACL must allow this client to subscribe to {STATUS}"
+    ]
+
+
+async def test_a_link_closed_on_our_first_publish_points_at_the_acl(outbox: Outbox) -> None:
+    """aedes closes the connection on a publish its ACL denies, without a word. A peer that
+    accepts the CONNECT and closes the link on the first PUBLISH (the `online`) stands in for
+    it."""
+
+    async def close_on_publish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)  # the CONNECT
+        writer.write(bytes([0x20, 0x02, 0x00, 0x00]))  # CONNACK: accepted
+        await writer.drain()
+        await reader.read(65536)  # the PUBLISH of `online`
+        writer.transport.abort()
+
+    server = await asyncio.start_server(close_on_publish, "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        cfg = MqttConfig(host="127.0.0.1", port=port, timeout_s=2.0)
+        sink = MqttSink(cfg, site=SITE, outbox=outbox)
+        with pytest.raises(SinkError) as lost:
+            await asyncio.wait_for(sink.run(), 10.0)
+    finally:
+        server.close()
+        await server.wait_closed()
+    text = str(lost.value)
+    assert text.startswith(
+        f"connection to broker 127.0.0.1:{port} lost while it had to acknowledge a message on "
+        f"{STATUS}: "
+    ), text
+    assert text.endswith(
+        "(a broker may close the connection on a publish its ACL denies, as aedes does: check "
+        f"that it lets this client publish to {STATUS})"
+    ), text

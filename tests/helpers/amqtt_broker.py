@@ -3,6 +3,7 @@ so that end-to-end tests run against a second MQTT implementation."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -24,7 +25,18 @@ class Amqtt:
 
     kind = "amqtt"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        subscribe_acl: list[str] | None = None,
+        publish_acl: list[str] | None = None,
+    ) -> None:
+        """``subscribe_acl`` / ``publish_acl``: the topic filters anonymous clients may subscribe
+        / publish to (amqtt's topic ACL plugin: a denied subscription gets SUBACK 0x80, a denied
+        publish is acknowledged and dropped); ``None``: everything."""
+        self.subscribe_acl = subscribe_acl
+        self.publish_acl = publish_acl
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = HOST
@@ -53,7 +65,7 @@ class Amqtt:
         for attempt in range(attempts):
             with self.log_path.open("ab") as log:
                 self._proc = subprocess.Popen(
-                    [sys.executable, str(_SCRIPT), self.host, str(self.port)],
+                    [sys.executable, str(_SCRIPT), self.host, str(self.port), self._acl()],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -69,6 +81,14 @@ class Amqtt:
             if attempt + 1 < attempts:
                 self.port = free_port(self.host)
         raise RuntimeError(f"amqtt did not start on {self.host}:{self.port}:\n{self.log_tail()}")
+
+    def _acl(self) -> str:
+        acl: dict[str, list[str]] = {}
+        if self.subscribe_acl is not None:
+            acl["acl"] = self.subscribe_acl
+        if self.publish_acl is not None:
+            acl["publish_acl"] = self.publish_acl
+        return json.dumps(acl)
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM, SIGKILL if it does not exit) and wait for it."""

@@ -8,7 +8,9 @@ forwards every connection to ``host:port``. While it runs:
   network that silently loses everything; bytes are held and flow again after ``heal()``);
 - ``p.partition("drop")``: the same, but the bytes are discarded;
 - ``p.cut()``: every open connection is closed at once (new ones are accepted);
-- ``p.refuse = True``: new connections are closed as soon as they are accepted.
+- ``p.refuse = True``: new connections are closed as soon as they are accepted;
+- ``p.close_after_s = 1.0``: every new connection is closed that long after it was accepted (a
+  peer that drops each link shortly after it came up).
 
 Everything it starts is stopped on exit.
 """
@@ -27,7 +29,9 @@ class Proxy:
         self.port = 0
         self.latency_s = 0.0
         self.refuse = False
+        self.close_after_s: float | None = None
         self.connections = 0  # accepted so far
+        self.accepted_at: list[float] = []  # loop time of each accept
         self._mode: Literal["open", "hold", "drop"] = "open"
         self._flowing = asyncio.Event()
         self._flowing.set()
@@ -73,6 +77,7 @@ class Proxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.accepted_at.append(asyncio.get_running_loop().time())
         if self.refuse:
             writer.transport.abort()
             return
@@ -89,7 +94,9 @@ class Proxy:
         ]
         self._pipes.update(pipes)
         try:
-            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                pipes, timeout=self.close_after_s, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for task in pipes:
                 task.cancel()

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from edge_agent.config.schema import ModbusSourceConfig, ModbusTag
-from edge_agent.errors import NotConnectedError, SourceError
+from edge_agent.errors import NotConnectedError, SinkError, SourceError
 from edge_agent.model import Quality, Sample
 from edge_agent.poller import Poller
 from edge_agent.sinks.prometheus import Metrics
@@ -173,3 +173,55 @@ async def test_supervise_does_not_retry_a_component_whose_cancellation_was_swall
     with pytest.raises(asyncio.CancelledError):
         await task
     assert attempts == 1
+
+
+def test_a_link_that_drops_before_it_held_is_unstable_summed_up_then_stable_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    t = [0.0]
+    h = Health("broker", "b:1883", clock=lambda: t[0], held_after_s=10.0, summary_every_s=30.0)
+    caplog.set_level(logging.DEBUG)
+    h.ok()  # the first link
+    for _ in range(12):  # every link drops 1 s after it came up, then 4 s of backoff
+        t[0] += 1.0
+        assert not h.held
+        h.failed(SinkError("connection lost"), 4.0)
+        t[0] += 4.0
+        h.ok()
+    t[0] += 10.0
+    assert h.held
+    h.ok()
+    h.ok()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        "broker 'b:1883' unstable: the link dropped 1.0 s after it came up: connection lost; "
+        "retrying in 4.0 s (further drops are summed up)",
+        "broker 'b:1883' unstable: 6 drop(s) in 30 s (last: connection lost); retrying in 4.0 s",
+        "broker 'b:1883' stable again: the link has held 10 s, after 12 drop(s) in 60 s",
+    ]
+
+
+async def test_supervise_resets_the_backoff_only_after_the_link_held() -> None:
+    """A component that comes up and fails at once keeps backing off (it did not hold)."""
+    delays: list[float] = []
+
+    class Recording(Backoff):
+        def next_delay(self) -> float:
+            delay = super().next_delay()
+            delays.append(delay)
+            return delay
+
+    h = Health("broker", "b", held_after_s=3600.0)
+    attempts = 0
+
+    async def up_then_down() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts > 5:
+            return
+        h.ok()
+        raise SinkError("connection lost")
+
+    await supervise(up_then_down, h, Recording(0.001, 1.0, rng=random.Random(2)))
+    ceilings = [0.001, 0.002, 0.004, 0.008, 0.016]
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True)), delays
