@@ -76,6 +76,7 @@ class _SinkRun:
     health: Health | None = None
     published_seen: int = 0
     dropped_seen: dict[str, int] = field(default_factory=dict)
+    lost_seen: int = 0
 
 
 def state_dir_for(cfg: AgentConfig) -> Path:
@@ -259,8 +260,19 @@ class Agent:
             await asyncio.gather(*(self._stop_sink(n, self.drain_timeout_s) for n in self.sinks))
             status_task.cancel()
             await asyncio.gather(status_task, return_exceptions=True)
+            for target in runner.targets:
+                target.give_up()
             for name, run in self.sinks.items():
-                left = run.outbox.depth()
+                self._mirror_sink(name, run)
+                unsaved = len(run.sink.unsaved_acks) if run.sink is not None else 0
+                if unsaved:
+                    log.warning(
+                        "storage: %d message(s) acknowledged by broker '%s' could not be deleted"
+                        " from its outbox; they will be sent again at the next start",
+                        unsaved,
+                        name,
+                    )
+                left = run.outbox.depth() - unsaved
                 if left:
                     log.warning(
                         "%d message(s) stay in the outbox of sink '%s' for the next start",
@@ -471,6 +483,12 @@ class Agent:
         m.outbox_bytes.labels(sink=name).set(outbox.size_bytes)
         held = self.runner.held_by_sink() if self.runner else {}
         m.outbox_held.labels(sink=name).set(held.get(name, 0))
+        m.outbox_writable.labels(sink=name).set(0 if outbox.failing else 1)
+        if self.runner is not None:
+            for target in self.runner.targets:
+                if target.name == name and target.lost > run.lost_seen:
+                    m.outbox_lost.labels(sink=name).inc(target.lost - run.lost_seen)
+                    run.lost_seen = target.lost
         try:
             age = outbox.oldest_age_s(time.time())
         except StorageError:  # the runner logs storage trouble once; a metric can wait

@@ -45,6 +45,7 @@ from edge_agent.config.schema import HistoryConfig
 from edge_agent.errors import StorageError
 from edge_agent.model import Quality, Sample, Value
 from edge_agent.samplecsv import SampleWriter, format_value
+from edge_agent.sinks.outbox import DESCRIBED, storage_reason
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +236,9 @@ class History:
             self.rows_dropped += len(rows)
             if not self._failing:
                 log.error(
-                    "history %s cannot be written (%s); samples are not recorded until it "
-                    "recovers (KPIs and reports are not affected)",
+                    "storage: %s writing the history at %s: %s; samples are not recorded until"
+                    " it can be written (KPIs and reports are not affected)",
+                    DESCRIBED[storage_reason(exc)],
                     self.path,
                     exc,
                 )
@@ -245,7 +247,8 @@ class History:
             return 0
         if self._failing:
             log.warning(
-                "history %s writable again; %d sample row(s) were not recorded",
+                "storage: history at %s recovered: writable again; %d sample row(s) were not"
+                " recorded",
                 self.path,
                 self.rows_dropped,
             )

@@ -31,6 +31,7 @@ are synchronous; each is one short transaction (an append of 1,000 messages take
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sqlite3
@@ -73,6 +74,35 @@ CREATE TABLE IF NOT EXISTS state (
 LIVE_TOPIC = "kpi"  # the live snapshot: thinned first when the outbox is full
 _LOW_WATER = 0.9  # thinning goes 10 % below a soft limit, so it does not run on every append
 _DELETE_CHUNK = 500  # ids per DELETE statement (SQLite's variable limit is far above)
+
+
+_REASONS = {
+    sqlite3.SQLITE_FULL: "disk_full",
+    sqlite3.SQLITE_READONLY: "read_only",
+    sqlite3.SQLITE_CORRUPT: "corrupt",
+    sqlite3.SQLITE_NOTADB: "corrupt",
+}
+_ERRNO_REASONS = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EROFS: "read_only"}
+# How a storage failure is named in its log line.
+DESCRIBED = {
+    "disk_full": "disk full",
+    "read_only": "read-only file system",
+    "corrupt": "damaged file",
+    "other": "error",
+}
+
+
+def storage_reason(exc: BaseException) -> str:
+    """What a sqlite or OS error means for the state directory: ``disk_full``, ``read_only``,
+    ``corrupt`` or ``other`` (SQLite's primary result code, or the OS errno)."""
+    if isinstance(exc, StorageError):
+        return exc.reason
+    if isinstance(exc, OSError):
+        return _ERRNO_REASONS.get(exc.errno or 0, "other")
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(code, int):
+        return "other"
+    return _REASONS.get(code & 0xFF, "other")  # the low byte: the primary result code
 
 
 @dataclass(slots=True)
@@ -121,6 +151,8 @@ class Outbox:
         self._count = 0
         self._bytes = 0
         self._policy = _Dropping()
+        self._failing_since: float | None = None  # monotonic; while writes fail
+        self.write_failures = 0  # times writing started to fail
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -244,10 +276,43 @@ class Outbox:
                     db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise StorageError(f"outbox {self.path}: cannot append: {exc}") from exc
+            raise self._write_failed("cannot append", exc) from exc
+        self._write_ok()
         self._count, self._bytes = count, size
         self._note_dropped(dropped)
         return seqs
+
+    # -- write health -----------------------------------------------------------------------------
+
+    @property
+    def failing(self) -> bool:
+        """True from a failed write until the next one succeeds."""
+        return self._failing_since is not None
+
+    def _write_failed(self, what: str, exc: sqlite3.Error) -> StorageError:
+        """The error for a failed write; the first failure of a run of them is logged, once,
+        for every caller (the engine's appends and the sink's deletes)."""
+        reason = storage_reason(exc)
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            self.write_failures += 1
+            log.error(
+                "storage: %s writing the outbox at %s: %s; new reports are held in memory and"
+                " acknowledged ones are not sent again until it can be written (retrying)",
+                DESCRIBED[reason],
+                self.path,
+                exc,
+            )
+        return StorageError(f"outbox {self.path}: {what}: {exc}", reason=reason)
+
+    def _write_ok(self) -> None:
+        if self._failing_since is not None:
+            log.warning(
+                "storage: outbox at %s recovered: writable again after %.1f s",
+                self.path,
+                time.monotonic() - self._failing_since,
+            )
+            self._failing_since = None
 
     # -- limits -----------------------------------------------------------------------------------
 
@@ -332,7 +397,8 @@ class Outbox:
                     db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise StorageError(f"outbox {self.path}: cannot apply its limits: {exc}") from exc
+            raise self._write_failed("cannot apply its limits", exc) from exc
+        self._write_ok()
         self._count, self._bytes = count, size
         self._note_dropped(dropped)
 
@@ -428,7 +494,8 @@ class Outbox:
                     db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise StorageError(f"outbox {self.path}: cannot delete: {exc}") from exc
+            raise self._write_failed("cannot delete", exc) from exc
+        self._write_ok()
         self._count = max(0, self._count - count)
         self._bytes = max(0, self._bytes - size)
         self._note_dropped({})

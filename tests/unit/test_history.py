@@ -178,7 +178,7 @@ def test_full_disk_is_logged_once_and_survived(
     first_failure = written.index(0)
     assert first_failure < 10 and set(written[first_failure:]) == {0}
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "cannot be written" in errors[0].getMessage()
+    assert len(errors) == 1 and "storage: disk full writing the history" in errors[0].getMessage()
     assert hist.rows_dropped >= 2 * 90
     hist._db.execute("PRAGMA max_page_count=1000000")  # the disk has room again
     clock.t = T0 + 500

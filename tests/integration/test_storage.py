@@ -1,0 +1,151 @@
+"""Storage faults against the whole agent (a real process), real Mosquitto and the simulators:
+the state directory on a disk that fills up, a damaged outbox, a state directory deleted while
+the agent runs.
+
+A full disk is real: a small tmpfs mounted as ``storage.dir`` (root only; CI runs as root) and
+filled with a file until the kernel says ENOSPC.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.agent_process import AgentProcess
+from helpers.aio import until
+from helpers.net import free_port
+from test_faults import PersistentSubscriber, agent_config, metric, sim
+
+from simulators.runner import Simulation
+
+pytestmark = pytest.mark.integration
+
+__all__ = ["sim"]  # the simulation fixture, shared with the fault tests
+
+_CHUNK = b"\0" * 65536
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, unmounted in teardown whatever the test did."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs as a full disk needs root (CI runs as root)")
+    if shutil.which("mount") is None:
+        pytest.skip("no mount(8) on this machine")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file on ``disk`` until the kernel refuses: the disk is then full."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(_CHUNK)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    # Page by page for the last partial chunk.
+    with filler.open("ab", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def sink_metric(port: int, name: str) -> float:
+    try:
+        return metric(port, name, 'sink="default"') or 0.0
+    except OSError:
+        return -1.0
+
+
+async def test_disk_full_keeps_the_link_sends_nothing_twice_and_recovers(
+    sim: Simulation, mosquitto: Any, small_disk: Path, tmp_path: Path
+) -> None:
+    assert sim.modbus_port is not None
+    metrics_port = free_port()
+    state = small_disk / "state"
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(agent_config(sim.modbus_port, mosquitto.port, state, metrics_port=metrics_port))
+    agent = AgentProcess(cfg, stop_timeout_s=40)
+    async with PersistentSubscriber(mosquitto.host, mosquitto.port) as sub:
+        await agent.start()
+        try:
+            await sub.wait_for(lambda: len(sub.kpis["line1"]) >= 5, 60)
+            filler = fill(small_disk)
+            # Reports pile up in memory while the outbox cannot be written.
+            await until(
+                lambda: sink_metric(metrics_port, "edge_agent_outbox_held_in_memory") >= 5, 60
+            )
+            assert sink_metric(metrics_port, "edge_agent_mqtt_connected") == 1, agent.output()
+            during = {line: max(seqs) for line, seqs in sub.seqs.items()}
+            filler.unlink()
+            # New reports flow again, and the outbox empties.
+            await sub.wait_for(
+                lambda: all(max(sub.seqs[line]) > during[line] + 5 for line in during), 60
+            )
+            await until(
+                lambda: (
+                    sink_metric(metrics_port, "edge_agent_outbox_held_in_memory") == 0
+                    and sink_metric(metrics_port, "edge_agent_outbox_messages") == 0
+                ),
+                60,
+            )
+            assert sink_metric(metrics_port, "edge_agent_mqtt_connected") == 1, agent.output()
+        finally:
+            code = await agent.stop()
+    log = agent.output()
+    assert code == 0, log
+    report = sub.report()
+    print(report, *[line for line in log.splitlines() if "storage" in line], sep="\n")
+    for line, figures in report.items():
+        assert figures["duplicates"] == 0, (line, figures, log)
+        assert figures["gaps"] == 0, (line, figures, log)
+    assert log.count("storage: disk full writing the outbox") == 1, log
+    assert log.count("storage: outbox at") == 1, log
+    assert "recovered: writable again" in log.split("storage: disk full writing the outbox")[1]
+    assert "connection to broker" not in log and "Traceback" not in log, log
+    assert sub.connects == 1
+
+
+async def test_disk_full_at_stop_says_what_was_lost(
+    sim: Simulation, mosquitto: Any, small_disk: Path, tmp_path: Path
+) -> None:
+    assert sim.modbus_port is not None
+    metrics_port = free_port()
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        agent_config(
+            sim.modbus_port, mosquitto.port, small_disk / "state", metrics_port=metrics_port
+        )
+    )
+    agent = AgentProcess(cfg, stop_timeout_s=40)
+    async with PersistentSubscriber(mosquitto.host, mosquitto.port) as sub:
+        await agent.start()
+        try:
+            await sub.wait_for(lambda: len(sub.kpis["line1"]) >= 3, 60)
+            fill(small_disk)
+            await until(
+                lambda: sink_metric(metrics_port, "edge_agent_outbox_held_in_memory") >= 3, 60
+            )
+        finally:
+            code = await agent.stop()
+    log = agent.output()
+    assert code == 0, log
+    lost = [line for line in log.splitlines() if "held in memory" in line and "lost" in line]
+    assert len(lost) == 1, log
+    assert "ERROR" in lost[0], lost
