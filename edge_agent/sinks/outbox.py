@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_agent.config.schema import OutboxConfig
 from edge_agent.errors import StorageError
@@ -74,6 +74,9 @@ CREATE TABLE IF NOT EXISTS state (
 LIVE_TOPIC = "kpi"  # the live snapshot: thinned first when the outbox is full
 _LOW_WATER = 0.9  # thinning goes 10 % below a soft limit, so it does not run on every append
 _DELETE_CHUNK = 500  # ids per DELETE statement (SQLite's variable limit is far above)
+# The WAL's checkpoint interval once the disk was found full (SQLite's default is 1,000 pages).
+_TIGHT_WAL_PAGES = 16
+_T = TypeVar("_T")
 
 
 _REASONS = {
@@ -223,66 +226,96 @@ class Outbox:
         (see the module docstring); the messages just appended are kept unless they alone exceed
         a hard limit.
         """
-        db = self._conn()
         now = self._clock()
-        seqs: list[int] = []
-        count, size = self._count, self._bytes
-        dropped: dict[str, int] = {}
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                next_seq: dict[str, int] = {}
-                rows: list[tuple[str, str, bytes, int, int, int, float]] = []
-                for msg in messages:
-                    seq = next_seq.get(msg.line)
-                    if seq is None:
-                        row = db.execute(
-                            "SELECT last_seq FROM line_seq WHERE line = ?", (msg.line,)
-                        ).fetchone()
-                        seq = int(row[0]) + 1 if row is not None else max(1, int(now * 1000))
-                    next_seq[msg.line] = seq + 1
-                    payload = json.dumps(
-                        {**msg.payload, "seq": seq},
-                        separators=(",", ":"),
-                        ensure_ascii=False,
-                        allow_nan=False,
-                    ).encode("utf-8")
-                    rows.append(
-                        (msg.line, msg.topic_suffix, payload, msg.qos, int(msg.retain), seq, now)
-                    )
-                    seqs.append(seq)
-                db.executemany(
-                    "INSERT INTO messages (line, topic_suffix, payload, qos, retain, seq, created)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
+
+        def body(db: sqlite3.Connection) -> tuple[list[int], int, int, dict[str, int]]:
+            seqs: list[int] = []
+            count, size = self._count, self._bytes
+            dropped: dict[str, int] = {}
+            next_seq: dict[str, int] = {}
+            rows: list[tuple[str, str, bytes, int, int, int, float]] = []
+            for msg in messages:
+                seq = next_seq.get(msg.line)
+                if seq is None:
+                    row = db.execute(
+                        "SELECT last_seq FROM line_seq WHERE line = ?", (msg.line,)
+                    ).fetchone()
+                    seq = int(row[0]) + 1 if row is not None else max(1, int(now * 1000))
+                next_seq[msg.line] = seq + 1
+                payload = json.dumps(
+                    {**msg.payload, "seq": seq},
+                    separators=(",", ":"),
+                    ensure_ascii=False,
+                    allow_nan=False,
+                ).encode("utf-8")
+                rows.append(
+                    (msg.line, msg.topic_suffix, payload, msg.qos, int(msg.retain), seq, now)
                 )
+                seqs.append(seq)
+            db.executemany(
+                "INSERT INTO messages (line, topic_suffix, payload, qos, retain, seq, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            db.executemany(
+                "INSERT INTO line_seq (line, last_seq) VALUES (?, ?)"
+                " ON CONFLICT(line) DO UPDATE SET last_seq = excluded.last_seq",
+                [(line, seq - 1) for line, seq in next_seq.items()],
+            )
+            if state:
                 db.executemany(
-                    "INSERT INTO line_seq (line, last_seq) VALUES (?, ?)"
-                    " ON CONFLICT(line) DO UPDATE SET last_seq = excluded.last_seq",
-                    [(line, seq - 1) for line, seq in next_seq.items()],
+                    "INSERT INTO state (key, value) VALUES (?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    list(state.items()),
                 )
-                if state:
-                    db.executemany(
-                        "INSERT INTO state (key, value) VALUES (?, ?)"
-                        " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                        list(state.items()),
-                    )
-                count += len(rows)
-                size += sum(len(r[2]) for r in rows)
-                count, size = self._enforce(db, count, size, dropped)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise self._write_failed("cannot append", exc) from exc
-        self._write_ok()
+            count += len(rows)
+            size += sum(len(r[2]) for r in rows)
+            count, size = self._enforce(db, count, size, dropped)
+            return seqs, count, size, dropped
+
+        seqs, count, size, dropped = self._transaction("cannot append", body)
         self._count, self._bytes = count, size
         self._note_dropped(dropped)
         return seqs
 
     # -- write health -----------------------------------------------------------------------------
+
+    def _transaction(self, what: str, body: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``body`` in one write transaction (rolled back on any error) and return its
+        result. On a full disk the WAL is given back to the file system first and ``body``
+        tried once more; see :meth:`_make_room`. Raises :class:`StorageError`."""
+        db = self._conn()
+        for attempt in (1, 2):
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = body(db)
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                if attempt == 1 and storage_reason(exc) == "disk_full" and self._make_room(db):
+                    continue
+                raise self._write_failed(what, exc) from exc
+            self._write_ok()
+            return result
+        raise AssertionError("unreachable")
+
+    def _make_room(self, db: sqlite3.Connection) -> bool:
+        """After a write failed on a full disk: checkpoint and truncate the WAL (its space goes
+        back to the file system), and keep it small from now on. With the default checkpoint
+        interval the WAL grows to ~4 MiB before it is reused, so on a disk that filled up, a
+        little freed space would be eaten by the WAL again at once. True when the WAL was
+        truncated."""
+        try:
+            db.execute(f"PRAGMA wal_autocheckpoint={_TIGHT_WAL_PAGES}")
+            busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.debug("outbox %s: checkpoint on a full disk failed: %s", self.path, exc)
+            return False
+        return not busy
 
     @property
     def failing(self) -> bool:
@@ -385,20 +418,12 @@ class Outbox:
             db.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
 
     def _enforce_limits_now(self) -> None:
-        db = self._conn()
-        dropped: dict[str, int] = {}
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                count, size = self._enforce(db, self._count, self._bytes, dropped)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise self._write_failed("cannot apply its limits", exc) from exc
-        self._write_ok()
+        def body(db: sqlite3.Connection) -> tuple[int, int, dict[str, int]]:
+            dropped: dict[str, int] = {}
+            count, size = self._enforce(db, self._count, self._bytes, dropped)
+            return count, size, dropped
+
+        count, size, dropped = self._transaction("cannot apply its limits", body)
         self._count, self._bytes = count, size
         self._note_dropped(dropped)
 
@@ -473,29 +498,22 @@ class Outbox:
         """Delete the messages with these ids (the broker acknowledged them), in one transaction."""
         if not ids:
             return
-        db = self._conn()
-        count = size = 0
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                # Ids the limit policy deleted meanwhile are simply not found.
-                for start in range(0, len(ids), _DELETE_CHUNK):
-                    chunk = list(ids[start : start + _DELETE_CHUNK])
-                    marks = ",".join("?" * len(chunk))
-                    for (length,) in db.execute(
-                        f"DELETE FROM messages WHERE id IN ({marks}) RETURNING length(payload)",
-                        chunk,
-                    ).fetchall():
-                        count += 1
-                        size += int(length)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise self._write_failed("cannot delete", exc) from exc
-        self._write_ok()
+
+        def body(db: sqlite3.Connection) -> tuple[int, int]:
+            count = size = 0
+            # Ids the limit policy deleted meanwhile are simply not found.
+            for start in range(0, len(ids), _DELETE_CHUNK):
+                chunk = list(ids[start : start + _DELETE_CHUNK])
+                marks = ",".join("?" * len(chunk))
+                for (length,) in db.execute(
+                    f"DELETE FROM messages WHERE id IN ({marks}) RETURNING length(payload)",
+                    chunk,
+                ).fetchall():
+                    count += 1
+                    size += int(length)
+            return count, size
+
+        count, size = self._transaction("cannot delete", body)
         self._count = max(0, self._count - count)
         self._bytes = max(0, self._bytes - size)
         self._note_dropped({})

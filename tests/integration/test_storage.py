@@ -93,18 +93,22 @@ async def test_disk_full_keeps_the_link_sends_nothing_twice_and_recovers(
             )
             assert sink_metric(metrics_port, "edge_agent_mqtt_connected") == 1, agent.output()
             during = {line: max(seqs) for line, seqs in sub.seqs.items()}
-            filler.unlink()
+            # 100 KiB of room again (as an operator deleting an old log file would make).
+            os.truncate(filler, filler.stat().st_size - 100 * 1024)
             # New reports flow again, and the outbox empties.
-            await sub.wait_for(
-                lambda: all(max(sub.seqs[line]) > during[line] + 5 for line in during), 60
-            )
-            await until(
-                lambda: (
-                    sink_metric(metrics_port, "edge_agent_outbox_held_in_memory") == 0
-                    and sink_metric(metrics_port, "edge_agent_outbox_messages") == 0
-                ),
-                60,
-            )
+            try:
+                await sub.wait_for(
+                    lambda: all(max(sub.seqs[line]) > during[line] + 5 for line in during), 60
+                )
+                await until(
+                    lambda: (
+                        sink_metric(metrics_port, "edge_agent_outbox_held_in_memory") == 0
+                        and sink_metric(metrics_port, "edge_agent_outbox_messages") == 0
+                    ),
+                    60,
+                )
+            except TimeoutError:
+                raise AssertionError(f"no recovery:\n{agent.output()}") from None
             assert sink_metric(metrics_port, "edge_agent_mqtt_connected") == 1, agent.output()
         finally:
             code = await agent.stop()
