@@ -164,6 +164,9 @@ class Agent:
             sc.name: _SinkRun(sc, outbox)
             for sc, outbox in zip(self.cfg.mqtt_sinks, outboxes, strict=True)
         }
+        for each in outboxes:
+            if each.recovered is not None:  # logged by the outbox
+                self.metrics.storage_recovered.labels(file=each.path.name, reason="corrupt").inc()
         outbox = outboxes[0]
         try:
             return await self._run(stop, outbox)
@@ -200,7 +203,12 @@ class Agent:
         history = None
         if cfg.storage.history.enabled:
             history = History(
-                state_dir_for(cfg) / HISTORY_FILE, cfg.storage.history, clock=self.clock
+                state_dir_for(cfg) / HISTORY_FILE,
+                cfg.storage.history,
+                clock=self.clock,
+                on_recovered=lambda reason: m.storage_recovered.labels(
+                    file=HISTORY_FILE, reason=reason
+                ).inc(),
             )
         self.history = history
         runner = EngineRunner(
@@ -459,6 +467,7 @@ class Agent:
             interval = min(interval, self.notifier.watchdog_interval_s / 4)
         while True:
             for name, run in self.sinks.items():
+                self._check_storage(run.outbox.path.name, run.outbox.check_file())
                 self._mirror_sink(name, run)
             # The engine ticks every second; 3 publish intervals without progress is a hang.
             stale_after = self.stall_after_s or max(
@@ -467,6 +476,11 @@ class Agent:
             if time.monotonic() - self._last_progress < stale_after:
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
+
+    def _check_storage(self, file: str, recreated: bool) -> None:
+        """Count a state file found deleted while running (and recreated; logged by it)."""
+        if recreated:
+            self.metrics.storage_recovered.labels(file=file, reason="deleted").inc()
 
     def _mirror_sink(self, name: str, run: _SinkRun) -> None:
         m = self.metrics

@@ -57,6 +57,9 @@ LIVE_TOPICS: frozenset[str] = frozenset({"kpi", "energy", "order"})
 # Topics that only the primary sink receives: replies to order commands belong to the broker the
 # commands came from (the plant's, ``mqtt.commands`` on the first sink).
 PRIMARY_ONLY_PREFIX = "cmd/"
+# The warning in the reports of the windows open when a damaged outbox was moved aside and
+# salvaged at start (docs/mqtt.md).
+STORAGE_RECOVERED = "storage_recovered"
 
 
 def signal_tags(line: LineConfig) -> list[str]:
@@ -231,6 +234,11 @@ class EngineRunner:
             self.engines[line.name] = self._new_engine(line, saved)
             self._lines[line.name] = line
         self._route()
+        if any(t.outbox.recovered is not None for t in self.targets):
+            # Reports (or the engine state) may be missing: say so in the open windows' reports.
+            now = self._now()
+            for engine in self.engines.values():
+                engine.flag(STORAGE_RECOVERED, now)
         self._window_totals: dict[str, tuple[str, int, int, int]] = {}
         self.steps = 0
         # Set by deliver() when a line's state changed: run() steps at once, so a `state`

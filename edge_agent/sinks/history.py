@@ -45,7 +45,7 @@ from edge_agent.config.schema import HistoryConfig
 from edge_agent.errors import StorageError
 from edge_agent.model import Quality, Sample, Value
 from edge_agent.samplecsv import SampleWriter, format_value
-from edge_agent.sinks.outbox import DESCRIBED, storage_reason
+from edge_agent.sinks.outbox import DESCRIBED, file_identity, move_aside, storage_reason
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,13 @@ class History:
         *,
         clock: Callable[[], float] = time.time,
         flush_interval_s: float = 1.0,
+        on_recovered: Callable[[str], None] = lambda reason: None,
     ) -> None:
+        """``on_recovered(reason)``: the file was found ``corrupt`` (moved aside) or ``deleted``
+        while open, and recording goes on in a new file (logged here)."""
         self.path = Path(path)
+        self._on_recovered = on_recovered
+        self._ident: tuple[int, int] | None = None
         self.cfg = cfg
         self._clock = clock
         self.flush_interval_s = flush_interval_s
@@ -211,6 +216,7 @@ class History:
         on failure: logged once, and after :meth:`close`)."""
         if self._closed:
             return 0
+        self._check_file()
         now = self._clock()
         keyframe = keyframe and (
             self._keyframe_now or (self._next_keyframe is not None and now >= self._next_keyframe)
@@ -234,6 +240,8 @@ class History:
             deleted = self._write(db, rows, now - self.cfg.retention_s if retention else None)
         except (sqlite3.Error, StorageError, OSError) as exc:
             self.rows_dropped += len(rows)
+            if storage_reason(exc) == "corrupt" and self._move_damaged(exc):
+                return 0
             if not self._failing:
                 log.error(
                     "storage: %s writing the history at %s: %s; samples are not recorded until"
@@ -300,6 +308,49 @@ class History:
         self._mark_restart = False
         return deleted
 
+    def _check_file(self) -> None:
+        """The file deleted while open (the state directory removed by hand): record into a
+        new one from the next flush on, with every tag's value first. One ``stat`` a flush."""
+        if self._db is None or self._ident is None:
+            return
+        try:
+            if file_identity(self.path) == self._ident:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        self._close_db()
+        self._keyframe_now = True
+        log.error(
+            "storage: history at %s was deleted while the agent ran; recording into a new file"
+            " (the samples before are gone)",
+            self.path,
+        )
+        self._on_recovered("deleted")
+
+    def _move_damaged(self, exc: BaseException) -> bool:
+        """The file is damaged: move it aside and record into a fresh one (the next flush).
+        The moved file keeps what is readable for ``history export``. True when moved."""
+        self._close_db()
+        try:
+            moved = move_aside(self.path)
+        except StorageError as err:
+            log.debug("history %s: %s", self.path, err)
+            return False
+        self._keyframe_now = True
+        self._mark_restart = False
+        self._failing = False
+        log.error(
+            "storage: history at %s was damaged (%s); moved aside to %s, recording into a"
+            " fresh file",
+            self.path,
+            exc,
+            moved.name,
+        )
+        self._on_recovered("corrupt")
+        return True
+
     def _open(self) -> sqlite3.Connection:
         if self._db is not None:
             return self._db
@@ -308,6 +359,11 @@ class History:
         try:
             self._prepare(db)
         except BaseException:
+            db.close()
+            raise
+        try:
+            self._ident = file_identity(self.path)
+        except OSError:
             db.close()
             raise
         self._db = db

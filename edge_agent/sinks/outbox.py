@@ -31,9 +31,11 @@ are synchronous; each is one short transaction (an append of 1,000 messages take
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -160,24 +162,167 @@ class Outbox:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"outbox {self.path}: cannot create its directory: {exc}") from exc
+        # Set when the file was found damaged at open: moved aside, salvaged, started afresh.
+        self.recovered: Recovered | None = None
         try:
-            # isolation_level=None: no implicit transactions; every write below says BEGIN itself.
-            db = sqlite3.connect(self.path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StorageError(f"outbox {self.path}: {exc}") from exc
-        try:
-            self._prepare(db)
-        except sqlite3.Error as exc:
-            db.close()
-            raise StorageError(f"outbox {self.path}: {exc}") from exc
-        except StorageError:
-            db.close()
-            raise
+            db = self._open()
+        except StorageError as exc:
+            if exc.reason != "corrupt":
+                raise
+            db = self._recover(exc)
+        self._ident = file_identity(self.path)
+        self.recreated = 0  # times the file was found deleted while open, and recreated
         self._db = db
         log.debug("outbox %s open, %d message(s) waiting", self.path, self.depth())
         if self._count:
             # Limits may have been lowered since the last run.
             self._enforce_limits_now()
+
+    def _open(self) -> sqlite3.Connection:
+        """Open (or create) the file and its schema; count what waits in it."""
+        try:
+            # isolation_level=None: no implicit transactions; every write below says BEGIN itself.
+            db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StorageError(f"outbox {self.path}: {exc}", reason=storage_reason(exc)) from exc
+        try:
+            self._prepare(db)
+        except sqlite3.Error as exc:
+            db.close()
+            raise StorageError(f"outbox {self.path}: {exc}", reason=storage_reason(exc)) from exc
+        except StorageError:
+            db.close()
+            raise
+        return db
+
+    def _recover(self, damage: StorageError) -> sqlite3.Connection:
+        """The file is damaged (truncated, overwritten, not a database): move it aside (with
+        its WAL), salvage what SQLite can still read, and start a fresh file holding it.
+
+        Salvage is plain SELECTs with ``writable_schema`` on, which makes SQLite ignore a
+        damaged schema entry instead of refusing the whole file; rows are read in id order,
+        stepping over unreadable pages. (The sqlite3 shell's ``.recover`` is not available from
+        Python's sqlite3 module: it needs the ``sqlite_dbpage`` table, which Python's SQLite
+        build does not have.) Every salvaged message keeps its payload and ``seq``; the line
+        counters keep going up from the highest seq seen, so numbering never goes back."""
+        moved = move_aside(self.path)
+        salvaged = _salvage(moved)
+        db = self._open()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO messages (line, topic_suffix, payload, qos, retain, seq, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                salvaged.messages,
+            )
+            db.executemany(
+                "INSERT INTO line_seq (line, last_seq) VALUES (?, ?)"
+                " ON CONFLICT(line) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
+                list(salvaged.line_seq.items()),
+            )
+            db.executemany(
+                "INSERT INTO state (key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                list(salvaged.state.items()),
+            )
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            db.close()
+            raise StorageError(
+                f"outbox {self.path}: cannot write the salvaged rows: {exc}",
+                reason=storage_reason(exc),
+            ) from exc
+        self._count = len(salvaged.messages)
+        self._bytes = sum(len(m[2]) for m in salvaged.messages)
+        self.recovered = Recovered(
+            moved_to=moved,
+            damage=str(damage.__cause__ or damage),
+            messages=len(salvaged.messages),
+            state_keys=len(salvaged.state),
+            complete=salvaged.complete,
+        )
+        log.error(
+            "storage: outbox at %s was damaged (%s); moved aside to %s and started a fresh file"
+            " with what could be read: %d message(s), %d engine state key(s)%s; reports of the"
+            " windows open now carry the warning storage_recovered",
+            self.path,
+            self.recovered.damage,
+            moved.name,
+            self.recovered.messages,
+            self.recovered.state_keys,
+            "" if salvaged.complete else " (the rest was unreadable)",
+        )
+        return db
+
+    def check_file(self) -> bool:
+        """Notice a file deleted while open (the state directory removed by hand): the open
+        connection still reads the deleted file, so everything in it is copied into a new file
+        at :attr:`path`. Logged once per event, counted in :attr:`recreated`. Cheap (one
+        ``stat``); call it on an existing periodic tick. True when the file was recreated."""
+        if self._db is None:
+            return False
+        try:
+            current = file_identity(self.path)
+        except FileNotFoundError:
+            current = None
+        except OSError:
+            return False  # cannot tell (permissions): the writes will say what is wrong
+        if current is not None and current == self._ident:
+            return False
+        old = self._db
+        try:
+            # With their ids: the sink's pump goes on after the last id it read.
+            messages = old.execute(
+                "SELECT id, line, topic_suffix, payload, qos, retain, seq, created FROM messages"
+                " ORDER BY id"
+            ).fetchall()
+            line_seq = old.execute("SELECT line, last_seq FROM line_seq").fetchall()
+            state = old.execute("SELECT key, value FROM state").fetchall()
+            row = old.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+            high = int(row[0]) if row is not None else 0
+        except sqlite3.Error as exc:
+            log.debug("outbox %s: reading the deleted file failed: %s", self.path, exc)
+            messages, line_seq, state, high = [], [], [], 0
+        if current is not None:  # something else is at the path now: keep it, aside
+            move_aside(self.path, kind="replaced")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = self._open()
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO messages (id, line, topic_suffix, payload, qos, retain, seq, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                messages,
+            )
+            # AUTOINCREMENT goes on after the highest id ever given, as before (an explicit id
+            # above it moves it up by itself; an empty table does not).
+            if not db.execute(
+                "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'messages'", (high,)
+            ).rowcount:
+                db.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('messages', ?)", (high,)
+                )
+            db.executemany("INSERT INTO line_seq (line, last_seq) VALUES (?, ?)", line_seq)
+            db.executemany("INSERT INTO state (key, value) VALUES (?, ?)", state)
+            db.execute("COMMIT")
+        except (OSError, sqlite3.Error, StorageError) as exc:
+            log.debug("outbox %s: recreating failed: %s", self.path, exc)
+            return False  # retried on the next check
+        self._db = db
+        self._ident = file_identity(self.path)
+        with contextlib.suppress(sqlite3.Error):
+            old.close()
+        self._count = len(messages)
+        self._bytes = sum(len(m[3]) for m in messages)
+        self.recreated += 1
+        log.error(
+            "storage: outbox at %s was %s while the agent ran; recreated it with the %d"
+            " message(s) and the engine state it held",
+            self.path,
+            "deleted" if current is None else "replaced",
+            len(messages),
+        )
+        return True
 
     def _prepare(self, db: sqlite3.Connection) -> None:
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -541,6 +686,140 @@ class Outbox:
                 db.close()
             except sqlite3.Error as exc:
                 raise StorageError(f"outbox {self.path}: cannot close: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What :class:`Outbox` did with a damaged file at open."""
+
+    moved_to: Path  # the damaged file, kept for inspection
+    damage: str  # SQLite's words for it
+    messages: int  # messages salvaged into the fresh file
+    state_keys: int  # engine state keys salvaged
+    complete: bool  # False: some rows could not be read
+
+
+@dataclass(slots=True)
+class _Salvaged:
+    messages: list[tuple[str, str, bytes, int, int, int, float]]
+    line_seq: dict[str, int]
+    state: dict[str, str]
+    complete: bool
+
+
+def file_identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def damaged_name(path: Path, kind: str = "corrupt", now: float | None = None) -> Path:
+    """``outbox.sqlite.corrupt-20261202T063000Z``: where a damaged file is moved (UTC time)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    target = path.with_name(f"{path.name}.{kind}-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.{kind}-{stamp}-{n}")
+        n += 1
+    return target
+
+
+def move_aside(path: Path, kind: str = "corrupt") -> Path:
+    """Rename ``path`` and its ``-wal`` / ``-shm`` files to :func:`damaged_name` (the WAL keeps
+    the name SQLite looks for next to the moved file)."""
+    target = damaged_name(path, kind)
+    try:
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                side.rename(target.with_name(target.name + suffix))
+        path.rename(target)
+    except OSError as exc:
+        raise StorageError(
+            f"{path} is damaged and cannot be moved aside: {exc}",
+            reason=storage_reason(exc),
+        ) from exc
+    return target
+
+
+_SALVAGE_SKIPS = 40  # unreadable spots stepped over per table, at doubling distances
+
+
+def _salvage(path: Path) -> _Salvaged:
+    """Read what SQLite can still read from a damaged outbox (see :meth:`Outbox._recover`)."""
+    out = _Salvaged(messages=[], line_seq={}, state={}, complete=True)
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error:
+        out.complete = False
+        return out
+    try:
+        try:
+            db.execute("PRAGMA writable_schema=ON")  # read past a damaged schema entry
+            db.execute("PRAGMA query_only=ON")
+        except sqlite3.Error:
+            out.complete = False
+            return out
+        after, step, skips = 0, 1, 0
+        while True:
+            try:
+                for r in db.execute(
+                    "SELECT id, line, topic_suffix, payload, qos, retain, seq, created"
+                    " FROM messages WHERE id > ? ORDER BY id",
+                    (after,),
+                ):
+                    after, step = int(r[0]), 1
+                    row = _salvaged_row(r)
+                    if row is None:
+                        out.complete = False
+                    else:
+                        out.messages.append(row)
+                break
+            except (sqlite3.Error, TypeError, ValueError):
+                out.complete = False
+                skips += 1
+                if skips > _SALVAGE_SKIPS:
+                    break
+                after += step
+                step *= 2
+        for table, sink in (("line_seq", out.line_seq), ("state", out.state)):
+            try:
+                for key, value in db.execute(f"SELECT * FROM {table}"):
+                    sink[str(key)] = value
+            except (sqlite3.Error, ValueError):
+                out.complete = False
+        out.line_seq = {k: int(v) for k, v in out.line_seq.items() if isinstance(v, int)}
+        out.state = {k: str(v) for k, v in out.state.items()}
+        # The counters go on from the highest seq salvaged, whatever the counter table said.
+        for line, _t, _p, _q, _r, seq, _c in out.messages:
+            out.line_seq[line] = max(out.line_seq.get(line, 0), seq)
+    finally:
+        db.close()
+    return out
+
+
+def _salvaged_row(r: Sequence[Any]) -> tuple[str, str, bytes, int, int, int, float] | None:
+    """A message row read from a damaged file, or ``None`` when it is not whole: a page cut
+    short reads as zeros, so the payload must still be the JSON object carrying the row's seq."""
+    _id, line, topic, payload, qos, retain, seq, created = r
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    if not (
+        isinstance(line, str)
+        and isinstance(topic, str)
+        and isinstance(payload, bytes)
+        and qos in (0, 1, 2)
+        and retain in (0, 1)
+        and isinstance(seq, int)
+        and isinstance(created, int | float)
+    ):
+        return None
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("seq") != seq:
+        return None
+    return line, topic, payload, int(qos), int(retain), seq, float(created)
 
 
 def _stored(r: Sequence[Any]) -> StoredMessage:

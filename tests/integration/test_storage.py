@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +154,121 @@ async def test_disk_full_at_stop_says_what_was_lost(
     lost = [line for line in log.splitlines() if "held in memory" in line and "lost" in line]
     assert len(lost) == 1, log
     assert "ERROR" in lost[0], lost
+
+
+def damage(path: Path, how: str) -> None:
+    if how == "truncated":
+        os.truncate(path, path.stat().st_size // 2)
+    else:
+        path.write_bytes(os.urandom(path.stat().st_size))
+
+
+@pytest.mark.parametrize("how", ["truncated", "junk"])
+async def test_a_damaged_outbox_is_moved_aside_salvaged_and_said(
+    how: str, sim: Simulation, mosquitto_factory: Any, tmp_path: Path
+) -> None:
+    assert sim.modbus_port is not None
+    broker = mosquitto_factory()
+    broker.stop()  # reports wait in the outbox
+    metrics_port = free_port()
+    state = tmp_path / "state"
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        agent_config(
+            sim.modbus_port, broker.port, state, metrics_port=metrics_port, publish_interval="100ms"
+        )
+    )
+    outbox = state / "outbox.sqlite"
+    agent = AgentProcess(cfg, stop_timeout_s=40)
+    await agent.start()
+    try:
+        await until(lambda: sink_metric(metrics_port, "edge_agent_outbox_messages") >= 150, 60)
+    finally:
+        assert await agent.stop() == 0, agent.output()
+    with sqlite3.connect(outbox) as db:
+        queued = {(line, seq) for line, seq in db.execute("SELECT line, seq FROM messages")}
+    db.close()
+    damage(outbox, how)
+    broker.start(attempts=1)
+    async with PersistentSubscriber(broker.host, broker.port) as sub:
+        await agent.start()
+        try:
+            # The agent runs and publishes, with the warning in the reports of the open windows.
+            try:
+                await sub.wait_for(
+                    lambda: any("storage_recovered" in k["warnings"] for _, k in sub.kpis["line1"]),
+                    60,
+                )
+            except TimeoutError:
+                raise AssertionError(
+                    f"no warned report: {sub.report()} {sub.kpis['line1'][-1:]}\n{agent.output()}"
+                ) from None
+            recovered = metric(
+                metrics_port,
+                "edge_agent_storage_recovered_total",
+                'file="outbox.sqlite",reason="corrupt"',
+            )
+            assert recovered == 1, agent.output()
+            await until(lambda: sink_metric(metrics_port, "edge_agent_outbox_messages") == 0, 60)
+        finally:
+            code = await agent.stop()
+    log = agent.output()
+    assert code == 0, log
+    assert "Traceback" not in log, log
+    aside = list(state.glob("outbox.sqlite.corrupt-*"))
+    assert len(aside) == 1 and aside[0].stat().st_size > 0, list(state.iterdir())
+    lines = [line for line in log.splitlines() if "was damaged" in line]
+    assert len(lines) == 1 and "ERROR" in lines[0] and aside[0].name in lines[0], log
+    delivered = {(line, seq) for line, seqs in sub.seqs.items() for seq in seqs}
+    salvaged = queued & delivered
+    print(f"{how}: {len(queued)} queued, {len(salvaged)} salvaged and delivered", lines[0])
+    if how == "truncated":
+        assert salvaged, (len(queued), log)
+        assert f"{len(salvaged)} message(s)" in lines[0], lines[0]
+    else:
+        assert "0 message(s)" in lines[0], lines[0]
+    # Numbering never goes back: the new reports come after everything queued before.
+    for line in ("line1", "line2"):
+        fresh = [seq for seq in sub.seqs[line] if (line, seq) not in queued]
+        assert min(fresh) > max(seq for ln, seq in queued if ln == line)
+
+
+async def test_state_directory_deleted_while_running_is_recreated(
+    sim: Simulation, mosquitto: Any, tmp_path: Path
+) -> None:
+    assert sim.modbus_port is not None
+    metrics_port = free_port()
+    state = tmp_path / "state"
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(agent_config(sim.modbus_port, mosquitto.port, state, metrics_port=metrics_port))
+    agent = AgentProcess(cfg, stop_timeout_s=40)
+    async with PersistentSubscriber(mosquitto.host, mosquitto.port) as sub:
+        await agent.start()
+        try:
+            await sub.wait_for(lambda: len(sub.kpis["line1"]) >= 3, 60)
+            await until((state / "history.sqlite").exists, 30)
+            shutil.rmtree(state)
+            await until((state / "outbox.sqlite").exists, 30)
+            await until((state / "history.sqlite").exists, 30)
+            seen = len(sub.kpis["line1"])
+            await sub.wait_for(lambda: len(sub.kpis["line1"]) >= seen + 5, 60)
+
+            def recovered(file: str) -> float | None:
+                labels = f'file="{file}",reason="deleted"'
+                return metric(metrics_port, "edge_agent_storage_recovered_total", labels)
+
+            assert recovered("outbox.sqlite") == 1, agent.output()
+            assert recovered("history.sqlite") == 1, agent.output()
+            assert sink_metric(metrics_port, "edge_agent_mqtt_connected") == 1
+        finally:
+            code = await agent.stop()
+    log = agent.output()
+    assert code == 0, log
+    assert log.count("was deleted while the agent ran") == 2, log
+    report = sub.report()
+    for line, figures in report.items():
+        assert figures["gaps"] == 0 and figures["duplicates"] == 0, (line, figures)
+    # What the agent stored after the deletion is in the new file.
+    with sqlite3.connect(state / "outbox.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM state").fetchone()[0] == 2
+    db.close()
