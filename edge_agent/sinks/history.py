@@ -45,7 +45,13 @@ from edge_agent.config.schema import HistoryConfig
 from edge_agent.errors import StorageError
 from edge_agent.model import Quality, Sample, Value
 from edge_agent.samplecsv import SampleWriter, format_value
-from edge_agent.sinks.outbox import DESCRIBED, file_identity, move_aside, storage_reason
+from edge_agent.sinks.outbox import (
+    DESCRIBED,
+    file_identity,
+    give_back_wal,
+    move_aside,
+    storage_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +246,12 @@ class History:
             deleted = self._write(db, rows, now - self.cfg.retention_s if retention else None)
         except (sqlite3.Error, StorageError, OSError) as exc:
             self.rows_dropped += len(rows)
-            if storage_reason(exc) == "corrupt" and self._move_damaged(exc):
+            reason = storage_reason(exc)
+            if reason == "corrupt" and self._move_damaged(exc):
                 return 0
+            if reason == "disk_full" and self._db is not None:
+                # Leave the room to the outbox: the reports matter more than the samples.
+                give_back_wal(self._db, self.path)
             if not self._failing:
                 log.error(
                     "storage: %s writing the history at %s: %s; samples are not recorded until"

@@ -454,13 +454,7 @@ class Outbox:
         interval the WAL grows to ~4 MiB before it is reused, so on a disk that filled up, a
         little freed space would be eaten by the WAL again at once. True when the WAL was
         truncated."""
-        try:
-            db.execute(f"PRAGMA wal_autocheckpoint={_TIGHT_WAL_PAGES}")
-            busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-        except sqlite3.Error as exc:
-            log.debug("outbox %s: checkpoint on a full disk failed: %s", self.path, exc)
-            return False
-        return not busy
+        return give_back_wal(db, self.path)
 
     @property
     def failing(self) -> bool:
@@ -705,6 +699,18 @@ class _Salvaged:
     line_seq: dict[str, int]
     state: dict[str, str]
     complete: bool
+
+
+def give_back_wal(db: sqlite3.Connection, path: Path) -> bool:
+    """On a full disk: checkpoint and truncate ``db``'s WAL and keep it small from now on (see
+    :meth:`Outbox._make_room`). True when the WAL was truncated."""
+    try:
+        db.execute(f"PRAGMA wal_autocheckpoint={_TIGHT_WAL_PAGES}")
+        busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    except sqlite3.Error as exc:
+        log.debug("%s: checkpoint on a full disk failed: %s", path, exc)
+        return False
+    return not busy
 
 
 def file_identity(path: Path) -> tuple[int, int]:

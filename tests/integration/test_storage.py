@@ -163,6 +163,19 @@ def damage(path: Path, how: str) -> None:
         path.write_bytes(os.urandom(path.stat().st_size))
 
 
+def recorded(history: Path) -> bool:
+    """The history holds samples (written by the agent, read here on the side)."""
+    if not history.exists():
+        return False
+    try:
+        with sqlite3.connect(f"{history.as_uri()}?mode=ro", uri=True) as db:
+            n = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        db.close()
+    except sqlite3.Error:
+        return False
+    return bool(n)
+
+
 @pytest.mark.parametrize("how", ["truncated", "junk"])
 async def test_a_damaged_outbox_is_moved_aside_salvaged_and_said(
     how: str, sim: Simulation, mosquitto_factory: Any, tmp_path: Path
@@ -246,7 +259,7 @@ async def test_state_directory_deleted_while_running_is_recreated(
         await agent.start()
         try:
             await sub.wait_for(lambda: len(sub.kpis["line1"]) >= 3, 60)
-            await until((state / "history.sqlite").exists, 30)
+            await until(lambda: recorded(state / "history.sqlite"), 30)
             shutil.rmtree(state)
             await until((state / "outbox.sqlite").exists, 30)
             await until((state / "history.sqlite").exists, 30)
