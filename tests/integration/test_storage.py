@@ -9,6 +9,7 @@ filled with a file until the kernel says ENOSPC.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import sqlite3
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from helpers.agent_process import AgentProcess
 from helpers.aio import until
@@ -30,6 +32,7 @@ pytestmark = pytest.mark.integration
 __all__ = ["sim"]  # the simulation fixture, shared with the fault tests
 
 _CHUNK = b"\0" * 65536
+KPI_SCHEMA = Path(__file__).parents[2] / "docs" / "schemas" / "kpi.schema.json"
 
 
 @pytest.fixture
@@ -232,6 +235,8 @@ async def test_a_damaged_outbox_is_moved_aside_salvaged_and_said(
     assert len(aside) == 1 and aside[0].stat().st_size > 0, list(state.iterdir())
     lines = [line for line in log.splitlines() if "was damaged" in line]
     assert len(lines) == 1 and "ERROR" in lines[0] and aside[0].name in lines[0], log
+    warned = [k for _, k in sub.kpis["line1"] if "storage_recovered" in k["warnings"]]
+    jsonschema.validate(warned[0], json.loads(KPI_SCHEMA.read_text()))  # a documented warning
     delivered = {(line, seq) for line, seqs in sub.seqs.items() for seq in seqs}
     salvaged = queued & delivered
     print(f"{how}: {len(queued)} queued, {len(salvaged)} salvaged and delivered", lines[0])
