@@ -24,6 +24,10 @@ Best effort. The outbox is what must not lose data; the history must not stop th
 SQLite failure (disk full, read-only file system, corrupt file) is logged once, the buffered
 samples are dropped and counted, and the next flush tries again; after a recovery every tag's
 current value is written at once (a keyframe), so the record is consistent again from there.
+A damaged file is moved aside (``history.sqlite.corrupt-YYYYMMDDTHHMMSSZ``, still exportable as
+far as it is readable) and one deleted while open is noticed at the next flush; either way
+recording goes on in a new file, every tag's value first. On a full disk the WAL is given back,
+so that the outbox, which matters more, gets the room.
 
 Thread-safety: used from the event loop thread only, like the outbox.
 """

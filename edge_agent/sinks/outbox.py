@@ -24,6 +24,13 @@ Every deleted message is counted by topic (:attr:`Outbox.dropped`) and leaves a 
 ``seq``: a subscriber can tell it was dropped, never silently lost. Thinning and hard drops are
 logged once when they start, and once when the outbox is back under its soft limits.
 
+Storage trouble. A failed write (a full disk, a read-only file system) is logged once, as what it
+is, for every caller (the engine's appends and the sink's deletes), and its recovery once; on a
+full disk the WAL is given back to the file system and kept small from then on. A file found
+damaged at open is moved aside (``outbox.sqlite.corrupt-YYYYMMDDTHHMMSSZ``) and what SQLite can
+still read is salvaged into a fresh one (:attr:`Outbox.recovered`); a file deleted while open
+is recreated with what it held (:meth:`Outbox.check_file`).
+
 Thread-safety: an :class:`Outbox` is used from the event loop thread only (the engine appends, the
 MQTT sink peeks and acks, both on the loop). SQLite's own same-thread check enforces it. The calls
 are synchronous; each is one short transaction (an append of 1,000 messages takes milliseconds).
