@@ -659,7 +659,7 @@ class MqttSink:
             return batch
         withheld = [m.id for m in batch if not share.allows(m.line, m.topic_suffix)]
         if withheld:
-            self._flush(withheld)
+            self._flush(list(withheld))  # _flush empties the list it is given
             if not self.withheld_total:
                 log.warning(
                     "sink '%s': deleting queued messages of lines or topics it no longer shares",
