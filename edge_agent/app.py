@@ -77,6 +77,7 @@ class _SinkRun:
     published_seen: int = 0
     unconfirmed_seen: int = 0
     dropped_seen: dict[str, int] = field(default_factory=dict)
+    lost_seen: int = 0
 
 
 def state_dir_for(cfg: AgentConfig) -> Path:
@@ -164,6 +165,9 @@ class Agent:
             sc.name: _SinkRun(sc, outbox)
             for sc, outbox in zip(self.cfg.mqtt_sinks, outboxes, strict=True)
         }
+        for each in outboxes:
+            if each.recovered is not None:  # logged by the outbox
+                self.metrics.storage_recovered.labels(file=each.path.name, reason="corrupt").inc()
         outbox = outboxes[0]
         try:
             return await self._run(stop, outbox)
@@ -200,7 +204,12 @@ class Agent:
         history = None
         if cfg.storage.history.enabled:
             history = History(
-                state_dir_for(cfg) / HISTORY_FILE, cfg.storage.history, clock=self.clock
+                state_dir_for(cfg) / HISTORY_FILE,
+                cfg.storage.history,
+                clock=self.clock,
+                on_recovered=lambda reason: m.storage_recovered.labels(
+                    file=HISTORY_FILE, reason=reason
+                ).inc(),
             )
         self.history = history
         runner = EngineRunner(
@@ -260,8 +269,19 @@ class Agent:
             await asyncio.gather(*(self._stop_sink(n, self.drain_timeout_s) for n in self.sinks))
             status_task.cancel()
             await asyncio.gather(status_task, return_exceptions=True)
+            for target in runner.targets:
+                target.give_up()
             for name, run in self.sinks.items():
-                left = run.outbox.depth()
+                self._mirror_sink(name, run)
+                unsaved = len(run.sink.unsaved_acks) if run.sink is not None else 0
+                if unsaved:
+                    log.warning(
+                        "storage: %d message(s) acknowledged by broker '%s' could not be deleted"
+                        " from its outbox; they will be sent again at the next start",
+                        unsaved,
+                        name,
+                    )
+                left = run.outbox.depth() - unsaved
                 if left:
                     log.warning(
                         "%d message(s) stay in the outbox of sink '%s' for the next start",
@@ -462,6 +482,7 @@ class Agent:
             interval = min(interval, self.notifier.watchdog_interval_s / 4)
         while True:
             for name, run in self.sinks.items():
+                self._check_storage(run.outbox.path.name, run.outbox.check_file())
                 self._mirror_sink(name, run)
             # The engine ticks every second; 3 publish intervals without progress is a hang.
             stale_after = self.stall_after_s or max(
@@ -470,6 +491,11 @@ class Agent:
             if time.monotonic() - self._last_progress < stale_after:
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
+
+    def _check_storage(self, file: str, recreated: bool) -> None:
+        """Count a state file found deleted while running (and recreated; logged by it)."""
+        if recreated:
+            self.metrics.storage_recovered.labels(file=file, reason="deleted").inc()
 
     def _mirror_sink(self, name: str, run: _SinkRun) -> None:
         m = self.metrics
@@ -492,6 +518,12 @@ class Agent:
         m.outbox_bytes.labels(sink=name).set(outbox.size_bytes)
         held = self.runner.held_by_sink() if self.runner else {}
         m.outbox_held.labels(sink=name).set(held.get(name, 0))
+        m.outbox_writable.labels(sink=name).set(0 if outbox.failing else 1)
+        if self.runner is not None:
+            for target in self.runner.targets:
+                if target.name == name and target.lost > run.lost_seen:
+                    m.outbox_lost.labels(sink=name).inc(target.lost - run.lost_seen)
+                    run.lost_seen = target.lost
         try:
             age = outbox.oldest_age_s(time.time())
         except StorageError:  # the runner logs storage trouble once; a metric can wait

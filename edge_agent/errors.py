@@ -37,4 +37,11 @@ class BrokerRefusedError(SinkError):
 
 
 class StorageError(EdgeAgentError):
-    """The state directory or a database in it cannot be used (permissions, full disk)."""
+    """The state directory or a database in it cannot be used (permissions, full disk).
+
+    ``reason`` says which, for the one log line that names it: ``disk_full``, ``read_only``,
+    ``corrupt`` or ``other``."""
+
+    def __init__(self, message: str, *, reason: str = "other") -> None:
+        super().__init__(message)
+        self.reason = reason

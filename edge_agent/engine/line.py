@@ -549,6 +549,12 @@ class LineEngine:
             if kind >= _TOTAL:
                 self._reset_hints.add(kind)
 
+    def flag(self, warning: str, now: float) -> None:
+        """Add ``warning`` to the reports of the windows open at ``now`` (the agent's own
+        trouble, e.g. ``storage_recovered``: its state files were damaged and salvaged)."""
+        self._advance(now)
+        self._flag(warning)
+
     def tick(self, now: float) -> list[OutMessage]:
         """Advance time to ``now``; return the messages due since the last call, in time order:
         ``kpi/hour`` for each closed clock hour and ``kpi/shift`` for each closed shift (QoS 1,

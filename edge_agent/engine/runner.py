@@ -57,6 +57,9 @@ LIVE_TOPICS: frozenset[str] = frozenset({"kpi", "energy", "order"})
 # Topics that only the primary sink receives: replies to order commands belong to the broker the
 # commands came from (the plant's, ``mqtt.commands`` on the first sink).
 PRIMARY_ONLY_PREFIX = "cmd/"
+# The warning in the reports of the windows open when a damaged outbox was moved aside and
+# salvaged at start (docs/mqtt.md).
+STORAGE_RECOVERED = "storage_recovered"
 
 
 def signal_tags(line: LineConfig) -> list[str]:
@@ -91,6 +94,7 @@ class SinkOutbox:
         self.notify = notify
         self.pending: list[OutMessage] = []
         self.failing = False
+        self.lost = 0  # held reports that could not be kept (too many, or held at stop)
         # (line, topic) -> time of the last live snapshot taken
         self._last_live: dict[tuple[str, str], float] = {}
         self.configure(cfg)
@@ -138,34 +142,32 @@ class SinkOutbox:
 
     def store(self, messages: list[OutMessage], state: dict[str, str] | None = None) -> bool:
         """Append the held messages and ``messages`` (with ``state``); on a storage error hold
-        them in memory instead (live snapshots only the newest). True when stored."""
+        them in memory instead (live snapshots only the newest). True when stored.
+
+        The outbox logs the failure and the recovery itself, once each; what cannot be held
+        (above :data:`_MAX_PENDING`) is counted in :attr:`lost` and logged."""
         batch = self.pending + messages
         try:
             self.outbox.append(batch, state=state)
-        except StorageError as exc:
-            if not self.failing:
-                log.error(
-                    "outbox of sink '%s' cannot be written, holding reports in memory: %s",
-                    self.name,
-                    exc,
-                )
-                self.failing = True
+        except StorageError:
+            self.failing = True
             # Live snapshots are superseded by the next one; keep everything else.
             kept = [m for m in batch if m.topic_suffix not in LIVE_TOPICS] + [
                 m for m in messages if m.topic_suffix in LIVE_TOPICS
             ]
             if len(kept) > _MAX_PENDING:
                 log.error(
-                    "%d held report(s) of sink '%s' dropped: its outbox has not been writable"
-                    " for too long",
+                    "storage: %d held report(s) of sink '%s' lost: its outbox has not been"
+                    " writable for too long",
                     len(kept) - _MAX_PENDING,
                     self.name,
                 )
+                self.lost += len(kept) - _MAX_PENDING
             self.pending = kept[-_MAX_PENDING:]
             return False
         if self.failing:
-            log.warning(
-                "outbox of sink '%s' writable again; %d held report(s) stored",
+            log.info(
+                "sink '%s': %d report(s) held in memory stored in the outbox",
                 self.name,
                 len(self.pending),
             )
@@ -174,6 +176,22 @@ class SinkOutbox:
         if batch:
             self.notify()
         return True
+
+    def give_up(self) -> int:
+        """At stop: the held reports cannot be kept; count them in :attr:`lost`, say so once
+        (they would otherwise vanish with the process) and return how many."""
+        n = len(self.pending)
+        if n:
+            log.error(
+                "storage: %d report(s) held in memory for sink '%s' are lost: its outbox at %s"
+                " could not be written up to the stop",
+                n,
+                self.name,
+                self.outbox.path,
+            )
+            self.lost += n
+            self.pending = []
+        return n
 
 
 class EngineRunner:
@@ -216,6 +234,11 @@ class EngineRunner:
             self.engines[line.name] = self._new_engine(line, saved)
             self._lines[line.name] = line
         self._route()
+        if any(t.outbox.recovered is not None for t in self.targets):
+            # Reports (or the engine state) may be missing: say so in the open windows' reports.
+            now = self._now()
+            for engine in self.engines.values():
+                engine.flag(STORAGE_RECOVERED, now)
         self._window_totals: dict[str, tuple[str, int, int, int]] = {}
         self.steps = 0
         # Set by deliver() when a line's state changed: run() steps at once, so a `state`
@@ -417,8 +440,12 @@ class EngineRunner:
 
     def held_by_sink(self) -> dict[str, int]:
         """Messages held in memory, by sink name."""
-        targets = [self.primary, *self.more_sinks]
-        return {t.name: len(t.pending) for t in targets}
+        return {t.name: len(t.pending) for t in self.targets}
+
+    @property
+    def targets(self) -> list[SinkOutbox]:
+        """Every sink's side, the primary first."""
+        return [self.primary, *self.more_sinks]
 
     def _update_line_metrics(self, line: str, payload: dict[str, Any]) -> None:
         m = self._metrics

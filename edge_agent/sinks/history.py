@@ -24,6 +24,10 @@ Best effort. The outbox is what must not lose data; the history must not stop th
 SQLite failure (disk full, read-only file system, corrupt file) is logged once, the buffered
 samples are dropped and counted, and the next flush tries again; after a recovery every tag's
 current value is written at once (a keyframe), so the record is consistent again from there.
+A damaged file is moved aside (``history.sqlite.corrupt-YYYYMMDDTHHMMSSZ``, still exportable as
+far as it is readable) and one deleted while open is noticed at the next flush; either way
+recording goes on in a new file, every tag's value first. On a full disk the WAL is given back,
+so that the outbox, which matters more, gets the room.
 
 Thread-safety: used from the event loop thread only, like the outbox.
 """
@@ -45,6 +49,13 @@ from edge_agent.config.schema import HistoryConfig
 from edge_agent.errors import StorageError
 from edge_agent.model import Quality, Sample, Value
 from edge_agent.samplecsv import SampleWriter, format_value
+from edge_agent.sinks.outbox import (
+    DESCRIBED,
+    file_identity,
+    give_back_wal,
+    move_aside,
+    storage_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +153,13 @@ class History:
         *,
         clock: Callable[[], float] = time.time,
         flush_interval_s: float = 1.0,
+        on_recovered: Callable[[str], None] = lambda reason: None,
     ) -> None:
+        """``on_recovered(reason)``: the file was found ``corrupt`` (moved aside) or ``deleted``
+        while open, and recording goes on in a new file (logged here)."""
         self.path = Path(path)
+        self._on_recovered = on_recovered
+        self._ident: tuple[int, int] | None = None
         self.cfg = cfg
         self._clock = clock
         self.flush_interval_s = flush_interval_s
@@ -210,6 +226,7 @@ class History:
         on failure: logged once, and after :meth:`close`)."""
         if self._closed:
             return 0
+        self._check_file()
         now = self._clock()
         keyframe = keyframe and (
             self._keyframe_now or (self._next_keyframe is not None and now >= self._next_keyframe)
@@ -233,10 +250,17 @@ class History:
             deleted = self._write(db, rows, now - self.cfg.retention_s if retention else None)
         except (sqlite3.Error, StorageError, OSError) as exc:
             self.rows_dropped += len(rows)
+            reason = storage_reason(exc)
+            if reason == "corrupt" and self._move_damaged(exc):
+                return 0
+            if reason == "disk_full" and self._db is not None:
+                # Leave the room to the outbox: the reports matter more than the samples.
+                give_back_wal(self._db, self.path)
             if not self._failing:
                 log.error(
-                    "history %s cannot be written (%s); samples are not recorded until it "
-                    "recovers (KPIs and reports are not affected)",
+                    "storage: %s writing the history at %s: %s; samples are not recorded until"
+                    " it can be written (KPIs and reports are not affected)",
+                    DESCRIBED[storage_reason(exc)],
                     self.path,
                     exc,
                 )
@@ -245,7 +269,8 @@ class History:
             return 0
         if self._failing:
             log.warning(
-                "history %s writable again; %d sample row(s) were not recorded",
+                "storage: history at %s recovered: writable again; %d sample row(s) were not"
+                " recorded",
                 self.path,
                 self.rows_dropped,
             )
@@ -297,6 +322,49 @@ class History:
         self._mark_restart = False
         return deleted
 
+    def _check_file(self) -> None:
+        """The file deleted while open (the state directory removed by hand): record into a
+        new one from the next flush on, with every tag's value first. One ``stat`` a flush."""
+        if self._db is None or self._ident is None:
+            return
+        try:
+            if file_identity(self.path) == self._ident:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        self._close_db()
+        self._keyframe_now = True
+        log.error(
+            "storage: history at %s was deleted while the agent ran; recording into a new file"
+            " (the samples before are gone)",
+            self.path,
+        )
+        self._on_recovered("deleted")
+
+    def _move_damaged(self, exc: BaseException) -> bool:
+        """The file is damaged: move it aside and record into a fresh one (the next flush).
+        The moved file keeps what is readable for ``history export``. True when moved."""
+        self._close_db()
+        try:
+            moved = move_aside(self.path)
+        except StorageError as err:
+            log.debug("history %s: %s", self.path, err)
+            return False
+        self._keyframe_now = True
+        self._mark_restart = False
+        self._failing = False
+        log.error(
+            "storage: history at %s was damaged (%s); moved aside to %s, recording into a"
+            " fresh file",
+            self.path,
+            exc,
+            moved.name,
+        )
+        self._on_recovered("corrupt")
+        return True
+
     def _open(self) -> sqlite3.Connection:
         if self._db is not None:
             return self._db
@@ -305,6 +373,11 @@ class History:
         try:
             self._prepare(db)
         except BaseException:
+            db.close()
+            raise
+        try:
+            self._ident = file_identity(self.path)
+        except OSError:
             db.close()
             raise
         self._db = db

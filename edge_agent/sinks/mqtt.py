@@ -46,6 +46,7 @@ Only this module imports aiomqtt / paho.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -66,7 +67,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config.schema import MqttConfig, MqttEncoding, MqttProtocol
-from edge_agent.errors import BrokerRefusedError, SinkError
+from edge_agent.errors import BrokerRefusedError, SinkError, StorageError
 from edge_agent.secrets import SecretError, read_secret
 from edge_agent.sharing import ShareFilter
 from edge_agent.sinks import sparkplug
@@ -75,6 +76,8 @@ from edge_agent.sinks.outbox import Outbox, StoredMessage
 log = logging.getLogger(__name__)
 
 STATUS_SCHEMA = "edge-agent/status/1"
+# While acknowledged rows cannot be deleted (a storage error), the idle pump retries this often.
+_STORAGE_RETRY_S = 1.0
 
 # A subscription's handler: (topic, payload, retained). Called on the event loop; must not block.
 MessageHandler = Callable[[str, bytes, bool], None]
@@ -199,6 +202,10 @@ class MqttSink:
         # earlier DDATA is acknowledged (so seq and values stay in wire order).
         self._rebirth_pending = False
         self._retained_ncmd_logged = False
+        # Storage: rows the broker acknowledged whose DELETE failed (a full disk). A storage
+        # error is not a link error: the link stays up, these rows are never sent again, and
+        # every flush retries deleting them.
+        self.unsaved_acks: set[int] = set()
         self.sparkplug: sparkplug.SparkplugSession | None = None
         if cfg.encoding is MqttEncoding.SPARKPLUG_B:
             self._setup_sparkplug(lines)
@@ -759,6 +766,10 @@ class MqttSink:
                     batch = self._outbox.peek(room, after_id=last_id)
                     if batch:
                         last_id = batch[-1].id
+                        if self.unsaved_acks:  # acknowledged already, only not deleted yet
+                            batch = [m for m in batch if m.id not in self.unsaved_acks]
+                            if not batch:
+                                continue
                     for m in self._screen(batch):
                         if inflight and m.qos != inflight[-1][0].qos:
                             # paho sends QoS 0 at once but queues QoS 1 behind its in-flight
@@ -773,7 +784,12 @@ class MqttSink:
                     self._flush(acked)
                     if self._closing:
                         return
-                    await self._wake.wait()
+                    if self.unsaved_acks:  # the disk may have room again: retry the DELETE
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(_STORAGE_RETRY_S):
+                                await self._wake.wait()
+                    else:
+                        await self._wake.wait()
                     continue
                 if not _done(inflight[0][1]):
                     waiter.append(loop.create_future())
@@ -817,7 +833,7 @@ class MqttSink:
             return batch
         withheld = [m.id for m in batch if not share.allows(m.line, m.topic_suffix)]
         if withheld:
-            self._outbox.ack(withheld)
+            self._flush(list(withheld))  # _flush empties the list it is given
             if not self.withheld_total:
                 log.warning(
                     "sink '%s': deleting queued messages of lines or topics it no longer shares",
@@ -946,10 +962,19 @@ class MqttSink:
             )
 
     def _flush(self, acked: list[int]) -> None:
-        """Delete the acknowledged rows (an in-order prefix of what was sent)."""
-        if acked:
-            self._outbox.ack(acked)
-            acked.clear()
+        """Delete the acknowledged rows (an in-order prefix of what was sent), and those whose
+        DELETE failed before. A storage error (logged once by the outbox) keeps their ids in
+        :attr:`unsaved_acks` instead of ending the link."""
+        if not acked and not self.unsaved_acks:
+            return
+        ids = [*sorted(self.unsaved_acks), *acked] if self.unsaved_acks else acked
+        try:
+            self._outbox.ack(ids)
+        except StorageError:
+            self.unsaved_acks.update(acked)
+        else:
+            self.unsaved_acks.clear()
+        acked.clear()
 
     async def _disconnect(self, client: aiomqtt.Client) -> None:
         try:

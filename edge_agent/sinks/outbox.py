@@ -24,6 +24,13 @@ Every deleted message is counted by topic (:attr:`Outbox.dropped`) and leaves a 
 ``seq``: a subscriber can tell it was dropped, never silently lost. Thinning and hard drops are
 logged once when they start, and once when the outbox is back under its soft limits.
 
+Storage trouble. A failed write (a full disk, a read-only file system) is logged once, as what it
+is, for every caller (the engine's appends and the sink's deletes), and its recovery once; on a
+full disk the WAL is given back to the file system and kept small from then on. A file found
+damaged at open is moved aside (``outbox.sqlite.corrupt-YYYYMMDDTHHMMSSZ``) and what SQLite can
+still read is salvaged into a fresh one (:attr:`Outbox.recovered`); a file deleted while open
+is recreated with what it held (:meth:`Outbox.check_file`).
+
 Thread-safety: an :class:`Outbox` is used from the event loop thread only (the engine appends, the
 MQTT sink peeks and acks, both on the loop). SQLite's own same-thread check enforces it. The calls
 are synchronous; each is one short transaction (an append of 1,000 messages takes milliseconds).
@@ -31,14 +38,17 @@ are synchronous; each is one short transaction (an append of 1,000 messages take
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_agent.config.schema import OutboxConfig
 from edge_agent.errors import StorageError
@@ -73,6 +83,38 @@ CREATE TABLE IF NOT EXISTS state (
 LIVE_TOPIC = "kpi"  # the live snapshot: thinned first when the outbox is full
 _LOW_WATER = 0.9  # thinning goes 10 % below a soft limit, so it does not run on every append
 _DELETE_CHUNK = 500  # ids per DELETE statement (SQLite's variable limit is far above)
+# The WAL's checkpoint interval once the disk was found full (SQLite's default is 1,000 pages).
+_TIGHT_WAL_PAGES = 16
+_T = TypeVar("_T")
+
+
+_REASONS = {
+    sqlite3.SQLITE_FULL: "disk_full",
+    sqlite3.SQLITE_READONLY: "read_only",
+    sqlite3.SQLITE_CORRUPT: "corrupt",
+    sqlite3.SQLITE_NOTADB: "corrupt",
+}
+_ERRNO_REASONS = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EROFS: "read_only"}
+# How a storage failure is named in its log line.
+DESCRIBED = {
+    "disk_full": "disk full",
+    "read_only": "read-only file system",
+    "corrupt": "damaged file",
+    "other": "error",
+}
+
+
+def storage_reason(exc: BaseException) -> str:
+    """What a sqlite or OS error means for the state directory: ``disk_full``, ``read_only``,
+    ``corrupt`` or ``other`` (SQLite's primary result code, or the OS errno)."""
+    if isinstance(exc, StorageError):
+        return exc.reason
+    if isinstance(exc, OSError):
+        return _ERRNO_REASONS.get(exc.errno or 0, "other")
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(code, int):
+        return "other"
+    return _REASONS.get(code & 0xFF, "other")  # the low byte: the primary result code
 
 
 @dataclass(slots=True)
@@ -121,28 +163,173 @@ class Outbox:
         self._count = 0
         self._bytes = 0
         self._policy = _Dropping()
+        self._failing_since: float | None = None  # monotonic; while writes fail
+        self.write_failures = 0  # times writing started to fail
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"outbox {self.path}: cannot create its directory: {exc}") from exc
+        # Set when the file was found damaged at open: moved aside, salvaged, started afresh.
+        self.recovered: Recovered | None = None
         try:
-            # isolation_level=None: no implicit transactions; every write below says BEGIN itself.
-            db = sqlite3.connect(self.path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StorageError(f"outbox {self.path}: {exc}") from exc
-        try:
-            self._prepare(db)
-        except sqlite3.Error as exc:
-            db.close()
-            raise StorageError(f"outbox {self.path}: {exc}") from exc
-        except StorageError:
-            db.close()
-            raise
+            db = self._open()
+        except StorageError as exc:
+            if exc.reason != "corrupt":
+                raise
+            db = self._recover(exc)
+        self._ident = file_identity(self.path)
+        self.recreated = 0  # times the file was found deleted while open, and recreated
         self._db = db
         log.debug("outbox %s open, %d message(s) waiting", self.path, self.depth())
         if self._count:
             # Limits may have been lowered since the last run.
             self._enforce_limits_now()
+
+    def _open(self) -> sqlite3.Connection:
+        """Open (or create) the file and its schema; count what waits in it."""
+        try:
+            # isolation_level=None: no implicit transactions; every write below says BEGIN itself.
+            db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StorageError(f"outbox {self.path}: {exc}", reason=storage_reason(exc)) from exc
+        try:
+            self._prepare(db)
+        except sqlite3.Error as exc:
+            db.close()
+            raise StorageError(f"outbox {self.path}: {exc}", reason=storage_reason(exc)) from exc
+        except StorageError:
+            db.close()
+            raise
+        return db
+
+    def _recover(self, damage: StorageError) -> sqlite3.Connection:
+        """The file is damaged (truncated, overwritten, not a database): move it aside (with
+        its WAL), salvage what SQLite can still read, and start a fresh file holding it.
+
+        Salvage is plain SELECTs with ``writable_schema`` on, which makes SQLite ignore a
+        damaged schema entry instead of refusing the whole file; rows are read in id order,
+        stepping over unreadable pages. (The sqlite3 shell's ``.recover`` is not available from
+        Python's sqlite3 module: it needs the ``sqlite_dbpage`` table, which Python's SQLite
+        build does not have.) Every salvaged message keeps its payload and ``seq``; the line
+        counters keep going up from the highest seq seen, so numbering never goes back."""
+        moved = move_aside(self.path)
+        salvaged = _salvage(moved)
+        db = self._open()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO messages (line, topic_suffix, payload, qos, retain, seq, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                salvaged.messages,
+            )
+            db.executemany(
+                "INSERT INTO line_seq (line, last_seq) VALUES (?, ?)"
+                " ON CONFLICT(line) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
+                list(salvaged.line_seq.items()),
+            )
+            db.executemany(
+                "INSERT INTO state (key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                list(salvaged.state.items()),
+            )
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            db.close()
+            raise StorageError(
+                f"outbox {self.path}: cannot write the salvaged rows: {exc}",
+                reason=storage_reason(exc),
+            ) from exc
+        self._count = len(salvaged.messages)
+        self._bytes = sum(len(m[2]) for m in salvaged.messages)
+        self.recovered = Recovered(
+            moved_to=moved,
+            damage=str(damage.__cause__ or damage),
+            messages=len(salvaged.messages),
+            state_keys=len(salvaged.state),
+            complete=salvaged.complete,
+        )
+        log.error(
+            "storage: outbox at %s was damaged (%s); moved aside to %s and started a fresh file"
+            " with what could be read: %d message(s), %d engine state key(s)%s; reports of the"
+            " windows open now carry the warning storage_recovered",
+            self.path,
+            self.recovered.damage,
+            moved.name,
+            self.recovered.messages,
+            self.recovered.state_keys,
+            "" if salvaged.complete else " (the rest was unreadable)",
+        )
+        return db
+
+    def check_file(self) -> bool:
+        """Notice a file deleted while open (the state directory removed by hand): the open
+        connection still reads the deleted file, so everything in it is copied into a new file
+        at :attr:`path`. Logged once per event, counted in :attr:`recreated`. Cheap (one
+        ``stat``); call it on an existing periodic tick. True when the file was recreated."""
+        if self._db is None:
+            return False
+        try:
+            current = file_identity(self.path)
+        except FileNotFoundError:
+            current = None
+        except OSError:
+            return False  # cannot tell (permissions): the writes will say what is wrong
+        if current is not None and current == self._ident:
+            return False
+        old = self._db
+        try:
+            # With their ids: the sink's pump goes on after the last id it read.
+            messages = old.execute(
+                "SELECT id, line, topic_suffix, payload, qos, retain, seq, created FROM messages"
+                " ORDER BY id"
+            ).fetchall()
+            line_seq = old.execute("SELECT line, last_seq FROM line_seq").fetchall()
+            state = old.execute("SELECT key, value FROM state").fetchall()
+            row = old.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+            high = int(row[0]) if row is not None else 0
+        except sqlite3.Error as exc:
+            log.debug("outbox %s: reading the deleted file failed: %s", self.path, exc)
+            messages, line_seq, state, high = [], [], [], 0
+        if current is not None:  # something else is at the path now: keep it, aside
+            move_aside(self.path, kind="replaced")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = self._open()
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO messages (id, line, topic_suffix, payload, qos, retain, seq, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                messages,
+            )
+            # AUTOINCREMENT goes on after the highest id ever given, as before (an explicit id
+            # above it moves it up by itself; an empty table does not).
+            if not db.execute(
+                "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'messages'", (high,)
+            ).rowcount:
+                db.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('messages', ?)", (high,)
+                )
+            db.executemany("INSERT INTO line_seq (line, last_seq) VALUES (?, ?)", line_seq)
+            db.executemany("INSERT INTO state (key, value) VALUES (?, ?)", state)
+            db.execute("COMMIT")
+        except (OSError, sqlite3.Error, StorageError) as exc:
+            log.debug("outbox %s: recreating failed: %s", self.path, exc)
+            return False  # retried on the next check
+        self._db = db
+        self._ident = file_identity(self.path)
+        with contextlib.suppress(sqlite3.Error):
+            old.close()
+        self._count = len(messages)
+        self._bytes = sum(len(m[3]) for m in messages)
+        self.recreated += 1
+        log.error(
+            "storage: outbox at %s was %s while the agent ran; recreated it with the %d"
+            " message(s) and the engine state it held",
+            self.path,
+            "deleted" if current is None else "replaced",
+            len(messages),
+        )
+        return True
 
     def _prepare(self, db: sqlite3.Connection) -> None:
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -191,63 +378,120 @@ class Outbox:
         (see the module docstring); the messages just appended are kept unless they alone exceed
         a hard limit.
         """
-        db = self._conn()
         now = self._clock()
-        seqs: list[int] = []
-        count, size = self._count, self._bytes
-        dropped: dict[str, int] = {}
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                next_seq: dict[str, int] = {}
-                rows: list[tuple[str, str, bytes, int, int, int, float]] = []
-                for msg in messages:
-                    seq = next_seq.get(msg.line)
-                    if seq is None:
-                        row = db.execute(
-                            "SELECT last_seq FROM line_seq WHERE line = ?", (msg.line,)
-                        ).fetchone()
-                        seq = int(row[0]) + 1 if row is not None else max(1, int(now * 1000))
-                    next_seq[msg.line] = seq + 1
-                    payload = json.dumps(
-                        {**msg.payload, "seq": seq},
-                        separators=(",", ":"),
-                        ensure_ascii=False,
-                        allow_nan=False,
-                    ).encode("utf-8")
-                    rows.append(
-                        (msg.line, msg.topic_suffix, payload, msg.qos, int(msg.retain), seq, now)
-                    )
-                    seqs.append(seq)
-                db.executemany(
-                    "INSERT INTO messages (line, topic_suffix, payload, qos, retain, seq, created)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
+
+        def body(db: sqlite3.Connection) -> tuple[list[int], int, int, dict[str, int]]:
+            seqs: list[int] = []
+            count, size = self._count, self._bytes
+            dropped: dict[str, int] = {}
+            next_seq: dict[str, int] = {}
+            rows: list[tuple[str, str, bytes, int, int, int, float]] = []
+            for msg in messages:
+                seq = next_seq.get(msg.line)
+                if seq is None:
+                    row = db.execute(
+                        "SELECT last_seq FROM line_seq WHERE line = ?", (msg.line,)
+                    ).fetchone()
+                    seq = int(row[0]) + 1 if row is not None else max(1, int(now * 1000))
+                next_seq[msg.line] = seq + 1
+                payload = json.dumps(
+                    {**msg.payload, "seq": seq},
+                    separators=(",", ":"),
+                    ensure_ascii=False,
+                    allow_nan=False,
+                ).encode("utf-8")
+                rows.append(
+                    (msg.line, msg.topic_suffix, payload, msg.qos, int(msg.retain), seq, now)
                 )
+                seqs.append(seq)
+            db.executemany(
+                "INSERT INTO messages (line, topic_suffix, payload, qos, retain, seq, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            db.executemany(
+                "INSERT INTO line_seq (line, last_seq) VALUES (?, ?)"
+                " ON CONFLICT(line) DO UPDATE SET last_seq = excluded.last_seq",
+                [(line, seq - 1) for line, seq in next_seq.items()],
+            )
+            if state:
                 db.executemany(
-                    "INSERT INTO line_seq (line, last_seq) VALUES (?, ?)"
-                    " ON CONFLICT(line) DO UPDATE SET last_seq = excluded.last_seq",
-                    [(line, seq - 1) for line, seq in next_seq.items()],
+                    "INSERT INTO state (key, value) VALUES (?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    list(state.items()),
                 )
-                if state:
-                    db.executemany(
-                        "INSERT INTO state (key, value) VALUES (?, ?)"
-                        " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                        list(state.items()),
-                    )
-                count += len(rows)
-                size += sum(len(r[2]) for r in rows)
-                count, size = self._enforce(db, count, size, dropped)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StorageError(f"outbox {self.path}: cannot append: {exc}") from exc
+            count += len(rows)
+            size += sum(len(r[2]) for r in rows)
+            count, size = self._enforce(db, count, size, dropped)
+            return seqs, count, size, dropped
+
+        seqs, count, size, dropped = self._transaction("cannot append", body)
         self._count, self._bytes = count, size
         self._note_dropped(dropped)
         return seqs
+
+    # -- write health -----------------------------------------------------------------------------
+
+    def _transaction(self, what: str, body: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``body`` in one write transaction (rolled back on any error) and return its
+        result. On a full disk the WAL is given back to the file system first and ``body``
+        tried once more; see :meth:`_make_room`. Raises :class:`StorageError`."""
+        db = self._conn()
+        for attempt in (1, 2):
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = body(db)
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                if attempt == 1 and storage_reason(exc) == "disk_full" and self._make_room(db):
+                    continue
+                raise self._write_failed(what, exc) from exc
+            self._write_ok()
+            return result
+        raise AssertionError("unreachable")
+
+    def _make_room(self, db: sqlite3.Connection) -> bool:
+        """After a write failed on a full disk: checkpoint and truncate the WAL (its space goes
+        back to the file system), and keep it small from now on. With the default checkpoint
+        interval the WAL grows to ~4 MiB before it is reused, so on a disk that filled up, a
+        little freed space would be eaten by the WAL again at once. True when the WAL was
+        truncated."""
+        return give_back_wal(db, self.path)
+
+    @property
+    def failing(self) -> bool:
+        """True from a failed write until the next one succeeds."""
+        return self._failing_since is not None
+
+    def _write_failed(self, what: str, exc: sqlite3.Error) -> StorageError:
+        """The error for a failed write; the first failure of a run of them is logged, once,
+        for every caller (the engine's appends and the sink's deletes)."""
+        reason = storage_reason(exc)
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            self.write_failures += 1
+            log.error(
+                "storage: %s writing the outbox at %s: %s; new reports are held in memory and"
+                " acknowledged ones are not sent again until it can be written (retrying)",
+                DESCRIBED[reason],
+                self.path,
+                exc,
+            )
+        return StorageError(f"outbox {self.path}: {what}: {exc}", reason=reason)
+
+    def _write_ok(self) -> None:
+        if self._failing_since is not None:
+            log.warning(
+                "storage: outbox at %s recovered: writable again after %.1f s",
+                self.path,
+                time.monotonic() - self._failing_since,
+            )
+            self._failing_since = None
 
     # -- limits -----------------------------------------------------------------------------------
 
@@ -320,19 +564,12 @@ class Outbox:
             db.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
 
     def _enforce_limits_now(self) -> None:
-        db = self._conn()
-        dropped: dict[str, int] = {}
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                count, size = self._enforce(db, self._count, self._bytes, dropped)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StorageError(f"outbox {self.path}: cannot apply its limits: {exc}") from exc
+        def body(db: sqlite3.Connection) -> tuple[int, int, dict[str, int]]:
+            dropped: dict[str, int] = {}
+            count, size = self._enforce(db, self._count, self._bytes, dropped)
+            return count, size, dropped
+
+        count, size, dropped = self._transaction("cannot apply its limits", body)
         self._count, self._bytes = count, size
         self._note_dropped(dropped)
 
@@ -407,28 +644,22 @@ class Outbox:
         """Delete the messages with these ids (the broker acknowledged them), in one transaction."""
         if not ids:
             return
-        db = self._conn()
-        count = size = 0
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                # Ids the limit policy deleted meanwhile are simply not found.
-                for start in range(0, len(ids), _DELETE_CHUNK):
-                    chunk = list(ids[start : start + _DELETE_CHUNK])
-                    marks = ",".join("?" * len(chunk))
-                    for (length,) in db.execute(
-                        f"DELETE FROM messages WHERE id IN ({marks}) RETURNING length(payload)",
-                        chunk,
-                    ).fetchall():
-                        count += 1
-                        size += int(length)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StorageError(f"outbox {self.path}: cannot delete: {exc}") from exc
+
+        def body(db: sqlite3.Connection) -> tuple[int, int]:
+            count = size = 0
+            # Ids the limit policy deleted meanwhile are simply not found.
+            for start in range(0, len(ids), _DELETE_CHUNK):
+                chunk = list(ids[start : start + _DELETE_CHUNK])
+                marks = ",".join("?" * len(chunk))
+                for (length,) in db.execute(
+                    f"DELETE FROM messages WHERE id IN ({marks}) RETURNING length(payload)",
+                    chunk,
+                ).fetchall():
+                    count += 1
+                    size += int(length)
+            return count, size
+
+        count, size = self._transaction("cannot delete", body)
         self._count = max(0, self._count - count)
         self._bytes = max(0, self._bytes - size)
         self._note_dropped({})
@@ -456,6 +687,152 @@ class Outbox:
                 db.close()
             except sqlite3.Error as exc:
                 raise StorageError(f"outbox {self.path}: cannot close: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What :class:`Outbox` did with a damaged file at open."""
+
+    moved_to: Path  # the damaged file, kept for inspection
+    damage: str  # SQLite's words for it
+    messages: int  # messages salvaged into the fresh file
+    state_keys: int  # engine state keys salvaged
+    complete: bool  # False: some rows could not be read
+
+
+@dataclass(slots=True)
+class _Salvaged:
+    messages: list[tuple[str, str, bytes, int, int, int, float]]
+    line_seq: dict[str, int]
+    state: dict[str, str]
+    complete: bool
+
+
+def give_back_wal(db: sqlite3.Connection, path: Path) -> bool:
+    """On a full disk: checkpoint and truncate ``db``'s WAL and keep it small from now on (see
+    :meth:`Outbox._make_room`). True when the WAL was truncated."""
+    try:
+        db.execute(f"PRAGMA wal_autocheckpoint={_TIGHT_WAL_PAGES}")
+        busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    except sqlite3.Error as exc:
+        log.debug("%s: checkpoint on a full disk failed: %s", path, exc)
+        return False
+    return not busy
+
+
+def file_identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def damaged_name(path: Path, kind: str = "corrupt", now: float | None = None) -> Path:
+    """``outbox.sqlite.corrupt-20261202T063000Z``: where a damaged file is moved (UTC time)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    target = path.with_name(f"{path.name}.{kind}-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.{kind}-{stamp}-{n}")
+        n += 1
+    return target
+
+
+def move_aside(path: Path, kind: str = "corrupt") -> Path:
+    """Rename ``path`` and its ``-wal`` / ``-shm`` files to :func:`damaged_name` (the WAL keeps
+    the name SQLite looks for next to the moved file)."""
+    target = damaged_name(path, kind)
+    try:
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                side.rename(target.with_name(target.name + suffix))
+        path.rename(target)
+    except OSError as exc:
+        raise StorageError(
+            f"{path} is damaged and cannot be moved aside: {exc}",
+            reason=storage_reason(exc),
+        ) from exc
+    return target
+
+
+_SALVAGE_SKIPS = 40  # unreadable spots stepped over per table, at doubling distances
+
+
+def _salvage(path: Path) -> _Salvaged:
+    """Read what SQLite can still read from a damaged outbox (see :meth:`Outbox._recover`)."""
+    out = _Salvaged(messages=[], line_seq={}, state={}, complete=True)
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error:
+        out.complete = False
+        return out
+    try:
+        try:
+            db.execute("PRAGMA writable_schema=ON")  # read past a damaged schema entry
+            db.execute("PRAGMA query_only=ON")
+        except sqlite3.Error:
+            out.complete = False
+            return out
+        after, step, skips = 0, 1, 0
+        while True:
+            try:
+                for r in db.execute(
+                    "SELECT id, line, topic_suffix, payload, qos, retain, seq, created"
+                    " FROM messages WHERE id > ? ORDER BY id",
+                    (after,),
+                ):
+                    after, step = int(r[0]), 1
+                    row = _salvaged_row(r)
+                    if row is None:
+                        out.complete = False
+                    else:
+                        out.messages.append(row)
+                break
+            except (sqlite3.Error, TypeError, ValueError):
+                out.complete = False
+                skips += 1
+                if skips > _SALVAGE_SKIPS:
+                    break
+                after += step
+                step *= 2
+        for table, sink in (("line_seq", out.line_seq), ("state", out.state)):
+            try:
+                for key, value in db.execute(f"SELECT * FROM {table}"):
+                    sink[str(key)] = value
+            except (sqlite3.Error, ValueError):
+                out.complete = False
+        out.line_seq = {k: int(v) for k, v in out.line_seq.items() if isinstance(v, int)}
+        out.state = {k: str(v) for k, v in out.state.items()}
+        # The counters go on from the highest seq salvaged, whatever the counter table said.
+        for line, _t, _p, _q, _r, seq, _c in out.messages:
+            out.line_seq[line] = max(out.line_seq.get(line, 0), seq)
+    finally:
+        db.close()
+    return out
+
+
+def _salvaged_row(r: Sequence[Any]) -> tuple[str, str, bytes, int, int, int, float] | None:
+    """A message row read from a damaged file, or ``None`` when it is not whole: a page cut
+    short reads as zeros, so the payload must still be the JSON object carrying the row's seq."""
+    _id, line, topic, payload, qos, retain, seq, created = r
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    if not (
+        isinstance(line, str)
+        and isinstance(topic, str)
+        and isinstance(payload, bytes)
+        and qos in (0, 1, 2)
+        and retain in (0, 1)
+        and isinstance(seq, int)
+        and isinstance(created, int | float)
+    ):
+        return None
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("seq") != seq:
+        return None
+    return line, topic, payload, int(qos), int(retain), seq, float(created)
 
 
 def _stored(r: Sequence[Any]) -> StoredMessage:

@@ -140,6 +140,26 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.outbox_lost = Counter(
+            "edge_agent_outbox_lost_total",
+            "Reports that never reached the outbox: held in memory while it could not be"
+            " written (disk full), then dropped (too many held, or still held at stop)",
+            ["sink"],
+            registry=r,
+        )
+        self.outbox_writable = Gauge(
+            "edge_agent_outbox_writable",
+            "0 while the outbox cannot be written (disk full, read-only), else 1",
+            ["sink"],
+            registry=r,
+        )
+        self.storage_recovered = Counter(
+            "edge_agent_storage_recovered_total",
+            "State files found damaged (moved aside, salvaged) or deleted while running"
+            " (recreated)",
+            ["file", "reason"],
+            registry=r,
+        )
         self.broker_connected = Gauge(
             "edge_agent_mqtt_connected",
             "1 while connected to the MQTT broker",

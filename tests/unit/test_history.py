@@ -178,7 +178,7 @@ def test_full_disk_is_logged_once_and_survived(
     first_failure = written.index(0)
     assert first_failure < 10 and set(written[first_failure:]) == {0}
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "cannot be written" in errors[0].getMessage()
+    assert len(errors) == 1 and "storage: disk full writing the history" in errors[0].getMessage()
     assert hist.rows_dropped >= 2 * 90
     hist._db.execute("PRAGMA max_page_count=1000000")  # the disk has room again
     clock.t = T0 + 500
@@ -377,3 +377,47 @@ def test_history_config_defaults_short_form_and_errors() -> None:
         "a.yaml:18:16: storage.history.retention: must be a positive duration, got 0d",
         "a.yaml:19:5: storage.history.keyframes: unknown key (did you mean 'keyframe_interval'?)",
     ]
+
+
+def test_a_damaged_file_is_moved_aside_and_recording_goes_on(
+    tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "history.sqlite"
+    path.write_bytes(b"not a database" * 1000)
+    seen: list[str] = []
+    h = History(path, HistoryConfig(), clock=clock, on_recovered=seen.append)
+    try:
+        caplog.set_level(logging.ERROR, logger="edge_agent.sinks.history")
+        h.record([sample("p.total", 1, T0)])
+        h.flush()  # finds the damage: moved aside
+        clock.t = T0 + 1
+        h.record([sample("p.total", 2, clock.t)])
+        assert h.flush() > 0
+    finally:
+        h.close()
+    assert seen == ["corrupt"]
+    assert [p.name.startswith("history.sqlite.corrupt-") for p in tmp_path.iterdir()].count(True)
+    errors = [r.getMessage() for r in caplog.records]
+    assert len(errors) == 1 and "was damaged" in errors[0], errors
+    assert {key: value for _t, key, value, _q, _kf in rows(path)}["p.total"] == 2
+
+
+def test_a_file_deleted_while_open_is_noticed_and_recording_goes_on(
+    tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "history.sqlite"
+    seen: list[str] = []
+    h = History(path, HistoryConfig(), clock=clock, on_recovered=seen.append)
+    try:
+        h.record([sample("p.total", 1, T0), sample("p.state", 1, T0)])
+        assert h.flush() == 2
+        for p in tmp_path.iterdir():
+            p.unlink()
+        clock.t = T0 + 1
+        h.record([sample("p.total", 2, clock.t)])
+        assert h.flush() > 0
+        assert seen == ["deleted"] and path.exists()
+    finally:
+        h.close()
+    # Every tag's value is written first into the new file.
+    assert {key: value for _t, key, value, _q, _kf in rows(path)} == {"p.total": 2, "p.state": 1}

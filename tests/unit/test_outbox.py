@@ -186,11 +186,74 @@ def test_parent_is_a_file_is_a_storage_error(tmp_path: Path) -> None:
         Outbox(path)
 
 
-def test_corrupt_file_is_a_storage_error(tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_database_is_moved_aside_and_a_fresh_one_started(
+    tmp_path: Path,
+) -> None:
+    # It used to be a StorageError: the agent exited 73 on every start.
     path = tmp_path / "o.sqlite"
-    path.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StorageError, match=r"o\.sqlite"):
-        Outbox(path)
+    junk = b"this is not a database" * 100
+    path.write_bytes(junk)
+    box = Outbox(path)
+    try:
+        assert box.recovered is not None and box.recovered.messages == 0
+        assert box.recovered.damage == "file is not a database"
+        assert box.recovered.moved_to.name.startswith("o.sqlite.corrupt-")
+        assert box.recovered.moved_to.read_bytes() == junk  # kept as found
+        assert box.append([msg("l1")]) and box.depth() == 1
+    finally:
+        box.close()
+
+
+def test_a_truncated_file_is_salvaged_seqs_and_state_kept(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path)
+    seqs = box.append([msg("l1", "kpi/shift", pad="x" * 200) for _ in range(300)])
+    box.append([], state={"engine:l1": '{"k": 1}'})
+    box.close()
+    # Cut inside a page: SQLite reads the rest of that page as zeros, and a plain SELECT
+    # returns rows whose payload is cut short; those must not be salvaged.
+    os.truncate(path, path.stat().st_size // 2 + 1234)
+    box = Outbox(path)
+    try:
+        rec = box.recovered
+        assert rec is not None and not rec.complete and rec.state_keys == 1
+        kept = box.peek(1000)
+        assert 0 < len(kept) == rec.messages < 300 == len(seqs)
+        # Salvaged rows are whole rows of the old file, in their order, with their seq.
+        kept_seqs = [m.seq for m in kept]
+        assert kept_seqs == sorted(set(kept_seqs)) and set(kept_seqs) <= set(seqs)
+        assert all(json.loads(m.payload)["seq"] == m.seq for m in kept)
+        assert box.load_state() == {"engine:l1": '{"k": 1}'}
+        # Numbering never goes back: the line's counter was salvaged too.
+        assert box.append([msg("l1")]) == [seqs[-1] + 1]
+    finally:
+        box.close()
+
+
+def test_a_file_deleted_while_open_is_recreated_with_what_it_held(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "o.sqlite"
+    box = Outbox(path)
+    try:
+        box.append([msg("l1") for _ in range(3)], state={"engine:l1": "{}"})
+        box.ack([m.id for m in box.peek(1)])
+        held = box.peek(10)
+        assert not box.check_file()  # nothing happened: nothing done
+        for p in path.parent.iterdir():
+            p.unlink()
+        path.parent.rmdir()
+        assert box.check_file() and box.recreated == 1
+        assert path.exists() and not box.check_file()
+        assert box.peek(10) == held  # the same ids: a sink's pump goes on where it was
+        assert box.load_state() == {"engine:l1": "{}"}
+        (new,) = box.append([msg("l1")])
+        assert new == held[-1].seq + 1 and box.peek(10)[-1].id == held[-1].id + 1
+        box.ack([m.id for m in box.peek(10)])
+        path.unlink()
+        assert box.check_file()  # empty: ids still go on after the highest ever given
+        box.append([msg("l1")])
+        assert box.peek(10)[0].id == held[-1].id + 2
+    finally:
+        box.close()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")

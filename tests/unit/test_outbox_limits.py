@@ -197,7 +197,9 @@ def test_runner_holds_reports_in_memory_while_the_disk_is_full(
             clock[0] += 1.0
             runner.step(snapshot=True)
         assert box.depth() == stored_before
-        errors = [r for r in caplog.records if "cannot be written" in r.getMessage()]
+        errors = [
+            r for r in caplog.records if "storage: disk full writing the outbox" in r.getMessage()
+        ]
         assert len(errors) == 1  # logged once, not per step
         # The engine still makes progress, so the watchdog keeps the process alive.
         assert len(progress) == 50
