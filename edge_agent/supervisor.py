@@ -66,7 +66,8 @@ class Health:
             return
         self.up = True
         if self._failing_since is not None:
-            log.warning(
+            # Good news, and the unavailable warning before it already drew attention.
+            log.info(
                 "%s '%s' recovered after %.1f s",
                 self.kind,
                 self.name,

@@ -194,6 +194,11 @@ class OpcuaSimServer:
         if server is None:
             return
         await server.stop()
+        # asyncua keeps a session with subscriptions after its connection closed, for the client
+        # to reactivate (Part 4 §6.7), and Server.stop() leaves such sessions' tasks running. A
+        # PLC that stops loses its sessions: close them. (No public API lists them.)
+        for session in list(server.iserver._external_sessions.values()):
+            await session.close_session()
         logger.info("opcua simulator on %s stopped", self._endpoint)
 
     async def update(self) -> None:
