@@ -29,6 +29,7 @@ __all__ = [
     "fingerprint",
     "load_certificate",
     "make_opcua_certificate",
+    "thumbprint",
 ]
 
 DEFAULT_APPLICATION_URI = "urn:edge-agent:client"
@@ -54,6 +55,13 @@ def load_certificate(data: bytes) -> x509.Certificate:
 def fingerprint(cert: x509.Certificate) -> str:
     """The certificate's SHA-256 fingerprint as upper-case hex pairs joined by ``:``."""
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def thumbprint(cert: x509.Certificate) -> str:
+    """The certificate's SHA-1 thumbprint, lower-case hex: what OPC UA itself uses to name a
+    certificate, and how many servers name the files in their trust lists (node-opcua's
+    ``rejected/edge-agent[THUMBPRINT].pem``)."""
+    return cert.fingerprint(hashes.SHA1()).hex()  # an identifier, not a signature
 
 
 def make_opcua_certificate(
