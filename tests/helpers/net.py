@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import urllib.request
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -19,3 +20,15 @@ def port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def metric(port: int, name: str, labels: str = "") -> float | None:
+    """The value of one sample on the agent's ``/metrics`` at ``port`` (``None``: not there).
+    ``labels`` as written there, e.g. ``source="plc1"``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    key = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.split()[-1])
+    return None

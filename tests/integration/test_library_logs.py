@@ -9,6 +9,7 @@ dump; at ``--log-level debug`` the libraries' own records are there for whoever 
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,10 @@ from typing import Any
 import pytest
 from helpers.agent_process import AgentProcess
 from helpers.aio import until
+from helpers.net import free_port, metric
+from helpers.node_opcua import node_opcua_server
 
+from edge_agent.certs import load_certificate, make_opcua_certificate, thumbprint
 from simulators.runner import Simulation
 from simulators.scenarios import Fault
 
@@ -76,6 +80,13 @@ logging: {{level: {level}}}
 async def sim() -> AsyncIterator[Simulation]:
     async with Simulation(lines=2, seed=4, speed=4.0) as s:
         yield s
+
+
+def errors(metrics_port: int) -> float | None:
+    try:
+        return metric(metrics_port, "edge_agent_poll_errors_total", 'source="press1"')
+    except OSError:  # the endpoint is not up yet
+        return None
 
 
 def records(text: str) -> list[tuple[str, str, str]]:
@@ -161,3 +172,60 @@ async def test_at_debug_the_library_detail_is_there(
     loggers = {logger.split(".")[0] for _, logger, _ in records(agent.output())}
     assert {"asyncua", "pymodbus"} <= loggers
     assert any(level == "DEBUG" and logger.startswith("pymodbus") for level, logger, _ in lines)
+
+
+async def test_a_refused_client_certificate_is_one_line_until_trusted(
+    mosquitto: Any, tmp_path: Path
+) -> None:
+    """node-opcua refuses the agent's certificate at every retry; the log says so once, in the
+    agent's words, and says it recovered once the certificate is trusted on the server."""
+    client = make_opcua_certificate(tmp_path / "agent", hostnames=["localhost"])
+    metrics_port = free_port()
+    async with node_opcua_server(tmp_path / "pki") as plc:
+        cfg = tmp_path / "agent.yaml"
+        cfg.write_text(
+            f"""
+version: 1
+site: logs
+sources:
+  - name: press1
+    protocol: opcua
+    endpoint: {plc.endpoint}
+    poll_interval: 200ms
+    timeout: 5s
+    backoff_initial: 200ms
+    backoff_max: 500ms
+    security:
+      policy: Basic256Sha256
+      cert_file: {client.cert_file}
+      key_file: {client.key_file}
+      server_cert_file: {plc.server_cert}
+    tags:
+      - {{name: state, node: "i=2259"}}
+lines:
+  - name: line1
+    ideal_cycle_time: 1s
+    signals: {{total_count: press1.state}}  # ServerState: 0, running
+mqtt: {{host: 127.0.0.1, port: {mosquitto.port}}}
+prometheus: {{enabled: true, port: {metrics_port}}}
+storage: {{dir: {tmp_path / "state"}}}
+"""
+        )
+        agent = AgentProcess(cfg)
+        await agent.start()
+        try:
+            cert = load_certificate(client.cert_file.read_bytes())
+            # Refused at several attempts in a row (node-opcua files it at the first).
+            await until(lambda: (errors(metrics_port) or 0) >= 4, 90)
+            (path,) = plc.rejected.glob(f"*{thumbprint(cert)}*")
+            plc.trusted.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, plc.trusted / path.name)
+            await until(lambda: "source 'press1' recovered after" in agent.output(), 60)
+        finally:
+            assert await agent.stop() == 0
+    lines = records(agent.output())
+    check_outage(lines, "press1")
+    refused = [m for _, _, m in lines if "refused the agent's client certificate" in m]
+    assert len(refused) == 1, agent.output()
+    assert "AssertionError" not in agent.output()
+    assert str(client.cert_file) in refused[0]
