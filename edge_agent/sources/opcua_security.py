@@ -29,6 +29,7 @@ agent's certificate (path, SHA-256 fingerprint, SHA-1 thumbprint) and what to do
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -48,7 +49,13 @@ from edge_agent.certs import fingerprint, load_certificate, thumbprint
 from edge_agent.config.schema import OpcuaSecurityConfig, OpcuaSecurityMode, OpcuaSecurityPolicy
 from edge_agent.errors import NotConnectedError
 
-__all__ = ["CERTIFICATE_REFUSED", "ServerTrust", "apply_security", "client_certificate_refused"]
+__all__ = [
+    "CERTIFICATE_REFUSED",
+    "ServerTrust",
+    "apply_security",
+    "client_certificate_refused",
+    "server_certificates",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -294,6 +301,26 @@ async def apply_security(
         raise NotConnectedError(f"{where}: cannot use cert_file/key_file: {exc}") from None
     _log.debug("%s: %s/%s, server %s", where, cfg.policy, cfg.mode, _describe(server_cert))
     return trust
+
+
+async def server_certificates(
+    endpoint: str, timeout_s: float
+) -> list[tuple[x509.Certificate, list[str]]]:
+    """The certificates a server presents in its endpoints (GetEndpoints, an unsecured request
+    that carries no secret), each with the ``Policy/Mode`` pairs it is used for. Raises
+    ``UaError``, ``OSError`` or ``TimeoutError``; ``ValueError`` for an unreadable certificate.
+    """
+    client = Client(endpoint, timeout=timeout_s)
+    async with asyncio.timeout(timeout_s):
+        endpoints = await client.connect_and_get_server_endpoints()
+    found: dict[bytes, tuple[x509.Certificate, list[str]]] = {}
+    for e in endpoints:
+        if not e.ServerCertificate:
+            continue
+        der = _first_der(e.ServerCertificate)
+        _, uses = found.setdefault(der, (x509.load_der_x509_certificate(der), []))
+        uses.append(f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}")
+    return list(found.values())
 
 
 def _key_pem(data: bytes, path: str, where: str) -> bytes:
