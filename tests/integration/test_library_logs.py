@@ -33,7 +33,9 @@ HEX_DUMP = re.compile(r"0x[0-9a-f]{1,2}( 0x[0-9a-f]{1,2}){3,}")
 MAX_LINES_PER_OUTAGE = 6
 
 
-def config(tmp_path: Path, sim: Simulation, broker_port: int, *, level: str = "INFO") -> Path:
+def config(
+    tmp_path: Path, sim: Simulation, broker_port: int, metrics_port: int, *, level: str = "INFO"
+) -> Path:
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(
         f"""
@@ -68,7 +70,7 @@ lines:
     ideal_cycle_time: 1s
     signals: {{total_count: {{tag: press2.total, rollover: 65536}}}}
 mqtt: {{host: 127.0.0.1, port: {broker_port}}}
-prometheus: {{enabled: false}}
+prometheus: {{enabled: true, port: {metrics_port}}}
 storage: {{dir: {tmp_path / "state"}}}
 logging: {{level: {level}}}
 """
@@ -82,11 +84,13 @@ async def sim() -> AsyncIterator[Simulation]:
         yield s
 
 
-def errors(metrics_port: int) -> float | None:
+def errors(metrics_port: int, source: str = "press1") -> float:
+    """The source's failed polls and connects so far (0 until the endpoint answers)."""
     try:
-        return metric(metrics_port, "edge_agent_poll_errors_total", 'source="press1"')
+        found = metric(metrics_port, "edge_agent_poll_errors_total", f'source="{source}"')
     except OSError:  # the endpoint is not up yet
-        return None
+        return 0.0
+    return found or 0.0
 
 
 def records(text: str) -> list[tuple[str, str, str]]:
@@ -106,14 +110,19 @@ def count(log: str, needle: str) -> int:
     return log.count(needle)
 
 
+RETRIES = 3  # failed attempts an outage lasts at least, so that retries are logged too
+
+
 async def outage(
-    agent: AgentProcess, sim: Simulation, fault: Fault, source: str
+    agent: AgentProcess, sim: Simulation, fault: Fault, source: str, metrics_port: int
 ) -> list[tuple[str, str, str]]:
-    """Switch ``fault`` on until ``source`` is unavailable, off until it recovered; return the
-    log lines written meanwhile."""
+    """Switch ``fault`` on until ``source`` is unavailable and failed RETRIES more times, then
+    off until it recovered; return the log lines written meanwhile."""
     start = len(agent.output())
     await sim.fault_on(fault)
     await until(lambda: f"source '{source}' unavailable" in agent.output()[start:], 60)
+    failed = errors(metrics_port, source)
+    await until(lambda: errors(metrics_port, source) >= failed + RETRIES, 60)
     await sim.fault_off(fault)
     await until(lambda: f"source '{source}' recovered after" in agent.output()[start:], 60)
     return records(agent.output()[start:])
@@ -121,6 +130,7 @@ async def outage(
 
 def check_outage(lines: list[tuple[str, str, str]], source: str) -> None:
     text = "\n".join(f"{level} {logger}: {msg}" for level, logger, msg in lines)
+    print(f"outage of {source}: {len(lines)} log line(s)\n{text}")  # shown with -s
     assert "Traceback" not in text, text
     assert not HEX_DUMP.search(text), text
     assert not [line for line in lines if line[0] == ""], text  # no multi-line record
@@ -136,7 +146,8 @@ def check_outage(lines: list[tuple[str, str, str]], source: str) -> None:
 async def test_plc_faults_cost_one_line_each_way_and_no_library_detail(
     sim: Simulation, mosquitto: Any, tmp_path: Path
 ) -> None:
-    agent = AgentProcess(config(tmp_path, sim, mosquitto.port))
+    metrics_port = free_port()
+    agent = AgentProcess(config(tmp_path, sim, mosquitto.port, metrics_port))
     await agent.start()
     try:
         await until(
@@ -146,11 +157,11 @@ async def test_plc_faults_cost_one_line_each_way_and_no_library_detail(
             60,
         )
         # A PLC restart under a subscription (asyncua logged a ~20-line ERROR traceback).
-        lines = await outage(agent, sim, Fault.RESTART, "press1")
+        lines = await outage(agent, sim, Fault.RESTART, "press1", metrics_port)
         check_outage(lines, "press1")
         # Modbus noise, then silence (pymodbus logged hex dumps on each).
         for fault in (Fault.GARBAGE, Fault.STALL):
-            lines = await outage(agent, sim, fault, "press2")
+            lines = await outage(agent, sim, fault, "press2", metrics_port)
             check_outage(lines, "press2")
     finally:
         assert await agent.stop() == 0
@@ -162,11 +173,12 @@ async def test_at_debug_the_library_detail_is_there(
     sim: Simulation, mosquitto: Any, tmp_path: Path
 ) -> None:
     # The level from the configuration: the same set-up as ``--log-level debug``.
-    agent = AgentProcess(config(tmp_path, sim, mosquitto.port, level="DEBUG"))
+    metrics_port = free_port()
+    agent = AgentProcess(config(tmp_path, sim, mosquitto.port, metrics_port, level="DEBUG"))
     await agent.start()
     try:
         await until(lambda: "source 'press2' up" in agent.output(), 60)
-        lines = await outage(agent, sim, Fault.GARBAGE, "press2")
+        lines = await outage(agent, sim, Fault.GARBAGE, "press2", metrics_port)
     finally:
         assert await agent.stop() == 0
     loggers = {logger.split(".")[0] for _, logger, _ in records(agent.output())}
@@ -216,7 +228,7 @@ storage: {{dir: {tmp_path / "state"}}}
         try:
             cert = load_certificate(client.cert_file.read_bytes())
             # Refused at several attempts in a row (node-opcua files it at the first).
-            await until(lambda: (errors(metrics_port) or 0) >= 4, 90)
+            await until(lambda: errors(metrics_port) >= 1 + RETRIES, 90)
             (path,) = plc.rejected.glob(f"*{thumbprint(cert)}*")
             plc.trusted.mkdir(parents=True, exist_ok=True)
             shutil.move(path, plc.trusted / path.name)
