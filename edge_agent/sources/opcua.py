@@ -318,14 +318,18 @@ class OpcuaSource:
             # asyncua 2.1 asserts in open_secure_channel when the server answers
             # OpenSecureChannel with a ServiceFault (it cannot decode one there, logs that at
             # ERROR and closes the socket): node-opcua and PLCs answer so to a client
-            # certificate they do not trust. Nothing else in connect asserts on what it got.
+            # certificate they do not trust. asyncua's other asserts on what a server sent
+            # fire in its receive callback, which catches them and closes the connection.
             await self._drop()
-            answer = "it answered OpenSecureChannel with a fault"
             if self._secured:
+                answer = "it answered OpenSecureChannel with a fault"
                 raise NotConnectedError(
                     client_certificate_refused(self._cfg.security, self._where(), answer)
                 ) from exc
-            raise NotConnectedError(f"{self._where()}: connect failed: {answer}") from exc
+            raise NotConnectedError(
+                f"{self._where()}: connect failed: the server answered OpenSecureChannel "
+                "with a fault"
+            ) from exc
         except (OSError, TimeoutError, UaError) as exc:
             await self._drop()
             raise NotConnectedError(
