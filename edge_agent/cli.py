@@ -80,6 +80,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p_opcua.add_argument("--days", type=int, default=3650, help="validity in days (3650)")
     p_opcua.add_argument("--force", action="store_true", help="replace existing files")
+    p_fp = certs_sub.add_parser("fingerprint", help="a certificate file's subject and fingerprints")
+    p_fp.add_argument("file", help="certificate, DER or PEM")
+    p_show = certs_sub.add_parser(
+        "show-server", help="the certificate an OPC UA server presents (GetEndpoints)"
+    )
+    p_show.add_argument("endpoint", help="e.g. opc.tcp://192.168.0.10:4840")
+    p_show.add_argument("--timeout", type=float, default=10.0, help="seconds (10)")
 
     p_replay = sub.add_parser(
         "replay",
@@ -184,6 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
+    if args.certs_command != "opcua":
+        from edge_agent.certs import show_main  # noqa: PLC0415
+
+        return show_main(args.certs_command, args)
     import socket  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 

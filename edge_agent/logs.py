@@ -30,9 +30,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+# Loggers of the libraries the agent drives. Their records say what the library saw (a closed
+# socket, a frame it could not parse) in their words and often with a traceback or a hex dump;
+# the agent's own one line says what it means for the PLC or broker, so theirs is detail.
+LIBRARY_LOGGERS = ("asyncua", "pymodbus", "paho", "aiomqtt", "amqtt", "transitions")
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Configure the root logger once. Under journald (``$JOURNAL_STREAM``) no timestamp is
-    printed: the journal keeps its own."""
+    printed: the journal keeps its own.
+
+    The libraries' loggers (:data:`LIBRARY_LOGGERS`) pass only CRITICAL records, unless the
+    agent runs at DEBUG: then every record of theirs is written too, through the same handler
+    (and in the same JSON form)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -45,6 +55,6 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Protocol libraries are chatty at INFO; their failures reach us as exceptions anyway.
-    for noisy in ("asyncua", "pymodbus", "aiomqtt", "amqtt", "transitions"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    library_level = logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(library_level)

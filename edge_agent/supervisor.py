@@ -99,7 +99,7 @@ class Health:
         """The component did useful work (a good poll, a link that is up); cheap to repeat."""
         if self.up:
             if self._unstable_since is not None and self.held:
-                log.warning(
+                log.info(
                     "%s '%s' stable again: the link has held %.0f s, after %d drop(s) in %.0f s",
                     self.kind,
                     self.name,
@@ -115,7 +115,8 @@ class Health:
         if self._unstable_since is not None:
             log.debug("%s '%s' up again (unstable)", self.kind, self.name, extra=self.log_extra)
         elif self._failing_since is not None:
-            log.warning(
+            # Good news, and the unavailable warning before it already drew attention.
+            log.info(
                 "%s '%s' recovered after %.1f s",
                 self.kind,
                 self.name,

@@ -21,9 +21,12 @@ ns=2;s=Line{n}.OrderQuantity UInt32  production order quantity (good parts)
 Security: None and anonymous sessions by default. With ``security`` (:class:`SimSecurity`) the
 server offers only Basic256Sha256, Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss endpoints, in
 Sign and SignAndEncrypt modes, with that certificate (ApplicationUri
-``urn:edge-agent:simulator:server``); anonymous sessions are still accepted, and client
-certificates are not checked. A value is written only when it changes, with a
-SourceTimestamp of the moment the server saw the change, the way a PLC stamps its tags.
+``urn:edge-agent:simulator:server``); anonymous sessions are still accepted. Client
+certificates are checked only when ``client_trust_dir`` is set: then CreateSession refuses one that
+is not in that directory (``BadCertificateUntrusted``), the directory being read at start.
+
+A value is written only when it changes, with a SourceTimestamp of the moment the server saw the
+change, the way a PLC stamps its tags.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from asyncua import ua
+from asyncua.crypto.truststore import TrustStore
+from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.server.server import Server
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uatypes import UInt32
@@ -67,6 +72,7 @@ class SimSecurity:
 
     cert_file: Path
     key_file: Path
+    client_trust_dir: Path | None = None  # trusted client certificates; None: trust any
 
 
 _VARIABLES: tuple[tuple[str, ua.VariantType], ...] = (
@@ -166,6 +172,14 @@ class OpcuaSimServer:
             cert = self._security.cert_file.read_bytes()
             await server.load_certificate(cert, "pem" if cert.lstrip()[:1] == b"-" else "der")
             await server.load_private_key(self._security.key_file.read_bytes(), format="pem")
+            if self._security.client_trust_dir is not None:
+                store = TrustStore([self._security.client_trust_dir], [])
+                await store.load()
+                options = (
+                    CertificateValidatorOptions.TRUSTED_VALIDATION
+                    | CertificateValidatorOptions.PEER_CLIENT
+                )
+                server.set_certificate_validator(CertificateValidator(options, store))
         server.set_identity_tokens([ua.AnonymousIdentityToken])
         # After a restart the same port again, so that clients find the PLC where it was.
         port = self._port if self._port is not None else self._requested_port
@@ -194,6 +208,11 @@ class OpcuaSimServer:
         if server is None:
             return
         await server.stop()
+        # asyncua keeps a session with subscriptions after its connection closed, for the client
+        # to reactivate (Part 4 §6.7), and Server.stop() leaves such sessions' tasks running. A
+        # PLC that stops loses its sessions: close them. (No public API lists them.)
+        for session in list(server.iserver._external_sessions.values()):
+            await session.close_session()
         logger.info("opcua simulator on %s stopped", self._endpoint)
 
     async def update(self) -> None:

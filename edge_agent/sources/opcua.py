@@ -57,10 +57,15 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError, UaStringParsingError
 from asyncua.ua.uatypes import Int16, Int32, UInt32
 
-from edge_agent.config.schema import OpcuaMode, OpcuaSourceConfig
+from edge_agent.config.schema import OpcuaMode, OpcuaSecurityPolicy, OpcuaSourceConfig
 from edge_agent.errors import NotConnectedError, SourceError
 from edge_agent.model import Quality, Sample, Value
-from edge_agent.sources.opcua_security import apply_security
+from edge_agent.sources.opcua_security import (
+    CERTIFICATE_REFUSED,
+    ServerTrust,
+    apply_security,
+    client_certificate_refused,
+)
 
 __all__ = ["OpcuaSource", "read_password_file", "split_batches"]
 
@@ -228,6 +233,11 @@ class OpcuaSource:
             self._parsed = parsed
         return self._parsed
 
+    @property
+    def _secured(self) -> bool:
+        """The agent presents a client certificate (any policy but None)."""
+        return self._cfg.security.policy is not OpcuaSecurityPolicy.NONE
+
     def _where(self) -> str:
         return f"OPC UA source {self.name!r} ({self._cfg.endpoint})"
 
@@ -267,9 +277,10 @@ class OpcuaSource:
         await self.close()
         client = self._new_client()
         self._client = client
+        trust: ServerTrust | None = None
         try:
             async with asyncio.timeout(self._cfg.timeout_s):
-                await apply_security(client, self._cfg.security, self._where())
+                trust = await apply_security(client, self._cfg.security, self._where())
                 await client.connect(auto_reconnect=False)
                 info = await _read(
                     client,
@@ -282,6 +293,13 @@ class OpcuaSource:
             raise
         except UaStatusCodeError as exc:
             await self._drop()
+            if trust is not None and trust.refused is not None:
+                raise NotConnectedError(trust.refused) from exc  # our check, not the server's
+            if exc.code in CERTIFICATE_REFUSED and self._secured:
+                name = ua.StatusCode(UInt32(exc.code)).name
+                raise NotConnectedError(
+                    client_certificate_refused(self._cfg.security, self._where(), name)
+                ) from exc
             if exc.code in _LOGIN_REJECTED:
                 who = repr(self._cfg.username) if self._cfg.username else "anonymous"
                 hint = (
@@ -295,6 +313,22 @@ class OpcuaSource:
                 ) from exc
             raise NotConnectedError(
                 f"{self._where()}: connect failed: {_reason(exc, self._cfg.timeout_s)}"
+            ) from exc
+        except AssertionError as exc:
+            # asyncua 2.1 asserts in open_secure_channel when the server answers
+            # OpenSecureChannel with a ServiceFault (it cannot decode one there, logs that at
+            # ERROR and closes the socket): node-opcua and PLCs answer so to a client
+            # certificate they do not trust. asyncua's other asserts on what a server sent
+            # fire in its receive callback, which catches them and closes the connection.
+            await self._drop()
+            if self._secured:
+                answer = "it answered OpenSecureChannel with a fault"
+                raise NotConnectedError(
+                    client_certificate_refused(self._cfg.security, self._where(), answer)
+                ) from exc
+            raise NotConnectedError(
+                f"{self._where()}: connect failed: the server answered OpenSecureChannel "
+                "with a fault"
             ) from exc
         except (OSError, TimeoutError, UaError) as exc:
             await self._drop()

@@ -19,10 +19,17 @@ Contract of :func:`apply_security` (called before ``Client.connect``):
   CreateSession verifies the certificate the server actually signs with (asyncua without a
   validator accepts any). ``trust_dir`` is re-read at every connect: a certificate copied there
   is picked up by the next retry.
+
+The other direction: a PLC that does not (yet) trust the agent's certificate refuses the secure
+channel, at OpenSecureChannel (node-opcua, most PLCs: ``BadSecurityChecksFailed``, often as a
+ServiceFault that asyncua 2.1 cannot decode there) or at CreateSession / ActivateSession
+(``BadCertificate...``). :func:`client_certificate_refused` turns that into one line naming the
+agent's certificate (path, SHA-256 fingerprint, SHA-1 thumbprint) and what to do on the PLC.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -38,11 +45,17 @@ from asyncua.ua.uaerrors import UaError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from edge_agent.certs import fingerprint, load_certificate
+from edge_agent.certs import fingerprint, load_certificate, thumbprint
 from edge_agent.config.schema import OpcuaSecurityConfig, OpcuaSecurityMode, OpcuaSecurityPolicy
 from edge_agent.errors import NotConnectedError
 
-__all__ = ["apply_security"]
+__all__ = [
+    "CERTIFICATE_REFUSED",
+    "ServerTrust",
+    "apply_security",
+    "client_certificate_refused",
+    "server_certificates",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -73,6 +86,53 @@ _WHY = {
 }
 
 
+# What a server answers when it will not accept the client's certificate (OPC UA Part 4,
+# OpenSecureChannel and CreateSession): BadSecurityChecksFailed is what node-opcua and most PLCs
+# send for a certificate that is not in their trust list.
+CERTIFICATE_REFUSED = frozenset(
+    {
+        StatusCodes.BadSecurityChecksFailed,
+        StatusCodes.BadCertificateInvalid,
+        StatusCodes.BadCertificateUntrusted,
+        StatusCodes.BadCertificateTimeInvalid,
+        StatusCodes.BadCertificateIssuerTimeInvalid,
+        StatusCodes.BadCertificateHostNameInvalid,
+        StatusCodes.BadCertificateUriInvalid,
+        StatusCodes.BadCertificateUseNotAllowed,
+        StatusCodes.BadCertificateIssuerUseNotAllowed,
+        StatusCodes.BadCertificateRevocationUnknown,
+        StatusCodes.BadCertificateIssuerRevocationUnknown,
+        StatusCodes.BadCertificateRevoked,
+        StatusCodes.BadCertificateIssuerRevoked,
+        StatusCodes.BadCertificateChainIncomplete,
+        StatusCodes.BadCertificatePolicyCheckFailed,
+        StatusCodes.BadNoValidCertificates,
+    }
+)
+
+
+def client_certificate_refused(cfg: OpcuaSecurityConfig, where: str, answer: str) -> str:
+    """One line: the server refused the agent's certificate (``answer`` says how), which file
+    and fingerprints it is, and what to do on the PLC."""
+    described = f"cert_file {cfg.cert_file}"
+    if cfg.cert_file is not None:
+        try:
+            cert = load_certificate(Path(cfg.cert_file).read_bytes())
+        except (OSError, ValueError):
+            pass  # it was readable a moment ago; the path alone still says which one
+        else:
+            described += (
+                f" (SHA-256 {fingerprint(cert)}, SHA-1 thumbprint {thumbprint(cert)}, "
+                f"subject '{cert.subject.rfc4514_string()}')"
+            )
+    return (
+        f"{where}: the server refused the agent's client certificate ({answer}); trust "
+        f"{described} on the PLC: most servers file a refused certificate under 'rejected' "
+        "(node-opcua: PKI/rejected/, named by its thumbprint), move it to 'trusted' "
+        "(see docs/install.md, OPC UA security)"
+    )
+
+
 def _read(path: str, what: str, where: str) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -93,7 +153,7 @@ def _application_uri(cert: x509.Certificate) -> str | None:
     return uris[0] if uris else None
 
 
-class _ServerTrust:
+class ServerTrust:
     """Decides whether a server certificate is the one configured (see the module docstring)."""
 
     def __init__(self, cfg: OpcuaSecurityConfig, where: str) -> None:
@@ -101,6 +161,9 @@ class _ServerTrust:
         self._where = where
         self._pinned: x509.Certificate | None = None
         self._validator: CertificateValidator | None = None
+        # Set when the hook below refused the certificate the server signs its session with:
+        # asyncua reports that as BadCertificateUntrusted, like a refusal by the server.
+        self.refused: str | None = None
 
     async def load(self) -> None:
         cfg = self._cfg
@@ -147,23 +210,32 @@ class _ServerTrust:
             return f"{_WHY.get(exc.code, 'asyncua refused it')} ({name})"
         return None
 
+    def _untrusted(self, cert: x509.Certificate, why: str) -> str:
+        return (
+            f"{self._where}: server certificate not trusted: {why}; the server presented "
+            f"{_describe(cert)}. If this is the PLC's certificate, copy it into trust_dir "
+            "or pin it (server_cert_file or server_fingerprint)"
+        )
+
     async def check(self, cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
         why = await self.verdict(cert, app)
         if why is not None:
-            raise NotConnectedError(
-                f"{self._where}: server certificate not trusted: {why}; the server presented "
-                f"{_describe(cert)}. If this is the PLC's certificate, copy it into trust_dir "
-                "or pin it (server_cert_file or server_fingerprint)"
-            )
+            raise NotConnectedError(self._untrusted(cert, why))
 
     async def __call__(self, cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
-        """asyncua's ``certificate_validator`` hook (CreateSession): a ServiceError refuses."""
-        if await self.verdict(cert, app) is not None:
+        """asyncua's ``certificate_validator`` hook (CreateSession): a ServiceError refuses;
+        why is kept in :attr:`refused`."""
+        why = await self.verdict(cert, app)
+        if why is not None:
+            self.refused = self._untrusted(cert, why)
             raise ServiceError(StatusCodes.BadCertificateUntrusted)
 
 
-async def apply_security(client: Client, cfg: OpcuaSecurityConfig, where: str) -> None:
-    """Configure ``client`` for the secure channel in ``cfg`` (a no-op for policy None).
+async def apply_security(
+    client: Client, cfg: OpcuaSecurityConfig, where: str
+) -> ServerTrust | None:
+    """Configure ``client`` for the secure channel in ``cfg`` (a no-op returning ``None`` for
+    policy None); returns the check installed as the client's ``certificate_validator``.
 
     Opens and closes one unsecured connection to read the endpoints. Raises
     :class:`NotConnectedError` when a file cannot be used, the server offers no endpoint with
@@ -172,7 +244,7 @@ async def apply_security(client: Client, cfg: OpcuaSecurityConfig, where: str) -
     connect deadline.
     """
     if cfg.policy is OpcuaSecurityPolicy.NONE:
-        return
+        return None
     assert cfg.cert_file is not None and cfg.key_file is not None  # the loader requires them
     policy = _POLICIES[cfg.policy]
     mode = _MODES[cfg.mode]
@@ -191,7 +263,7 @@ async def apply_security(client: Client, cfg: OpcuaSecurityConfig, where: str) -
             "subjectAltName); create one with: edge-agent certs opcua --out DIR"
         )
     client.application_uri = uri
-    trust = _ServerTrust(cfg, where)
+    trust = ServerTrust(cfg, where)
     await trust.load()
 
     endpoints = await client.connect_and_get_server_endpoints()
@@ -228,6 +300,27 @@ async def apply_security(client: Client, cfg: OpcuaSecurityConfig, where: str) -
     except (ValueError, TypeError, UaError) as exc:
         raise NotConnectedError(f"{where}: cannot use cert_file/key_file: {exc}") from None
     _log.debug("%s: %s/%s, server %s", where, cfg.policy, cfg.mode, _describe(server_cert))
+    return trust
+
+
+async def server_certificates(
+    endpoint: str, timeout_s: float
+) -> list[tuple[x509.Certificate, list[str]]]:
+    """The certificates a server presents in its endpoints (GetEndpoints, an unsecured request
+    that carries no secret), each with the ``Policy/Mode`` pairs it is used for. Raises
+    ``UaError``, ``OSError`` or ``TimeoutError``; ``ValueError`` for an unreadable certificate.
+    """
+    client = Client(endpoint, timeout=timeout_s)
+    async with asyncio.timeout(timeout_s):
+        endpoints = await client.connect_and_get_server_endpoints()
+    found: dict[bytes, tuple[x509.Certificate, list[str]]] = {}
+    for e in endpoints:
+        if not e.ServerCertificate:
+            continue
+        der = _first_der(e.ServerCertificate)
+        _, uses = found.setdefault(der, (x509.load_der_x509_certificate(der), []))
+        uses.append(f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}")
+    return list(found.values())
 
 
 def _key_pem(data: bytes, path: str, where: str) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,3 +182,36 @@ async def test_a_certificate_without_an_application_uri_is_refused(
     )
     with pytest.raises(NotConnectedError, match="no ApplicationUri"):
         await source(secure_sim, bad).connect()
+
+
+async def cli(*args: str) -> tuple[int, str, str]:
+    """``edge-agent ARGS`` as a child process (it runs its own event loop)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge_agent.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_shows_the_server_certificate_and_a_files_fingerprint(
+    secure_sim: str, certs: Certs
+) -> None:
+    """What an engineer compares with the PLC's display before pinning or trusting it."""
+    code, out, err = await cli("certs", "show-server", secure_sim)
+    assert code == 0, err
+    assert f"sha256           {certs.server.fingerprint}" in out
+    assert f"application uri  {APPLICATION_URI}" in out
+    assert "Basic256Sha256/SignAndEncrypt" in out and "Aes256_Sha256_RsaPss/Sign" in out
+    assert out.count("sha256 ") == 1  # one certificate for every endpoint
+    code, out, err = await cli("certs", "fingerprint", str(certs.server.cert_file))
+    assert code == 0, err
+    assert f"sha256           {certs.server.fingerprint}" in out
+    code, _, err = await cli("certs", "fingerprint", str(certs.server.key_file))
+    assert code == 1 and "not a certificate" in err

@@ -11,7 +11,6 @@ import asyncio
 import json
 import signal
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ import aiomqtt
 import pytest
 from helpers.agent_process import AgentProcess
 from helpers.mosquitto import Mosquitto
-from helpers.net import free_port
+from helpers.net import free_port, metric
 from helpers.proxy import Proxy
 
 from simulators.runner import Simulation
@@ -186,16 +185,6 @@ def persistent_broker(factory: Any, tmp_path: Path) -> Mosquitto:
 async def sim() -> AsyncIterator[Simulation]:
     async with Simulation(lines=2, seed=11, speed=SPEED, opcua_port=None) as s:
         yield s
-
-
-def metric(port: int, name: str, labels: str = "") -> float | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    key = f"{name}{{{labels}}}" if labels else name
-    for line in text.splitlines():
-        if line.startswith(key + " "):
-            return float(line.split()[-1])
-    return None
 
 
 async def test_broker_down_20s_under_load_loses_nothing(
