@@ -206,7 +206,8 @@ def test_a_link_that_drops_before_it_held_is_unstable_summed_up_then_stable_agai
         ),
         (
             "WARNING",
-            "broker 'b:1883' unstable: 6 drop(s) in 30 s (last: connection lost); retrying in 4.0 s",
+            "broker 'b:1883' unstable: 6 drop(s) in 30 s (last: connection lost); "
+            "retrying in 4.0 s",
         ),
         ("INFO", "broker 'b:1883' stable again: the link has held 10 s, after 12 drop(s) in 60 s"),
     ]
