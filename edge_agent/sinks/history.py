@@ -115,11 +115,22 @@ def _decode(kind: int, value: object) -> Value:
         return None
     if kind == _BOOL:
         return bool(value)
-    if kind == _INT and isinstance(value, int | float):
-        return int(value)
+    if kind == _INT and isinstance(value, int | float | str):
+        return int(value)  # text: an integer beyond SQLite's 64 bits (see _stored)
     if kind == _FLOAT and isinstance(value, int | float):
         return float(value)
     return str(value)
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _stored(kind: int, value: Value) -> Value:
+    """``value`` as SQLite can hold it: an integer beyond 64 bits (a ``uint64`` tag with its top
+    bit set) is kept exactly as text, which :func:`_decode` reads back as the integer."""
+    if kind == _INT and not _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
+        return str(value)
+    return value
 
 
 def _same(a: tuple[int, Value, Quality], b: tuple[int, Value, Quality]) -> bool:
@@ -203,7 +214,15 @@ class History:
                 continue
             last[key] = current
             rows.append(
-                (s.agent_time, key, kind, s.value, _QUALITY_CODE[s.quality], s.source_time, 0)
+                (
+                    s.agent_time,
+                    key,
+                    kind,
+                    _stored(kind, value),
+                    _QUALITY_CODE[s.quality],
+                    s.source_time,
+                    0,
+                )
             )
             self._last_t = max(self._last_t, s.agent_time)
         if len(rows) >= MAX_BUFFERED_ROWS:
@@ -242,7 +261,7 @@ class History:
             t = max(now, self._last_t)
             self._last_t = t
             rows.extend(
-                (t, key, kind, value, _QUALITY_CODE[quality], None, 1)
+                (t, key, kind, _stored(kind, value), _QUALITY_CODE[quality], None, 1)
                 for key, (kind, value, quality) in self._last.items()
             )
         try:

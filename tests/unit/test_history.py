@@ -421,3 +421,16 @@ def test_a_file_deleted_while_open_is_noticed_and_recording_goes_on(
         h.close()
     # Every tag's value is written first into the new file.
     assert {key: value for _t, key, value, _q, _kf in rows(path)} == {"p.total": 2, "p.state": 1}
+
+
+def test_integers_beyond_64_bits_are_recorded_exactly(hist: History, clock: Clock) -> None:
+    """A ``uint64`` tag with its top bit set is beyond SQLite's INTEGER: it used to raise
+    OverflowError (not an sqlite3.Error) out of the flush and stop the agent."""
+    big = [2**63, 2**64 - 1, -(2**63) - 1]
+    for i, value in enumerate(big):
+        hist.record([sample("p.total", value, T0 + i)])
+    clock.t = T0 + 10
+    assert hist.flush() == 3
+    clock.t = T0 + 10 + 300  # the keyframe (every 300 s here) writes the last value again
+    assert hist.flush() == 1
+    assert [v for _t, _tag, v, *_ in export(hist.path)] == [str(v) for v in [*big, big[-1]]]
