@@ -72,7 +72,7 @@ def cached_rootfs(log: Path) -> Path:
     if (root / ".complete").exists():
         return root
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    partial = root.with_name(root.name + ".partial")
+    partial = root.with_name(f"{root.name}.partial-{os.getpid()}")  # runs may race to make it
     tool = _which("debootstrap") or "debootstrap"
     cmd = [
         tool,
@@ -99,8 +99,14 @@ def cached_rootfs(log: Path) -> Path:
                 result = None
         if result is not None and result.returncode == 0:
             (partial / ".complete").write_text(" ".join(cmd) + "\n")
-            shutil.rmtree(root, ignore_errors=True)
-            partial.rename(root)
+            try:
+                partial.rename(root)
+            except OSError:  # another run made it first (or a stale one without .complete)
+                if not (root / ".complete").exists():
+                    shutil.rmtree(root, ignore_errors=True)
+                    partial.rename(root)
+                else:
+                    shutil.rmtree(partial, ignore_errors=True)
             return root
     shutil.rmtree(partial, ignore_errors=True)
     tail = log.read_text(errors="replace").splitlines()[-15:]

@@ -10,7 +10,8 @@ systemd) and the PLC simulator run inside the container too: with a private netw
 else is reachable, which also proves that the offline install needs no network.
 
 Checked: start reaches ``active (running)`` through ``READY=1``; a bad configuration ends
-``failed`` with no restart (``NRestarts=0``); ``systemctl reload`` with a bad file fails and the
+``failed`` with no restart (``NRestarts=0``), and so does a missing credential file;
+``systemctl reload`` with a bad file fails and the
 running configuration stays; a stop drains and publishes ``offline``; the watchdog restarts a
 frozen agent.
 
@@ -204,6 +205,24 @@ def test_bad_config_fails_once_without_restart(fresh: Container) -> None:
     log = journal(fresh)
     assert "sources[0].poll_intervall: unknown key (did you mean 'poll_interval'?)" in log
     assert log.count("nothing was started") == 1
+
+
+def test_a_missing_credential_fails_once_without_restart(fresh: Container) -> None:
+    fresh.run(
+        "mkdir -p /etc/systemd/system/edge-agent.service.d"
+        " && printf '[Service]\\nLoadCredential=mqtt.password:/etc/edge-agent/mqtt.password\\n'"
+        " > /etc/systemd/system/edge-agent.service.d/credentials.conf && systemctl daemon-reload"
+    )
+    started = fresh.run("systemctl start edge-agent", check=False)
+    assert started.returncode != 0
+    state = show(fresh, "ActiveState", "SubState", "ExecMainStatus", "NRestarts")
+    assert state == {
+        "ActiveState": "failed",
+        "SubState": "failed",
+        "ExecMainStatus": "243",
+        "NRestarts": "0",
+    }
+    assert "status=243/CREDENTIALS" in journal(fresh)
 
 
 def test_reload_of_a_bad_file_fails_and_the_old_config_runs_on(fresh: Container) -> None:

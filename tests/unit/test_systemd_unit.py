@@ -42,7 +42,7 @@ def test_unit_has_the_hardening_the_docs_promise() -> None:
         assert d.get(key) == [value], key
     assert "@system-service" in d["SystemCallFilter"]
     assert d["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
-    assert d["RestartPreventExitStatus"] == ["78"]
+    assert d["RestartPreventExitStatus"] == ["78 243"]
 
 
 def test_a_bad_config_is_refused_by_the_main_process_and_by_reload() -> None:
