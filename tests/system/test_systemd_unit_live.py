@@ -105,7 +105,7 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
             f" && /opt/edge-agent/venv/bin/edge-agent check-config {CONF}"
             " && cp /root/edge-agent.service /etc/systemd/system/"
             " && install -D -m 0644 /root/install.md /opt/edge-agent/docs/install.md"
-            " && systemctl daemon-reload",
+            " && systemctl daemon-reload && systemctl enable -q edge-agent",
             stdin=good_config(),
         )
         yield box
@@ -171,7 +171,16 @@ def fresh(container: Container) -> Iterator[Container]:
 def test_start_reaches_running_through_ready(fresh: Container) -> None:
     started = fresh.run("systemctl start edge-agent", check=False)
     assert started.returncode == 0, started.stderr + journal(fresh)
-    state = show(fresh, "ActiveState", "SubState", "StatusText", "NRestarts", "Documentation")
+    state = show(
+        fresh,
+        "ActiveState",
+        "SubState",
+        "StatusText",
+        "NRestarts",
+        "Documentation",
+        "UnitFileState",
+    )
+    assert state["UnitFileState"] == "enabled"
     assert (state["ActiveState"], state["SubState"]) == ("active", "running")
     # Type=notify: "active" only after READY=1, which carries this STATUS=.
     assert state["StatusText"] == "1 sources, 2 lines"
