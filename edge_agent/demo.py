@@ -91,9 +91,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: a temporary directory removed at the end)",
     )
     parser.add_argument(
+        "-c",
         "--config",
         default=None,
-        metavar="PATH",
+        metavar="FILE",
         help=f"demo configuration (default: {default_config_path()})",
     )
     parser.add_argument(
