@@ -403,8 +403,9 @@ def _run(args: argparse.Namespace) -> int:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         if args.once:
             return runner.run(_run_once(cfg))
-        from edge_agent.app import Agent, run_until_signalled  # noqa: PLC0415
+        from edge_agent.app import Agent, run_until_signalled, state_dir_for  # noqa: PLC0415
 
+        log.info("state directory %s (outbox, engine state, history)", state_dir_for(cfg))
         if loop_factory is not None:
             log.info("event loop: %s", args.event_loop)
         try:

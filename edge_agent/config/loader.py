@@ -474,6 +474,16 @@ def _path(ctx: _Ctx, node: Node, path: str) -> Any:
     return resolve_path(value, ctx.base_dir)
 
 
+def _local_path(ctx: _Ctx, node: Node, path: str) -> Any:
+    """A path the agent writes (``storage.dir``): a relative one is resolved against the
+    configuration file's directory, never the working directory, so the state is the same
+    whichever directory the agent starts from (and never in the read-only credentials)."""
+    value = _string()(ctx, node, path)
+    if not isinstance(value, str):
+        return INVALID
+    return os.path.normpath(os.path.join(os.path.abspath(ctx.base_dir), value))
+
+
 def _name(ctx: _Ctx, node: Node, path: str) -> Any:
     value = _string()(ctx, node, path)
     if isinstance(value, str) and not NAME_PATTERN.fullmatch(value):
@@ -2047,7 +2057,7 @@ def _storage(ctx: _Ctx, node: Node, path: str) -> Any:
         ctx,
         node,
         path,
-        {"dir": _optional(_string()), "outbox": _outbox, "history": _history},
+        {"dir": _optional(_local_path), "outbox": _outbox, "history": _history},
     )
     if parsed is None or ctx.count > before:
         return INVALID

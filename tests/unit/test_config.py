@@ -171,7 +171,8 @@ def test_demo_config_matches_the_simulators() -> None:
     assert line1.shifts[2].start == time(22) and line1.shifts[2].end == time(6)
     assert line1.timezone == "Asia/Seoul"
     assert cfg.mqtt.publish_interval_s == 2.0
-    assert cfg.storage.dir == "./state/demo"
+    # Relative to the file, not the working directory: the repository's state/demo.
+    assert cfg.storage.dir == str(REPO / "state" / "demo")
 
 
 def _case_dirs() -> list[Path]:
