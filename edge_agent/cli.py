@@ -55,9 +55,10 @@ def _config_path(parser: argparse.ArgumentParser, args: argparse.Namespace) -> s
     positional = getattr(args, "config_positional", None)
     if option is not None and positional is not None and option != positional:
         parser.error(f"two configuration files given ({positional} and -c {option}): give one")
-    path = option if option is not None else positional
+    path: str | None = option if option is not None else positional
     if path is None:
         parser.error(f"{args.command}: give the configuration file: -c FILE (or FILE)")
+    assert path is not None  # parser.error exits
     return path
 
 

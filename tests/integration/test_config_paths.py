@@ -38,7 +38,7 @@ async def test_relative_state_dir_is_next_to_the_config_not_the_cwd(
     agent = AgentProcess(config, cwd=elsewhere)
     await agent.start()
     try:
-        await until(lambda: (conf_dir / "state" / "outbox.sqlite").exists(), 60)
+        await until((conf_dir / "state" / "outbox.sqlite").exists, 60)
         await until(lambda: "state directory" in agent.output(), 30)
     finally:
         code = await agent.stop()
