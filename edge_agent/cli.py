@@ -338,7 +338,7 @@ def _history_export(args: argparse.Namespace) -> int:
     from edge_agent.sinks.history import FILE_NAME, export_csv  # noqa: PLC0415
 
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, check_files=False)  # it reads the history only
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)

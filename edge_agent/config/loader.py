@@ -33,6 +33,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from edge_agent.config.durations import parse_duration
+from edge_agent.config.files import FileKind, file_problem
 from edge_agent.config.issues import Issue, join_index, join_key, plural
 from edge_agent.config.schema import (
     WEEKDAY_NAMES,
@@ -169,8 +170,11 @@ class _SourceInfo:
 class _Ctx:
     """Issues found so far, plus what line signals may refer to."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, *, check_files: bool = False) -> None:
         self.file = file
+        # Files named by the configuration, checked once its structure is valid (_check_files).
+        self.check_files = check_files
+        self.files: list[tuple[Node, str, str, FileKind]] = []
         # Relative file paths in the config are relative to it (or to systemd's credentials).
         self.base_dir = os.path.dirname(os.path.abspath(file)) if not file.startswith("<") else "."
         self.issues: list[Issue] = []
@@ -201,12 +205,15 @@ class _Ctx:
 # Public API
 
 
-def load_config(path: str | os.PathLike[str]) -> AgentConfig:
+def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> AgentConfig:
     """Load and validate the configuration file at ``path``.
 
     Returns the frozen configuration with ``path`` set to the file's path. Raises
     :class:`ConfigError` listing every problem; a file that cannot be read gives the single issue
-    ``FILE: cannot read: REASON``. Never raises anything else for any file content.
+    ``FILE: cannot read: REASON``. Never raises anything else for any file content. With
+    ``check_files`` (the default: ``run``, ``check-config``, a reload), every secret, key and
+    certificate file it names must exist, be readable and parse (:mod:`edge_agent.config.files`);
+    ``replay`` and ``history export`` connect to nothing and leave them out.
     """
     name = os.fspath(path)
     try:
@@ -214,7 +221,7 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
             data = stream.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"]) from None
-    ctx = _Ctx(name)
+    ctx = _Ctx(name, check_files=check_files)
     if len(data) > MAX_FILE_BYTES:
         ctx.add(None, "", f"file is larger than {MAX_FILE_BYTES} bytes: refusing to parse it")
         raise ctx.error()
@@ -228,10 +235,12 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
     return _load(ctx, text)
 
 
-def load_config_text(text: str, path: str = "<string>") -> AgentConfig:
+def load_config_text(
+    text: str, path: str = "<string>", *, check_files: bool = False
+) -> AgentConfig:
     """Like :func:`load_config`, for YAML already in memory; ``path`` is used in messages and
-    stored in ``AgentConfig.path``."""
-    ctx = _Ctx(path)
+    stored in ``AgentConfig.path``. The files it names are checked only with ``check_files``."""
+    ctx = _Ctx(path, check_files=check_files)
     if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
         ctx.add(None, "", f"file is larger than {MAX_FILE_BYTES} bytes: refusing to parse it")
         raise ctx.error()
@@ -309,9 +318,22 @@ def _load(ctx: _Ctx, text: str) -> AgentConfig:
         ctx.add(root, "", f"YAML aliases add more than {MAX_ALIAS_NODES} nodes to this file")
         raise ctx.error()
     cfg = _agent(ctx, root)
+    if ctx.check_files:
+        _check_files(ctx)
     if ctx.issues or isinstance(cfg, _Invalid):
         raise ctx.error()
     return cfg
+
+
+def _check_files(ctx: _Ctx) -> None:
+    """One issue per named file that is missing, unreadable or does not parse; each file once."""
+    seen: dict[tuple[str, FileKind], str | None] = {}
+    for node, path, resolved, kind in ctx.files:
+        if (resolved, kind) not in seen:
+            seen[resolved, kind] = file_problem(resolved, kind)
+        problem = seen[resolved, kind]
+        if problem is not None:
+            ctx.add(node, path, problem)
 
 
 def _compose(ctx: _Ctx, text: str) -> Node | None:
@@ -472,6 +494,18 @@ def _path(ctx: _Ctx, node: Node, path: str) -> Any:
     if not isinstance(value, str):
         return INVALID
     return resolve_path(value, ctx.base_dir)
+
+
+def _file(kind: FileKind) -> Check:
+    """A file the agent reads (:func:`_path`), checked as ``kind`` once the structure is valid."""
+
+    def check(ctx: _Ctx, node: Node, path: str) -> Any:
+        value = _path(ctx, node, path)
+        if isinstance(value, str):
+            ctx.files.append((node, path, value, kind))
+        return value
+
+    return check
 
 
 def _local_path(ctx: _Ctx, node: Node, path: str) -> Any:
@@ -907,7 +941,7 @@ def _source(ctx: _Ctx, node: Node, path: str) -> tuple[SourceConfig | _Invalid, 
         fields |= {
             "endpoint": _endpoint,
             "username": _optional(_string()),
-            "password_file": _optional(_path),
+            "password_file": _optional(_file(FileKind.SECRET)),
             "security": _opcua_security,
             "mode": _choice(OpcuaMode),
             "publishing_interval": _duration(),
@@ -940,11 +974,11 @@ def _opcua_security(ctx: _Ctx, node: Node, path: str) -> Any:
         {
             "policy": _choice(OpcuaSecurityPolicy),
             "mode": _choice(OpcuaSecurityMode),
-            "cert_file": _path,
-            "key_file": _path,
-            "server_cert_file": _path,
+            "cert_file": _file(FileKind.CERT),
+            "key_file": _file(FileKind.KEY),
+            "server_cert_file": _file(FileKind.CERT),
             "server_fingerprint": _fingerprint,
-            "trust_dir": _path,
+            "trust_dir": _file(FileKind.DIR),
         },
         required=("policy",),
     )
@@ -1869,7 +1903,7 @@ def _mqtt(
             "port": _integer(1, 65535),
             "client_id": _optional(_string()),
             "username": _optional(_string()),
-            "password_file": _optional(_path),
+            "password_file": _optional(_file(FileKind.SECRET)),
             "tls": _tls,
             "topic_prefix": _topic_prefix,
             "keepalive": _keepalive,
@@ -1963,9 +1997,9 @@ def _tls(ctx: _Ctx, node: Node, path: str) -> Any:
         node,
         path,
         {
-            "ca_file": _optional(_path),
-            "cert_file": _optional(_path),
-            "key_file": _optional(_path),
+            "ca_file": _optional(_file(FileKind.CA)),
+            "cert_file": _optional(_file(FileKind.CERT)),
+            "key_file": _optional(_file(FileKind.KEY)),
             "insecure": _boolean,
         },
     )
@@ -2034,10 +2068,10 @@ def _prometheus(ctx: _Ctx, node: Node, path: str) -> Any:
             "enabled": _boolean,
             "host": _string(),
             "port": _integer(1, 65535),
-            "cert_file": _optional(_path),
-            "key_file": _optional(_path),
+            "cert_file": _optional(_file(FileKind.CERT)),
+            "key_file": _optional(_file(FileKind.KEY)),
             "username": _optional(_string()),
-            "password_file": _optional(_path),
+            "password_file": _optional(_file(FileKind.SECRET)),
         },
     )
     if parsed is None or ctx.count > before:

@@ -3,6 +3,9 @@ and certificate files resolve the same way whichever directory the agent is star
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +50,37 @@ async def test_relative_state_dir_is_next_to_the_config_not_the_cwd(
     lines = [line for line in agent.output().splitlines() if "state directory" in line]
     assert len(lines) == 1, agent.output()
     assert f"state directory {conf_dir / 'state'} (outbox, engine state, history)" in lines[0]
+
+
+def test_run_refuses_a_missing_key_file_before_anything_starts(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        _config(free_port()).replace(
+            "mqtt: {host: 127.0.0.1,",
+            "mqtt: {tls: {ca_file: ca.pem, cert_file: client.pem, key_file: client.key}, "
+            "host: 127.0.0.1,",
+        )
+    )
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    res = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=elsewhere,
+    )
+    assert res.returncode == 78, res.stderr
+    # FILE:LINE:COL of the mqtt line (21), then the path and what is wrong.
+    assert [re.sub(r":21:\d+: ", ":21:C: ", line) for line in res.stderr.splitlines()] == [
+        f"{config}:21:C: mqtt.tls.ca_file: {tmp_path / 'ca.pem'} is not a PEM or DER "
+        "CA certificate file",
+        f"{config}:21:C: mqtt.tls.cert_file: cannot read {tmp_path / 'client.pem'}: "
+        "No such file or directory",
+        f"{config}:21:C: mqtt.tls.key_file: cannot read {tmp_path / 'client.key'}: "
+        "No such file or directory",
+        "3 problem(s); nothing was started",
+    ]
+    assert not (tmp_path / "state").exists()

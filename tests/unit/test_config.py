@@ -138,7 +138,8 @@ def test_base_loads_into_frozen_dataclasses() -> None:
     "path", sorted(REPO.glob("config/**/*.yaml")), ids=lambda p: str(p.relative_to(REPO))
 )
 def test_every_shipped_config_loads(path: Path) -> None:
-    cfg = load_config(path)
+    # The examples name the plant's own secret and certificate files, which are not shipped.
+    cfg = load_config(path, check_files=False)
     assert cfg.path == str(path)
     assert cfg.lines
 
