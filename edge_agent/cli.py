@@ -382,8 +382,9 @@ def _history_export(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from edge_agent.config.loader import load_config  # noqa: PLC0415
 
+    warnings: list[str] = []
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, warnings=warnings)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -399,7 +400,7 @@ def _run(args: argparse.Namespace) -> int:
     _setup_logging(args, cfg.logging.level, cfg.logging.format.value)
     from edge_agent.config.loader import permission_warnings  # noqa: PLC0415
 
-    for warning in permission_warnings(cfg):
+    for warning in warnings + permission_warnings(cfg):
         log.warning("%s", warning)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         if args.once:

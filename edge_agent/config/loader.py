@@ -175,6 +175,9 @@ class _Ctx:
         # Files named by the configuration, checked once its structure is valid (_check_files).
         self.check_files = check_files
         self.files: list[tuple[Node, str, str, FileKind]] = []
+        # Things that are valid but probably not meant: printed, never fatal.
+        self.warnings: list[Issue] = []
+        self.warnings_out: list[str] | None = None  # the caller's list, filled in at the end
         # Relative file paths in the config are relative to it (or to systemd's credentials).
         self.base_dir = os.path.dirname(os.path.abspath(file)) if not file.startswith("<") else "."
         self.issues: list[Issue] = []
@@ -194,6 +197,14 @@ class _Ctx:
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
         self.issues.append(Issue(self.file, line, column, path, message))
 
+    def warn(self, where: Node, path: str, message: str) -> None:
+        mark = where.start_mark
+        self.warnings.append(Issue(self.file, mark.line + 1, mark.column + 1, path, message))
+
+    def warning_lines(self) -> list[str]:
+        ordered = sorted(self.warnings, key=lambda i: (i.line, i.column))
+        return list(dict.fromkeys(str(issue) for issue in ordered))
+
     def error(self) -> ConfigError:
         ordered = sorted(self.issues, key=lambda i: (i.line, i.column))
         # An alias can make one bad node appear in several places: report each message once.
@@ -205,7 +216,12 @@ class _Ctx:
 # Public API
 
 
-def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> AgentConfig:
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    check_files: bool = True,
+    warnings: list[str] | None = None,
+) -> AgentConfig:
     """Load and validate the configuration file at ``path``.
 
     Returns the frozen configuration with ``path`` set to the file's path. Raises
@@ -213,7 +229,9 @@ def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> Ag
     ``FILE: cannot read: REASON``. Never raises anything else for any file content. With
     ``check_files`` (the default: ``run``, ``check-config``, a reload), every secret, key and
     certificate file it names must exist, be readable and parse (:mod:`edge_agent.config.files`);
-    ``replay`` and ``history export`` connect to nothing and leave them out.
+    ``replay`` and ``history export`` connect to nothing and leave them out. ``warnings``, when
+    given, receives what is valid but probably not meant (``FILE:LINE:COL: path: message``),
+    also when the file has errors.
     """
     name = os.fspath(path)
     try:
@@ -222,6 +240,7 @@ def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> Ag
     except OSError as exc:
         raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"]) from None
     ctx = _Ctx(name, check_files=check_files)
+    ctx.warnings_out = warnings
     if len(data) > MAX_FILE_BYTES:
         ctx.add(None, "", f"file is larger than {MAX_FILE_BYTES} bytes: refusing to parse it")
         raise ctx.error()
@@ -236,11 +255,16 @@ def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> Ag
 
 
 def load_config_text(
-    text: str, path: str = "<string>", *, check_files: bool = False
+    text: str,
+    path: str = "<string>",
+    *,
+    check_files: bool = False,
+    warnings: list[str] | None = None,
 ) -> AgentConfig:
     """Like :func:`load_config`, for YAML already in memory; ``path`` is used in messages and
     stored in ``AgentConfig.path``. The files it names are checked only with ``check_files``."""
     ctx = _Ctx(path, check_files=check_files)
+    ctx.warnings_out = warnings
     if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
         ctx.add(None, "", f"file is larger than {MAX_FILE_BYTES} bytes: refusing to parse it")
         raise ctx.error()
@@ -256,15 +280,18 @@ def check_config_main(path: str, *, dump: bool = False) -> int:
     warnings on stderr that do not change the exit code. With ``dump``, the effective
     configuration follows as YAML, secrets redacted (:mod:`edge_agent.config.dump`).
     """
+    warnings: list[str] = []
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, warnings=warnings)
     except ConfigError as exc:
         # This is the command's own output, not logging.
         for issue in exc.issues:
             print(issue, file=sys.stderr)
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         print(plural(len(exc.issues), "problem"), file=sys.stderr)
         return EXIT_CONFIG
-    for warning in permission_warnings(cfg):
+    for warning in warnings + permission_warnings(cfg):
         print(f"warning: {warning}", file=sys.stderr)
     tags = sum(len(source.tags) for source in cfg.sources)
     summary = (
@@ -320,6 +347,8 @@ def _load(ctx: _Ctx, text: str) -> AgentConfig:
     cfg = _agent(ctx, root)
     if ctx.check_files:
         _check_files(ctx)
+    if ctx.warnings_out is not None:
+        ctx.warnings_out.extend(ctx.warning_lines())
     if ctx.issues or isinstance(cfg, _Invalid):
         raise ctx.error()
     return cfg
@@ -1194,6 +1223,53 @@ _REGISTERS = {
 _BIT_TABLES = (ModbusTable.COIL, ModbusTable.DISCRETE)
 
 
+_MODICON: Final = (
+    # (first digit, table): 1xxxx discrete inputs, 3xxxx input registers, 4xxxx holding registers.
+    # 0xxxx (coils) cannot be told apart: YAML reads 00003 as the integer 3.
+    (1, ModbusTable.DISCRETE),
+    (3, ModbusTable.INPUT),
+    (4, ModbusTable.HOLDING),
+)
+_TABLE_WORDS: Final = {
+    ModbusTable.HOLDING: "holding register",
+    ModbusTable.INPUT: "input register",
+    ModbusTable.COIL: "coil",
+    ModbusTable.DISCRETE: "discrete input",
+}
+
+
+def modicon(address: int) -> tuple[ModbusTable, int] | None:
+    """The table and 1-based register number that ``address`` names in Modicon notation
+    (40003, 400003: holding register 3; 30001: input register 1; 10001: discrete input 1),
+    or None when it does not look like it."""
+    for digit, table in _MODICON:
+        for width in (10_000, 100_000):  # 5-digit (x0001-x9999) and 6-digit (x00001-x65536)
+            number = address - digit * width
+            if 1 <= number <= (9999 if width == 10_000 else 65536):
+                return table, number
+    return None
+
+
+def _modicon_hint(address: int) -> str | None:
+    found = modicon(address)
+    if found is None:
+        return None
+    table, number = found
+    return (
+        f"address {address} looks like Modicon notation for {_TABLE_WORDS[table]} {number} "
+        f"(protocol address {number - 1}); write table: {table.value}, address: {number - 1}"
+    )
+
+
+def _modbus_address(ctx: _Ctx, node: Node, path: str) -> Any:
+    if isinstance(node, ScalarNode):
+        kind, value = _scalar(ctx, node)
+        if kind == "int" and value > 65535 and (hint := _modicon_hint(value)) is not None:
+            ctx.add(node, path, f"must be 0..65535, got {value}: {hint}")
+            return INVALID
+    return _integer(0, 65535)(ctx, node, path)
+
+
 def _modbus_tag(ctx: _Ctx, node: Node, path: str) -> Any:
     before = ctx.count
     parsed = _mapping(
@@ -1203,7 +1279,7 @@ def _modbus_tag(ctx: _Ctx, node: Node, path: str) -> Any:
         {
             "name": _name,
             "table": _choice(ModbusTable),
-            "address": _integer(0, 65535),
+            "address": _modbus_address,
             "type": _choice(DataType),
             "order": _choice(ByteOrder),
             "length": _integer(0, 125),  # one read request holds at most 125 registers
@@ -1245,6 +1321,14 @@ def _modbus_tag(ctx: _Ctx, node: Node, path: str) -> Any:
         last = parsed.values["address"] + width - 1
         if width > 0 and last > 65535:
             ctx.add(*at("address"), f"{kind} spans registers up to {last}, past 65535")
+    address = parsed.values["address"]
+    if ctx.count == before and (hint := _modicon_hint(address)) is not None:
+        # Not an error: a large PLC may really have register 40003 (0-based).
+        ctx.warn(
+            *at("address"),
+            f"{hint} (if the PLC's manual lists 0-based protocol addresses, {address} is "
+            "right: ignore this)",
+        )
     if ctx.count > before:
         return INVALID
     return ModbusTag(**parsed.fields())
