@@ -93,6 +93,7 @@ __all__ = [
     "EXIT_CONFIG",
     "MAX_ALIAS_NODES",
     "MAX_FILE_BYTES",
+    "MAX_LINES_SUPPORTED",
     "check_config_main",
     "load_config",
     "load_config_text",
@@ -106,6 +107,9 @@ MAX_FILE_BYTES: Final = 1 << 20  # a real plant's file is a few kB; refuse befor
 # Aliases let a small file describe a huge tree ("billion laughs"): they may add at most this many
 # nodes to the file's own. Sharing a shift list among a hundred lines adds a few thousand.
 MAX_ALIAS_NODES: Final = 100_000
+# Lines one agent serves with its engine step well inside the 1 s tick on 2 cores (measured:
+# docs/performance.md, supported size). More is valid, and warned about.
+MAX_LINES_SUPPORTED: Final = 1000
 
 # Names become MQTT topic levels and metric label values: no '+', '#', '/', NUL, dots or spaces.
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -1376,6 +1380,15 @@ def _lines(ctx: _Ctx, node: Node, path: str) -> Any:
     if not items:
         ctx.add(node, path, "must list at least one line")
         return INVALID
+    if len(items) > MAX_LINES_SUPPORTED:
+        ctx.warn(
+            node,
+            path,
+            f"{len(items)} lines: more than the {MAX_LINES_SUPPORTED} one agent is measured to "
+            "serve (docs/performance.md, supported size); the engine's step grows with every "
+            "line (about 1 s per tick for 10000 on 2 cores) and ticks are skipped: split the "
+            "plant over several agents",
+        )
     before = ctx.count
     built = []
     named: list[tuple[Any, Node | None, str]] = []
