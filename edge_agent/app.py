@@ -81,13 +81,16 @@ class _SinkRun:
 
 
 def state_dir_for(cfg: AgentConfig) -> Path:
-    """``storage.dir``, else systemd's ``$STATE_DIRECTORY``, else ``./state``."""
+    """``storage.dir`` (the loader made it absolute), else systemd's ``$STATE_DIRECTORY``, else
+    ``state`` next to the configuration file: never the working directory, which changes with
+    whoever starts the agent."""
     if cfg.storage.dir:
         return Path(cfg.storage.dir)
     env = os.environ.get("STATE_DIRECTORY")
     if env:
         return Path(env.split(":")[0])
-    return Path("state")
+    base = Path(cfg.path).absolute().parent if not cfg.path.startswith("<") else Path.cwd()
+    return base / "state"
 
 
 class Agent:

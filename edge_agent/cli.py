@@ -23,22 +23,82 @@ EXIT_CANTCREAT = 73  # EX_CANTCREAT: the output file cannot be written
 EXIT_CONFIG = 78
 
 
+def _logging_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """``--log-level`` and ``--log-format``, accepted before and after the subcommand. The
+    subcommand's copies default to SUPPRESS so they never overwrite a value given before it."""
+    parser.add_argument(
+        "--log-level", default=default, help="DEBUG, INFO, WARNING, ERROR (default: from config)"
+    )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default=default, help="default: from config"
+    )
+
+
+def _config_options(parser: argparse.ArgumentParser, *, positional: bool = True) -> None:
+    """The configuration file, as ``-c FILE``, ``--config FILE`` or (``positional``) ``FILE``:
+    every subcommand that reads a configuration accepts each form (:func:`_config_path`)."""
+    parser.add_argument(
+        "-c", "--config", dest="config_option", metavar="FILE", help="YAML configuration file"
+    )
+    if positional:
+        parser.add_argument(
+            "config_positional",
+            nargs="?",
+            metavar="FILE",
+            help="YAML configuration file (the same as -c FILE)",
+        )
+
+
+def _config_path(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The one configuration file given, or a usage error (exit 2) saying how to give it."""
+    option = getattr(args, "config_option", None)
+    positional = getattr(args, "config_positional", None)
+    if option is not None and positional is not None and option != positional:
+        parser.error(f"two configuration files given ({positional} and -c {option}): give one")
+    path: str | None = option if option is not None else positional
+    if path is None:
+        parser.error(f"{args.command}: give the configuration file: -c FILE (or FILE)")
+    assert path is not None  # parser.error exits
+    return path
+
+
+def _sub(
+    sub: Any, name: str, help_text: str, description: str, *examples: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` has a description and examples."""
+    epilog = "examples:\n" + "\n".join(f"  edge-agent {example}" for example in examples)
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _logging_options(parser, argparse.SUPPRESS)
+    return parser
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent",
         description="Shop-floor edge agent: PLC tags (OPC UA, Modbus) to OEE KPIs over MQTT.",
+        epilog="Each command has its own help with examples: edge-agent COMMAND --help",
     )
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
-    parser.add_argument(
-        "--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default: from config)"
-    )
-    parser.add_argument(
-        "--log-format", choices=("text", "json"), default=None, help="default: from config"
-    )
+    _logging_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p_run = sub.add_parser("run", help="run the agent (the systemd service runs this)")
-    p_run.add_argument("-c", "--config", required=True, help="YAML configuration file")
+    p_run = _sub(
+        sub,
+        "run",
+        "run the agent (the systemd service runs this)",
+        "Run the agent: poll the PLCs, compute the KPIs, publish them over MQTT until SIGTERM. "
+        "A bad configuration stops it before anything starts (exit 78).",
+        "run -c /etc/edge-agent/agent.yaml",
+        "run /etc/edge-agent/agent.yaml --log-level DEBUG",
+        "run -c agent.yaml --once      # poll once, print samples and KPIs, exit",
+    )
+    _config_options(p_run)
     p_run.add_argument(
         "--once",
         action="store_true",
@@ -52,8 +112,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "docs/performance.md)",
     )
 
-    p_check = sub.add_parser("check-config", help="validate a configuration file (exit 0 or 78)")
-    p_check.add_argument("config", help="YAML configuration file")
+    p_check = _sub(
+        sub,
+        "check-config",
+        "validate a configuration file (exit 0 or 78)",
+        "Validate a configuration file without touching the network: every problem is printed "
+        "as FILE:LINE:COL: yaml.path: message (exit 78); the secret, key and certificate files "
+        "it names must exist and parse. Warnings do not change the exit code.",
+        "check-config /etc/edge-agent/agent.yaml",
+        "check-config -c agent.yaml --dump",
+    )
+    _config_options(p_check)
     p_check.add_argument(
         "--dump",
         action="store_true",
@@ -61,7 +130,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "secrets are never in it, and usernames are redacted",
     )
 
-    p_certs = sub.add_parser("certs", help="create certificates")
+    p_certs = _sub(
+        sub,
+        "certs",
+        "create certificates",
+        "Create certificates the agent needs.",
+        "certs opcua --out /etc/edge-agent/opcua",
+    )
     certs_sub = p_certs.add_subparsers(dest="certs_command", required=True, metavar="KIND")
     p_opcua = certs_sub.add_parser(
         "opcua", help="the agent's OPC UA application instance certificate and key"
@@ -88,12 +163,23 @@ def _build_parser() -> argparse.ArgumentParser:
     p_show.add_argument("endpoint", help="e.g. opc.tcp://192.168.0.10:4840")
     p_show.add_argument("--timeout", type=float, default=10.0, help="seconds (10)")
 
-    p_replay = sub.add_parser(
+    p_replay = _sub(
+        sub,
         "replay",
-        help="recompute KPIs from recorded samples (CSV) with the live engine; exit 0, 65 or 78",
+        "recompute KPIs from recorded samples (CSV) with the live engine; exit 0, 65 or 78",
+        "Feed recorded samples (CSV: timestamp,tag,value) through the live engine and print "
+        "one kpi/shift payload per closed shift, then the open windows (docs/replay.md).",
+        "replay -c agent.yaml samples.csv",
+        "replay agent.yaml samples.csv --format table",
     )
-    p_replay.add_argument("-c", "--config", required=True, help="YAML configuration file")
-    p_replay.add_argument("samples", help="CSV with header timestamp,tag,value ('-' for stdin)")
+    _config_options(p_replay, positional=False)
+    p_replay.add_argument(
+        "files",
+        nargs="+",
+        metavar="[FILE] SAMPLES",
+        help="the configuration (unless -c FILE), then the CSV with header "
+        "timestamp,tag,value ('-' for stdin)",
+    )
     p_replay.add_argument(
         "--format",
         choices=("json", "table"),
@@ -101,12 +187,23 @@ def _build_parser() -> argparse.ArgumentParser:
         help="json: one kpi/shift payload per line, then the open windows (default); table",
     )
 
-    p_history = sub.add_parser("history", help="the recorded sample history")
-    history_sub = p_history.add_subparsers(dest="history_command", required=True, metavar="ACTION")
-    p_export = history_sub.add_parser(
-        "export", help="write recorded samples as the CSV that replay reads"
+    p_history = _sub(
+        sub,
+        "history",
+        "the recorded sample history",
+        "The sample history the agent records (storage.history).",
+        "history export -c agent.yaml --from 2026-03-02T06:00+09:00 -o samples.csv",
     )
-    p_export.add_argument("-c", "--config", required=True, help="YAML configuration file")
+    history_sub = p_history.add_subparsers(dest="history_command", required=True, metavar="ACTION")
+    p_export = _sub(
+        history_sub,
+        "export",
+        "write recorded samples as the CSV that replay reads",
+        "Write the recorded samples as the CSV that replay reads.",
+        "history export -c agent.yaml --from 2026-03-02T06:00+09:00 -o samples.csv",
+        "history export agent.yaml --tag press1.total",
+    )
+    _config_options(p_export)
     p_export.add_argument(
         "--from",
         dest="start",
@@ -122,21 +219,34 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p_export.add_argument("-o", "--output", help="output file (default: stdout)")
 
-    sub.add_parser(
+    _sub(
+        sub,
         "config-schema",
-        help="print the JSON Schema of the configuration file (for editors; "
+        "print the JSON Schema of the configuration file (for editors; "
         "docs/schemas/config.schema.json)",
+        "Print the JSON Schema of the configuration file, for editors' completion and checks.",
+        "config-schema > config.schema.json",
     )
 
-    p_demo = sub.add_parser(
-        "demo", help="simulated PLCs + agent + broker in one command, with a live KPI table"
+    p_demo = _sub(
+        sub,
+        "demo",
+        "simulated PLCs + agent + broker in one command, with a live KPI table",
+        "Start simulated PLCs, a broker and the agent, and show the KPIs live.",
+        "demo",
+        "demo --duration 60",
     )
     from edge_agent.demo import add_arguments  # noqa: PLC0415
 
     add_arguments(p_demo)
 
-    p_watch = sub.add_parser(
-        "watch", help="live table of the KPIs of every agent (site, line) on a broker"
+    p_watch = _sub(
+        sub,
+        "watch",
+        "live table of the KPIs of every agent (site, line) on a broker",
+        "Subscribe to a broker and show the KPIs of every agent (site, line) publishing to it.",
+        "watch --host broker.plant.local",
+        "watch --host broker.plant.local --tls --ca-file ca.pem --site plant1",
     )
     from edge_agent.watch import add_arguments as add_watch_arguments  # noqa: PLC0415
 
@@ -151,7 +261,19 @@ def _setup_logging(args: argparse.Namespace, level: str = "INFO", fmt: str = "te
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "replay":
+        files = list(args.files)
+        if args.config_option is None and len(files) == 2:
+            args.config_positional = files.pop(0)
+        if len(files) != 1:
+            parser.error("replay: give the configuration and one CSV: replay -c FILE SAMPLES")
+        args.samples = files[0]
+    if args.command in ("run", "check-config", "replay") or (
+        args.command == "history" and args.history_command == "export"
+    ):
+        args.config = _config_path(parser, args)
     if args.command == "check-config":
         from edge_agent.config.loader import check_config_main  # noqa: PLC0415
 
@@ -227,7 +349,7 @@ def _history_export(args: argparse.Namespace) -> int:
     from edge_agent.sinks.history import FILE_NAME, export_csv  # noqa: PLC0415
 
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, check_files=False)  # it reads the history only
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -271,8 +393,9 @@ def _history_export(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from edge_agent.config.loader import load_config  # noqa: PLC0415
 
+    warnings: list[str] = []
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, warnings=warnings)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -288,13 +411,14 @@ def _run(args: argparse.Namespace) -> int:
     _setup_logging(args, cfg.logging.level, cfg.logging.format.value)
     from edge_agent.config.loader import permission_warnings  # noqa: PLC0415
 
-    for warning in permission_warnings(cfg):
+    for warning in warnings + permission_warnings(cfg):
         log.warning("%s", warning)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         if args.once:
             return runner.run(_run_once(cfg))
-        from edge_agent.app import Agent, run_until_signalled  # noqa: PLC0415
+        from edge_agent.app import Agent, run_until_signalled, state_dir_for  # noqa: PLC0415
 
+        log.info("state directory %s (outbox, engine state, history)", state_dir_for(cfg))
         if loop_factory is not None:
             log.info("event loop: %s", args.event_loop)
         try:

@@ -24,6 +24,7 @@ import signal
 import sys
 import tempfile
 import time
+import zoneinfo
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -91,9 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: a temporary directory removed at the end)",
     )
     parser.add_argument(
+        "-c",
         "--config",
         default=None,
-        metavar="PATH",
+        metavar="FILE",
         help=f"demo configuration (default: {default_config_path()})",
     )
     parser.add_argument(
@@ -144,6 +146,8 @@ class BrokerView:
 
     prefix: str
     site: str
+    # The one time zone every time on the screen is shown in (display_zone); None: as written.
+    tz: datetime.tzinfo | None = None
     lines: dict[str, LineView] = field(default_factory=dict)
     status: str | None = None
     connected: bool = False
@@ -225,7 +229,7 @@ class BrokerView:
             return _energy_line(line_name, data)
         if suffix == "order":
             view.order = data
-            return _order_line(line_name, data)
+            return _order_line(line_name, data, self.tz)
         if suffix == "order/closed":
             return (
                 f"{line_name} order {data.get('order_id')} closed ({data.get('reason')}): "
@@ -277,10 +281,33 @@ def _kpi_line(line: str, data: dict[str, Any]) -> str:
     )
 
 
-def _clock(iso_time: Any) -> str:
-    """``HH:MM:SS`` of an ISO 8601 time (the line's local time), ``-`` for none."""
+def display_zone(cfg: AgentConfig) -> tuple[datetime.tzinfo, str]:
+    """The one time zone the demo shows every time in, and its name: the lines' zone when they
+    share one (the payloads' ETAs and windows are in it), else UTC. Never the host's zone,
+    which a payload never uses."""
+    zones = {line.timezone for line in cfg.lines}
+    if len(zones) == 1:
+        (name,) = zones
+        with contextlib.suppress(zoneinfo.ZoneInfoNotFoundError, ValueError):
+            return zoneinfo.ZoneInfo(name), name
+    return datetime.UTC, "UTC"
+
+
+def clock_now(tz: datetime.tzinfo | None) -> str:
+    """``HH:MM:SS`` now, in ``tz`` (None: the host's zone)."""
+    return datetime.datetime.now(tz).strftime("%H:%M:%S")
+
+
+def _clock(iso_time: Any, tz: datetime.tzinfo | None = None) -> str:
+    """``HH:MM:SS`` of an ISO 8601 time, converted to ``tz`` (None: as written, which is the
+    line's local time), ``-`` for none."""
     if not isinstance(iso_time, str) or "T" not in iso_time:
         return "-"
+    if tz is not None:
+        with contextlib.suppress(ValueError):
+            parsed = datetime.datetime.fromisoformat(iso_time)
+            if parsed.tzinfo is not None:
+                return parsed.astimezone(tz).strftime("%H:%M:%S")
     return iso_time.split("T", 1)[1][:8]
 
 
@@ -295,15 +322,15 @@ def _energy_line(line: str, data: dict[str, Any]) -> str:
     )
 
 
-def _order_line(line: str, data: dict[str, Any]) -> str:
+def _order_line(line: str, data: dict[str, Any], tz: datetime.tzinfo | None = None) -> str:
     if data.get("order_id") is None:
         return f"{line} order: none"
     return (
         f"{line} order {data.get('order_id')} {data.get('status')}: "
         f"good={fmt_int(data.get('good_count'))}/{fmt_int(data.get('target_quantity'))} "
         f"remaining={fmt_int(data.get('remaining_quantity'))} "
-        f"ETA {_clock(data.get('eta_current'))} (current rate), "
-        f"{_clock(data.get('eta_shift_average'))} (shift average)"
+        f"ETA {_clock(data.get('eta_current'), tz)} (current rate), "
+        f"{_clock(data.get('eta_shift_average'), tz)} (shift average)"
     )
 
 
@@ -357,7 +384,7 @@ def render_table(view: BrokerView, line_names: list[str], now_monotonic: float) 
                 fmt_num(k.get("energy_per_good_part_kwh"), 4),
                 str(order.get("order_id") or "-"),
                 fmt_int(order.get("remaining_quantity")),
-                _clock(order.get("eta_current")),
+                _clock(order.get("eta_current"), view.tz),
                 fmt_int(lv.last_seq),
                 age,
             ]
@@ -384,15 +411,41 @@ def format_table(
     ]
 
 
+def _zoned(formatter: logging.Formatter, tz: datetime.tzinfo) -> None:
+    """Make ``formatter``'s ``%(asctime)s`` show the time in ``tz``."""
+
+    def converter(seconds: float | None) -> time.struct_time:
+        return datetime.datetime.fromtimestamp(seconds or 0.0, tz).timetuple()
+
+    formatter.converter = converter
+
+
+@contextlib.contextmanager
+def _logs_in_zone(tz: datetime.tzinfo) -> Iterator[None]:
+    """While the demo runs, log lines on stderr show their time in the screen's zone."""
+    changed = []
+    for handler in logging.getLogger().handlers:
+        formatter = handler.formatter
+        if formatter is not None and type(formatter) is logging.Formatter:
+            changed.append((formatter, formatter.converter))
+            _zoned(formatter, tz)
+    try:
+        yield
+    finally:
+        for formatter, converter in changed:
+            formatter.converter = converter
+
+
 class _Recent(logging.Handler):
     """Keeps the last log records for display under the live table."""
 
-    def __init__(self) -> None:
+    def __init__(self, tz: datetime.tzinfo | None = None) -> None:
         super().__init__(logging.NOTSET)
         self.records: deque[str] = deque(maxlen=_LOG_LINES)
-        self.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-        )
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        if tz is not None:
+            _zoned(formatter, tz)
+        self.setFormatter(formatter)
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):
@@ -400,14 +453,16 @@ class _Recent(logging.Handler):
 
 
 @contextlib.contextmanager
-def _capture_logs(enabled: bool) -> Iterator[_Recent | None]:
-    """While the live table owns the terminal, log records go under it instead of across it."""
+def _capture_logs(enabled: bool, tz: datetime.tzinfo) -> Iterator[_Recent | None]:
+    """While the live table owns the terminal, log records go under it instead of across it;
+    their times are in ``tz``, the screen's zone."""
     if not enabled:
-        yield None
+        with _logs_in_zone(tz):
+            yield None
         return
     root = logging.getLogger()
     saved = root.handlers[:]
-    recent = _Recent()
+    recent = _Recent(tz)
     root.handlers[:] = [recent]
     try:
         yield recent
@@ -560,7 +615,7 @@ async def _subscribe(view: BrokerView, host: str, port: int, screen: Screen, tab
                     )
                     text = view.receive(str(message.topic), raw, now_monotonic=time.monotonic())
                     if text is not None and not table:
-                        screen.say(f"{time.strftime('%H:%M:%S')} {text}")
+                        screen.say(f"{clock_now(view.tz)} {text}")
         except aiomqtt.MqttError as exc:
             view.connected = False
             if not reported:
@@ -717,7 +772,8 @@ async def _run(
             else "as configured"
         )
         line_names = [line.name for line in cfg.lines]
-        view = BrokerView(prefix=cfg.mqtt.topic_prefix, site=cfg.site)
+        tz, zone_name = display_zone(cfg)
+        view = BrokerView(prefix=cfg.mqtt.topic_prefix, site=cfg.site, tz=tz)
 
         async with asyncio.TaskGroup() as tg:
             subscriber = tg.create_task(
@@ -752,9 +808,10 @@ async def _run(
                 f"  metrics     {metrics_desc}",
                 f"  state       {state_desc}",
                 f"  shifts      {shifts_desc}",
+                f"  times       {zone_name}: every time on this screen (logs, ETAs) is in it",
                 f"  watch       mosquitto_sub -h {mqtt_host} -p {mqtt_port} -t '#' -v",
             ]
-            with _capture_logs(table and sys.stderr.isatty()) as recent:
+            with _capture_logs(table and sys.stderr.isatty(), tz) as recent:
                 if table:
                     display = tg.create_task(
                         _show(view, screen, line_names, header, recent), name="demo-table"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import logging
 import ssl
 import sys
@@ -24,7 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from edge_agent.demo import BrokerView, Screen, fmt_int, fmt_num, fmt_pct, format_table
+from edge_agent.demo import (
+    BrokerView,
+    Screen,
+    clock_now,
+    fmt_int,
+    fmt_num,
+    fmt_pct,
+    format_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +296,8 @@ async def run_watch(args: argparse.Namespace, *, out: TextIO | None = None) -> i
             if live:
                 screen.draw([header(), "", *table()])
             else:
-                screen.say(f"{time.strftime('%H:%M:%S')} {header()}")
+                # UTC: the sites may lie in several zones, and the agents' status is in UTC.
+                screen.say(f"{clock_now(datetime.UTC)} UTC {header()}")
                 for text in table():
                     screen.say(text)
                 screen.say("")

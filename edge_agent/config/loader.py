@@ -33,6 +33,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from edge_agent.config.durations import parse_duration
+from edge_agent.config.files import FileKind, file_problem
 from edge_agent.config.issues import Issue, join_index, join_key, plural
 from edge_agent.config.schema import (
     WEEKDAY_NAMES,
@@ -92,6 +93,7 @@ __all__ = [
     "EXIT_CONFIG",
     "MAX_ALIAS_NODES",
     "MAX_FILE_BYTES",
+    "MAX_LINES_SUPPORTED",
     "check_config_main",
     "load_config",
     "load_config_text",
@@ -105,6 +107,9 @@ MAX_FILE_BYTES: Final = 1 << 20  # a real plant's file is a few kB; refuse befor
 # Aliases let a small file describe a huge tree ("billion laughs"): they may add at most this many
 # nodes to the file's own. Sharing a shift list among a hundred lines adds a few thousand.
 MAX_ALIAS_NODES: Final = 100_000
+# Lines one agent serves with its engine step well inside the 1 s tick on 2 cores (measured:
+# docs/performance.md, supported size). More is valid, and warned about.
+MAX_LINES_SUPPORTED: Final = 1000
 
 # Names become MQTT topic levels and metric label values: no '+', '#', '/', NUL, dots or spaces.
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -169,8 +174,14 @@ class _SourceInfo:
 class _Ctx:
     """Issues found so far, plus what line signals may refer to."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, *, check_files: bool = False) -> None:
         self.file = file
+        # Files named by the configuration, checked once its structure is valid (_check_files).
+        self.check_files = check_files
+        self.files: list[tuple[Node, str, str, FileKind]] = []
+        # Things that are valid but probably not meant: printed, never fatal.
+        self.warnings: list[Issue] = []
+        self.warnings_out: list[str] | None = None  # the caller's list, filled in at the end
         # Relative file paths in the config are relative to it (or to systemd's credentials).
         self.base_dir = os.path.dirname(os.path.abspath(file)) if not file.startswith("<") else "."
         self.issues: list[Issue] = []
@@ -190,6 +201,14 @@ class _Ctx:
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
         self.issues.append(Issue(self.file, line, column, path, message))
 
+    def warn(self, where: Node, path: str, message: str) -> None:
+        mark = where.start_mark
+        self.warnings.append(Issue(self.file, mark.line + 1, mark.column + 1, path, message))
+
+    def warning_lines(self) -> list[str]:
+        ordered = sorted(self.warnings, key=lambda i: (i.line, i.column))
+        return list(dict.fromkeys(str(issue) for issue in ordered))
+
     def error(self) -> ConfigError:
         ordered = sorted(self.issues, key=lambda i: (i.line, i.column))
         # An alias can make one bad node appear in several places: report each message once.
@@ -201,12 +220,22 @@ class _Ctx:
 # Public API
 
 
-def load_config(path: str | os.PathLike[str]) -> AgentConfig:
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    check_files: bool = True,
+    warnings: list[str] | None = None,
+) -> AgentConfig:
     """Load and validate the configuration file at ``path``.
 
     Returns the frozen configuration with ``path`` set to the file's path. Raises
     :class:`ConfigError` listing every problem; a file that cannot be read gives the single issue
-    ``FILE: cannot read: REASON``. Never raises anything else for any file content.
+    ``FILE: cannot read: REASON``. Never raises anything else for any file content. With
+    ``check_files`` (the default: ``run``, ``check-config``, a reload), every secret, key and
+    certificate file it names must exist, be readable and parse (:mod:`edge_agent.config.files`);
+    ``replay`` and ``history export`` connect to nothing and leave them out. ``warnings``, when
+    given, receives what is valid but probably not meant (``FILE:LINE:COL: path: message``),
+    also when the file has errors.
     """
     name = os.fspath(path)
     try:
@@ -214,7 +243,8 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
             data = stream.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"]) from None
-    ctx = _Ctx(name)
+    ctx = _Ctx(name, check_files=check_files)
+    ctx.warnings_out = warnings
     if len(data) > MAX_FILE_BYTES:
         ctx.add(None, "", f"file is larger than {MAX_FILE_BYTES} bytes: refusing to parse it")
         raise ctx.error()
@@ -228,10 +258,17 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
     return _load(ctx, text)
 
 
-def load_config_text(text: str, path: str = "<string>") -> AgentConfig:
+def load_config_text(
+    text: str,
+    path: str = "<string>",
+    *,
+    check_files: bool = False,
+    warnings: list[str] | None = None,
+) -> AgentConfig:
     """Like :func:`load_config`, for YAML already in memory; ``path`` is used in messages and
-    stored in ``AgentConfig.path``."""
-    ctx = _Ctx(path)
+    stored in ``AgentConfig.path``. The files it names are checked only with ``check_files``."""
+    ctx = _Ctx(path, check_files=check_files)
+    ctx.warnings_out = warnings
     if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
         ctx.add(None, "", f"file is larger than {MAX_FILE_BYTES} bytes: refusing to parse it")
         raise ctx.error()
@@ -247,15 +284,18 @@ def check_config_main(path: str, *, dump: bool = False) -> int:
     warnings on stderr that do not change the exit code. With ``dump``, the effective
     configuration follows as YAML, secrets redacted (:mod:`edge_agent.config.dump`).
     """
+    warnings: list[str] = []
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, warnings=warnings)
     except ConfigError as exc:
         # This is the command's own output, not logging.
         for issue in exc.issues:
             print(issue, file=sys.stderr)
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         print(plural(len(exc.issues), "problem"), file=sys.stderr)
         return EXIT_CONFIG
-    for warning in permission_warnings(cfg):
+    for warning in warnings + permission_warnings(cfg):
         print(f"warning: {warning}", file=sys.stderr)
     tags = sum(len(source.tags) for source in cfg.sources)
     summary = (
@@ -309,9 +349,24 @@ def _load(ctx: _Ctx, text: str) -> AgentConfig:
         ctx.add(root, "", f"YAML aliases add more than {MAX_ALIAS_NODES} nodes to this file")
         raise ctx.error()
     cfg = _agent(ctx, root)
+    if ctx.check_files:
+        _check_files(ctx)
+    if ctx.warnings_out is not None:
+        ctx.warnings_out.extend(ctx.warning_lines())
     if ctx.issues or isinstance(cfg, _Invalid):
         raise ctx.error()
     return cfg
+
+
+def _check_files(ctx: _Ctx) -> None:
+    """One issue per named file that is missing, unreadable or does not parse; each file once."""
+    seen: dict[tuple[str, FileKind], str | None] = {}
+    for node, path, resolved, kind in ctx.files:
+        if (resolved, kind) not in seen:
+            seen[resolved, kind] = file_problem(resolved, kind)
+        problem = seen[resolved, kind]
+        if problem is not None:
+            ctx.add(node, path, problem)
 
 
 def _compose(ctx: _Ctx, text: str) -> Node | None:
@@ -472,6 +527,28 @@ def _path(ctx: _Ctx, node: Node, path: str) -> Any:
     if not isinstance(value, str):
         return INVALID
     return resolve_path(value, ctx.base_dir)
+
+
+def _file(kind: FileKind) -> Check:
+    """A file the agent reads (:func:`_path`), checked as ``kind`` once the structure is valid."""
+
+    def check(ctx: _Ctx, node: Node, path: str) -> Any:
+        value = _path(ctx, node, path)
+        if isinstance(value, str):
+            ctx.files.append((node, path, value, kind))
+        return value
+
+    return check
+
+
+def _local_path(ctx: _Ctx, node: Node, path: str) -> Any:
+    """A path the agent writes (``storage.dir``): a relative one is resolved against the
+    configuration file's directory, never the working directory, so the state is the same
+    whichever directory the agent starts from (and never in the read-only credentials)."""
+    value = _string()(ctx, node, path)
+    if not isinstance(value, str):
+        return INVALID
+    return os.path.normpath(os.path.join(os.path.abspath(ctx.base_dir), value))
 
 
 def _name(ctx: _Ctx, node: Node, path: str) -> Any:
@@ -897,7 +974,7 @@ def _source(ctx: _Ctx, node: Node, path: str) -> tuple[SourceConfig | _Invalid, 
         fields |= {
             "endpoint": _endpoint,
             "username": _optional(_string()),
-            "password_file": _optional(_path),
+            "password_file": _optional(_file(FileKind.SECRET)),
             "security": _opcua_security,
             "mode": _choice(OpcuaMode),
             "publishing_interval": _duration(),
@@ -930,11 +1007,11 @@ def _opcua_security(ctx: _Ctx, node: Node, path: str) -> Any:
         {
             "policy": _choice(OpcuaSecurityPolicy),
             "mode": _choice(OpcuaSecurityMode),
-            "cert_file": _path,
-            "key_file": _path,
-            "server_cert_file": _path,
+            "cert_file": _file(FileKind.CERT),
+            "key_file": _file(FileKind.KEY),
+            "server_cert_file": _file(FileKind.CERT),
             "server_fingerprint": _fingerprint,
-            "trust_dir": _path,
+            "trust_dir": _file(FileKind.DIR),
         },
         required=("policy",),
     )
@@ -1150,6 +1227,53 @@ _REGISTERS = {
 _BIT_TABLES = (ModbusTable.COIL, ModbusTable.DISCRETE)
 
 
+_MODICON: Final = (
+    # (first digit, table): 1xxxx discrete inputs, 3xxxx input registers, 4xxxx holding registers.
+    # 0xxxx (coils) cannot be told apart: YAML reads 00003 as the integer 3.
+    (1, ModbusTable.DISCRETE),
+    (3, ModbusTable.INPUT),
+    (4, ModbusTable.HOLDING),
+)
+_TABLE_WORDS: Final = {
+    ModbusTable.HOLDING: "holding register",
+    ModbusTable.INPUT: "input register",
+    ModbusTable.COIL: "coil",
+    ModbusTable.DISCRETE: "discrete input",
+}
+
+
+def modicon(address: int) -> tuple[ModbusTable, int] | None:
+    """The table and 1-based register number that ``address`` names in Modicon notation
+    (40003, 400003: holding register 3; 30001: input register 1; 10001: discrete input 1),
+    or None when it does not look like it."""
+    for digit, table in _MODICON:
+        for width in (10_000, 100_000):  # 5-digit (x0001-x9999) and 6-digit (x00001-x65536)
+            number = address - digit * width
+            if 1 <= number <= (9999 if width == 10_000 else 65536):
+                return table, number
+    return None
+
+
+def _modicon_hint(address: int) -> str | None:
+    found = modicon(address)
+    if found is None:
+        return None
+    table, number = found
+    return (
+        f"address {address} looks like Modicon notation for {_TABLE_WORDS[table]} {number} "
+        f"(protocol address {number - 1}); write table: {table.value}, address: {number - 1}"
+    )
+
+
+def _modbus_address(ctx: _Ctx, node: Node, path: str) -> Any:
+    if isinstance(node, ScalarNode):
+        kind, value = _scalar(ctx, node)
+        if kind == "int" and value > 65535 and (hint := _modicon_hint(value)) is not None:
+            ctx.add(node, path, f"must be 0..65535, got {value}: {hint}")
+            return INVALID
+    return _integer(0, 65535)(ctx, node, path)
+
+
 def _modbus_tag(ctx: _Ctx, node: Node, path: str) -> Any:
     before = ctx.count
     parsed = _mapping(
@@ -1159,7 +1283,7 @@ def _modbus_tag(ctx: _Ctx, node: Node, path: str) -> Any:
         {
             "name": _name,
             "table": _choice(ModbusTable),
-            "address": _integer(0, 65535),
+            "address": _modbus_address,
             "type": _choice(DataType),
             "order": _choice(ByteOrder),
             "length": _integer(0, 125),  # one read request holds at most 125 registers
@@ -1201,6 +1325,14 @@ def _modbus_tag(ctx: _Ctx, node: Node, path: str) -> Any:
         last = parsed.values["address"] + width - 1
         if width > 0 and last > 65535:
             ctx.add(*at("address"), f"{kind} spans registers up to {last}, past 65535")
+    address = parsed.values["address"]
+    if ctx.count == before and (hint := _modicon_hint(address)) is not None:
+        # Not an error: a large PLC may really have register 40003 (0-based).
+        ctx.warn(
+            *at("address"),
+            f"{hint} (if the PLC's manual lists 0-based protocol addresses, {address} is "
+            "right: ignore this)",
+        )
     if ctx.count > before:
         return INVALID
     return ModbusTag(**parsed.fields())
@@ -1248,6 +1380,15 @@ def _lines(ctx: _Ctx, node: Node, path: str) -> Any:
     if not items:
         ctx.add(node, path, "must list at least one line")
         return INVALID
+    if len(items) > MAX_LINES_SUPPORTED:
+        ctx.warn(
+            node,
+            path,
+            f"{len(items)} lines: more than the {MAX_LINES_SUPPORTED} one agent is measured to "
+            "serve (docs/performance.md, supported size); the engine's step grows with every "
+            "line (about 1 s per tick for 10000 on 2 cores) and ticks are skipped: split the "
+            "plant over several agents",
+        )
     before = ctx.count
     built = []
     named: list[tuple[Any, Node | None, str]] = []
@@ -1859,7 +2000,7 @@ def _mqtt(
             "port": _integer(1, 65535),
             "client_id": _optional(_string()),
             "username": _optional(_string()),
-            "password_file": _optional(_path),
+            "password_file": _optional(_file(FileKind.SECRET)),
             "tls": _tls,
             "topic_prefix": _topic_prefix,
             "keepalive": _keepalive,
@@ -1953,9 +2094,9 @@ def _tls(ctx: _Ctx, node: Node, path: str) -> Any:
         node,
         path,
         {
-            "ca_file": _optional(_path),
-            "cert_file": _optional(_path),
-            "key_file": _optional(_path),
+            "ca_file": _optional(_file(FileKind.CA)),
+            "cert_file": _optional(_file(FileKind.CERT)),
+            "key_file": _optional(_file(FileKind.KEY)),
             "insecure": _boolean,
         },
     )
@@ -2024,10 +2165,10 @@ def _prometheus(ctx: _Ctx, node: Node, path: str) -> Any:
             "enabled": _boolean,
             "host": _string(),
             "port": _integer(1, 65535),
-            "cert_file": _optional(_path),
-            "key_file": _optional(_path),
+            "cert_file": _optional(_file(FileKind.CERT)),
+            "key_file": _optional(_file(FileKind.KEY)),
             "username": _optional(_string()),
-            "password_file": _optional(_path),
+            "password_file": _optional(_file(FileKind.SECRET)),
         },
     )
     if parsed is None or ctx.count > before:
@@ -2047,7 +2188,7 @@ def _storage(ctx: _Ctx, node: Node, path: str) -> Any:
         ctx,
         node,
         path,
-        {"dir": _optional(_string()), "outbox": _outbox, "history": _history},
+        {"dir": _optional(_local_path), "outbox": _outbox, "history": _history},
     )
     if parsed is None or ctx.count > before:
         return INVALID

@@ -458,7 +458,8 @@ class HistoryConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StorageConfig:
-    # None: $STATE_DIRECTORY (systemd), else ./state
+    # Absolute (a relative one is resolved against the config file's directory).
+    # None: $STATE_DIRECTORY (systemd), else `state` next to the configuration file.
     dir: str | None = None
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)

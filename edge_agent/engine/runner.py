@@ -222,6 +222,7 @@ class EngineRunner:
         self._qos = cfg.mqtt.qos
         self._tick_base_s = tick_interval_s
         self.tick_interval_s = min(tick_interval_s, self.publish_interval_s)
+        self._overran = False  # a step has taken longer than the tick (logged once)
         self.engines: dict[str, LineEngine] = {}
         self._lines: dict[str, LineConfig] = {}
         self._site = cfg.site
@@ -493,7 +494,9 @@ class EngineRunner:
                 if next_snapshot <= now:  # fell behind: do not publish in a burst
                     next_snapshot = now + self.publish_interval_s
             self._wake.clear()
+            started = loop.time()
             self.step(snapshot=snapshot)
+            step_s = loop.time() - started
             self._metrics.engine_ticks.inc()
             if now >= next_tick:
                 next_tick += self.tick_interval_s
@@ -504,3 +507,17 @@ class EngineRunner:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay_s):
                         await self._wake.wait()
+            else:
+                # The step took longer than the tick (thousands of lines): leave the loop half
+                # as long again for the sources, the sinks and a stop signal before the next
+                # one. Without this pause nothing else runs and SIGTERM waits forever.
+                if not self._overran:
+                    self._overran = True
+                    log.warning(
+                        "engine: one step over %d line(s) took %.1f s, longer than the %.1f s "
+                        "tick: ticks are skipped (docs/performance.md: supported size)",
+                        len(self.engines),
+                        step_s,
+                        self.tick_interval_s,
+                    )
+                await asyncio.sleep(min(step_s / 2, self.tick_interval_s))

@@ -11,10 +11,14 @@ from pathlib import Path
 
 
 class AgentProcess:
-    """The agent as a child process; its log goes to a file next to the config."""
+    """The agent as a child process; its log goes to a file next to the config. It starts in
+    the config's directory unless ``cwd`` says another."""
 
-    def __init__(self, config: Path, *, stop_timeout_s: float = 20.0) -> None:
+    def __init__(
+        self, config: Path, *, stop_timeout_s: float = 20.0, cwd: Path | None = None
+    ) -> None:
         self.config = config
+        self.cwd = cwd if cwd is not None else config.parent
         self.log = config.with_suffix(".log")
         self.stop_timeout_s = stop_timeout_s
         self.proc: asyncio.subprocess.Process | None = None
@@ -34,7 +38,7 @@ class AgentProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
-                cwd=self.config.parent,
+                cwd=self.cwd,
             )
 
     @property

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import itertools
 import json
 import os
@@ -18,6 +19,7 @@ import re
 import signal
 import socket
 import sys
+import zoneinfo
 from dataclasses import dataclass, field
 from datetime import time as dt_time
 from pathlib import Path
@@ -366,6 +368,14 @@ async def test_demo_with_its_own_broker(tmp_path: Path, broker: str) -> None:
     _assert_kpis(seen)
     assert re.search(r"line1: \d+ message", out.text), out.text
     assert re.search(r"line2: \d+ message", out.text), out.text
+    # One time zone on the screen, named: the lines' (Asia/Seoul), not the host's.
+    assert re.search(r"^\s+times\s+Asia/Seoul: ", out.text, re.M), out.text
+    clocks = re.findall(r"^(\d\d):(\d\d):\d\d line1 ", out.text, re.M)
+    assert clocks, out.text
+    seoul = datetime.datetime.now(zoneinfo.ZoneInfo("Asia/Seoul"))
+    minutes = {int(h) * 60 + int(m) for h, m in clocks}
+    now_minutes = seoul.hour * 60 + seoul.minute
+    assert all((now_minutes - m) % 1440 <= 2 for m in minutes), (clocks, seoul)
     # The demo's broker is gone with it.
     assert await _port_closed("127.0.0.1", port)
     _assert_nothing_left(work)

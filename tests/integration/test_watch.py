@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -269,3 +270,15 @@ async def test_watch_unreachable_broker_exits_69() -> None:
 
     code, _, err = await run_watch("--once", "--port", str(free_port()))
     assert code == 69 and "broker 127.0.0.1:" in err
+
+
+async def test_watch_plain_output_names_its_time_zone(mosquitto: Any) -> None:
+    # UTC: the sites on a broker may lie in several zones, and the agents' status is in UTC.
+    code, out, err = await run_watch(
+        "--port", str(mosquitto.port), "--duration", "1.5", "--refresh", "0.5"
+    )
+    assert code == 0, err
+    stamps = re.findall(r"^(\d\d):(\d\d):\d\d UTC edge-agent watch: ", out, re.M)
+    assert stamps, out
+    now = datetime.now(UTC)
+    assert all((now.hour * 60 + now.minute - int(h) * 60 - int(m)) % 1440 <= 2 for h, m in stamps)
