@@ -26,6 +26,7 @@ from typing import Any, Final
 from edge_agent.config import schema as model
 from edge_agent.config.dump import duration_text
 from edge_agent.config.loader import FIELD_NAMES, NAME_PATTERN
+from edge_agent.domain import WEEKDAY_NAMES, MachineState
 from edge_agent.sharing import LINE_TOPICS, PAYLOAD_FIELDS
 
 SCHEMA_ID: Final = "https://edge-agent.invalid/schemas/config.schema.json"
@@ -72,9 +73,9 @@ _LOCAL_DATETIME: Final = {
 }
 _WEEKDAY: Final = {
     "enum": [
-        *model.WEEKDAY_NAMES,
-        *(d.capitalize() for d in model.WEEKDAY_NAMES),
-        *(d.upper() for d in model.WEEKDAY_NAMES),
+        *WEEKDAY_NAMES,
+        *(d.capitalize() for d in WEEKDAY_NAMES),
+        *(d.upper() for d in WEEKDAY_NAMES),
     ]
 }
 _SIZE: Final = {
@@ -89,8 +90,8 @@ _SPARKPLUG_ID: Final = {
     "pattern": "^[^+#/]+$",
     "description": "a Sparkplug id: not empty, without '+', '#' or '/' (it is a topic level)",
 }
-_NO_STATE = (model.MachineState.UNKNOWN,)
-_STATE_VALUES = [s.value for s in model.MachineState if s not in _NO_STATE]
+_NO_STATE = (MachineState.UNKNOWN,)
+_STATE_VALUES = [s.value for s in MachineState if s not in _NO_STATE]
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # What the loader checks beyond a field's Python type, by (dataclass, field name).
@@ -122,7 +123,7 @@ _OVERRIDES: Final[Mapping[tuple[type, str], dict[str, Any]]] = {
     (model.LineConfig, "planned_states"): {
         "type": "array",
         "uniqueItems": True,
-        "items": {"enum": [s for s in _STATE_VALUES if s != model.MachineState.RUNNING.value]},
+        "items": {"enum": [s for s in _STATE_VALUES if s != MachineState.RUNNING.value]},
     },
     (model.Shift, "start"): _CLOCK,
     (model.Shift, "end"): _CLOCK,
@@ -190,7 +191,7 @@ _OVERRIDES: Final[Mapping[tuple[type, str], dict[str, Any]]] = {
     (model.LoggingConfig, "level"): {"enum": [*_LEVELS, *(v.lower() for v in _LEVELS)]},
 }
 _DEFAULTS: Final[Mapping[tuple[type, str], Any]] = {
-    (model.Shift, "days"): list(model.WEEKDAY_NAMES),
+    (model.Shift, "days"): list(WEEKDAY_NAMES),
 }
 _EXCLUDED: Final = {
     (model.AgentConfig, "path"),  # where the file was read from, not a key

@@ -36,7 +36,6 @@ from edge_agent.config.durations import parse_duration
 from edge_agent.config.files import FileKind, file_problem
 from edge_agent.config.issues import Issue, join_index, join_key, plural
 from edge_agent.config.schema import (
-    WEEKDAY_NAMES,
     AgentConfig,
     Break,
     ByteOrder,
@@ -45,13 +44,11 @@ from edge_agent.config.schema import (
     DataType,
     EmissionFactor,
     EnergySignal,
-    EnergyUnit,
     ExtraDay,
     HistoryConfig,
     LineConfig,
     LogFormat,
     LoggingConfig,
-    MachineState,
     Maintenance,
     ModbusSourceConfig,
     ModbusTable,
@@ -84,6 +81,7 @@ from edge_agent.config.schema import (
     StorageConfig,
     TlsConfig,
 )
+from edge_agent.domain import WEEKDAY_NAMES, EnergyUnit, MachineState, sparkplug_id_problem
 from edge_agent.errors import ConfigError
 from edge_agent.secrets import loose_permissions, resolve_path
 from edge_agent.sharing import LINE_TOPICS, PAYLOAD_FIELDS
@@ -2064,7 +2062,7 @@ def _sparkplug_id(ctx: _Ctx, node: Node, path: str) -> Any:
     value = _string()(ctx, node, path)
     if not isinstance(value, str):
         return INVALID
-    problem = sparkplug.id_problem(value)
+    problem = sparkplug_id_problem(value)
     if problem is not None:
         ctx.add(node, path, f"{problem}, got {value!r}")
         return INVALID

@@ -15,18 +15,8 @@ import enum
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 
-
-class MachineState(enum.StrEnum):
-    """Machine state categories (DESIGN §3; ISO 22400 loss model)."""
-
-    RUNNING = "running"
-    IDLE = "idle"
-    FAULT = "fault"
-    PLANNED_STOP = "planned_stop"
-    CHANGEOVER = "changeover"
-    STARVED = "starved"
-    BLOCKED = "blocked"
-    UNKNOWN = "unknown"  # no data: never configured, produced by the engine only
+# The domain defines them; importing them from here keeps working.
+from edge_agent.domain import ALL_DAYS, EnergyUnit, MachineState
 
 
 class ModbusTable(enum.StrEnum):
@@ -217,10 +207,6 @@ class Break:
     end: time
 
 
-ALL_DAYS: frozenset[int] = frozenset(range(7))
-WEEKDAY_NAMES: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Shift:
     name: str
@@ -285,13 +271,6 @@ class ProductSignal:
 class CounterSignal:
     tag: str  # SOURCE.TAG
     rollover: int | None = None  # the counter's modulus, e.g. 65536; None: never wraps
-
-
-class EnergyUnit(enum.StrEnum):
-    """Unit of an active-energy meter counter."""
-
-    KWH = "kWh"
-    WH = "Wh"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

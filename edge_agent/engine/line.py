@@ -75,7 +75,8 @@ import math
 from collections import deque
 from typing import Any
 
-from edge_agent.config.schema import EnergyUnit, LineConfig, MachineState
+from edge_agent.config.schema import LineConfig
+from edge_agent.domain import EnergyUnit, MachineState
 from edge_agent.engine.counters import CounterTracker, MeterTracker
 from edge_agent.engine.intervals import clip
 from edge_agent.engine.oee import LOSS_STATES, Accounting, TimeBuckets, compute_kpis

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from edge_agent.config.schema import MachineState
+from edge_agent.domain import MachineState
 from edge_agent.engine.oee import Kpis, TimeBuckets
 from edge_agent.engine.orders import EnergyFigures, energy_fields, energy_figures
 from edge_agent.engine.shifts import Window

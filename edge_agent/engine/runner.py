@@ -37,7 +37,8 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
 
-from edge_agent.config.schema import AgentConfig, LineConfig, MachineState, MqttConfig
+from edge_agent.config.schema import AgentConfig, LineConfig, MqttConfig
+from edge_agent.domain import MachineState
 from edge_agent.engine.line import LineEngine
 from edge_agent.errors import StorageError
 from edge_agent.model import OutMessage, Sample
