@@ -27,7 +27,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from edge_agent.config.durations import parse_duration
+from edge_agent.config.durations import NUMBER, UNITS, parse_duration
 from edge_agent.config.files import FileKind
 from edge_agent.config.issues import Issue, join_index, join_key
 from edge_agent.errors import ConfigError
@@ -617,7 +617,7 @@ class Duration(Kind[float]):
             number["maximum"] = self.most
         text = {
             "type": "string",
-            "pattern": r"^\s*([0-9]+(\.[0-9]+)?|\.[0-9]+)\s*(ms|s|m|h|d)?\s*$",
+            "pattern": f"^\\s*({NUMBER})\\s*({UNITS})?\\s*$",
         }
         description = (
             "a duration: a number and a unit (ms, s, m, h, d), e.g. 500ms, 5s, 15m, 8h, 30d; "
@@ -663,7 +663,7 @@ class Size(Kind[int]):
         return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
     def schema(self, b: Builder) -> dict[str, Any]:
-        pattern = r"^\s*[0-9]+\s*(|B|kB|KB|KiB|MB|MiB|GB|GiB)\s*$"
+        pattern = f"^{_SIZE.pattern}$"
         return {
             "description": "a size: a number of bytes, or a number and a unit (kB, KiB, MB, MiB, "
             "GB, GiB)",

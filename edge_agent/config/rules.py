@@ -6,7 +6,7 @@ rules across objects are in :mod:`edge_agent.config.references`."""
 from __future__ import annotations
 
 from edge_agent.config.issues import join_index, join_key
-from edge_agent.config.kinds import Ctx, Parsed, declared, rule
+from edge_agent.config.kinds import REGISTER, Ctx, Parsed, declared, rule
 from edge_agent.config.schema import (
     AgentConfig,
     Calendar,
@@ -162,10 +162,10 @@ def _modbus_tag(ctx: Ctx, parsed: Parsed) -> None:
     address = parsed.values["address"]
     if table not in _BIT_TABLES:
         width = length if kind == DataType.STRING else _REGISTERS[kind]
-        if width > 0 and address + width - 1 > 65535:
+        if width > 0 and address + width - 1 > REGISTER.high:
             ctx.add(
                 *parsed.at("address"),
-                f"{kind} spans registers up to {address + width - 1}, past 65535",
+                f"{kind} spans registers up to {address + width - 1}, past {REGISTER.high}",
             )
     if ctx.count == before and (hint := modicon_hint(address)) is not None:
         # Not an error: a large PLC may really have register 40003 (0-based).

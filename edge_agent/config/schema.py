@@ -209,6 +209,8 @@ class _Address(Integer):
         return f": {found}" if found else ""
 
 
+_CLOCK_RE: Final = r"([01]?[0-9]|2[0-3]):([0-5][0-9])"
+_DATE_RE: Final = r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
 STR: Final = Str()
 SPARKPLUG_ID: Final = Checked(
     sparkplug_id_problem,
@@ -219,7 +221,7 @@ DURATION: Final = Shared(Duration(), "duration")
 TAG: Final = TagRef()
 CLOCK: Final = Shared(
     Pattern(
-        r"([01]?[0-9]|2[0-3]):([0-5][0-9])",
+        _CLOCK_RE,
         lambda m: time(int(m[1]), int(m[2])),
         'a time of day "HH:MM"',
         "time of day",
@@ -228,13 +230,13 @@ CLOCK: Final = Shared(
     "timeOfDay",
 )
 DATE: Final = Pattern(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})",
+    _DATE_RE,
     lambda m: date(int(m[1]), int(m[2]), int(m[3])),
     'a date "YYYY-MM-DD"',
     'date `"YYYY-MM-DD"`',
 )
 LOCAL_TIME: Final = Pattern(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([01][0-9]|2[0-3]):([0-5][0-9])",
+    f"{_DATE_RE}[T ]{_CLOCK_RE}",
     lambda m: datetime(int(m[1]), int(m[2]), int(m[3]), int(m[4]), int(m[5])),
     'a local date and time "YYYY-MM-DDTHH:MM"',
     'local time `"YYYY-MM-DDTHH:MM"`',
@@ -257,7 +259,9 @@ def _numeric(tag: ModbusTag) -> bool:
 class ModbusTag:
     name: str = key(NAME, "unique within the source; the TAG of SOURCE.TAG")
     table: ModbusTable = key(Choice(ModbusTable), "function 3, 4, 1, 2", ModbusTable.HOLDING)
-    address: int = key(_Address(0, 65535), "0-based protocol address (40001 is 0)")
+    address: int = key(
+        _Address(REGISTER.low, REGISTER.high), "0-based protocol address (40001 is 0)"
+    )
     type: DataType = key(
         Choice(DataType),
         "coils and discrete inputs can only be bool",
