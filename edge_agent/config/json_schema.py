@@ -19,7 +19,7 @@ from dataclasses import MISSING
 from pathlib import Path
 from typing import Any, Final
 
-from edge_agent.config.kinds import Kind, declared
+from edge_agent.config.kinds import Declared, Kind, ListOf, declared
 from edge_agent.config.schema import AgentConfig, Signals, TlsConfig
 
 SCHEMA_ID: Final = "https://edge-agent.invalid/schemas/config.schema.json"
@@ -106,10 +106,24 @@ def _models(kind: Any) -> list[type]:
     return [cls for a in ("inner", "full", "sink") for cls in _models(getattr(kind, a, None))]
 
 
+def _shown(d: Declared) -> str:
+    """A key's default as the reference writes it."""
+    if d.key.shown is not None:
+        return d.key.shown
+    if d.required:
+        return "required"
+    if hasattr(d.default, "__dataclass_fields__"):
+        return "its defaults"
+    default = _default(d.key.kind, d.default)
+    if default in (None, []):
+        return "none"
+    return f"`{default}`" if isinstance(default, str) else f"`{json.dumps(default)}`"
+
+
 def key_reference() -> str:
     """The tables of every key, as in docs/config.md between its markers."""
     out: list[str] = []
-    queue: list[tuple[str, type]] = [("top level", AgentConfig)]
+    queue: list[tuple[str, type]] = [("(top level)", AgentConfig)]
     seen: set[type] = set()
     while queue:
         where, cls = queue.pop(0)
@@ -119,16 +133,10 @@ def key_reference() -> str:
         out += [f"#### `{where}` ({cls.__name__})", "", "| Key | Type | Default | Description |"]
         out.append("|---|---|---|---|")
         for d in declared(cls):
-            default = _default(d.key.kind, d.default)
-            if d.key.shown is not None:
-                shown = d.key.shown
-            elif d.required:
-                shown = "required"
-            else:
-                shown = "none" if default is None else f"`{json.dumps(default)}`"
             doc = d.key.doc.replace("|", "\\|")
-            out.append(f"| `{d.yaml}` | {d.key.kind.text} | {shown} | {doc} |")
-            path = d.yaml if where == "top level" else f"{where}.{d.yaml}"
+            out.append(f"| `{d.yaml}` | {d.key.kind.text} | {_shown(d)} | {doc} |")
+            path = d.yaml if cls is AgentConfig else f"{where}.{d.yaml}"
+            path += "[]" if isinstance(d.key.kind, ListOf) else ""
             queue += [(path, sub) for sub in _models(d.key.kind)]
         out.append("")
     return "\n".join(out)

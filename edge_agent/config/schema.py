@@ -296,6 +296,10 @@ class SerialConfig:
     )
 
 
+def _tcp(source: ModbusSourceConfig) -> bool:
+    return source.transport is not ModbusTransport.RTU
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModbusSourceConfig:
     name: str = key(NAME, "unique among sources; the SOURCE of SOURCE.TAG")
@@ -305,8 +309,10 @@ class ModbusSourceConfig:
         "tcp, RTU frames over TCP (gateways), or rtu on a serial port",
         ModbusTransport.TCP,
     )
-    host: str = key(STR, "IP address or host name; required for tcp, rtu_over_tcp", "")
-    port: int = key(PORT, "TCP port; not for rtu", 502)
+    host: str = key(
+        STR, "IP address or host name; required for tcp, rtu_over_tcp", "", applies=_tcp
+    )
+    port: int = key(PORT, "TCP port; not for rtu", 502, applies=_tcp)
     serial: SerialConfig | None = key(Model(SerialConfig), "serial port; required for rtu", None)
     unit_id: int = key(UNIT_ID, "Modbus unit (slave) id", 1)
     inter_request_gap_s: float = key(
