@@ -117,6 +117,8 @@ def _shown(d: Declared) -> str:
     default = _default(d.key.kind, d.default)
     if default in (None, []):
         return "none"
+    if isinstance(default, float) and default.is_integer():
+        default = int(default)
     return f"`{default}`" if isinstance(default, str) else f"`{json.dumps(default)}`"
 
 

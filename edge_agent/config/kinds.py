@@ -662,6 +662,12 @@ class Size(Kind[int]):
             return INVALID
         return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
+    def dump(self, value: Any) -> Any:
+        for unit in ("GiB", "MiB", "KiB"):
+            if value and value % _SIZE_UNITS[unit] == 0:
+                return f"{value // _SIZE_UNITS[unit]}{unit}"
+        return value
+
     def schema(self, b: Builder) -> dict[str, Any]:
         pattern = f"^{_SIZE.pattern}$"
         return {

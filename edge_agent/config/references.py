@@ -16,12 +16,7 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 
 from edge_agent.config.issues import join_index, join_key
 from edge_agent.config.kinds import Ctx, name_node, pairs, plain_name
-from edge_agent.config.schema import (
-    ModbusSourceConfig,
-    ModbusTransport,
-    MqttConfig,
-    Shift,
-)
+from edge_agent.config.schema import ModbusSourceConfig, ModbusTransport, MqttConfig, Shift
 
 
 @dataclass(slots=True)

@@ -271,8 +271,9 @@ class ModbusTag:
     order: ByteOrder = key(Choice(ByteOrder), "byte order of multi-register values", ByteOrder.ABCD)
     length: int = key(
         Integer(0, 125),
-        "registers (2 characters each); required for and only for string",
+        "registers (2 characters each); only for string",
         0,
+        shown="required for string",
         applies=lambda tag: tag.type is DataType.STRING,  # one request holds 125 registers
     )
     scale: float = key(Number(), "value = raw × scale + offset; not 0", 1.0, applies=_numeric)
@@ -313,7 +314,9 @@ class ModbusSourceConfig:
         STR, "IP address or host name; required for tcp, rtu_over_tcp", "", applies=_tcp
     )
     port: int = key(PORT, "TCP port; not for rtu", 502, applies=_tcp)
-    serial: SerialConfig | None = key(Model(SerialConfig), "serial port; required for rtu", None)
+    serial: SerialConfig | None = key(
+        Model(SerialConfig), "the serial port and its settings", None, shown="required for rtu"
+    )
     unit_id: int = key(UNIT_ID, "Modbus unit (slave) id", 1)
     inter_request_gap_s: float = key(
         Duration(zero=True),
@@ -628,7 +631,10 @@ class LineConfig:
         frozenset({MachineState.PLANNED_STOP}),
     )
     shifts: tuple[Shift, ...] = key(
-        ListOf(Model(Shift), names="shift"), "the weekly pattern; none: the day is one shift", ()
+        ListOf(Model(Shift), names="shift"),
+        "the weekly pattern",
+        (),
+        shown="one shift covering the whole day",
     )
     calendar: Calendar = key(
         Model(Calendar), "holidays, extra days, maintenance", factory=Calendar, shown="none"
