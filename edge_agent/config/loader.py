@@ -7,9 +7,11 @@ Contract (DESIGN §2): :func:`load_config` either returns a complete, valid
 no network and starts nothing, so a bad file fails before the agent does anything.
 
 How: the file is composed into YAML nodes with the safe loader (nodes keep their line and column;
-no Python object is ever constructed from a tag), then walked against the schema below. Each
-check either returns a value or records an issue and returns :data:`INVALID`; a dataclass is only
-built from values that all passed.
+no Python object is ever constructed from a tag), guarded here (size, UTF-8, alias expansion),
+then read against the key declarations of :mod:`edge_agent.config.schema` by the kinds of
+:mod:`edge_agent.config.kinds` (each value checked with its message, every key and item node kept
+by YAML path), the rules of :mod:`edge_agent.config.rules` per object, and last the rules across
+objects of :mod:`edge_agent.config.references`.
 """
 
 from __future__ import annotations
