@@ -484,19 +484,27 @@ REGISTER: Final = Integer(0, 65535)  # a 16-bit Modbus address or register count
 
 
 class Const(Kind[T]):
-    """The one value allowed; ``says`` replaces "must be VALUE (WHY)" in the message."""
+    """The one value allowed. With ``base``, a value is first checked as that kind (its type
+    and range messages), then ``says`` what else is wrong with it."""
 
-    def __init__(self, value: T, why: str = "", says: str = "") -> None:
-        self.value, self.text, self.custom = value, f"`{value}`", bool(says)
+    def __init__(
+        self, value: T, why: str = "", says: str = "", base: Kind[T] | None = None
+    ) -> None:
+        self.value, self.text, self.base = value, f"`{value}`", base
         self.says = says or f"must be {value} ({why})"
 
     def parse(self, ctx: Ctx, node: Node, path: str) -> T | _Invalid:
+        if self.base is not None:
+            value = self.base.parse(ctx, node, path)
+            if not isinstance(value, _Invalid) and value != self.value:
+                ctx.add(node, path, f"{self.says}, got {value}")
+                return INVALID
+            return value
         got = self.need(ctx, node, path, str(self.value))
         if got is not None and got[1] == self.value and type(got[1]) is type(self.value):
             return self.value
         if got is not None:
-            shown = raw(node) if self.custom else describe(ctx, node)
-            ctx.add(node, path, f"{self.says}, got {shown}")
+            ctx.add(node, path, f"{self.says}, got {describe(ctx, node)}")
         return INVALID
 
     def schema(self, b: Builder) -> dict[str, Any]:

@@ -293,7 +293,9 @@ class SerialConfig:
     parity: Parity = key(Choice(Parity), "none, even, odd", Parity.EVEN)
     stopbits: int = key(Integer(1, 2), "stop bits", 1)
     bytesize: int = key(
-        Const(8, says="Modbus RTU needs 8 data bits"), "RTU frames are 8 data bits", 8
+        Const(8, says="Modbus RTU needs 8 data bits", base=Integer(5, 8)),
+        "RTU frames are 8 data bits",
+        8,
     )
 
 
