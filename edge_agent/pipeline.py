@@ -1,9 +1,18 @@
-"""The async shell around the pure line engines.
+"""The pipeline: the async shell between the sources, the pure line engines and the sinks.
 
 Routes samples to the lines that use them, ticks the engines on a fixed schedule, and hands their
 messages to the outbox together with the engines' state, in one transaction: a report and the
 counter baselines that produced it are durable together, so a restart neither loses nor
 double-counts parts. Feeds the systemd watchdog only while this makes progress.
+
+The state is written with the reports it belongs to, not on every tick: a tick that produced no
+message writes nothing (no transaction, no fsync). Between two writes the engines keep counting
+in memory; after a crash they resume from the last written state, whose counter baselines and
+window counts agree with each other and with every report already stored, so nothing is counted
+twice or lost: parts made since then show up in the first counter delta after the restart, and
+the time since then is unknown time (the agent did not observe it). With the default
+``publish_interval`` (5 s) every live snapshot carries the state, so that is at most a few
+seconds.
 
 Time order. The runner hands samples to the engines, and to the history, in non-decreasing
 ``agent_time``: a sample stamped before the latest time the runner has passed on (a tick, or a
@@ -194,7 +203,7 @@ class SinkOutbox:
         return n
 
 
-class EngineRunner:
+class Pipeline:
     def __init__(
         self,
         cfg: AgentConfig,
@@ -310,7 +319,7 @@ class EngineRunner:
                 continue
             if saved is None:
                 # Store the current state first, so that a changed line resumes from now.
-                self._persist([])
+                self._persist([], force_state=True)
                 saved = self._outbox.load_state()
             engines[line.name] = self._new_engine(line, saved)
             fresh.append(line.name)
@@ -412,23 +421,34 @@ class EngineRunner:
         self._time = max(self._time, self._clock())
         return self._time
 
-    def _persist(self, messages: list[OutMessage], live: Collection[int] = ()) -> int:
+    def _persist(
+        self, messages: list[OutMessage], live: Collection[int] = (), *, force_state: bool = False
+    ) -> int:
         """Store ``messages`` for every sink, the engine state with the primary's; ``live``:
-        the indexes of the periodic snapshots among them (see :meth:`SinkOutbox.select`)."""
+        the indexes of the periodic snapshots among them (see :meth:`SinkOutbox.select`).
+
+        The state goes with ``messages`` and with held reports (or when ``force_state``);
+        without any of them nothing is written."""
         now = self._clock()
         # Half a snapshot period of slack, so that scheduling jitter does not skip a snapshot.
         slack_s = self.publish_interval_s / 2
         # The other sinks first, the primary with the state last: see the module docstring.
         for target in self.more_sinks:
-            target.store(target.select(messages, now, slack_s, live=live, replies=False))
+            batch = target.select(messages, now, slack_s, live=live, replies=False)
+            if batch or target.pending:
+                target.store(batch)
         primary = self.primary
         batch = primary.select(messages, now, slack_s, live=live) if primary.cfg.share else messages
-        state = {
-            STATE_KEY_PREFIX + name: json.dumps(engine.state_dict(), separators=(",", ":"))
-            for name, engine in self.engines.items()
-        }
         held = len(primary.pending)
-        stored = primary.store(batch, state=state)
+        stored = True
+        # Held reports were made by the engines before their current state: they are stored
+        # with it, or a crash right after would make them again.
+        if messages or held or force_state:
+            state = {
+                STATE_KEY_PREFIX + name: json.dumps(engine.state_dict(), separators=(",", ":"))
+                for name, engine in self.engines.items()
+            }
+            stored = primary.store(batch, state=state)
         # The engine itself still makes progress even while storage fails: the watchdog must
         # not restart the agent and throw away the reports held here.
         self._on_progress()
