@@ -44,10 +44,11 @@ import math
 import time
 from collections.abc import Callable, Collection
 from dataclasses import replace
-from typing import Any
 
+from edge_agent import contract
 from edge_agent.config.schema import AgentConfig, LineConfig, MachineState, MqttConfig
 from edge_agent.engine.line import LineEngine
+from edge_agent.engine.reports import KpiReport
 from edge_agent.errors import StorageError
 from edge_agent.model import OutMessage, Sample
 from edge_agent.sharing import ShareFilter
@@ -383,31 +384,28 @@ class Pipeline:
         now = self._clock()
         engine.command(name, payload, now)
         self._log_notices(line, engine)
-        messages = engine.tick(now)
-        if any(msg.qos != self._qos for msg in messages):
-            messages = [replace(msg, qos=self._qos) for msg in messages]
-        self._persist(messages)
+        self._persist(contract.messages(engine.tick(now), qos=self._qos))
 
     def step(self, *, snapshot: bool) -> int:
         """Tick every engine; with ``snapshot`` add the live ``kpi`` reports. Returns the number of
         messages made durable (0 while the outbox cannot be written: they wait in memory)."""
         now = self._now()
+        qos = self._qos
         messages: list[OutMessage] = []
         live: set[int] = set()  # indexes of the snapshots: other sinks may want fewer
         for line, engine in self.engines.items():
             self._log_notices(line, engine)
-            messages.extend(engine.tick(now))
+            messages.extend(contract.messages(engine.tick(now), qos=qos))
             if snapshot:
                 snapshots = engine.snapshots(now)
                 live.update(range(len(messages), len(messages) + len(snapshots)))
-                messages.extend(snapshots)
+                messages.extend(contract.messages(snapshots, qos=qos))
+                kpi = snapshots[0]
+                assert isinstance(kpi, KpiReport)
+                self._update_line_metrics(kpi)
         self.steps += 1
-        if any(msg.qos != self._qos for msg in messages):
-            messages = [replace(msg, qos=self._qos) for msg in messages]
         for msg in messages:
             self._metrics.reports.labels(line=msg.line, topic=msg.topic_suffix).inc()
-            if msg.topic_suffix == "kpi":
-                self._update_line_metrics(msg.line, msg.payload)
         return self._persist(messages, live)
 
     @staticmethod
@@ -468,28 +466,26 @@ class Pipeline:
         """Every sink's side, the primary first."""
         return [self.primary, *self.more_sinks]
 
-    def _update_line_metrics(self, line: str, payload: dict[str, Any]) -> None:
+    def _update_line_metrics(self, report: KpiReport) -> None:
         m = self._metrics
-        for kpi in ("availability", "performance", "quality", "oee", "data_coverage"):
-            value = payload.get(kpi)
+        line = report.line
+        for kpi, value in (
+            ("availability", report.availability),
+            ("performance", report.performance),
+            ("quality", report.quality),
+            ("oee", report.oee),
+            ("data_coverage", report.data_coverage),
+        ):
             m.line_ratio.labels(line=line, kpi=kpi).set(float("nan") if value is None else value)
-        m.line_throughput.labels(line=line, kind="good").set(
-            payload.get("throughput_good_per_h") or 0
-        )
-        m.line_throughput.labels(line=line, kind="total").set(
-            payload.get("throughput_total_per_h") or 0
-        )
-        state = payload.get("state", MachineState.UNKNOWN.value)
+        m.line_throughput.labels(line=line, kind="good").set(report.throughput_good_per_h or 0)
+        m.line_throughput.labels(line=line, kind="total").set(report.throughput_total_per_h or 0)
+        state = report.state
         m.line_running.labels(line=line).set(1 if state == MachineState.RUNNING.value else 0)
         for st in MachineState:
             m.line_state.labels(line=line, state=st.value).set(1 if st.value == state else 0)
-        window = payload.get("window") or {}
-        key = f"{window.get('name')}@{window.get('start')}"
-        counts = (
-            int(payload.get("total_count") or 0),
-            int(payload.get("good_count") or 0),
-            int(payload.get("reject_count") or 0),
-        )
+        window = report.window
+        key = f"{window.name}@{window.start}"
+        counts = (report.total_count, report.good_count, report.reject_count)
         prev = self._window_totals.get(line)
         if prev is not None:
             same_window = prev[0] == key

@@ -64,29 +64,24 @@ Notices. What an operator should read in the agent's log (a rejected command, an
 bad data and its recovery), once per event: :meth:`LineEngine.take_notices`. The engine itself
 does no logging.
 
-Persistence contract: store :meth:`LineEngine.state_dict` together with (in the same transaction
-as) the messages that :meth:`LineEngine.tick` returned; otherwise a crash in between repeats or
-loses a ``kpi/shift`` report.
+Reports. The engine returns typed reports (:mod:`edge_agent.engine.reports`); what they
+become on the wire (topics, retain flags, QoS, JSON) is :mod:`edge_agent.contract`'s business.
+
+Persistence contract: store :meth:`LineEngine.state_dict` (:mod:`edge_agent.engine.persist`)
+together with (in the same transaction as) the reports that :meth:`LineEngine.tick` returned;
+otherwise a crash in between repeats or loses a closed shift's report.
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from typing import Any
 
 from edge_agent.config.schema import EnergyUnit, LineConfig, MachineState
+from edge_agent.engine import persist
 from edge_agent.engine.counters import CounterTracker, MeterTracker
-from edge_agent.engine.intervals import clip
 from edge_agent.engine.oee import LOSS_STATES, Accounting, TimeBuckets, compute_kpis
 from edge_agent.engine.orders import (
-    COMMAND_REPLY_SCHEMA,
-    ENERGY_SCHEMA,
-    MAX_ORDER_ID_CHARS,
-    MAX_ORDER_QUANTITY,
-    MAX_TEXT_CHARS,
-    ORDER_CLOSED_SCHEMA,
-    ORDER_SCHEMA,
     RATE_WINDOW_S,
     EnergyFigures,
     Order,
@@ -96,194 +91,54 @@ from edge_agent.engine.orders import (
     parse_order_command,
     time_to_complete_s,
 )
-from edge_agent.engine.payload import iso, iso_if_representable, kpi_payload, state_payload
+from edge_agent.engine.payload import (
+    iso,
+    iso_if_representable,
+    kpi_report,
+    state_change,
+    window_ref,
+)
+from edge_agent.engine.reports import (
+    CommandReply,
+    EnergyReport,
+    KpiReport,
+    OrderClosed,
+    OrderReport,
+    ProductRow,
+    Report,
+)
 from edge_agent.engine.shifts import HOUR, OFF_SHIFT, SHIFT, ShiftCalendar, Window, hour_window
-from edge_agent.model import OutMessage, Quality, Sample, Value
+from edge_agent.engine.signals import (
+    ORDER_KINDS,
+    ORDER_TAG_NAMES,
+    SIG_ENERGY,
+    SIG_GOOD,
+    SIG_ORDER_ID,
+    SIG_POWER,
+    SIG_PRODUCT,
+    SIG_REASON,
+    SIG_REJECT,
+    SIG_RUNNING,
+    SIG_STATE,
+    SIG_TOTAL,
+    as_bool,
+    as_code,
+    as_count,
+    as_float,
+    order_value,
+)
+from edge_agent.engine.windows import OpenWindow
+from edge_agent.model import Quality, Sample, Value
 
-STATE_VERSION = 2  # restore() also reads version 1 (no hour window, no products)
-
-# Signal kinds (small ints: ingest() is on the hot path). Counters are the kinds >= _TOTAL;
-# the kinds from _REASON to _ORDER_PRODUCT are auxiliary: without their data the time is still
-# known.
-(
-    _STATE,
-    _RUNNING,
-    _REASON,
-    _PRODUCT,
-    _ENERGY,
-    _POWER,
-    _ORDER_ID,
-    _ORDER_TARGET,
-    _ORDER_PRODUCT,
-    _TOTAL,
-    _REJECT,
-    _GOOD,
-) = range(12)
-_ORDER_KINDS = (_ORDER_ID, _ORDER_TARGET, _ORDER_PRODUCT)
-_ORDER_TAG_NAMES = {_ORDER_ID: "id", _ORDER_TARGET: "target", _ORDER_PRODUCT: "product"}
-_COUNTER_NAMES = {_TOTAL: "total", _REJECT: "reject", _GOOD: "good"}
-_TOPICS = {SHIFT: "kpi/shift", HOUR: "kpi/hour"}
+_REPORTED = (SHIFT, HOUR)  # the window kinds whose close makes a final report
 # Micro-stop threshold without micro_stop_max: max(this, 2 × stop_after).
 DEFAULT_MICRO_STOP_MIN_S = 60.0
 
-_AGENT = "agent"  # unknown cause: the engine did not observe (not started yet, or restarted)
+_AGENT = persist.AGENT_CAUSE  # unknown cause: the engine did not observe (not started or restarted)
 _SOURCE = "source:"  # unknown cause prefix: a source is down
 # After an outage longer than this the engine does not report every missed shift one by one.
 MAX_CATCHUP_S = 14 * 86400.0
-# Counter and meter readings at or beyond this magnitude are unusable: 2^64 is past the largest
-# integer register (uint64); only a misread float (wrong type or byte order) shows such a value.
-MAX_READING = 2**64
 MAX_NOTICES = 100  # notices kept until take_notices()
-
-
-def _as_count(value: Value) -> int | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value if -MAX_READING < value < MAX_READING else None
-    try:
-        x = value if isinstance(value, float) else float(value)
-    except ValueError:
-        return None
-    return round(x) if math.isfinite(x) and abs(x) < MAX_READING else None
-
-
-def _as_code(value: Value) -> int | None:
-    if isinstance(value, int):  # bool included: True is 1
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _as_float(value: Value) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        x = float(value)
-    except (ValueError, OverflowError):  # OverflowError: an int beyond the float range
-        return None
-    return x if math.isfinite(x) and abs(x) < MAX_READING else None
-
-
-def _as_text(value: Value) -> str | None:
-    """An order id or product from a string or number tag; empty, 0 or false mean none."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        value = int(value) if value.is_integer() else value
-    text = str(value).strip()
-    return None if text in ("", "0") else text
-
-
-def _order_value(kind: int, value: Value) -> tuple[Any, str | None]:
-    """A PLC order tag's value as the order's id, target or product: ``(value, None)``, with
-    ``None`` for "none" (empty, 0); or ``(None, problem)`` when it cannot be an order's."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None, "not a finite number"
-    if kind != _ORDER_TARGET:
-        text = _as_text(value)
-        limit = MAX_ORDER_ID_CHARS if kind == _ORDER_ID else MAX_TEXT_CHARS
-        if text is not None and len(text) > limit:
-            return None, f"longer than {limit} characters"
-        return text, None
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None, None
-    number: int | float
-    if isinstance(value, bool):
-        return None, "not a number of parts"
-    if isinstance(value, int | float):
-        number = value
-    else:
-        try:
-            number = float(value)
-        except ValueError:
-            return None, "not a number of parts"
-        if not math.isfinite(number):
-            return None, "not a finite number"
-    if number < 0:
-        return None, "negative"
-    if number > MAX_ORDER_QUANTITY:
-        return None, f"above the largest order target, {MAX_ORDER_QUANTITY}"
-    return (round(number) or None), None
-
-
-def _as_bool(value: Value) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return value != 0
-    if isinstance(value, str):
-        low = value.strip().lower()
-        if low in ("true", "1"):
-            return True
-        if low in ("false", "0"):
-            return False
-    return None
-
-
-class _Open:
-    """One open reporting window and what was counted in it."""
-
-    __slots__ = (
-        "acc",
-        "counts",
-        "energy",
-        "fault_count",
-        "flags",
-        "micro_count",
-        "micro_pending_s",
-        "micro_s",
-        "window",
-    )
-
-    def __init__(self, window: Window, acc: Accounting) -> None:
-        self.window = window
-        self.acc = acc
-        # product code (None: no product signal, or product not known) -> [total, second counter]
-        self.counts: dict[int | None, list[int]] = {}
-        self.flags: set[str] = set()
-        self.micro_count = 0
-        self.micro_s = 0.0
-        self.micro_pending_s = 0.0  # loss time in this window of the stop in progress
-        self.energy: dict[str, float] = {}  # kWh by state bucket
-        self.fault_count = 0  # faults that started in this window
-
-    def state_dict(self) -> dict[str, Any]:
-        w = self.window
-        return {
-            "window": {"kind": w.kind, "name": w.name, "start": w.start, "end": w.end},
-            "accounting": self.acc.state_dict(),
-            "counts": [[code, c[0], c[1]] for code, c in self.counts.items()],
-            "flags": sorted(self.flags),
-            "micro": [self.micro_count, self.micro_s, self.micro_pending_s],
-            "energy": dict(self.energy),
-            "fault_count": self.fault_count,
-        }
-
-    @classmethod
-    def from_state(cls, d: dict[str, Any], planned_states: frozenset[MachineState]) -> _Open:
-        w = d["window"]
-        window = Window(
-            kind=w["kind"], name=w["name"], start=float(w["start"]), end=float(w["end"])
-        )
-        o = cls(window, Accounting.from_state(d["accounting"], planned_states))
-        o.counts = {
-            (None if code is None else int(code)): [int(t), int(x)] for code, t, x in d["counts"]
-        }
-        o.flags = set(d.get("flags", []))
-        count, micro_s, pending_s = d.get("micro", (0, 0.0, 0.0))
-        o.micro_count, o.micro_s, o.micro_pending_s = int(count), float(micro_s), float(pending_s)
-        o.energy = {k: float(v) for k, v in (d.get("energy") or {}).items()}
-        o.fault_count = int(d.get("fault_count", 0))
-        return o
 
 
 class LineEngine:
@@ -313,25 +168,25 @@ class LineEngine:
         kinds: dict[str, int] = {}
         self._state_map: dict[int, MachineState] = {}
         if sig.state is not None:
-            kinds[sig.state.tag] = _STATE
+            kinds[sig.state.tag] = SIG_STATE
             self._state_map = dict(sig.state.map)
-            self._state_kind = _STATE
+            self._state_kind = SIG_STATE
         elif sig.running is not None:
-            kinds[sig.running] = _RUNNING
-            self._state_kind = _RUNNING
+            kinds[sig.running] = SIG_RUNNING
+            self._state_kind = SIG_RUNNING
         else:
-            self._state_kind = _TOTAL  # inferred from the counter
+            self._state_kind = SIG_TOTAL  # inferred from the counter
         self._reason_map: dict[int, str] = dict(sig.reason.map) if sig.reason else {}
         if sig.reason is not None:
-            kinds[sig.reason.tag] = _REASON
+            kinds[sig.reason.tag] = SIG_REASON
         self._products = dict(sig.product.map) if sig.product is not None else None
         if sig.product is not None:
-            kinds[sig.product.tag] = _PRODUCT
+            kinds[sig.product.tag] = SIG_PRODUCT
         self._energy_sig = sig.energy
         self._kwh_per_unit = 0.001 if sig.energy and sig.energy.unit is EnergyUnit.WH else 1.0
         self._meter: MeterTracker | None = None
         if sig.energy is not None:
-            kinds[sig.energy.tag] = _ENERGY
+            kinds[sig.energy.tag] = SIG_ENERGY
             max_kw = sig.energy.max_power_kw
             self._meter = MeterTracker(
                 sig.energy.rollover,
@@ -340,23 +195,23 @@ class LineEngine:
                 slack=0.0 if max_kw is None else 10.0 * max_kw / 3600.0 / self._kwh_per_unit,
             )
         if sig.power is not None:
-            kinds[sig.power] = _POWER
+            kinds[sig.power] = SIG_POWER
         self._emission = cfg.emission_factor
         self._orders_on = orders or sig.order is not None
         if sig.order is not None:
             for kind, tag in zip(
-                _ORDER_KINDS, (sig.order.id, sig.order.target, sig.order.product), strict=True
+                ORDER_KINDS, (sig.order.id, sig.order.target, sig.order.product), strict=True
             ):
                 if tag is not None:
                     kinds[tag] = kind
-        kinds[sig.total_count.tag] = _TOTAL
-        counters = {_TOTAL: sig.total_count}
+        kinds[sig.total_count.tag] = SIG_TOTAL
+        counters = {SIG_TOTAL: sig.total_count}
         if sig.reject_count is not None:
-            kinds[sig.reject_count.tag] = _REJECT
-            counters[_REJECT] = sig.reject_count
+            kinds[sig.reject_count.tag] = SIG_REJECT
+            counters[SIG_REJECT] = sig.reject_count
         elif sig.good_count is not None:
-            kinds[sig.good_count.tag] = _GOOD
-            counters[_GOOD] = sig.good_count
+            kinds[sig.good_count.tag] = SIG_GOOD
+            counters[SIG_GOOD] = sig.good_count
         self._counter_signals = counters
         # Wrap plausibility uses the fastest rate the line may run at.
         self._fastest_s = min(
@@ -366,7 +221,7 @@ class LineEngine:
             k: CounterTracker(c.rollover, self._fastest_s) for k, c in counters.items()
         }
         self._second_counter = (
-            _REJECT if _REJECT in counters else _GOOD if _GOOD in counters else None
+            SIG_REJECT if SIG_REJECT in counters else SIG_GOOD if SIG_GOOD in counters else None
         )
 
         # source -> tag -> (kind, key), for every way "SOURCE.TAG" can split at a dot, so that a
@@ -380,8 +235,8 @@ class LineEngine:
                     self._source_keys.setdefault(key[:i], []).append((kind, key))
 
         self._now: float | None = None
-        self._shift: _Open | None = None
-        self._hour: _Open | None = None
+        self._shift: OpenWindow | None = None
+        self._hour: OpenWindow | None = None
         self._piece_start = 0.0
         self._state = MachineState.UNKNOWN
         self._state_since: float | None = None
@@ -392,8 +247,8 @@ class LineEngine:
         self._product: int | None = None
         self._product_next: tuple[float, int | None] | None = None  # (since, code), deferred
         self._stop_since: float | None = None  # the stop in progress (micro-stop candidate)
-        self._pending: list[OutMessage] = []
-        self._last_report: dict[str, Any] | None = None
+        self._pending: list[Report] = []
+        self._last_report: KpiReport | None = None
         # Energy: time by bucket since the last meter sample, to split the next delta over.
         self._energy_time: dict[str, float] = {}
         self._meter_kwh: float | None = None  # last reading, in kWh
@@ -420,8 +275,8 @@ class LineEngine:
         return self._state
 
     @property
-    def last_report(self) -> dict[str, Any] | None:
-        """The payload of the last :meth:`snapshot`, for metrics."""
+    def last_report(self) -> KpiReport | None:
+        """The last :meth:`snapshot`, for metrics."""
         return self._last_report
 
     @property
@@ -458,8 +313,8 @@ class LineEngine:
         kind, key = entry
         t = self._advance(sample.agent_time)
         good = sample.quality is Quality.GOOD
-        if kind >= _TOTAL:
-            count = _as_count(sample.value) if good else None
+        if kind >= SIG_TOTAL:
+            count = as_count(sample.value) if good else None
             if count is None:
                 self._data_lost(key, kind, t)
                 return
@@ -477,39 +332,39 @@ class LineEngine:
             if d.delta:
                 self._count(kind, d.delta, t, rate=kind in self._rate_kinds)
             self._rate_kinds.add(kind)
-            if kind == _TOTAL and self._state_kind == _TOTAL:
+            if kind == SIG_TOTAL and self._state_kind == SIG_TOTAL:
                 self._infer(d.delta, t)
-        elif kind == _STATE:
+        elif kind == SIG_STATE:
             if not good:
                 self._data_lost(key, kind, t)
                 return
             self._data_ok(key, t)
-            code = _as_code(sample.value)
+            code = as_code(sample.value)
             state = self._state_map.get(code) if code is not None else None
             if state is None:
                 self._flag("unmapped_state_code")
                 state = MachineState.UNKNOWN
             self._set_state(state, t)
-        elif kind == _RUNNING:
-            running = _as_bool(sample.value) if good else None
+        elif kind == SIG_RUNNING:
+            running = as_bool(sample.value) if good else None
             if running is None:
                 self._data_lost(key, kind, t)
                 return
             self._data_ok(key, t)
             self._set_state(MachineState.RUNNING if running else MachineState.IDLE, t)
-        elif kind == _REASON:
-            code = _as_code(sample.value) if good else None
+        elif kind == SIG_REASON:
+            code = as_code(sample.value) if good else None
             self._set_reason(
                 None if code is None else self._reason_map.get(code, f"code {code}"), t
             )
-        elif kind == _PRODUCT:
-            self._set_product(_as_code(sample.value) if good else None, t)
-        elif kind == _ENERGY:
-            reading = _as_float(sample.value) if good else None
+        elif kind == SIG_PRODUCT:
+            self._set_product(as_code(sample.value) if good else None, t)
+        elif kind == SIG_ENERGY:
+            reading = as_float(sample.value) if good else None
             if reading is not None:  # energy while the meter is unseen counts when it is back
                 self._meter_sample(reading, t)
-        elif kind == _POWER:
-            self._power_kw = _as_float(sample.value) if good else None
+        elif kind == SIG_POWER:
+            self._power_kw = as_float(sample.value) if good else None
         elif good:  # order tags: a bad sample keeps the order as it was
             self._order_tag(kind, key, sample.value, t)
 
@@ -524,13 +379,13 @@ class LineEngine:
         t = self._advance(now)
         if not available:
             for kind, _ in keys:
-                if kind == _REASON:
+                if kind == SIG_REASON:
                     self._set_reason(None, t)
-                elif kind == _PRODUCT:
+                elif kind == SIG_PRODUCT:
                     self._set_product(None, t)
-                elif kind == _POWER:
+                elif kind == SIG_POWER:
                     self._power_kw = None
-        if not any(kind in (_STATE, _RUNNING) or kind >= _TOTAL for kind, _ in keys):
+        if not any(kind in (SIG_STATE, SIG_RUNNING) or kind >= SIG_TOTAL for kind, _ in keys):
             return
         cause = _SOURCE + source
         if available:
@@ -546,7 +401,7 @@ class LineEngine:
         each of its counters is a count since the restart, whatever it is."""
         self._advance(now)
         for kind, _ in self._source_keys.get(source, ()):
-            if kind >= _TOTAL:
+            if kind >= SIG_TOTAL:
                 self._reset_hints.add(kind)
 
     def flag(self, warning: str, now: float) -> None:
@@ -555,74 +410,63 @@ class LineEngine:
         self._advance(now)
         self._flag(warning)
 
-    def tick(self, now: float) -> list[OutMessage]:
-        """Advance time to ``now``; return the messages due since the last call, in time order:
-        ``kpi/hour`` for each closed clock hour and ``kpi/shift`` for each closed shift (QoS 1,
-        not retained; at a common end the hour comes first), and ``state`` for each state change
-        (retained)."""
+    def tick(self, now: float) -> list[Report]:
+        """Advance time to ``now``; return the reports due since the last call, in time order:
+        the final :class:`KpiReport` (``closed``) of each closed clock hour and shift (at a
+        common end the hour comes first), a :class:`StateChange` for each state change, and
+        the order reports and command replies."""
         self._advance(now)
         out, self._pending = self._pending, []
         return out
 
-    def snapshot(self, now: float) -> OutMessage:
-        """The live ``kpi`` report of the open shift window at ``now`` (retained), also off shift.
+    def snapshot(self, now: float) -> KpiReport:
+        """The live KPI report of the open shift window at ``now``, also off shift.
 
-        Messages due from advancing time are kept for the next :meth:`tick`."""
+        Reports due from advancing time are kept for the next :meth:`tick`."""
         t = self._advance(now)
         assert self._shift is not None
-        payload = self._report(self._shift, t)
-        self._last_report = payload
-        return OutMessage(line=self.line, topic_suffix="kpi", payload=payload, retain=True)
+        report = self._report(self._shift, t)
+        self._last_report = report
+        return report
 
-    def snapshots(self, now: float) -> list[OutMessage]:
-        """The live messages at ``now``, all retained: ``kpi`` (:meth:`snapshot`), then
-        ``energy`` with an energy signal and ``order`` with an order signal or commands."""
-        out = [self.snapshot(now)]
+    def snapshots(self, now: float) -> list[Report]:
+        """The live reports at ``now``: the KPIs (:meth:`snapshot`), then the energy with an
+        energy signal and the order with an order signal or commands."""
+        out: list[Report] = [self.snapshot(now)]
         if self._energy_sig is not None:
             out.append(self.energy_snapshot(now))
         if self._orders_on:
             out.append(self.order_snapshot(now))
         return out
 
-    def energy_snapshot(self, now: float) -> OutMessage:
-        """The live ``energy`` message of the open shift window (retained)."""
+    def energy_snapshot(self, now: float) -> EnergyReport:
+        """The live energy report of the open shift window."""
         t = self._advance(now)
         assert self._shift is not None
         o = self._shift
         good = sum(r[2] for r in self._product_rows(o))
-        w = o.window
-        payload = {
-            "schema": ENERGY_SCHEMA,
-            "site": self.site,
-            "line": self.line,
-            "window": {
-                "kind": w.kind,
-                "name": w.name,
-                "start": iso(w.start, self._tz, "seconds"),
-                "end": iso(w.end, self._tz, "seconds"),
-            },
-            "ts": iso(t, self._tz),
-            "state": str(self._state),
-            "meter_kwh": None if self._meter_kwh is None else round(self._meter_kwh, 6),
-            "power_kw": None if self._power_kw is None else round(self._power_kw, 6),
-            "good_count": good,
-            **energy_fields(self._energy_of(o.energy, good)),
-            "warnings": sorted(f for f in o.flags if f.startswith("energy_")),
-        }
-        return OutMessage(line=self.line, topic_suffix="energy", payload=payload, retain=True)
-
-    def order_snapshot(self, now: float) -> OutMessage:
-        """The live ``order`` message (retained): the current order with remaining quantity and
-        ETAs; ``order_id`` null when there is none."""
-        t = self._advance(now)
-        return OutMessage(
-            line=self.line, topic_suffix="order", payload=self._order_payload(t), retain=True
+        return EnergyReport(
+            site=self.site,
+            line=self.line,
+            window=window_ref(o.window, self._tz),
+            ts=iso(t, self._tz),
+            state=str(self._state),
+            meter_kwh=None if self._meter_kwh is None else round(self._meter_kwh, 6),
+            power_kw=None if self._power_kw is None else round(self._power_kw, 6),
+            good_count=good,
+            energy=energy_fields(self._energy_of(o.energy, good)),
+            warnings=tuple(sorted(f for f in o.flags if f.startswith("energy_"))),
         )
+
+    def order_snapshot(self, now: float) -> OrderReport:
+        """The live order report: the current order with remaining quantity and ETAs;
+        ``order_id`` ``None`` when there is none."""
+        return self._order_report(self._advance(now))
 
     def command(self, name: str, payload: bytes, now: float) -> None:
         """Apply a command received on ``cmd/{name}`` (only ``order`` exists). Any payload is
         taken: invalid commands are never applied, and a notice says why. Either way a reply on
-        ``cmd/{name}/reply`` (QoS 1, not retained) follows with the next :meth:`tick`. Commands
+        ``cmd/{name}/reply`` (a :class:`CommandReply`) follows with the next :meth:`tick`. Commands
         are inputs like samples: persisted through :meth:`state_dict` with the state they
         change."""
         t = self._advance(now)
@@ -631,30 +475,25 @@ class LineEngine:
         else:
             parsed = ParsedCommand(None, (f"unknown command {name!r}",))
         doc = parsed.command
-        reply: dict[str, Any] = {
-            "schema": COMMAND_REPLY_SCHEMA,
-            "site": self.site,
-            "line": self.line,
-            "ts": iso(t, self._tz),
-            "command": name,
-            "ok": doc is not None,
-            "errors": list(parsed.errors),
-        }
-        if parsed.request_id is not None:
-            reply["request_id"] = parsed.request_id
         if doc is None:
             request = "" if parsed.request_id is None else f" {parsed.request_id!a}"
             self._notice(
                 f"{name} command{request} rejected, not applied: {'; '.join(parsed.errors)}"
             )
         else:
-            reply["order_id"] = doc["order_id"]
             self._set_order(
                 doc["order_id"], doc.get("product"), doc["target_quantity"], "command", t
             )
         self._pending.append(
-            OutMessage(
-                line=self.line, topic_suffix=f"cmd/{name}/reply", payload=reply, retain=False
+            CommandReply(
+                site=self.site,
+                line=self.line,
+                ts=iso(t, self._tz),
+                command=name,
+                ok=doc is not None,
+                errors=parsed.errors,
+                request_id=parsed.request_id,
+                order_id=None if doc is None else doc["order_id"],
             )
         )
 
@@ -671,137 +510,21 @@ class LineEngine:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue after a restart, JSON-serialisable: counter baselines,
-        the open windows' accumulators and counts, the current state, undelivered messages."""
-        d: dict[str, Any] = {
-            "version": STATE_VERSION,
-            "line": self.line,
-            "now": self._now,
-            "state": str(self._state),
-            "state_since": self._state_since,
-            "idle_at": self._idle_at,
-            "reason": self._reason,
-            "product": self._product,
-            "product_next": list(self._product_next) if self._product_next else None,
-            "last_known_state": str(self._last_known_state),
-            "meter": None if self._meter is None else self._meter.state_dict(),
-            "energy_time": dict(self._energy_time),
-            "order": None if self._order is None else self._order.state_dict(),
-            "plc_order": list(self._plc_order),
-            "counters": {
-                _COUNTER_NAMES[k]: {"tag": self._counter_signals[k].tag, **tr.state_dict()}
-                for k, tr in self._trackers.items()
-            },
-            "pending": [
-                {
-                    "topic_suffix": m.topic_suffix,
-                    "payload": m.payload,
-                    "retain": m.retain,
-                    "qos": m.qos,
-                }
-                for m in self._pending
-            ],
-            "windows": {},
-        }
-        if self._now is not None:
-            piece = self._open_piece()
-            for name, o in (("shift", self._shift), ("hour", self._hour)):
-                if o is None:
-                    continue
-                saved = o.state_dict()
-                saved["accounting"] = o.acc.folded(self._now, piece).state_dict()
-                d["windows"][name] = saved
-        return d
+        the open windows' accumulators and counts, the current state, undelivered reports
+        (:mod:`edge_agent.engine.persist`)."""
+        return persist.save(self)
 
     def restore(self, d: dict[str, Any]) -> None:
-        """Continue from a :meth:`state_dict` (this version's or version 1's). Time between the
-        saved moment and the next input is unknown (the agent was not observing); a stop in
+        """Continue from a :meth:`state_dict` (this version's or an earlier one's). Time between
+        the saved moment and the next input is unknown (the agent was not observing); a stop in
         progress is not a micro-stop. Call before the first input.
 
         Raises ``ValueError`` if ``d`` is from another line or another format version."""
-        version = d.get("version")
-        if version not in (1, STATE_VERSION):
-            raise ValueError(f"unsupported engine state version {version!r}")
-        if d.get("line") != self.line:
-            raise ValueError(f"engine state is for line {d.get('line')!r}, not {self.line!r}")
-        names = {v: k for k, v in _COUNTER_NAMES.items()}
-        for name, saved in (d.get("counters") or {}).items():
-            kind = names.get(name)
-            sig = self._counter_signals.get(kind) if kind is not None else None
-            if kind is None or sig is None or saved.get("tag") != sig.tag:
-                continue  # the counter was reconfigured: its old baseline means nothing
-            self._trackers[kind] = CounterTracker.from_state(saved, sig.rollover, self._fastest_s)
-        self._pending = [
-            OutMessage(
-                line=self.line,
-                topic_suffix=m["topic_suffix"],
-                payload=m["payload"],
-                retain=bool(m["retain"]),
-                qos=int(m["qos"]),
-            )
-            for m in d.get("pending", [])
-        ]
-        if self._meter is not None:
-            self._meter.restore(d.get("meter"))
-            if self._meter.last_value is not None:
-                self._meter_kwh = self._meter.last_value * self._kwh_per_unit
-        self._energy_time = {k: float(v) for k, v in (d.get("energy_time") or {}).items()}
-        order = d.get("order")
-        self._order = Order.from_state(order) if order else None
-        plc_order = d.get("plc_order")
-        if isinstance(plc_order, list) and len(plc_order) == 3:
-            # Saved by a version that took any value: what cannot be an order's is not known.
-            self._plc_order = [
-                _order_value(kind, value)[0]
-                for kind, value in zip(_ORDER_KINDS, plc_order, strict=True)
-            ]
-        now = d.get("now")
-        if now is None:
-            return
-        self._now = float(now)
-        self._last_known_state = MachineState(d.get("last_known_state", "unknown"))
-        self._state = MachineState(d.get("state", "unknown"))
-        since = d.get("state_since")
-        self._state_since = float(since) if since is not None else None
-        idle_at = d.get("idle_at")
-        self._idle_at = float(idle_at) if idle_at is not None else None
-        self._reason = d.get("reason")
-        product = d.get("product")
-        self._product = int(product) if product is not None else None
-        nxt = d.get("product_next")
-        if nxt:
-            self._product_next = (float(nxt[0]), None if nxt[1] is None else int(nxt[1]))
-        self._causes = {_AGENT}
-        self._piece_start = self._now
-        windows = d.get("windows") or {}
-        if version == 1 and d.get("window") is not None:
-            windows = {"shift": self._v1_window(d)}
-        if "shift" in windows:
-            self._shift = _Open.from_state(windows["shift"], self._planned_states)
-            acc = self._shift.acc
-            if not acc.stops:  # version 1 kept no causes: ask the calendar
-                acc.stops = {
-                    k: clip(v, acc.start, acc.end)
-                    for k, v in self.calendar.plan(acc.start, acc.end).stops.items()
-                }
-        if "hour" in windows:
-            self._hour = _Open.from_state(windows["hour"], self._planned_states)
-        elif self._shift is not None:  # version 1: open the hour now; its past is unknown
-            self._hour = self._new_open(HOUR, self._now)
+        persist.restore(self, d)
 
     # ------------------------------------------------------------------------------ internals
 
-    def _v1_window(self, d: dict[str, Any]) -> dict[str, Any]:
-        counts = d.get("counts", {})
-        second = _COUNTER_NAMES.get(self._second_counter or -1, "")
-        total, other = int(counts.get("total", 0)), int(counts.get(second, 0))
-        return {
-            "window": d["window"],
-            "accounting": d["accounting"],
-            "counts": [[None, total, other]] if total or other else [],
-            "flags": d.get("flags", []),
-        }
-
-    def _opens(self) -> list[_Open]:
+    def _opens(self) -> list[OpenWindow]:
         return [o for o in (self._shift, self._hour) if o is not None]
 
     def _flag(self, name: str) -> None:
@@ -847,7 +570,7 @@ class LineEngine:
             self._remove_cause(_AGENT, t)
         return t
 
-    def _new_open(self, kind: str, t: float) -> _Open:
+    def _new_open(self, kind: str, t: float) -> OpenWindow:
         """The window of ``kind`` (SHIFT: shift or off-shift) containing ``t``. Its time before
         ``t`` was not observed: unknown."""
         w = hour_window(t, self._tz) if kind == HOUR else self.calendar.window_or_off_shift(t)
@@ -855,18 +578,14 @@ class LineEngine:
         planned = [] if w.kind == OFF_SHIFT else plan.planned
         acc = Accounting(w.start, w.end, planned, self._planned_states, plan.stops)
         acc.add(w.start, t, MachineState.UNKNOWN, True)
-        return _Open(w, acc)
+        return OpenWindow(w, acc)
 
-    def _close(self, o: _Open) -> None:
+    def _close(self, o: OpenWindow) -> None:
         """Cut at the window's end, report it if it is a shift or an hour, and stop feeding it."""
         w = o.window
         self._cut(w.end)
-        topic = _TOPICS.get(w.kind)
-        if topic is not None:
-            payload = self._report(o, w.end)
-            self._pending.append(
-                OutMessage(line=self.line, topic_suffix=topic, payload=payload, retain=False)
-            )
+        if w.kind in _REPORTED:
+            self._pending.append(self._report(o, w.end, closed=True))
         if o is self._hour:
             self._hour = None
         elif o is self._shift:
@@ -903,17 +622,16 @@ class LineEngine:
         self._state, self._state_since = state, t
         self._track_stop(previous, state, t)
         self._track_fault(previous, state, t)
-        payload = state_payload(
-            site=self.site,
-            line=self.line,
-            tz=self._tz,
-            ts=t,
-            state=state,
-            previous_state=previous,
-            since=t,
-        )
         self._pending.append(
-            OutMessage(line=self.line, topic_suffix="state", payload=payload, retain=True)
+            state_change(
+                site=self.site,
+                line=self.line,
+                tz=self._tz,
+                ts=t,
+                state=state,
+                previous_state=previous,
+                since=t,
+            )
         )
 
     def _track_fault(self, previous: MachineState, state: MachineState, t: float) -> None:
@@ -974,7 +692,7 @@ class LineEngine:
 
     def _count(self, kind: int, delta: int, t: float, *, rate: bool = True) -> None:
         product = self._current_product(t) if self._products is not None else None
-        slot = 0 if kind == _TOTAL else 1
+        slot = 0 if kind == SIG_TOTAL else 1
         for o in self._opens():
             entry = o.counts.get(product)
             if entry is None:
@@ -1061,9 +779,9 @@ class LineEngine:
         """A PLC order tag's new value: a new id starts an order (the target and product tags
         of the same poll update it as they arrive); a target or product changes the order. A
         value that cannot be an order's is bad data: the order stays as it was."""
-        slot = kind - _ORDER_ID
-        new, problem = _order_value(kind, value)
-        name = _ORDER_TAG_NAMES[kind]
+        slot = kind - SIG_ORDER_ID
+        new, problem = order_value(kind, value)
+        name = ORDER_TAG_NAMES[kind]
         if problem is not None:
             if key not in self._bad_order_tags:
                 self._bad_order_tags.add(key)
@@ -1082,7 +800,7 @@ class LineEngine:
         self._plc_order[slot] = new
         order_id, target, product = self._plc_order
         current = self._order
-        if kind == _ORDER_ID:
+        if kind == SIG_ORDER_ID:
             if order_id is None:
                 self._set_order(None, None, None, "plc", t)
             else:
@@ -1104,14 +822,7 @@ class LineEngine:
             self._close_order(current, "order_changed" if order_id else "order_cleared", t)
         self._order = None if order_id is None else Order(order_id, product, target, source, t)
         if self._orders_on:
-            self._pending.append(
-                OutMessage(
-                    line=self.line,
-                    topic_suffix="order",
-                    payload=self._order_payload(t),
-                    retain=True,
-                )
-            )
+            self._pending.append(self._order_report(t))
 
     def _count_order(self, slot: int, delta: int, t: float, rate: bool) -> None:
         order = self._order
@@ -1130,9 +841,9 @@ class LineEngine:
             sums[slot] -= delta
 
     def _good_of(self, total: int, second: int) -> int:
-        if self._second_counter == _REJECT:
+        if self._second_counter == SIG_REJECT:
             return total - min(second, total)
-        if self._second_counter == _GOOD:
+        if self._second_counter == SIG_GOOD:
             return min(second, total)
         return total
 
@@ -1149,25 +860,23 @@ class LineEngine:
         order.closed = True
         total, second = order.counts
         good = self._good_of(total, second)
-        payload = {
-            "schema": ORDER_CLOSED_SCHEMA,
-            "site": self.site,
-            "line": self.line,
-            "ts": iso(t, self._tz),
-            "order_id": order.order_id,
-            "product": order.product,
-            "source": order.source,
-            "reason": reason,
-            "target_quantity": order.target,
-            "total_count": total,
-            "good_count": good,
-            "reject_count": total - good,
-            "started": iso(order.started, self._tz),
-            "duration_s": round(max(t - order.started, 0.0), 3),
-            **energy_fields(self._energy_of(order.energy_by_state_kwh, good)),
-        }
         self._pending.append(
-            OutMessage(line=self.line, topic_suffix="order/closed", payload=payload, retain=False)
+            OrderClosed(
+                site=self.site,
+                line=self.line,
+                ts=iso(t, self._tz),
+                order_id=order.order_id,
+                product=order.product,
+                source=order.source,
+                reason=reason,
+                target_quantity=order.target,
+                total_count=total,
+                good_count=good,
+                reject_count=total - good,
+                started=iso(order.started, self._tz),
+                duration_s=round(max(t - order.started, 0.0), 3),
+                energy=energy_fields(self._energy_of(order.energy_by_state_kwh, good)),
+            )
         )
 
     def current_throughput_good_per_h(self, now: float) -> float | None:
@@ -1181,7 +890,7 @@ class LineEngine:
             return None
         return self._good_of(*self._recent_sums) / span_s * 3600.0
 
-    def _order_payload(self, t: float) -> dict[str, Any]:
+    def _order_report(self, t: float) -> OrderReport:
         order = self._order
         assert self._shift is not None
         shift_good = sum(r[2] for r in self._product_rows(self._shift))
@@ -1189,36 +898,33 @@ class LineEngine:
         shift_rate = shift_good / elapsed_h if elapsed_h > 0 else None
         current_rate = self.current_throughput_good_per_h(t)
         warnings = ["order_tag_invalid"] if self._bad_order_tags else []
-        base: dict[str, Any] = {
-            "schema": ORDER_SCHEMA,
-            "site": self.site,
-            "line": self.line,
-            "ts": iso(t, self._tz),
-            "throughput_current_good_per_h": None
-            if current_rate is None
-            else round(current_rate, 3),
-            "throughput_shift_good_per_h": None if shift_rate is None else round(shift_rate, 3),
-            "warnings": warnings,
-        }
+        ts = iso(t, self._tz)
+        current = None if current_rate is None else round(current_rate, 3)
+        shift = None if shift_rate is None else round(shift_rate, 3)
         if order is None:
-            return {
-                **base,
-                "order_id": None,
-                "status": "none",
-                "product": None,
-                "source": None,
-                "target_quantity": None,
-                "total_count": 0,
-                "good_count": 0,
-                "reject_count": 0,
-                "remaining_quantity": None,
-                "started": None,
-                "time_to_complete_current_s": None,
-                "time_to_complete_shift_average_s": None,
-                "eta_current": None,
-                "eta_shift_average": None,
-                **energy_fields(self._energy_of({}, 0)),
-            }
+            return OrderReport(
+                site=self.site,
+                line=self.line,
+                ts=ts,
+                throughput_current_good_per_h=current,
+                throughput_shift_good_per_h=shift,
+                warnings=tuple(warnings),
+                order_id=None,
+                status="none",
+                product=None,
+                source=None,
+                target_quantity=None,
+                total_count=0,
+                good_count=0,
+                reject_count=0,
+                remaining_quantity=None,
+                started=None,
+                time_to_complete_current_s=None,
+                time_to_complete_shift_average_s=None,
+                eta_current=None,
+                eta_shift_average=None,
+                energy=energy_fields(self._energy_of({}, 0)),
+            )
         total, second = order.counts
         good = self._good_of(total, second)
         remaining = None if order.target is None else max(order.target - good, 0)
@@ -1234,35 +940,40 @@ class LineEngine:
             eta_shift is None and ttc_shift is not None
         ):
             warnings.append("eta_out_of_range")
-        return {
-            **base,
-            "order_id": order.order_id,
-            "status": "completed" if order.closed or remaining == 0 else "in_progress",
-            "product": order.product,
-            "source": order.source,
-            "target_quantity": order.target,
-            "total_count": total,
-            "good_count": good,
-            "reject_count": total - good,
-            "remaining_quantity": remaining,
-            "started": iso(order.started, self._tz),
-            "time_to_complete_current_s": None if ttc_current is None else round(ttc_current, 3),
-            "time_to_complete_shift_average_s": None if ttc_shift is None else round(ttc_shift, 3),
-            "eta_current": eta_current,
-            "eta_shift_average": eta_shift,
-            **energy_fields(self._energy_of(order.energy_by_state_kwh, good)),
-        }
+        return OrderReport(
+            site=self.site,
+            line=self.line,
+            ts=ts,
+            throughput_current_good_per_h=current,
+            throughput_shift_good_per_h=shift,
+            warnings=tuple(warnings),
+            order_id=order.order_id,
+            status="completed" if order.closed or remaining == 0 else "in_progress",
+            product=order.product,
+            source=order.source,
+            target_quantity=order.target,
+            total_count=total,
+            good_count=good,
+            reject_count=total - good,
+            remaining_quantity=remaining,
+            started=iso(order.started, self._tz),
+            time_to_complete_current_s=None if ttc_current is None else round(ttc_current, 3),
+            time_to_complete_shift_average_s=None if ttc_shift is None else round(ttc_shift, 3),
+            eta_current=eta_current,
+            eta_shift_average=eta_shift,
+            energy=energy_fields(self._energy_of(order.energy_by_state_kwh, good)),
+        )
 
-    def _product_rows(self, o: _Open) -> list[tuple[int | None, int, int, int]]:
+    def _product_rows(self, o: OpenWindow) -> list[tuple[int | None, int, int, int]]:
         """(product code, total, good, reject) per product of a window. A reject (good) delta
         that arrives in the window before its total delta is capped so that good and reject are
         never negative."""
         rows = []
         for code, (total, second) in o.counts.items():
-            if self._second_counter == _REJECT:
+            if self._second_counter == SIG_REJECT:
                 reject = min(second, total)
                 rows.append((code, total, total - reject, reject))
-            elif self._second_counter == _GOOD:
+            elif self._second_counter == SIG_GOOD:
                 good = min(second, total)
                 rows.append((code, total, good, total - good))
             else:
@@ -1274,10 +985,10 @@ class LineEngine:
         product = self._products.get(code) if self._products and code is not None else None
         return product.ideal_cycle_time_s if product is not None else self._ideal_s
 
-    def _buckets(self, o: _Open, until: float) -> TimeBuckets:
+    def _buckets(self, o: OpenWindow, until: float) -> TimeBuckets:
         return o.acc.buckets(until, self._open_piece())
 
-    def _report(self, o: _Open, now: float) -> dict[str, Any]:
+    def _report(self, o: OpenWindow, now: float, *, closed: bool = False) -> KpiReport:
         w = o.window
         buckets = self._buckets(o, now)
         rows = self._product_rows(o)
@@ -1304,18 +1015,18 @@ class LineEngine:
             for code, p_total, p_good, p_reject in rows:
                 mapped = self._products.get(code) if code is not None else None
                 products.append(
-                    {
-                        "product": mapped.name
+                    ProductRow(
+                        product=mapped.name
                         if mapped
                         else (None if code is None else f"code {code}"),
-                        "code": code,
-                        "ideal_cycle_time_s": self._ideal_of(code),
-                        "total_count": p_total,
-                        "good_count": p_good,
-                        "reject_count": p_reject,
-                    }
+                        code=code,
+                        ideal_cycle_time_s=self._ideal_of(code),
+                        total_count=p_total,
+                        good_count=p_good,
+                        reject_count=p_reject,
+                    )
                 )
-        return kpi_payload(
+        return kpi_report(
             site=self.site,
             line=self.line,
             tz=self._tz,
@@ -1337,4 +1048,5 @@ class LineEngine:
             flags=o.flags,
             energy=self._energy_of(o.energy, good),
             fault_count=o.fault_count,
+            closed=closed,
         )

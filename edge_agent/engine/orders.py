@@ -25,11 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from edge_agent.config.schema import EmissionFactor
-
-ORDER_SCHEMA = "edge-agent/order/1"
-ORDER_CLOSED_SCHEMA = "edge-agent/order-closed/1"
-ENERGY_SCHEMA = "edge-agent/energy/1"
-COMMAND_REPLY_SCHEMA = "edge-agent/cmd-reply/1"
+from edge_agent.engine.reports import EmissionFactorRef, EnergyFields
 
 MAX_ORDER_ID_CHARS = 64
 MAX_TEXT_CHARS = 256
@@ -214,21 +210,21 @@ def _r(x: float | None, digits: int) -> float | None:
     return None if x is None else round(x, digits)
 
 
-def energy_fields(e: EnergyFigures) -> dict[str, Any]:
-    """The energy fields shared by the kpi, energy, order and order/closed payloads."""
-    return {
-        "energy_kwh": _r(e.energy_kwh, 6),
-        "energy_by_state_kwh": {k: round(v, 6) for k, v in sorted(e.by_state_kwh.items())},
-        "energy_per_good_part_kwh": _r(e.per_good_part_kwh, 6),
-        "co2e_kg": _r(e.co2e_kg, 6),
-        "co2e_per_good_part_kg": _r(e.co2e_per_good_part_kg, 6),
-        "emission_factor": (
+def energy_fields(e: EnergyFigures) -> EnergyFields:
+    """The energy fields shared by the kpi, energy, order and order/closed reports."""
+    return EnergyFields(
+        energy_kwh=_r(e.energy_kwh, 6),
+        energy_by_state_kwh={k: round(v, 6) for k, v in sorted(e.by_state_kwh.items())},
+        energy_per_good_part_kwh=_r(e.per_good_part_kwh, 6),
+        co2e_kg=_r(e.co2e_kg, 6),
+        co2e_per_good_part_kg=_r(e.co2e_per_good_part_kg, 6),
+        emission_factor=(
             None
             if e.factor is None
-            else {"kg_co2e_per_kwh": e.factor.kg_co2e_per_kwh, "source": e.factor.source}
+            else EmissionFactorRef(kg_co2e_per_kwh=e.factor.kg_co2e_per_kwh, source=e.factor.source)
         ),
-        "energy_notes": list(e.notes),
-    }
+        energy_notes=e.notes,
+    )
 
 
 class Order:

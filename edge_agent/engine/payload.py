@@ -1,25 +1,22 @@
-"""Payloads of the ``kpi``, ``kpi/shift``, ``kpi/hour`` and ``state`` messages (DESIGN §4;
-**contract**).
+"""The KPI and state reports (:class:`~edge_agent.engine.reports.KpiReport`,
+:class:`~edge_agent.engine.reports.StateChange`) built from the engine's figures.
 
-JSON Schemas: ``docs/schemas/kpi.schema.json`` and ``docs/schemas/state.schema.json``. The
-sink adds ``seq``. Times become ISO 8601 with the line's UTC offset here and only here.
+Times become ISO 8601 with the line's UTC offset here (and in the order and energy reports) and
+only there; ratios are rounded to 6 decimals, seconds to 3.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from edge_agent.config.schema import MachineState
 from edge_agent.engine.oee import Kpis, TimeBuckets
 from edge_agent.engine.orders import EnergyFigures, energy_fields, energy_figures
+from edge_agent.engine.reports import KpiReport, ProductRow, ReasonTime, StateChange, WindowRef
 from edge_agent.engine.shifts import Window
-
-KPI_SCHEMA = "edge-agent/kpi/1"
-STATE_SCHEMA = "edge-agent/state/1"
-
 
 # The latest time written as ISO 8601 with a four-digit year in any time zone (a day's margin
 # for the UTC offset). Times computed from measured values (an ETA) may lie beyond it.
@@ -46,7 +43,17 @@ def _r(x: float | None, digits: int) -> float | None:
     return None if x is None else round(x, digits)
 
 
-def kpi_payload(
+def window_ref(window: Window, tz: ZoneInfo) -> WindowRef:
+    """The report's view of ``window``: start and end to the second."""
+    return WindowRef(
+        kind=window.kind,
+        name=window.name,
+        start=iso(window.start, tz, "seconds"),
+        end=iso(window.end, tz, "seconds"),
+    )
+
+
+def kpi_report(
     *,
     site: str,
     line: str,
@@ -66,13 +73,14 @@ def kpi_payload(
     fully_productive_time_s: float | None = None,
     micro_stop_count: int = 0,
     micro_stop_time_s: float = 0.0,
-    products: list[dict[str, Any]] | None = None,
+    products: list[ProductRow] | None = None,
     energy: EnergyFigures | None = None,
     fault_count: int = 0,
-) -> dict[str, Any]:
-    """The ``kpi`` / ``kpi/shift`` / ``kpi/hour`` payload (without ``seq``). Ratios: 6
+    closed: bool = False,
+) -> KpiReport:
+    """The KPI report of ``window`` at ``now`` (``closed``: its final report). Ratios: 6
     decimals; seconds: 3. ``products``: per-product rows, ``None`` without a product signal
-    (published as an empty list). ``energy``: the window's energy figures (``None``: no energy
+    (an empty list). ``energy``: the window's energy figures (``None``: no energy
     signal). Reliability: MTBF = run time ÷ faults, MTTR = fault time ÷ faults, ``null`` without
     a fault; ``top_downtime_reasons`` are the largest entries of ``loss_time_by_reason_s``."""
     net_s = ideal_cycle_time_s * total_count if net_run_time_s is None else net_run_time_s
@@ -81,71 +89,64 @@ def kpi_payload(
         if fully_productive_time_s is None
         else fully_productive_time_s
     )
-    return {
-        "schema": KPI_SCHEMA,
-        "site": site,
-        "line": line,
-        "window": {
-            "kind": window.kind,
-            "name": window.name,
-            "start": iso(window.start, tz, "seconds"),
-            "end": iso(window.end, tz, "seconds"),
-        },
-        "ts": iso(now, tz),
-        "state": str(state),
-        "convention": convention(planned_states),
-        "availability": _r(kpis.availability, 6),
-        "performance": _r(kpis.performance, 6),
-        "quality": _r(kpis.quality, 6),
-        "oee": _r(kpis.oee, 6),
-        "total_count": total_count,
-        "good_count": good_count,
-        "reject_count": reject_count,
-        "throughput_good_per_h": _r(kpis.throughput_good_per_h, 3),
-        "throughput_total_per_h": _r(kpis.throughput_total_per_h, 3),
-        "ideal_cycle_time_s": round(ideal_cycle_time_s, 6),
-        "elapsed_s": round(buckets.elapsed_s, 3),
-        "planned_time_s": round(buckets.planned_s, 3),
-        "run_time_s": round(buckets.run_s, 3),
-        "unknown_time_s": round(buckets.unknown_s, 3),
-        "planned_stop_s": round(buckets.planned_stop_s, 3),
-        "loss_time_s": {k: round(v, 3) for k, v in buckets.loss_s.items()},
-        "loss_time_by_reason_s": {
-            k: round(v, 3) for k, v in sorted(buckets.loss_by_reason_s.items())
-        },
-        "planned_stop_by_cause_s": {
+    return KpiReport(
+        site=site,
+        line=line,
+        window=window_ref(window, tz),
+        ts=iso(now, tz),
+        state=str(state),
+        convention=convention(planned_states),
+        availability=_r(kpis.availability, 6),
+        performance=_r(kpis.performance, 6),
+        quality=_r(kpis.quality, 6),
+        oee=_r(kpis.oee, 6),
+        total_count=total_count,
+        good_count=good_count,
+        reject_count=reject_count,
+        throughput_good_per_h=_r(kpis.throughput_good_per_h, 3),
+        throughput_total_per_h=_r(kpis.throughput_total_per_h, 3),
+        ideal_cycle_time_s=round(ideal_cycle_time_s, 6),
+        elapsed_s=round(buckets.elapsed_s, 3),
+        planned_time_s=round(buckets.planned_s, 3),
+        run_time_s=round(buckets.run_s, 3),
+        unknown_time_s=round(buckets.unknown_s, 3),
+        planned_stop_s=round(buckets.planned_stop_s, 3),
+        loss_time_s={k: round(v, 3) for k, v in buckets.loss_s.items()},
+        loss_time_by_reason_s={k: round(v, 3) for k, v in sorted(buckets.loss_by_reason_s.items())},
+        planned_stop_by_cause_s={
             k: round(v, 3) for k, v in sorted(buckets.planned_stop_by_cause_s.items())
         },
-        "micro_stop_count": micro_stop_count,
-        "micro_stop_time_s": round(micro_stop_time_s, 3),
-        "net_run_time_s": round(net_s, 3),
-        "fully_productive_time_s": round(fpt_s, 3),
-        "products": [
-            {**row, "ideal_cycle_time_s": round(row["ideal_cycle_time_s"], 6)}
+        micro_stop_count=micro_stop_count,
+        micro_stop_time_s=round(micro_stop_time_s, 3),
+        net_run_time_s=round(net_s, 3),
+        fully_productive_time_s=round(fpt_s, 3),
+        products=tuple(
+            replace(row, ideal_cycle_time_s=round(row.ideal_cycle_time_s, 6))
             for row in (products or [])
-        ],
-        "data_coverage": _r(kpis.data_coverage, 6),
-        "warnings": sorted(set(flags) | kpis.warnings),
-        **energy_fields(energy or energy_figures(None, {}, good_count, None)),
-        "fault_count": fault_count,
-        "mtbf_s": round(buckets.run_s / fault_count, 3) if fault_count else None,
-        "mttr_s": round(buckets.fault_s / fault_count, 3) if fault_count else None,
-        "top_downtime_reasons": top_reasons(buckets.loss_by_reason_s),
-    }
+        ),
+        data_coverage=_r(kpis.data_coverage, 6),
+        warnings=tuple(sorted(set(flags) | kpis.warnings)),
+        energy=energy_fields(energy or energy_figures(None, {}, good_count, None)),
+        fault_count=fault_count,
+        mtbf_s=round(buckets.run_s / fault_count, 3) if fault_count else None,
+        mttr_s=round(buckets.fault_s / fault_count, 3) if fault_count else None,
+        top_downtime_reasons=top_reasons(buckets.loss_by_reason_s),
+        closed=closed,
+    )
 
 
 TOP_REASONS = 5
 
 
-def top_reasons(by_reason: dict[str, float] | Any, n: int = TOP_REASONS) -> list[dict[str, Any]]:
+def top_reasons(by_reason: Mapping[str, float], n: int = TOP_REASONS) -> tuple[ReasonTime, ...]:
     """The ``n`` reasons with the most loss time, largest first (ties by name), without zeros."""
     ranked = sorted(
         ((k, v) for k, v in by_reason.items() if round(v, 3) > 0), key=lambda kv: (-kv[1], kv[0])
     )
-    return [{"reason": k, "time_s": round(v, 3)} for k, v in ranked[:n]]
+    return tuple(ReasonTime(reason=k, time_s=round(v, 3)) for k, v in ranked[:n])
 
 
-def state_payload(
+def state_change(
     *,
     site: str,
     line: str,
@@ -154,14 +155,13 @@ def state_payload(
     state: MachineState,
     previous_state: MachineState,
     since: float,
-) -> dict[str, Any]:
-    """The ``state`` payload (without ``seq``)."""
-    return {
-        "schema": STATE_SCHEMA,
-        "site": site,
-        "line": line,
-        "ts": iso(ts, tz),
-        "state": str(state),
-        "previous_state": str(previous_state),
-        "since": iso(since, tz),
-    }
+) -> StateChange:
+    """The report of a change of the machine state."""
+    return StateChange(
+        site=site,
+        line=line,
+        ts=iso(ts, tz),
+        state=str(state),
+        previous_state=str(previous_state),
+        since=iso(since, tz),
+    )
