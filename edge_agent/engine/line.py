@@ -48,14 +48,14 @@ Reliability. A fault *starts* when the state becomes ``fault`` from a known stat
 ``fault`` (a fault seen again after an outage that began in ``fault`` is the same fault), at a
 time inside the window's planned production time; it counts in each window in which it starts.
 
-Orders. The current order comes from PLC tags (a new id starts a new order) or from
-:meth:`LineEngine.command`; the latest wins. Parts and energy count for the order that is
-current when they are counted. ``order/closed`` is emitted once per order: when its good
-quantity reaches the target, or when it is replaced or cleared before that. An order tag whose
-value cannot be an order's (a target that is negative, not a number or above
-:data:`~edge_agent.engine.orders.MAX_ORDER_QUANTITY`, an id or product too long) is bad data: the
-order stays as it was, the ``order`` payload carries the warning ``order_tag_invalid`` and one
-notice says so. An ETA beyond the year 9999 is ``null`` with the warning ``eta_out_of_range``.
+Orders (:mod:`edge_agent.engine.order_tracker`). The current order comes from PLC tags (a new
+id starts a new order) or from :meth:`LineEngine.command`; the latest wins. Parts and energy
+count for the order that is current when they are counted. An :class:`OrderClosed` report is
+made once per order: when its good quantity reaches the target, or when it is replaced or
+cleared before that. An order tag whose value cannot be an order's (a target that is negative,
+not a number or above :data:`~edge_agent.engine.orders.MAX_ORDER_QUANTITY`, an id or product
+too long) is bad data: the order stays as it was, the order report carries the warning
+``order_tag_invalid`` and one notice says so. An ETA beyond the year 9999 is ``null`` with the warning ``eta_out_of_range``.
 
 Readings. A counter or meter value of magnitude :data:`MAX_READING` or more is no PLC's count: it
 is an unusable value (as bad quality is), so no sum or rate ever overflows.
@@ -63,6 +63,10 @@ is an unusable value (as bad quality is), so no sum or rate ever overflows.
 Notices. What an operator should read in the agent's log (a rejected command, an order tag's
 bad data and its recovery), once per event: :meth:`LineEngine.take_notices`. The engine itself
 does no logging.
+
+Modules. The meter and the energy figures are :mod:`edge_agent.engine.energy`; signal kinds and
+value parsing :mod:`edge_agent.engine.signals`; an open window :mod:`edge_agent.engine.windows`;
+the KPI report's assembly :mod:`edge_agent.engine.payload`.
 
 Reports. The engine returns typed reports (:mod:`edge_agent.engine.reports`); what they
 become on the wire (topics, retain flags, QoS, JSON) is :mod:`edge_agent.contract`'s business.
@@ -74,46 +78,35 @@ otherwise a crash in between repeats or loses a closed shift's report.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
-from edge_agent.config.schema import EnergyUnit, LineConfig, MachineState
+from edge_agent.config.schema import LineConfig, MachineState
 from edge_agent.engine import persist
-from edge_agent.engine.counters import CounterTracker, MeterTracker
-from edge_agent.engine.oee import LOSS_STATES, Accounting, TimeBuckets, compute_kpis
+from edge_agent.engine.counters import CounterTracker
+from edge_agent.engine.energy import LineEnergy
+from edge_agent.engine.oee import LOSS_STATES, Accounting, TimeBuckets
+from edge_agent.engine.order_tracker import OrderTracker
 from edge_agent.engine.orders import (
-    RATE_WINDOW_S,
-    EnergyFigures,
-    Order,
     ParsedCommand,
-    energy_fields,
-    energy_figures,
     parse_order_command,
-    time_to_complete_s,
 )
 from edge_agent.engine.payload import (
     iso,
-    iso_if_representable,
-    kpi_report,
     state_change,
     window_ref,
+    window_report,
 )
 from edge_agent.engine.reports import (
     CommandReply,
     EnergyReport,
     KpiReport,
-    OrderClosed,
     OrderReport,
-    ProductRow,
     Report,
 )
 from edge_agent.engine.shifts import HOUR, OFF_SHIFT, SHIFT, ShiftCalendar, Window, hour_window
 from edge_agent.engine.signals import (
-    ORDER_KINDS,
-    ORDER_TAG_NAMES,
     SIG_ENERGY,
     SIG_GOOD,
-    SIG_ORDER_ID,
     SIG_POWER,
     SIG_PRODUCT,
     SIG_REASON,
@@ -125,10 +118,13 @@ from edge_agent.engine.signals import (
     as_code,
     as_count,
     as_float,
-    order_value,
+    counter_signals,
+    signal_kinds,
+    state_kind,
+    tag_lookup,
 )
 from edge_agent.engine.windows import OpenWindow
-from edge_agent.model import Quality, Sample, Value
+from edge_agent.model import Quality, Sample
 
 _REPORTED = (SHIFT, HOUR)  # the window kinds whose close makes a final report
 # Micro-stop threshold without micro_stop_max: max(this, 2 × stop_after).
@@ -165,53 +161,13 @@ class LineEngine:
         self._planned_states = frozenset(cfg.planned_states)
 
         sig = cfg.signals
-        kinds: dict[str, int] = {}
-        self._state_map: dict[int, MachineState] = {}
-        if sig.state is not None:
-            kinds[sig.state.tag] = SIG_STATE
-            self._state_map = dict(sig.state.map)
-            self._state_kind = SIG_STATE
-        elif sig.running is not None:
-            kinds[sig.running] = SIG_RUNNING
-            self._state_kind = SIG_RUNNING
-        else:
-            self._state_kind = SIG_TOTAL  # inferred from the counter
+        kinds = signal_kinds(sig)
+        self._state_kind = state_kind(sig)
+        self._state_map: dict[int, MachineState] = dict(sig.state.map) if sig.state else {}
         self._reason_map: dict[int, str] = dict(sig.reason.map) if sig.reason else {}
-        if sig.reason is not None:
-            kinds[sig.reason.tag] = SIG_REASON
         self._products = dict(sig.product.map) if sig.product is not None else None
-        if sig.product is not None:
-            kinds[sig.product.tag] = SIG_PRODUCT
-        self._energy_sig = sig.energy
-        self._kwh_per_unit = 0.001 if sig.energy and sig.energy.unit is EnergyUnit.WH else 1.0
-        self._meter: MeterTracker | None = None
-        if sig.energy is not None:
-            kinds[sig.energy.tag] = SIG_ENERGY
-            max_kw = sig.energy.max_power_kw
-            self._meter = MeterTracker(
-                sig.energy.rollover,
-                None if max_kw is None else max_kw / 3600.0 / self._kwh_per_unit,
-                # slack: a few seconds at full power, for polling jitter
-                slack=0.0 if max_kw is None else 10.0 * max_kw / 3600.0 / self._kwh_per_unit,
-            )
-        if sig.power is not None:
-            kinds[sig.power] = SIG_POWER
-        self._emission = cfg.emission_factor
-        self._orders_on = orders or sig.order is not None
-        if sig.order is not None:
-            for kind, tag in zip(
-                ORDER_KINDS, (sig.order.id, sig.order.target, sig.order.product), strict=True
-            ):
-                if tag is not None:
-                    kinds[tag] = kind
-        kinds[sig.total_count.tag] = SIG_TOTAL
-        counters = {SIG_TOTAL: sig.total_count}
-        if sig.reject_count is not None:
-            kinds[sig.reject_count.tag] = SIG_REJECT
-            counters[SIG_REJECT] = sig.reject_count
-        elif sig.good_count is not None:
-            kinds[sig.good_count.tag] = SIG_GOOD
-            counters[SIG_GOOD] = sig.good_count
+        self._energy = LineEnergy(sig.energy, cfg.emission_factor)
+        counters = counter_signals(sig)
         self._counter_signals = counters
         # Wrap plausibility uses the fastest rate the line may run at.
         self._fastest_s = min(
@@ -223,16 +179,7 @@ class LineEngine:
         self._second_counter = (
             SIG_REJECT if SIG_REJECT in counters else SIG_GOOD if SIG_GOOD in counters else None
         )
-
-        # source -> tag -> (kind, key), for every way "SOURCE.TAG" can split at a dot, so that a
-        # sample matches exactly when f"{source}.{tag}" == key, without building that string.
-        self._lookup: dict[str, dict[str, tuple[int, str]]] = {}
-        self._source_keys: dict[str, list[tuple[int, str]]] = {}
-        for key, kind in kinds.items():
-            for i, ch in enumerate(key):
-                if ch == ".":
-                    self._lookup.setdefault(key[:i], {})[key[i + 1 :]] = (kind, key)
-                    self._source_keys.setdefault(key[:i], []).append((kind, key))
+        self._lookup, self._source_keys = tag_lookup(kinds)
 
         self._now: float | None = None
         self._shift: OpenWindow | None = None
@@ -249,23 +196,19 @@ class LineEngine:
         self._stop_since: float | None = None  # the stop in progress (micro-stop candidate)
         self._pending: list[Report] = []
         self._last_report: KpiReport | None = None
-        # Energy: time by bucket since the last meter sample, to split the next delta over.
-        self._energy_time: dict[str, float] = {}
-        self._meter_kwh: float | None = None  # last reading, in kWh
-        self._power_kw: float | None = None
         self._last_known_state = MachineState.UNKNOWN  # the state before an unknown spell
-        # Orders: the current one, the PLC's order tags, good parts per minute bin.
-        self._order: Order | None = None
-        self._plc_order: list[Any] = [None, None, None]  # id, target, product
-        self._bad_order_tags: set[str] = set()  # order tags whose last value was bad data
         self._notices: list[str] = []  # for the log: take_notices()
-        # Current throughput: (time, slot, delta) of the counter deltas of the last
-        # RATE_WINDOW_S and their sums by slot. Not persisted: after a restart the rate is
-        # measured afresh (the first delta after it may hold the parts of the whole gap).
-        self._recent: deque[tuple[float, int, int]] = deque()
-        self._recent_sums = [0, 0]
-        self._rate_kinds: set[int] = set()  # counters seen since start: later deltas are rates
-        self._rate_since: float | None = None
+        self._orders = OrderTracker(
+            site=site,
+            line=self.line,
+            tz=self._tz,
+            second_counter=self._second_counter,
+            publish=orders or sig.order is not None,
+            energy=self._energy,
+            emit=self._emit,
+            notice=self._notice,
+            shift_progress=self._shift_progress,
+        )
 
     # ----------------------------------------------------------------------------- public API
 
@@ -327,11 +270,9 @@ class LineEngine:
                 self._flag("counter_wrap")
             if d.reset:
                 self._flag("counter_reset")
-            if self._rate_since is None:
-                self._rate_since = t
+            rate = self._orders.counter_seen(kind, t)
             if d.delta:
-                self._count(kind, d.delta, t, rate=kind in self._rate_kinds)
-            self._rate_kinds.add(kind)
+                self._count(kind, d.delta, t, rate=rate)
             if kind == SIG_TOTAL and self._state_kind == SIG_TOTAL:
                 self._infer(d.delta, t)
         elif kind == SIG_STATE:
@@ -364,9 +305,9 @@ class LineEngine:
             if reading is not None:  # energy while the meter is unseen counts when it is back
                 self._meter_sample(reading, t)
         elif kind == SIG_POWER:
-            self._power_kw = as_float(sample.value) if good else None
+            self._energy.power_kw = as_float(sample.value) if good else None
         elif good:  # order tags: a bad sample keeps the order as it was
-            self._order_tag(kind, key, sample.value, t)
+            self._orders.tag(kind, key, sample.value, t)
 
     def source_available(self, source: str, available: bool, now: float) -> None:
         """The supervisor's word that ``source`` went down or came back. While it is down, all
@@ -384,7 +325,7 @@ class LineEngine:
                 elif kind == SIG_PRODUCT:
                     self._set_product(None, t)
                 elif kind == SIG_POWER:
-                    self._power_kw = None
+                    self._energy.power_kw = None
         if not any(kind in (SIG_STATE, SIG_RUNNING) or kind >= SIG_TOTAL for kind, _ in keys):
             return
         cause = _SOURCE + source
@@ -433,9 +374,9 @@ class LineEngine:
         """The live reports at ``now``: the KPIs (:meth:`snapshot`), then the energy with an
         energy signal and the order with an order signal or commands."""
         out: list[Report] = [self.snapshot(now)]
-        if self._energy_sig is not None:
+        if self._energy.signal is not None:
             out.append(self.energy_snapshot(now))
-        if self._orders_on:
+        if self._orders.publish:
             out.append(self.order_snapshot(now))
         return out
 
@@ -444,24 +385,22 @@ class LineEngine:
         t = self._advance(now)
         assert self._shift is not None
         o = self._shift
-        good = sum(r[2] for r in self._product_rows(o))
-        return EnergyReport(
+        good = sum(r[2] for r in o.product_rows(self._second_counter))
+        return self._energy.report(
             site=self.site,
             line=self.line,
             window=window_ref(o.window, self._tz),
             ts=iso(t, self._tz),
             state=str(self._state),
-            meter_kwh=None if self._meter_kwh is None else round(self._meter_kwh, 6),
-            power_kw=None if self._power_kw is None else round(self._power_kw, 6),
-            good_count=good,
-            energy=energy_fields(self._energy_of(o.energy, good)),
-            warnings=tuple(sorted(f for f in o.flags if f.startswith("energy_"))),
+            good=good,
+            by_state=o.energy,
+            flags=o.flags,
         )
 
     def order_snapshot(self, now: float) -> OrderReport:
         """The live order report: the current order with remaining quantity and ETAs;
         ``order_id`` ``None`` when there is none."""
-        return self._order_report(self._advance(now))
+        return self._orders.report(self._advance(now))
 
     def command(self, name: str, payload: bytes, now: float) -> None:
         """Apply a command received on ``cmd/{name}`` (only ``order`` exists). Any payload is
@@ -481,7 +420,7 @@ class LineEngine:
                 f"{name} command{request} rejected, not applied: {'; '.join(parsed.errors)}"
             )
         else:
-            self._set_order(
+            self._orders.set(
                 doc["order_id"], doc.get("product"), doc["target_quantity"], "command", t
             )
         self._pending.append(
@@ -496,6 +435,9 @@ class LineEngine:
                 order_id=None if doc is None else doc["order_id"],
             )
         )
+
+    def _emit(self, report: Report) -> None:
+        self._pending.append(report)
 
     def _notice(self, text: str) -> None:
         if len(self._notices) < MAX_NOTICES:  # a caller that never takes them (replay)
@@ -601,14 +543,9 @@ class LineEngine:
                 loss_s = o.acc.add(a, t, self._state, unknown, self._reason)
                 if stopping:
                     o.micro_pending_s += loss_s
-            if self._meter is not None and self._meter.last_value is not None and self._shift:
+            if self._energy.measuring and self._shift:
                 # Time by bucket since the last meter sample: the next delta is split over it.
-                bucket, in_plan, outside = self._shift.acc.classify(a, t, self._state, unknown)
-                et = self._energy_time
-                if in_plan > 0:
-                    et[bucket] = et.get(bucket, 0.0) + in_plan
-                if outside > 0:
-                    et["planned_stop"] = et.get("planned_stop", 0.0) + outside
+                self._energy.add_time(*self._shift.acc.classify(a, t, self._state, unknown))
             self._piece_start = t
 
     def _open_piece(self) -> tuple[float, MachineState, bool, str | None]:
@@ -698,7 +635,7 @@ class LineEngine:
             if entry is None:
                 entry = o.counts[product] = [0, 0]
             entry[slot] += delta
-        self._count_order(slot, delta, t, rate)
+        self._orders.count(slot, delta, t, rate)
         if product is not None and self._products is not None and product not in self._products:
             self._flag("unmapped_product_code")
 
@@ -740,313 +677,41 @@ class LineEngine:
 
     def _meter_sample(self, reading: float, t: float) -> None:
         """An energy meter reading (in the meter's unit) at ``t``."""
-        meter = self._meter
-        assert meter is not None
-        baseline = meter.last_value is None
-        self._cut(t)  # the time up to t joins _energy_time
-        d = meter.update(reading, t)
-        self._meter_kwh = reading * self._kwh_per_unit
-        if d.wrapped:
+        self._cut(t)  # the time up to t is split over this reading's delta
+        r = self._energy.reading(reading, t, str(self._state))
+        if r.wrapped:
             self._flag("energy_meter_wrap")
-        if d.reset:
+        if r.reset:
             self._flag("energy_meter_reset")
-        shares: dict[str, float] = {}
-        if not baseline and d.delta > 0:
-            kwh = d.delta * self._kwh_per_unit
-            total_s = sum(self._energy_time.values())
-            if total_s > 0:
-                # Proportional split: each bucket gets the delta × its share of the time.
-                shares = {k: kwh * v / total_s for k, v in self._energy_time.items() if v > 0}
-            else:  # two readings at one instant: the state at that instant
-                shares = {str(self._state): kwh}
-        self._energy_time = {}
         for o in self._opens():
-            for k, v in shares.items():
+            for k, v in r.shares.items():
                 o.energy[k] = o.energy.get(k, 0.0) + v
-        order = self._order
-        if order is not None:
-            for k, v in shares.items():
-                order.energy_by_state_kwh[k] = order.energy_by_state_kwh.get(k, 0.0) + v
-                order.energy_kwh += v
+        self._orders.add_energy(r.shares)
 
-    def _energy_of(self, by_state: dict[str, float], good: int) -> EnergyFigures:
-        kwh = sum(by_state.values()) if self._energy_sig is not None else None
-        return energy_figures(kwh, by_state, good, self._emission)
-
-    # --- orders --------------------------------------------------------------------------------
-
-    def _order_tag(self, kind: int, key: str, value: Value, t: float) -> None:
-        """A PLC order tag's new value: a new id starts an order (the target and product tags
-        of the same poll update it as they arrive); a target or product changes the order. A
-        value that cannot be an order's is bad data: the order stays as it was."""
-        slot = kind - SIG_ORDER_ID
-        new, problem = order_value(kind, value)
-        name = ORDER_TAG_NAMES[kind]
-        if problem is not None:
-            if key not in self._bad_order_tags:
-                self._bad_order_tags.add(key)
-                shown = ascii(value)
-                shown = shown if len(shown) <= 40 else shown[:40] + "..."
-                self._notice(
-                    f"order {name} tag {key} reads {shown}: {problem}; ignored as bad data,"
-                    " the order stays as it was"
-                )
-            return
-        if key in self._bad_order_tags:
-            self._bad_order_tags.discard(key)
-            self._notice(f"order {name} tag {key} reads a usable value again")
-        if self._plc_order[slot] == new:
-            return
-        self._plc_order[slot] = new
-        order_id, target, product = self._plc_order
-        current = self._order
-        if kind == SIG_ORDER_ID:
-            if order_id is None:
-                self._set_order(None, None, None, "plc", t)
-            else:
-                self._set_order(order_id, product, target, "plc", t)
-        elif current is not None and current.source == "plc" and current.order_id == order_id:
-            self._set_order(current.order_id, product, target, "plc", t)
-
-    def _set_order(
-        self, order_id: str | None, product: str | None, target: int | None, source: str, t: float
-    ) -> None:
-        """Make ``order_id`` the current order (``None``: no order). The same id keeps its
-        counts and takes the new product and target; another id closes the current order."""
-        current = self._order
-        if current is not None and order_id == current.order_id:
-            current.product, current.target, current.source = product, target, source
-            self._check_target(t)
-            return
-        if current is not None:
-            self._close_order(current, "order_changed" if order_id else "order_cleared", t)
-        self._order = None if order_id is None else Order(order_id, product, target, source, t)
-        if self._orders_on:
-            self._pending.append(self._order_report(t))
-
-    def _count_order(self, slot: int, delta: int, t: float, rate: bool) -> None:
-        order = self._order
-        if order is not None:
-            order.counts[slot] += delta
-            self._check_target(t)
-        if rate:
-            self._recent.append((t, slot, delta))
-            self._recent_sums[slot] += delta
-            self._prune_recent(t)
-
-    def _prune_recent(self, now: float) -> None:
-        recent, sums = self._recent, self._recent_sums
-        while recent and recent[0][0] <= now - RATE_WINDOW_S:
-            _, slot, delta = recent.popleft()
-            sums[slot] -= delta
-
-    def _good_of(self, total: int, second: int) -> int:
-        if self._second_counter == SIG_REJECT:
-            return total - min(second, total)
-        if self._second_counter == SIG_GOOD:
-            return min(second, total)
-        return total
-
-    def _check_target(self, t: float) -> None:
-        order = self._order
-        if order is None or order.closed or order.target is None:
-            return
-        if self._good_of(*order.counts) >= order.target:
-            self._close_order(order, "target_reached", t)
-
-    def _close_order(self, order: Order, reason: str, t: float) -> None:
-        if order.closed:
-            return
-        order.closed = True
-        total, second = order.counts
-        good = self._good_of(total, second)
-        self._pending.append(
-            OrderClosed(
-                site=self.site,
-                line=self.line,
-                ts=iso(t, self._tz),
-                order_id=order.order_id,
-                product=order.product,
-                source=order.source,
-                reason=reason,
-                target_quantity=order.target,
-                total_count=total,
-                good_count=good,
-                reject_count=total - good,
-                started=iso(order.started, self._tz),
-                duration_s=round(max(t - order.started, 0.0), 3),
-                energy=energy_fields(self._energy_of(order.energy_by_state_kwh, good)),
-            )
-        )
-
-    def current_throughput_good_per_h(self, now: float) -> float | None:
-        """Good parts per hour counted in ``(now − RATE_WINDOW_S, now]``, over that span or the
-        time since the first counter sample if shorter; ``None`` before it."""
-        if self._rate_since is None:
-            return None
-        self._prune_recent(now)
-        span_s = min(RATE_WINDOW_S, now - self._rate_since)
-        if span_s <= 0:
-            return None
-        return self._good_of(*self._recent_sums) / span_s * 3600.0
-
-    def _order_report(self, t: float) -> OrderReport:
-        order = self._order
+    def _shift_progress(self) -> tuple[int, float]:
+        """The good count and start of the open shift window."""
         assert self._shift is not None
-        shift_good = sum(r[2] for r in self._product_rows(self._shift))
-        elapsed_h = (t - self._shift.window.start) / 3600.0
-        shift_rate = shift_good / elapsed_h if elapsed_h > 0 else None
-        current_rate = self.current_throughput_good_per_h(t)
-        warnings = ["order_tag_invalid"] if self._bad_order_tags else []
-        ts = iso(t, self._tz)
-        current = None if current_rate is None else round(current_rate, 3)
-        shift = None if shift_rate is None else round(shift_rate, 3)
-        if order is None:
-            return OrderReport(
-                site=self.site,
-                line=self.line,
-                ts=ts,
-                throughput_current_good_per_h=current,
-                throughput_shift_good_per_h=shift,
-                warnings=tuple(warnings),
-                order_id=None,
-                status="none",
-                product=None,
-                source=None,
-                target_quantity=None,
-                total_count=0,
-                good_count=0,
-                reject_count=0,
-                remaining_quantity=None,
-                started=None,
-                time_to_complete_current_s=None,
-                time_to_complete_shift_average_s=None,
-                eta_current=None,
-                eta_shift_average=None,
-                energy=energy_fields(self._energy_of({}, 0)),
-            )
-        total, second = order.counts
-        good = self._good_of(total, second)
-        remaining = None if order.target is None else max(order.target - good, 0)
-        ttc_current = time_to_complete_s(remaining, current_rate)
-        ttc_shift = time_to_complete_s(remaining, shift_rate)
-        # An ETA too far ahead to be written as a date: the time to complete stands, the ETA
-        # is not invented.
-        eta_current = (
-            None if ttc_current is None else iso_if_representable(t + ttc_current, self._tz)
-        )
-        eta_shift = None if ttc_shift is None else iso_if_representable(t + ttc_shift, self._tz)
-        if (eta_current is None and ttc_current is not None) or (
-            eta_shift is None and ttc_shift is not None
-        ):
-            warnings.append("eta_out_of_range")
-        return OrderReport(
-            site=self.site,
-            line=self.line,
-            ts=ts,
-            throughput_current_good_per_h=current,
-            throughput_shift_good_per_h=shift,
-            warnings=tuple(warnings),
-            order_id=order.order_id,
-            status="completed" if order.closed or remaining == 0 else "in_progress",
-            product=order.product,
-            source=order.source,
-            target_quantity=order.target,
-            total_count=total,
-            good_count=good,
-            reject_count=total - good,
-            remaining_quantity=remaining,
-            started=iso(order.started, self._tz),
-            time_to_complete_current_s=None if ttc_current is None else round(ttc_current, 3),
-            time_to_complete_shift_average_s=None if ttc_shift is None else round(ttc_shift, 3),
-            eta_current=eta_current,
-            eta_shift_average=eta_shift,
-            energy=energy_fields(self._energy_of(order.energy_by_state_kwh, good)),
-        )
-
-    def _product_rows(self, o: OpenWindow) -> list[tuple[int | None, int, int, int]]:
-        """(product code, total, good, reject) per product of a window. A reject (good) delta
-        that arrives in the window before its total delta is capped so that good and reject are
-        never negative."""
-        rows = []
-        for code, (total, second) in o.counts.items():
-            if self._second_counter == SIG_REJECT:
-                reject = min(second, total)
-                rows.append((code, total, total - reject, reject))
-            elif self._second_counter == SIG_GOOD:
-                good = min(second, total)
-                rows.append((code, total, good, total - good))
-            else:
-                rows.append((code, total, total, 0))
-        rows.sort(key=lambda r: (r[0] is not None, r[0] or 0))
-        return rows
-
-    def _ideal_of(self, code: int | None) -> float:
-        product = self._products.get(code) if self._products and code is not None else None
-        return product.ideal_cycle_time_s if product is not None else self._ideal_s
+        return sum(
+            r[2] for r in self._shift.product_rows(self._second_counter)
+        ), self._shift.window.start
 
     def _buckets(self, o: OpenWindow, until: float) -> TimeBuckets:
         return o.acc.buckets(until, self._open_piece())
 
     def _report(self, o: OpenWindow, now: float, *, closed: bool = False) -> KpiReport:
-        w = o.window
-        buckets = self._buckets(o, now)
-        rows = self._product_rows(o)
-        total = sum(r[1] for r in rows)
-        good = sum(r[2] for r in rows)
-        reject = sum(r[3] for r in rows)
-        net_s = sum(self._ideal_of(r[0]) * r[1] for r in rows)
-        fpt_s = sum(self._ideal_of(r[0]) * r[2] for r in rows)
-        # The count-weighted ideal cycle time keeps performance = ideal × total / run true.
-        ideal_s = net_s / total if self._products is not None and total > 0 else self._ideal_s
-        kpis = compute_kpis(
-            buckets,
-            total_count=total,
-            good_count=good,
-            ideal_cycle_time_s=ideal_s,
-            net_run_time_s=net_s,
-            fully_productive_time_s=fpt_s,
-            ratios=w.kind == SHIFT or (w.kind == HOUR and bool(o.acc.planned)),
-            min_data_coverage=self._min_coverage,
-        )
-        products = None
-        if self._products is not None:
-            products = []
-            for code, p_total, p_good, p_reject in rows:
-                mapped = self._products.get(code) if code is not None else None
-                products.append(
-                    ProductRow(
-                        product=mapped.name
-                        if mapped
-                        else (None if code is None else f"code {code}"),
-                        code=code,
-                        ideal_cycle_time_s=self._ideal_of(code),
-                        total_count=p_total,
-                        good_count=p_good,
-                        reject_count=p_reject,
-                    )
-                )
-        return kpi_report(
+        return window_report(
+            o,
+            self._buckets(o, now),
             site=self.site,
             line=self.line,
             tz=self._tz,
-            window=w,
             now=now,
             state=self._state,
             planned_states=self._planned_states,
-            ideal_cycle_time_s=ideal_s,
-            buckets=buckets,
-            kpis=kpis,
-            total_count=total,
-            good_count=good,
-            reject_count=reject,
-            net_run_time_s=net_s,
-            fully_productive_time_s=fpt_s,
-            micro_stop_count=o.micro_count,
-            micro_stop_time_s=o.micro_s,
-            products=products,
-            flags=o.flags,
-            energy=self._energy_of(o.energy, good),
-            fault_count=o.fault_count,
+            ideal_cycle_time_s=self._ideal_s,
+            products=self._products,
+            second_counter=self._second_counter,
+            min_data_coverage=self._min_coverage,
+            energy=self._energy,
             closed=closed,
         )

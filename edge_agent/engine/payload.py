@@ -12,11 +12,12 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from edge_agent.config.schema import MachineState
-from edge_agent.engine.oee import Kpis, TimeBuckets
-from edge_agent.engine.orders import EnergyFigures, energy_fields, energy_figures
+from edge_agent.config.schema import MachineState, Product
+from edge_agent.engine.energy import EnergyFigures, LineEnergy, energy_fields, energy_figures
+from edge_agent.engine.oee import Kpis, TimeBuckets, compute_kpis
 from edge_agent.engine.reports import KpiReport, ProductRow, ReasonTime, StateChange, WindowRef
-from edge_agent.engine.shifts import Window
+from edge_agent.engine.shifts import HOUR, SHIFT, Window
+from edge_agent.engine.windows import OpenWindow
 
 # The latest time written as ISO 8601 with a four-digit year in any time zone (a day's margin
 # for the UTC offset). Times computed from measured values (an ETA) may lie beyond it.
@@ -164,4 +165,89 @@ def state_change(
         state=str(state),
         previous_state=str(previous_state),
         since=iso(since, tz),
+    )
+
+
+def window_report(
+    o: OpenWindow,
+    buckets: TimeBuckets,
+    *,
+    site: str,
+    line: str,
+    tz: ZoneInfo,
+    now: float,
+    state: MachineState,
+    planned_states: Iterable[MachineState],
+    ideal_cycle_time_s: float,
+    products: Mapping[int, Product] | None,
+    second_counter: int | None,
+    min_data_coverage: float,
+    energy: LineEnergy,
+    closed: bool = False,
+) -> KpiReport:
+    """The KPI report of the open window ``o`` with its time ``buckets`` at ``now``.
+    ``products``: the product signal's map (``None``: no product signal); performance then uses
+    each product's ideal cycle time (``ideal_cycle_time_s`` for an unmapped code)."""
+
+    def ideal_of(code: int | None) -> float:
+        product = products.get(code) if products and code is not None else None
+        return product.ideal_cycle_time_s if product is not None else ideal_cycle_time_s
+
+    w = o.window
+    rows = o.product_rows(second_counter)
+    total = sum(r[1] for r in rows)
+    good = sum(r[2] for r in rows)
+    reject = sum(r[3] for r in rows)
+    net_s = sum(ideal_of(r[0]) * r[1] for r in rows)
+    fpt_s = sum(ideal_of(r[0]) * r[2] for r in rows)
+    # The count-weighted ideal cycle time keeps performance = ideal × total / run true.
+    ideal_s = net_s / total if products is not None and total > 0 else ideal_cycle_time_s
+    kpis = compute_kpis(
+        buckets,
+        total_count=total,
+        good_count=good,
+        ideal_cycle_time_s=ideal_s,
+        net_run_time_s=net_s,
+        fully_productive_time_s=fpt_s,
+        ratios=w.kind == SHIFT or (w.kind == HOUR and bool(o.acc.planned)),
+        min_data_coverage=min_data_coverage,
+    )
+    product_rows = None
+    if products is not None:
+        product_rows = []
+        for code, p_total, p_good, p_reject in rows:
+            mapped = products.get(code) if code is not None else None
+            product_rows.append(
+                ProductRow(
+                    product=mapped.name if mapped else (None if code is None else f"code {code}"),
+                    code=code,
+                    ideal_cycle_time_s=ideal_of(code),
+                    total_count=p_total,
+                    good_count=p_good,
+                    reject_count=p_reject,
+                )
+            )
+    return kpi_report(
+        site=site,
+        line=line,
+        tz=tz,
+        window=w,
+        now=now,
+        state=state,
+        planned_states=planned_states,
+        ideal_cycle_time_s=ideal_s,
+        buckets=buckets,
+        kpis=kpis,
+        total_count=total,
+        good_count=good,
+        reject_count=reject,
+        net_run_time_s=net_s,
+        fully_productive_time_s=fpt_s,
+        micro_stop_count=o.micro_count,
+        micro_stop_time_s=o.micro_s,
+        products=product_rows,
+        flags=o.flags,
+        energy=energy.figures(o.energy, good),
+        fault_count=o.fault_count,
+        closed=closed,
     )

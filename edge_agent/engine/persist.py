@@ -72,10 +72,9 @@ def save(engine: LineEngine) -> dict[str, Any]:
         "product": engine._product,
         "product_next": list(engine._product_next) if engine._product_next else None,
         "last_known_state": str(engine._last_known_state),
-        "meter": None if engine._meter is None else engine._meter.state_dict(),
-        "energy_time": dict(engine._energy_time),
-        "order": None if engine._order is None else engine._order.state_dict(),
-        "plc_order": list(engine._plc_order),
+        **engine._energy.state_dict(),
+        "order": None if engine._orders.order is None else engine._orders.order.state_dict(),
+        "plc_order": list(engine._orders.plc_order),
         "counters": {
             COUNTER_NAMES[k]: {"tag": engine._counter_signals[k].tag, **tr.state_dict()}
             for k, tr in engine._trackers.items()
@@ -109,17 +108,13 @@ def restore(engine: LineEngine, d: dict[str, Any]) -> None:
             continue  # the counter was reconfigured: its old baseline means nothing
         engine._trackers[kind] = CounterTracker.from_state(saved, sig.rollover, engine._fastest_s)
     engine._pending = [_restored_report(m) for m in d.get("pending", [])]
-    if engine._meter is not None:
-        engine._meter.restore(d.get("meter"))
-        if engine._meter.last_value is not None:
-            engine._meter_kwh = engine._meter.last_value * engine._kwh_per_unit
-    engine._energy_time = {k: float(v) for k, v in (d.get("energy_time") or {}).items()}
+    engine._energy.restore(d)
     order = d.get("order")
-    engine._order = Order.from_state(order) if order else None
+    engine._orders.order = Order.from_state(order) if order else None
     plc_order = d.get("plc_order")
     if isinstance(plc_order, list) and len(plc_order) == 3:
         # Saved by a version that took any value: what cannot be an order's is not known.
-        engine._plc_order = [
+        engine._orders.plc_order = [
             order_value(kind, value)[0] for kind, value in zip(ORDER_KINDS, plc_order, strict=True)
         ]
     now = d.get("now")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from edge_agent.config.schema import CounterSignal, Signals
 from edge_agent.engine.orders import MAX_ORDER_ID_CHARS, MAX_ORDER_QUANTITY, MAX_TEXT_CHARS
 from edge_agent.model import Value
 
@@ -127,3 +128,62 @@ def as_bool(value: Value) -> bool | None:
         if low in ("false", "0"):
             return False
     return None
+
+
+def state_kind(sig: Signals) -> int:
+    """The kind of the signal that carries the machine state (the total counter: inferred)."""
+    if sig.state is not None:
+        return SIG_STATE
+    return SIG_RUNNING if sig.running is not None else SIG_TOTAL
+
+
+def counter_signals(sig: Signals) -> dict[int, CounterSignal]:
+    """The line's counters by kind: total, and reject or good if configured."""
+    counters = {SIG_TOTAL: sig.total_count}
+    if sig.reject_count is not None:
+        counters[SIG_REJECT] = sig.reject_count
+    elif sig.good_count is not None:
+        counters[SIG_GOOD] = sig.good_count
+    return counters
+
+
+def signal_kinds(sig: Signals) -> dict[str, int]:
+    """``SOURCE.TAG`` -> signal kind, for every tag the line reads."""
+    kinds: dict[str, int] = {}
+    if sig.state is not None:
+        kinds[sig.state.tag] = SIG_STATE
+    elif sig.running is not None:
+        kinds[sig.running] = SIG_RUNNING
+    if sig.reason is not None:
+        kinds[sig.reason.tag] = SIG_REASON
+    if sig.product is not None:
+        kinds[sig.product.tag] = SIG_PRODUCT
+    if sig.energy is not None:
+        kinds[sig.energy.tag] = SIG_ENERGY
+    if sig.power is not None:
+        kinds[sig.power] = SIG_POWER
+    if sig.order is not None:
+        order_tags = (sig.order.id, sig.order.target, sig.order.product)
+        for kind, tag in zip(ORDER_KINDS, order_tags, strict=True):
+            if tag is not None:
+                kinds[tag] = kind
+    for kind, counter in counter_signals(sig).items():
+        kinds[counter.tag] = kind
+    return kinds
+
+
+TagLookup = dict[str, dict[str, tuple[int, str]]]
+
+
+def tag_lookup(kinds: dict[str, int]) -> tuple[TagLookup, dict[str, list[tuple[int, str]]]]:
+    """``source -> tag -> (kind, key)`` for every way ``SOURCE.TAG`` can split at a dot, so
+    that a sample matches exactly when ``f"{source}.{tag}" == key`` without building that
+    string; and ``source -> [(kind, key)]``."""
+    lookup: TagLookup = {}
+    by_source: dict[str, list[tuple[int, str]]] = {}
+    for key, kind in kinds.items():
+        for i, ch in enumerate(key):
+            if ch == ".":
+                lookup.setdefault(key[:i], {})[key[i + 1 :]] = (kind, key)
+                by_source.setdefault(key[:i], []).append((kind, key))
+    return lookup, by_source

@@ -7,6 +7,7 @@ from typing import Any
 from edge_agent.config.schema import MachineState
 from edge_agent.engine.oee import Accounting
 from edge_agent.engine.shifts import Window
+from edge_agent.engine.signals import SIG_GOOD, SIG_REJECT
 
 
 class OpenWindow:
@@ -35,6 +36,23 @@ class OpenWindow:
         self.micro_pending_s = 0.0  # loss time in this window of the stop in progress
         self.energy: dict[str, float] = {}  # kWh by state bucket
         self.fault_count = 0  # faults that started in this window
+
+    def product_rows(self, second_counter: int | None) -> list[tuple[int | None, int, int, int]]:
+        """(product code, total, good, reject) per product; ``second_counter``: the line's
+        reject or good counter kind, if any. A reject (good) delta that arrives in the window
+        before its total delta is capped so that good and reject are never negative."""
+        rows = []
+        for code, (total, second) in self.counts.items():
+            if second_counter == SIG_REJECT:
+                reject = min(second, total)
+                rows.append((code, total, total - reject, reject))
+            elif second_counter == SIG_GOOD:
+                good = min(second, total)
+                rows.append((code, total, good, total - good))
+            else:
+                rows.append((code, total, total, 0))
+        rows.sort(key=lambda r: (r[0] is not None, r[0] or 0))
+        return rows
 
     def state_dict(self) -> dict[str, Any]:
         w = self.window

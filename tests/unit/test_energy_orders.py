@@ -32,12 +32,8 @@ from edge_agent.config.schema import (
     Signals,
     StateSignal,
 )
-from edge_agent.engine.orders import (
-    MAX_ORDER_QUANTITY,
-    NO_FACTOR_NOTE,
-    Order,
-    validate_order_command,
-)
+from edge_agent.engine.energy import NO_FACTOR_NOTE
+from edge_agent.engine.orders import MAX_ORDER_QUANTITY, Order, validate_order_command
 from edge_agent.model import OutMessage, Quality, Sample
 from tests.helpers.wire import WireEngine
 
