@@ -55,7 +55,8 @@ made once per order: when its good quantity reaches the target, or when it is re
 cleared before that. An order tag whose value cannot be an order's (a target that is negative,
 not a number or above :data:`~edge_agent.engine.orders.MAX_ORDER_QUANTITY`, an id or product
 too long) is bad data: the order stays as it was, the order report carries the warning
-``order_tag_invalid`` and one notice says so. An ETA beyond the year 9999 is ``null`` with the warning ``eta_out_of_range``.
+``order_tag_invalid`` and one notice says so. An ETA beyond the year 9999 is ``null`` with the
+warning ``eta_out_of_range``.
 
 Readings. A counter or meter value of magnitude :data:`MAX_READING` or more is no PLC's count: it
 is an unusable value (as bad quality is), so no sum or rate ever overflows.

@@ -34,14 +34,14 @@ class Doc:
     ``required``: present in every payload of the type's current version (the schema lists it
     in the unshared payload's ``required``); a field added later is optional there, so that
     reports of earlier versions stay valid. ``omit_none``: left out of the payload when
-    ``None`` (rather than written as ``null``). ``unit``: the Sparkplug engineering unit of a
-    field published as a metric (``metric``)."""
+    ``None`` (rather than written as ``null``). ``metric``: published as a Sparkplug metric
+    (``unit``: its engineering unit)."""
 
     text: str = ""
     schema: Mapping[str, Any] = field(default_factory=dict)
     required: bool = True
     omit_none: bool = False
-    metric: bool = False
+    metric: bool | str = False  # a string: the metric's name, when it is not the field's
     unit: str | None = None
 
 
@@ -250,7 +250,7 @@ class KpiReport:
 
     site: Annotated[str, Doc("", STRING)]
     line: Annotated[str, Doc("", STRING)]
-    window: Annotated[WindowRef, Doc("")]
+    window: Annotated[WindowRef, Doc("", metric=True)]
     ts: Annotated[
         str, Doc("as-of time, milliseconds; a closed shift's end for kpi/shift", ISO_TIME)
     ]
@@ -456,7 +456,8 @@ class StateChange:
     ]
     previous_state: Annotated[str, Doc("", STATE)]
     since: Annotated[
-        str, Doc("when the state began (ISO 8601, milliseconds)", ISO_TIME, metric=True)
+        str,
+        Doc("when the state began (ISO 8601, milliseconds)", ISO_TIME, metric="state_since"),
     ]
 
 
