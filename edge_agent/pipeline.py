@@ -14,8 +14,12 @@ the time since then is unknown time (the agent did not observe it). With the def
 ``publish_interval`` (5 s) every live snapshot carries the state, so that is at most a few
 seconds.
 
-Time order. The runner hands samples to the engines, and to the history, in non-decreasing
-``agent_time``: a sample stamped before the latest time the runner has passed on (a tick, or a
+Reports. The engines return typed reports; :mod:`edge_agent.contract` turns each into the
+message its sinks store (topic suffix, payload, retain flag), with the sink's QoS, once per step.
+The line metrics are set from the live :class:`~edge_agent.engine.reports.KpiReport`.
+
+Time order. The pipeline hands samples to the engines, and to the history, in non-decreasing
+``agent_time``: a sample stamped before the latest time the pipeline has passed on (a tick, or a
 sample of another source delivered first) is restamped with that time. The engine would take it
 as happening then anyway; restamping it here makes the history record exactly what the engine
 saw, so that ``edge-agent replay`` of an export reproduces the live ``kpi/shift`` reports.
@@ -94,7 +98,7 @@ def signal_tags(line: LineConfig) -> list[str]:
 
 
 class SinkOutbox:
-    """One MQTT sink's side of the runner: its outbox, its filter, and the messages held in
+    """One MQTT sink's side of the pipeline: its outbox, its filter, and the messages held in
     memory while that outbox cannot be written."""
 
     def __init__(
