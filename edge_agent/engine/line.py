@@ -67,7 +67,7 @@ does no logging.
 
 Modules. The meter and the energy figures are :mod:`edge_agent.engine.energy`; signal kinds and
 value parsing :mod:`edge_agent.engine.signals`; an open window :mod:`edge_agent.engine.windows`;
-the KPI report's assembly :mod:`edge_agent.engine.payload`.
+the KPI report's assembly :mod:`edge_agent.engine.build`.
 
 Reports. The engine returns typed reports (:mod:`edge_agent.engine.reports`); what they
 become on the wire (topics, retain flags, QoS, JSON) is :mod:`edge_agent.contract`'s business.
@@ -83,6 +83,12 @@ from typing import Any
 
 from edge_agent.config.schema import LineConfig, MachineState
 from edge_agent.engine import persist
+from edge_agent.engine.build import (
+    iso,
+    state_change,
+    window_ref,
+    window_report,
+)
 from edge_agent.engine.counters import CounterTracker
 from edge_agent.engine.energy import LineEnergy
 from edge_agent.engine.oee import LOSS_STATES, Accounting, TimeBuckets
@@ -90,12 +96,6 @@ from edge_agent.engine.order_tracker import OrderTracker
 from edge_agent.engine.orders import (
     ParsedCommand,
     parse_order_command,
-)
-from edge_agent.engine.payload import (
-    iso,
-    state_change,
-    window_ref,
-    window_report,
 )
 from edge_agent.engine.reports import (
     CommandReply,

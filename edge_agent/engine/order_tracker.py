@@ -19,9 +19,9 @@ from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from edge_agent.engine.build import iso, iso_if_representable
 from edge_agent.engine.energy import LineEnergy
 from edge_agent.engine.orders import RATE_WINDOW_S, Order, time_to_complete_s
-from edge_agent.engine.payload import iso, iso_if_representable
 from edge_agent.engine.reports import OrderClosed, OrderReport, Report
 from edge_agent.engine.signals import (
     ORDER_TAG_NAMES,
