@@ -404,9 +404,9 @@ class Pipeline:
                 snapshots = engine.snapshots(now)
                 live.update(range(len(messages), len(messages) + len(snapshots)))
                 messages.extend(contract.messages(snapshots, qos=qos))
-                kpi = snapshots[0]
-                assert isinstance(kpi, KpiReport)
-                self._update_line_metrics(kpi)
+                for report in snapshots:
+                    if isinstance(report, KpiReport):
+                        self._update_line_metrics(report)
         self.steps += 1
         for msg in messages:
             self._metrics.reports.labels(line=msg.line, topic=msg.topic_suffix).inc()
