@@ -21,8 +21,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from edge_agent import contract
 from edge_agent.config.schema import AgentConfig
 from edge_agent.engine.line import LineEngine
+from edge_agent.engine.reports import KpiReport, Report
+from edge_agent.engine.shifts import SHIFT
 from edge_agent.model import Sample
 from edge_agent.samplecsv import CsvProblem, SampleReader
 
@@ -74,10 +77,15 @@ class Replayer:
         if self.time is None:
             return []
         t = self.time
-        return [engine.snapshot(t).payload for engine in self.engines]
+        return [contract.payload(engine.snapshot(t)) for engine in self.engines]
 
-    def _collect(self, messages: Iterable[Any]) -> None:
-        self.closed.extend(m.payload for m in messages if m.topic_suffix == "kpi/shift")
+    def _collect(self, reports: Iterable[Report]) -> None:
+        """Keep the final reports of closed shifts (not hours)."""
+        self.closed.extend(
+            contract.payload(r)
+            for r in reports
+            if isinstance(r, KpiReport) and r.closed and r.window.kind == SHIFT
+        )
 
 
 def replay(cfg: AgentConfig, stream: TextIO) -> ReplayResult:
