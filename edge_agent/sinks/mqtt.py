@@ -120,14 +120,16 @@ class _ClientLog(logging.Handler):
     record on at DEBUG: a failed connection is explained once, in the :class:`SinkError`.
 
     With TLS 1.3 the broker judges the client certificate after the handshake has completed,
-    so a refused certificate shows up only as an alert on the first read ("failed to receive
-    on socket: [SSL: TLSV1_ALERT_UNKNOWN_CA] ..."), then as a missing CONNACK; the error kept
-    here turns that timeout into a clear refusal.
+    so a refused certificate shows up only as an alert on the first read, which paho logs
+    ("failed to receive on socket: [SSL: TLSV1_ALERT_UNKNOWN_CA] ...", the exception among the
+    record's arguments), then as a lost link before CONNACK; the error kept here turns that
+    into a clear refusal. The exception is judged by its type, never by its text.
     """
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.last_error: str | None = None
+        self.last_exception: BaseException | None = None
         # Not in the hierarchy. Below DEBUG on our side only errors are kept: paho logs two
         # records per QoS 1 message, and building them cost as much CPU as the publish itself.
         # Decided at each connect (a new client logs through a new handler).
@@ -139,6 +141,8 @@ class _ClientLog(logging.Handler):
         text = record.getMessage()
         if record.levelno >= logging.ERROR:
             self.last_error = text
+            args = record.args if isinstance(record.args, tuple) else ()
+            self.last_exception = next((a for a in args if isinstance(a, BaseException)), None)
         log.debug("mqtt client: %s", text)
 
 
@@ -482,8 +486,9 @@ class MqttSink:
             )
         # A broker that drops a refused client certificate may close the socket before its TLS
         # alert is read: the client then sees only "EOF occurred in violation of protocol".
-        eof = "EOF occurred" in seen
-        if cfg.tls is not None and ("SSL" in seen or eof):
+        failure = self._client_log.last_exception
+        eof = isinstance(failure, ssl.SSLEOFError)
+        if cfg.tls is not None and isinstance(failure, ssl.SSLError):
             if cfg.tls.cert_file is None:
                 hint = "it may require a client certificate: set mqtt.tls.cert_file and key_file"
             else:
