@@ -201,6 +201,8 @@ class MqttClient:
         self._writing = False
         self._misc_timer: asyncio.TimerHandle | None = None
         self._disconnecting = False
+        self._in_thread = False  # paho's connect() runs in the executor
+        self._drop_when_done = False
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -212,11 +214,14 @@ class MqttClient:
         CONNACK), :class:`ConnectTimeout` (no CONNACK) or :class:`LinkLost` (closed before the
         CONNACK). On any failure or cancellation the connection is dropped."""
         inner = self._loop.run_in_executor(None, self._connect_blocking)
+        self._in_thread = True
+        # Registered before the shield's: it runs first when the thread ends.
+        inner.add_done_callback(self._thread_done)
         try:
             # Shielded: a thread cannot be cancelled; its outcome is handled when it ends.
             await asyncio.shield(inner)
         except asyncio.CancelledError:
-            inner.add_done_callback(self._abandoned)
+            self._drop_when_done = True
             raise
         except ssl.SSLError as exc:
             raise ConnectFailed(str(exc), tls=True) from exc
@@ -248,9 +253,13 @@ class MqttClient:
         else:
             self._paho.connect(self._host, self._port, keepalive=self._keepalive_s)
 
-    def _abandoned(self, inner: asyncio.Future[None]) -> None:
-        """A connect whose caller was cancelled: close whatever the thread opened."""
-        if not inner.cancelled() and inner.exception() is None:
+    def _thread_done(self, inner: asyncio.Future[None]) -> None:
+        """paho's connect() returned in its thread. If the caller was cancelled meanwhile (or
+        dropped the connection), close whatever the thread opened."""
+        self._in_thread = False
+        if not inner.cancelled():
+            inner.exception()  # read: the caller may be gone
+        if self._drop_when_done:
             self.drop()
 
     def _attach(self) -> None:
@@ -309,7 +318,11 @@ class MqttClient:
 
     def drop(self) -> None:
         """Close the connection without DISCONNECT, so the broker publishes the last will.
-        A no-op when it is closed already."""
+        A no-op when it is closed already. While paho's connect() still runs in its thread,
+        the connection is closed when it returns."""
+        if self._in_thread:
+            self._drop_when_done = True
+            return
         self._detach()
         sock = self._paho.socket()
         if sock is None:

@@ -4,12 +4,17 @@ its connection ends, its failures named in one exception family, and nothing lef
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import ssl
+from pathlib import Path
 
 import pytest
 from helpers.aio import until
 from helpers.mosquitto import Mosquitto
 from helpers.net import free_port
 from helpers.subscriber import Subscriber
+from helpers.tls import make_pki
 
 from edge_agent.sinks.mqtt_client import (
     ConnectFailed,
@@ -117,3 +122,51 @@ async def test_connect_failures_are_named() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_connect_cancelled_in_its_thread_closes_what_the_thread_opened(
+    tmp_path: Path,
+) -> None:
+    """paho's connect() (TCP, TLS handshake) runs in a thread that cannot be cancelled. A peer
+    that holds the TLS handshake keeps it there while the caller is cancelled; once the
+    handshake completes and the thread returns, the client closes the connection (the peer
+    sees EOF), instead of leaving it open with nobody to read it."""
+    pki = make_pki(tmp_path / "pki")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(pki.server_cert, pki.server_key)
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    port = int(listener.getsockname()[1])
+    try:
+        accepting = asyncio.create_task(loop.sock_accept(listener))
+        client_ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+        c = MqttClient(
+            "localhost", port, client_id="t", tls_context=client_ctx, connect_timeout_s=10.0
+        )
+        task = asyncio.create_task(c.connect(5.0))
+        async with asyncio.timeout(5.0):
+            conn, _ = await accepting
+        task.cancel()
+        await asyncio.wait([task])
+        assert task.cancelled()
+        c.drop()  # as the sink does on the way out: deferred while the thread runs
+        # Now the handshake, in the client's thread, after the cancellation: the ClientHello
+        # waits unread in the socket until here.
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_accepted_socket(
+            lambda: asyncio.StreamReaderProtocol(reader), conn, ssl=server_ctx
+        )
+        # The handshake succeeded (connect_accepted_socket returned): the thread's connect()
+        # returned a connection. The client closes it: EOF, or a reset when the server's TLS
+        # session tickets were still unread. Left open, the read would time out.
+        try:
+            async with asyncio.timeout(5.0):
+                with contextlib.suppress(ConnectionResetError):
+                    while await reader.read(65536):
+                        pass
+        finally:
+            transport.close()
+        await until(lambda: not c.socket_open, 5.0)
+    finally:
+        listener.close()
