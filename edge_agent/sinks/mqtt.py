@@ -700,7 +700,7 @@ class MqttSink:
         waiter: list[asyncio.Future[None]] = []  # the pump's wait for an acknowledgement
         refused: dict[int, str] = {}  # mid -> reason, for PUBACKs with a failure reason code
 
-        def on_publish(mid: int, rc: ReasonCode) -> None:
+        def on_ack(mid: int, rc: ReasonCode) -> None:
             # paho marks the message's info as published right after this callback returns,
             # before the pump (woken through the future) runs again, so rows are matched by
             # their info, not by mid. Only refusals are kept by mid; one of a message sent
@@ -710,7 +710,7 @@ class MqttSink:
             if waiter and not waiter[0].done():
                 waiter[0].set_result(None)
 
-        client.on_ack = on_publish
+        client.on_ack = on_ack
         acked: list[int] = []
         last_id = 0
         try:
@@ -823,8 +823,9 @@ class MqttSink:
     def _publish(
         self, client: MqttClient, m: StoredMessage, lost: asyncio.Future[LinkLost]
     ) -> MQTTMessageInfo | None:
-        """Hand one message to paho; its PUBACK arrives through ``on_publish``. paho reports
-        failure in the return code only (or ValueError for a message it cannot encode).
+        """Hand one message to the client; its PUBACK arrives through the client's ``on_ack``.
+        The client's refusal (no connection, its queue full, a message it cannot encode) is a
+        :class:`SinkError`.
 
         ``None``: nothing to send for this row (a topic without a Sparkplug mapping); it counts
         as acknowledged."""
