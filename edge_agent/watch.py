@@ -202,7 +202,7 @@ class WatchOptions:
 
 def _options(args: argparse.Namespace) -> WatchOptions:
     """Check the arguments; raises ValueError with a message for the user."""
-    from edge_agent.sinks.mqtt import build_tls_context  # noqa: PLC0415
+    from edge_agent.sinks.mqtt_client import build_tls_context  # noqa: PLC0415
 
     tls = args.tls or bool(args.ca_file or args.cert_file)
     password = None

@@ -40,6 +40,7 @@ __all__ = [
     "MqttError",
     "ReasonCode",
     "Will",
+    "build_tls_context",
     "topic_matches",
 ]
 
@@ -97,6 +98,21 @@ class Will:
     payload: bytes
     qos: int
     retain: bool
+
+
+def build_tls_context(
+    ca_file: str | None, cert_file: str | None, key_file: str | None, *, insecure: bool
+) -> ssl.SSLContext:
+    """A client TLS context: TLS 1.2 or newer, the server certificate verified against
+    ``ca_file`` (or the system trust store), an optional client certificate, and the host name
+    checked unless ``insecure`` (the certificate chain is verified even then)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file is not None:
+        ctx.load_cert_chain(cert_file, key_file)
+    if insecure:
+        ctx.check_hostname = False
+    return ctx
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
