@@ -34,8 +34,8 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.config.schema import AgentConfig, MqttConfig, OnStartupError, SourceConfig
-from edge_agent.engine.runner import EngineRunner, SinkOutbox
 from edge_agent.errors import ConfigError, EdgeAgentError, StorageError
+from edge_agent.pipeline import Pipeline, SinkOutbox
 from edge_agent.poller import Poller
 from edge_agent.secrets import read_secret
 from edge_agent.sinks.history import FILE_NAME as HISTORY_FILE
@@ -113,7 +113,7 @@ class Agent:
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier()
         self.drain_timeout_s = drain_timeout_s
-        self.runner: EngineRunner | None = None
+        self.runner: Pipeline | None = None
         self.history: History | None = None
         self.sinks: dict[str, _SinkRun] = {}  # by sink name, the primary first
         self.pollers: dict[str, Poller] = {}
@@ -215,7 +215,7 @@ class Agent:
                 ).inc(),
             )
         self.history = history
-        runner = EngineRunner(
+        runner = Pipeline(
             cfg,
             outbox,
             metrics=m,
@@ -455,7 +455,7 @@ class Agent:
             f"reconnected: {', '.join(relinked)}" if relinked else "kept",
         )
 
-    def _subscribe_commands(self, sink: MqttSink, runner: EngineRunner) -> None:
+    def _subscribe_commands(self, sink: MqttSink, runner: Pipeline) -> None:
         """Order commands of every line from ``{prefix}/{site}/{line}/cmd/order`` (mqtt.commands:
         the plant's own broker only). A retained command is ignored: it would be applied again
         on every reconnect, possibly over a newer order."""
@@ -539,7 +539,7 @@ class Agent:
                 m.outbox_dropped.labels(sink=name, topic=topic).inc(total - seen.get(topic, 0))
         run.dropped_seen = now
 
-    async def _run_source(self, sc: SourceConfig, runner: EngineRunner) -> None:
+    async def _run_source(self, sc: SourceConfig, runner: Pipeline) -> None:
         m = self.metrics
         up = m.source_up.labels(source=sc.name)
         up.set(0)
