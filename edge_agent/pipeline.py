@@ -50,7 +50,8 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 
 from edge_agent import contract
-from edge_agent.config.schema import AgentConfig, LineConfig, MachineState, MqttConfig
+from edge_agent.config.schema import AgentConfig, LineConfig, MqttConfig
+from edge_agent.domain import MachineState
 from edge_agent.engine.line import LineEngine
 from edge_agent.engine.reports import KpiReport
 from edge_agent.errors import StorageError

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Final
 
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
-_DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*(?P<unit>ms|s|m|h|d)")
+# One number and one unit, in a syntax both Python and JSON Schema (ECMA-262) read.
+NUMBER: Final = r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+"
+UNITS: Final = "|".join(_UNIT_S)
+_DURATION = re.compile(f"(?P<number>{NUMBER})\\s*(?P<unit>{UNITS})")
 
 # Anything longer than a year in a polling or shift configuration is a typo, and bounding the
 # value keeps every later float computation finite.

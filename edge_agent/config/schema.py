@@ -1,4 +1,7 @@
-"""The configuration model: frozen, typed data that the loader builds from YAML.
+"""The configuration model: frozen, typed data that the loader builds from YAML, and the one
+declaration of every key (:func:`~edge_agent.config.kinds.key`: kind, range or pattern,
+default, description), from which the loader, the editor schema, the dump and the key reference
+in docs/config.md are made.
 
 File paths (``*_file``, ``trust_dir``) are absolute here: the loader resolves a relative path
 against ``$CREDENTIALS_DIRECTORY`` when it is set (systemd ``LoadCredential=``), else against the
@@ -12,21 +15,64 @@ Key names are a **contract** (DESIGN §2): extend, never rename. YAML durations 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import date, datetime, time
+from typing import Any, Final
 
+from yaml.nodes import MappingNode, Node, SequenceNode
 
-class MachineState(enum.StrEnum):
-    """Machine state categories (DESIGN §3; ISO 22400 loss model)."""
+from edge_agent.config.files import FileKind
+from edge_agent.config.issues import join_key
+from edge_agent.config.kinds import (
+    NAME,
+    PORT,
+    REGISTER,
+    Alias,
+    Boolean,
+    Checked,
+    Choice,
+    CodeMap,
+    Const,
+    Ctx,
+    Duration,
+    Either,
+    Endpoint,
+    FilePath,
+    Fingerprint,
+    Integer,
+    Kind,
+    ListOf,
+    Model,
+    Names,
+    Number,
+    OneOf,
+    Opt,
+    Pattern,
+    Shared,
+    Size,
+    Str,
+    TagRef,
+    Text,
+    TimeZone,
+    TopicPrefix,
+    Upper,
+    Weekday,
+    _Invalid,
+    items,
+    key,
+    name_node,
+    only_in,
+)
 
-    RUNNING = "running"
-    IDLE = "idle"
-    FAULT = "fault"
-    PLANNED_STOP = "planned_stop"
-    CHANGEOVER = "changeover"
-    STARVED = "starved"
-    BLOCKED = "blocked"
-    UNKNOWN = "unknown"  # no data: never configured, produced by the engine only
+# The domain defines them; importing them from here keeps working.
+from edge_agent.domain import (
+    ALL_DAYS,
+    WEEKDAY_NAMES,
+    EnergyUnit,
+    MachineState,
+    sparkplug_id_problem,
+)
 
 
 class ModbusTable(enum.StrEnum):
@@ -119,19 +165,122 @@ class LogFormat(enum.StrEnum):
     JSON = "json"
 
 
+_MODICON: Final = (
+    # (first digit, table): 1xxxx discrete inputs, 3xxxx input registers, 4xxxx holding registers.
+    # 0xxxx (coils) cannot be told apart: YAML reads 00003 as the integer 3.
+    (1, ModbusTable.DISCRETE),
+    (3, ModbusTable.INPUT),
+    (4, ModbusTable.HOLDING),
+)
+TABLE_WORDS: Final = {
+    ModbusTable.HOLDING: "holding register",
+    ModbusTable.INPUT: "input register",
+    ModbusTable.COIL: "coil",
+    ModbusTable.DISCRETE: "discrete input",
+}
+
+
+def modicon(address: int) -> tuple[ModbusTable, int] | None:
+    """The table and 1-based register number that ``address`` names in Modicon notation
+    (40003, 400003: holding register 3; 30001: input register 1; 10001: discrete input 1),
+    or None when it does not look like it."""
+    for digit, table in _MODICON:
+        for width in (10_000, 100_000):  # 5-digit (x0001-x9999) and 6-digit (x00001-x65536)
+            number = address - digit * width
+            if 1 <= number <= (9999 if width == 10_000 else 65536):
+                return table, number
+    return None
+
+
+def modicon_hint(address: int) -> str | None:
+    found = modicon(address)
+    if found is None:
+        return None
+    table, number = found
+    return (
+        f"address {address} looks like Modicon notation for {TABLE_WORDS[table]} {number} "
+        f"(protocol address {number - 1}); write table: {table.value}, address: {number - 1}"
+    )
+
+
+class _Address(Integer):
+    def hint(self, value: int) -> str:
+        found = modicon_hint(value) if value > self.high else None  # type: ignore[operator]
+        return f": {found}" if found else ""
+
+
+_CLOCK_RE: Final = r"([01]?[0-9]|2[0-3]):([0-5][0-9])"
+_DATE_RE: Final = r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
+STR: Final = Str()
+SPARKPLUG_ID: Final = Checked(
+    sparkplug_id_problem,
+    "Sparkplug id: not empty, without '+', '#' or '/' (a topic level)",
+    "^[^+#/]+$",
+)
+DURATION: Final = Shared(Duration(), "duration")
+TAG: Final = TagRef()
+CLOCK: Final = Shared(
+    Pattern(
+        _CLOCK_RE,
+        lambda m: time(int(m[1]), int(m[2])),
+        'a time of day "HH:MM"',
+        "time of day",
+        'a time of day "HH:MM" (quote it)',
+    ),
+    "timeOfDay",
+)
+DATE: Final = Pattern(
+    _DATE_RE,
+    lambda m: date(int(m[1]), int(m[2]), int(m[3])),
+    'a date "YYYY-MM-DD"',
+    'date `"YYYY-MM-DD"`',
+)
+LOCAL_TIME: Final = Pattern(
+    f"{_DATE_RE}[T ]{_CLOCK_RE}",
+    lambda m: datetime(int(m[1]), int(m[2]), int(m[3]), int(m[4]), int(m[5])),
+    'a local date and time "YYYY-MM-DDTHH:MM"',
+    'local time `"YYYY-MM-DDTHH:MM"`',
+    "a local date and time YYYY-MM-DDTHH:MM in the line's timezone",
+)
+WEEKDAY: Final = Weekday(WEEKDAY_NAMES)
+SECRET: Final = Opt(FilePath(FileKind.SECRET))
+UNIT_ID: Final = Integer(0, 247)
+BACKOFF_INITIAL: Final = "first reconnect delay; doubled after each failure, with jitter"
+BACKOFF_MAX: Final = "cap of the reconnect delay; must be >= backoff_initial"
+ON_ERROR: Final = "when the first connection fails: keep retrying, stop the agent, or run without"
+RANGE: Final = "plausible range after scaling: a value outside it reads bad; numeric types only"
+
+
+def _numeric(tag: ModbusTag) -> bool:
+    return tag.type not in (DataType.BOOL, DataType.STRING)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModbusTag:
-    name: str
-    table: ModbusTable = ModbusTable.HOLDING
-    address: int  # 0-based protocol address
-    type: DataType = DataType.UINT16
-    order: ByteOrder = ByteOrder.ABCD
-    length: int = 0  # registers, for type string only
-    scale: float = 1.0  # value = raw * scale + offset (numeric types only)
-    offset: float = 0.0
-    unit_id: int | None = None  # overrides the source's unit_id
-    min_value: float | None = None  # YAML `min`: a smaller value is reported as BAD
-    max_value: float | None = None  # YAML `max`: a larger value is reported as BAD
+    name: str = key(NAME, "unique within the source; the TAG of SOURCE.TAG")
+    table: ModbusTable = key(Choice(ModbusTable), "function 3, 4, 1, 2", ModbusTable.HOLDING)
+    address: int = key(
+        _Address(REGISTER.low, REGISTER.high), "0-based protocol address (40001 is 0)"
+    )
+    type: DataType = key(
+        Choice(DataType),
+        "coils and discrete inputs can only be bool",
+        DataType.UINT16,
+        shown="`uint16`; `bool` for coils and discrete inputs",
+    )
+    order: ByteOrder = key(Choice(ByteOrder), "byte order of multi-register values", ByteOrder.ABCD)
+    length: int = key(
+        Integer(0, 125),
+        "registers (2 characters each); only for string",
+        0,
+        shown="required for string",
+        applies=lambda tag: tag.type is DataType.STRING,  # one request holds 125 registers
+    )
+    scale: float = key(Number(), "value = raw × scale + offset; not 0", 1.0, applies=_numeric)
+    offset: float = key(Number(), "added after scale", 0.0, applies=_numeric)
+    unit_id: int | None = key(Opt(UNIT_ID), "overrides the source's (gateways)", None)
+    min_value: float | None = key(Number(), RANGE, None, yaml="min")
+    max_value: float | None = key(Number(), RANGE + "; >= min", None, yaml="max")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,38 +288,80 @@ class SerialConfig:
     """A serial port for Modbus RTU. Defaults follow the Modbus serial line specification
     (19200 baud, even parity, 8 data bits, 1 stop bit)."""
 
-    port: str  # e.g. /dev/ttyUSB0, /dev/serial/by-id/...
-    baudrate: int = 19200
-    parity: Parity = Parity.EVEN
-    stopbits: int = 1
-    bytesize: int = 8
+    port: str = key(STR, "the device, e.g. /dev/ttyUSB0; prefer /dev/serial/by-id/...")
+    baudrate: int = key(Integer(50, 4_000_000), "bits per second", 19200)
+    parity: Parity = key(Choice(Parity), "none, even, odd", Parity.EVEN)
+    stopbits: int = key(Integer(1, 2), "stop bits", 1)
+    bytesize: int = key(
+        Const(8, says="Modbus RTU needs 8 data bits", base=Integer(5, 8)),
+        "RTU frames are 8 data bits",
+        8,
+    )
+
+
+def _tcp(source: ModbusSourceConfig) -> bool:
+    return source.transport is not ModbusTransport.RTU
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModbusSourceConfig:
-    name: str
-    protocol: str = "modbus"
-    transport: ModbusTransport = ModbusTransport.TCP
-    host: str = ""  # required for tcp and rtu_over_tcp; empty for rtu
-    port: int = 502
-    serial: SerialConfig | None = None  # required for rtu, None otherwise
-    unit_id: int = 1
-    inter_request_gap_s: float = 0.0  # quiet time between a response and the next request
-    poll_interval_s: float = 1.0
-    timeout_s: float = 2.0
-    max_gap: int = 16  # registers (or bits ×16) read over to save a request
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 60.0
-    on_startup_error: OnStartupError = OnStartupError.RETRY
-    tags: tuple[ModbusTag, ...]
+    name: str = key(NAME, "unique among sources; the SOURCE of SOURCE.TAG")
+    protocol: str = key(Const("modbus"), "the source's kind", "modbus", required=True)
+    transport: ModbusTransport = key(
+        Choice(ModbusTransport),
+        "tcp, RTU frames over TCP (gateways), or rtu on a serial port",
+        ModbusTransport.TCP,
+    )
+    host: str = key(
+        STR, "IP address or host name; required for tcp, rtu_over_tcp", "", applies=_tcp
+    )
+    port: int = key(PORT, "TCP port; not for rtu", 502, applies=_tcp)
+    serial: SerialConfig | None = key(
+        Model(SerialConfig), "the serial port and its settings", None, shown="required for rtu"
+    )
+    unit_id: int = key(UNIT_ID, "Modbus unit (slave) id", 1)
+    inter_request_gap_s: float = key(
+        Duration(zero=True),
+        "quiet time between a response and the next request",
+        0.0,
+        yaml="inter_request_gap",
+    )
+    poll_interval_s: float = key(DURATION, "how often all tags are read", 1.0, yaml="poll_interval")
+    timeout_s: float = key(
+        DURATION, "deadline of one request and of connecting", 2.0, yaml="timeout"
+    )
+    max_gap: int = key(REGISTER, "unused registers (bits ÷ 16) read over to merge two reads", 16)
+    backoff_initial_s: float = key(DURATION, BACKOFF_INITIAL, 1.0, yaml="backoff_initial")
+    backoff_max_s: float = key(DURATION, BACKOFF_MAX, 60.0, yaml="backoff_max")
+    on_startup_error: OnStartupError = key(Choice(OnStartupError), ON_ERROR, OnStartupError.RETRY)
+    tags: tuple[ModbusTag, ...] = key(
+        ListOf(
+            Model(ModbusTag, elsewhere=lambda: {"node": "applies to opcua tags, not modbus"}),
+            least=1,
+            names="tag",
+            empty="must list at least one tag",
+        ),
+        "the registers and bits to read",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OpcuaTag:
-    name: str
-    node: str  # node id as a string, e.g. "ns=2;s=Line1.TotalCount"
-    min_value: float | None = None  # YAML `min`: a smaller value is reported as BAD
-    max_value: float | None = None  # YAML `max`: a larger value is reported as BAD
+    name: str = key(NAME, "unique within the source; the TAG of SOURCE.TAG")
+    node: str = key(
+        Text(
+            r"(ns=[0-9]+;|nsu=[^;]+;)?[isgb]=[\s\S]+",
+            "an OPC UA node id like 'ns=2;s=Line1.State'",
+            "node id",
+        ),
+        "ns=2;s=Line1.State, ns=3;i=1001, nsu=URI;s=... (also g= / b=)",
+    )
+    min_value: float | None = key(Number(), RANGE.replace(" after scaling", ""), None, yaml="min")
+    max_value: float | None = key(Number(), "plausible range; >= min", None, yaml="max")
+
+
+_CHOSEN = "required when policy is not None"
+_PIN = "one of three when policy is not None"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,33 +370,82 @@ class OpcuaSecurityConfig:
     exactly one of ``server_cert_file`` (pinned file), ``server_fingerprint`` (pinned SHA-256)
     or ``trust_dir`` (trusted certificates and CAs) is set when the policy is not None."""
 
-    policy: OpcuaSecurityPolicy = OpcuaSecurityPolicy.NONE
-    mode: OpcuaSecurityMode = OpcuaSecurityMode.SIGN_AND_ENCRYPT
-    cert_file: str | None = None  # the agent's application instance certificate (DER or PEM)
-    key_file: str | None = None  # its private key (PEM or DER, unencrypted)
-    server_cert_file: str | None = None
-    server_fingerprint: str | None = None  # normalised "AB:CD:..." (64 hex digits)
-    trust_dir: str | None = None
+    policy: OpcuaSecurityPolicy = key(
+        Choice(OpcuaSecurityPolicy),
+        "with None no other key is allowed",
+        OpcuaSecurityPolicy.NONE,
+        required=True,
+    )
+    mode: OpcuaSecurityMode = key(
+        Choice(OpcuaSecurityMode),
+        "sign, or sign and encrypt",
+        OpcuaSecurityMode.SIGN_AND_ENCRYPT,
+        applies=lambda sec: sec.policy is not OpcuaSecurityPolicy.NONE,
+    )
+    cert_file: str | None = key(
+        FilePath(FileKind.CERT), f"the agent's certificate, DER or PEM; {_CHOSEN}", None
+    )
+    key_file: str | None = key(FilePath(FileKind.KEY), f"its private key; {_CHOSEN}", None)
+    server_cert_file: str | None = key(FilePath(FileKind.CERT), f"the PLC's, pinned; {_PIN}", None)
+    server_fingerprint: str | None = key(
+        Fingerprint(), f"its SHA-256 fingerprint, pinned (64 hex digits); {_PIN}", None
+    )
+    trust_dir: str | None = key(
+        FilePath(FileKind.DIR), f"trusted certificates and CAs, re-read at connect; {_PIN}", None
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OpcuaSourceConfig:
-    name: str
-    protocol: str = "opcua"
-    endpoint: str  # opc.tcp://host:port/path
-    username: str | None = None
-    password_file: str | None = None
-    security: OpcuaSecurityConfig = field(default_factory=OpcuaSecurityConfig)
-    poll_interval_s: float = 1.0
-    timeout_s: float = 5.0
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 60.0
-    on_startup_error: OnStartupError = OnStartupError.RETRY
-    mode: OpcuaMode = OpcuaMode.POLL
-    publishing_interval_s: float | None = None  # subscribe mode; None: poll_interval
-    sampling_interval_s: float | None = None  # subscribe mode; None: publishing interval
-    deadband: float = 0.0  # subscribe mode; absolute deadband of numeric tags, 0: every change
-    tags: tuple[OpcuaTag, ...]
+    name: str = key(NAME, "unique among sources; the SOURCE of SOURCE.TAG")
+    protocol: str = key(Const("opcua"), "the source's kind", "opcua", required=True)
+    endpoint: str = key(Endpoint(), "the server's opc.tcp:// URL, with its port")
+    username: str | None = key(Opt(STR), "none: anonymous", None)
+    password_file: str | None = key(SECRET, "file holding the password", None)
+    security: OpcuaSecurityConfig = key(
+        Model(OpcuaSecurityConfig),
+        "secure channel",
+        factory=OpcuaSecurityConfig,
+        shown="policy `None`",
+    )
+    poll_interval_s: float = key(DURATION, "how often all tags are read", 1.0, yaml="poll_interval")
+    timeout_s: float = key(
+        DURATION, "deadline of one request and of connecting", 5.0, yaml="timeout"
+    )
+    backoff_initial_s: float = key(DURATION, BACKOFF_INITIAL, 1.0, yaml="backoff_initial")
+    backoff_max_s: float = key(DURATION, BACKOFF_MAX, 60.0, yaml="backoff_max")
+    on_startup_error: OnStartupError = key(Choice(OnStartupError), ON_ERROR, OnStartupError.RETRY)
+    mode: OpcuaMode = key(
+        Choice(OpcuaMode),
+        "poll: one batched Read each poll; subscribe: monitored items",
+        OpcuaMode.POLL,
+    )
+    publishing_interval_s: float | None = key(
+        DURATION,
+        "subscribe mode: how often the server sends the changes",
+        None,
+        yaml="publishing_interval",
+        shown="`poll_interval`",
+    )
+    sampling_interval_s: float | None = key(
+        DURATION,
+        "subscribe mode: how often the server samples each variable",
+        None,
+        yaml="sampling_interval",
+        shown="`publishing_interval`",
+    )
+    deadband: float = key(
+        Number(0), "subscribe mode: absolute deadband of numeric tags; 0: every change", 0.0
+    )
+    tags: tuple[OpcuaTag, ...] = key(
+        ListOf(
+            Model(OpcuaTag, elsewhere=only_in(ModbusTag, OpcuaTag, "modbus tags, not opcua")),
+            least=1,
+            names="tag",
+            empty="must list at least one tag",
+        ),
+        "the nodes to read",
+    )
 
 
 SourceConfig = ModbusSourceConfig | OpcuaSourceConfig
@@ -213,85 +453,97 @@ SourceConfig = ModbusSourceConfig | OpcuaSourceConfig
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Break:
-    start: time
-    end: time
-
-
-ALL_DAYS: frozenset[int] = frozenset(range(7))
-WEEKDAY_NAMES: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+    start: time = key(CLOCK, "inside the shift")
+    end: time = key(CLOCK, "not overlapping another break")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Shift:
-    name: str
-    start: time
-    end: time  # end <= start means the shift crosses midnight; start == end is 24 h
-    breaks: tuple[Break, ...] = ()
+    name: str = key(NAME, "unique within the line; the window.name of reports")
+    start: time = key(CLOCK, "local time of the line")
+    end: time = key(CLOCK, "end <= start crosses midnight; end == start is 24 h")
+    breaks: tuple[Break, ...] = key(ListOf(Model(Break)), "planned stops inside the shift", ())
     # Weekdays (0 = Monday, as date.weekday()) on which the shift *starts*; default every day.
-    days: frozenset[int] = ALL_DAYS
+    days: frozenset[int] = key(
+        ListOf(WEEKDAY, least=1, unique=True),
+        "the weekdays on which the shift starts",
+        ALL_DAYS,
+        shown="every day",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ExtraDay:
     """A working day outside the usual week (e.g. a Saturday worked to catch up)."""
 
-    date: date
-    like: int | None = None  # follow the shifts of this weekday (0 = Monday); None: all shifts
+    date: date = key(DATE, "the local date")
+    like: int | None = key(WEEKDAY, "run the shifts of this weekday", None, shown="every shift")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Maintenance:
     """A dated planned-maintenance window: planned stop, not planned production time."""
 
-    start: datetime  # naive, local time of the line's timezone
-    end: datetime
-    reason: str | None = None
+    start: datetime = key(LOCAL_TIME, "naive, local time of the line's timezone")
+    end: datetime = key(LOCAL_TIME, "after start")
+    reason: str | None = key(STR, "free text", None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Calendar:
     """Dated exceptions to a line's weekly shift pattern."""
 
-    holidays: tuple[date, ...] = ()  # no shift starts on these local dates
-    extra_days: tuple[ExtraDay, ...] = ()  # shifts start on these dates whatever the weekday
-    maintenance: tuple[Maintenance, ...] = ()
+    holidays: tuple[date, ...] = key(ListOf(DATE), "no shift starts on these local dates", ())
+    extra_days: tuple[ExtraDay, ...] = key(
+        ListOf(Either(DATE, lambda day: ExtraDay(date=day), Model(ExtraDay))),
+        "shifts start on these dates whatever the weekday; not also a holiday",
+        (),
+    )
+    maintenance: tuple[Maintenance, ...] = key(
+        ListOf(Model(Maintenance)), "planned-maintenance windows", ()
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StateSignal:
-    tag: str  # SOURCE.TAG
-    map: dict[int, MachineState]
+    tag: str = key(TAG, "an integer state code")
+    map: dict[int, MachineState] = key(
+        CodeMap(Choice(MachineState, exclude=(MachineState.UNKNOWN,)), "states", "state code"),
+        "state code to state",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReasonSignal:
-    tag: str  # SOURCE.TAG of an integer reason (downtime cause) code
-    map: dict[int, str]  # code -> reason name; an unmapped code is reported as "code N"
+    tag: str = key(TAG, "an integer reason (downtime cause) code")
+    map: dict[int, str] = key(
+        CodeMap(STR, "reason names"), "an unmapped code is reported as code N", factory=dict
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Product:
-    name: str
-    ideal_cycle_time_s: float
+    name: str = key(STR, "the product's name in reports")
+    ideal_cycle_time_s: float = key(DURATION, "seconds per part", yaml="ideal_cycle_time")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProductSignal:
-    tag: str  # SOURCE.TAG of an integer product / recipe code
-    map: dict[int, Product]  # an unmapped code uses the line's ideal cycle time
+    tag: str = key(TAG, "an integer product / recipe code")
+    map: dict[int, Product] = key(
+        CodeMap(Model(Product), "products"), "an unmapped code uses the line's ideal cycle time"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CounterSignal:
-    tag: str  # SOURCE.TAG
-    rollover: int | None = None  # the counter's modulus, e.g. 65536; None: never wraps
+    tag: str = key(TAG, "the PLC counter")
+    rollover: int | None = key(
+        Opt(Integer(2)), "the counter's modulus, e.g. 65536", None, shown="never wraps"
+    )
 
 
-class EnergyUnit(enum.StrEnum):
-    """Unit of an active-energy meter counter."""
-
-    KWH = "kWh"
-    WH = "Wh"
+COUNTER: Final = Either(TAG, lambda tag: CounterSignal(tag=tag), Model(CounterSignal))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -299,67 +551,124 @@ class EnergySignal:
     """An active-energy counter of a power meter (imported energy, never decreasing except by a
     wrap or a meter reset)."""
 
-    tag: str  # SOURCE.TAG
-    unit: EnergyUnit = EnergyUnit.KWH
-    rollover: float | None = None  # the counter's modulus in its own unit; None: never wraps
+    tag: str = key(TAG, "the meter's energy counter")
+    unit: EnergyUnit = key(Choice(EnergyUnit), "the counter's unit", EnergyUnit.KWH)
+    rollover: float | None = key(
+        Opt(Number(0, above=True)), "the counter's modulus in its unit", None, shown="never wraps"
+    )
     # Wrap plausibility: a modular delta above max_power × elapsed × 2 + slack is a reset.
-    # None: any modular delta up to half the rollover is a wrap.
-    max_power_kw: float | None = None
+    max_power_kw: float | None = key(
+        Opt(Number(0, above=True)),
+        "the most the line draws, in kW (tells a wrap from a reset)",
+        None,
+        yaml="max_power",
+        shown="half the rollover is a wrap",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OrderSignal:
     """Production order data read from PLC tags (string or number tags)."""
 
-    id: str  # SOURCE.TAG of the order id; an empty value (or 0) means no order
-    target: str | None = None  # SOURCE.TAG of the target (good) quantity
-    product: str | None = None  # SOURCE.TAG of the product code / recipe
+    id: str = key(TAG, "the order id; an empty value (or 0) means no order")
+    target: str | None = key(TAG, "the target good quantity", None)
+    product: str | None = key(TAG, "the product code / recipe", None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EmissionFactor:
     """Grid emission factor for CO2e figures; the source is mandatory so reports can cite it."""
 
-    kg_co2e_per_kwh: float
-    source: str
+    kg_co2e_per_kwh: float = key(Number(0), "kg CO2e per kWh of the grid")
+    source: str = key(STR, "where the figure comes from, published with every CO2e figure")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Signals:
-    state: StateSignal | None = None
-    running: str | None = None  # SOURCE.TAG of a boolean
-    total_count: CounterSignal
-    reject_count: CounterSignal | None = None
-    good_count: CounterSignal | None = None
-    reason: ReasonSignal | None = None
-    product: ProductSignal | None = None
-    energy: EnergySignal | None = None
-    power: str | None = None  # SOURCE.TAG of the active power in kW (live display only)
-    order: OrderSignal | None = None
+    state: StateSignal | None = key(Model(StateSignal), "a PLC state code", None)
+    running: str | None = key(TAG, "a boolean instead of state", None)
+    total_count: CounterSignal = key(COUNTER, "all parts made")
+    reject_count: CounterSignal | None = key(COUNTER, "rejected parts; good = total - reject", None)
+    good_count: CounterSignal | None = key(COUNTER, "good parts, instead of reject_count", None)
+    reason: ReasonSignal | None = key(Model(ReasonSignal), "a downtime reason code", None)
+    product: ProductSignal | None = key(Model(ProductSignal), "a product / recipe code", None)
+    energy: EnergySignal | None = key(
+        Either(TAG, lambda tag: EnergySignal(tag=tag), Model(EnergySignal)),
+        "the line's active-energy counter",
+        None,
+    )
+    power: str | None = key(TAG, "active power in kW (live display only)", None)
+    order: OrderSignal | None = key(Model(OrderSignal), "the current production order", None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LineConfig:
-    name: str
-    timezone: str = "UTC"
-    ideal_cycle_time_s: float
-    stop_after_s: float | None = None  # None: 5 × ideal cycle time
-    # Stops shorter than this are also counted as micro-stops. None: max(60 s, 2 × stop_after).
-    micro_stop_max_s: float | None = None
-    min_data_coverage: float = 0.9  # below it, reports carry the low_data_coverage warning
-    planned_states: frozenset[MachineState] = frozenset({MachineState.PLANNED_STOP})
-    shifts: tuple[Shift, ...] = ()  # empty: the whole day is one shift
-    calendar: Calendar = field(default_factory=Calendar)
-    signals: Signals
-    emission_factor: EmissionFactor | None = None  # None: CO2e fields are null, with a note
+    name: str = key(NAME, "unique; third MQTT topic level")
+    timezone: str = key(TimeZone(), "the shifts' local time, e.g. Asia/Seoul", "UTC")
+    ideal_cycle_time_s: float = key(
+        DURATION, "seconds per part at the ideal rate", yaml="ideal_cycle_time"
+    )
+    stop_after_s: float | None = key(
+        Opt(DURATION),
+        "without a state signal: stopped after this long without a part",
+        None,
+        yaml="stop_after",
+        shown="5 × `ideal_cycle_time`",
+    )
+    micro_stop_max_s: float | None = key(
+        Opt(DURATION),
+        "a stop shorter than this is also counted as a micro-stop",
+        None,
+        yaml="micro_stop_max",
+        shown="max(60 s, 2 × `stop_after`)",
+    )
+    min_data_coverage: float = key(
+        Number(0.0, 1.0), "below it, reports carry the low_data_coverage warning", 0.9
+    )
+    planned_states: frozenset[MachineState] = key(
+        ListOf(
+            Choice(MachineState, exclude=(MachineState.UNKNOWN, MachineState.RUNNING)), unique=True
+        ),
+        "states excluded from planned production time",
+        frozenset({MachineState.PLANNED_STOP}),
+    )
+    shifts: tuple[Shift, ...] = key(
+        ListOf(Model(Shift), names="shift"),
+        "the weekly pattern",
+        (),
+        shown="one shift covering the whole day",
+    )
+    calendar: Calendar = key(
+        Model(Calendar), "holidays, extra days, maintenance", factory=Calendar, shown="none"
+    )
+    signals: Signals = key(Model(Signals), "the PLC tags the KPIs come from")
+    emission_factor: EmissionFactor | None = key(
+        Opt(Model(EmissionFactor)), "grid emission factor; none: CO2e fields are null", None
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsConfig:
-    ca_file: str | None = None  # None: the system trust store
-    cert_file: str | None = None
-    key_file: str | None = None
-    insecure: bool = False  # skip the hostname check (never by default)
+    ca_file: str | None = key(
+        Opt(FilePath(FileKind.CA)), "CA bundle of the broker", None, shown="the system trust store"
+    )
+    cert_file: str | None = key(Opt(FilePath(FileKind.CERT)), "client certificate", None)
+    key_file: str | None = key(
+        Opt(FilePath(FileKind.KEY)), "its private key; needs cert_file", None
+    )
+    insecure: bool = key(Boolean(), "skip the host name check (testing only)", False)
+
+
+def _topics() -> Collection[str]:
+    from edge_agent.sharing import LINE_TOPICS  # noqa: PLC0415 (sharing imports this module)
+
+    return LINE_TOPICS
+
+
+def _fields() -> Collection[str]:
+    from edge_agent.sharing import PAYLOAD_FIELDS  # noqa: PLC0415 (sharing imports this module)
+
+    return PAYLOAD_FIELDS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -370,17 +679,23 @@ class ShareConfig:
     ``fields`` plus the fields that identify them (``edge_agent.sharing.CORE_FIELDS``).
     """
 
-    lines: frozenset[str] | None = None
-    topics: frozenset[str] | None = None  # topic suffixes: edge_agent.sharing.LINE_TOPICS
-    fields: frozenset[str] | None = None  # top-level payload fields
+    lines: frozenset[str] | None = key(
+        Names("line"), "only these lines' messages", None, shown="all lines"
+    )
+    topics: frozenset[str] | None = key(
+        Names("topic", _topics), "only these topics", None, shown="all"
+    )
+    fields: frozenset[str] | None = key(
+        Names("payload field", _fields), "top-level payload fields kept", None, shown="all"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SparkplugConfig:
     """The Sparkplug B identity of a sink with ``encoding: sparkplug_b`` (``mqtt.sparkplug``)."""
 
-    group_id: str | None = None  # None: the site
-    edge_node_id: str = "edge-agent"
+    group_id: str | None = key(Opt(SPARKPLUG_ID), "the Sparkplug group id", None, shown="the site")
+    edge_node_id: str = key(SPARKPLUG_ID, "the edge node id, unique in its group", "edge-agent")
 
 
 DEFAULT_SINK_NAME = "default"
@@ -390,46 +705,85 @@ DEFAULT_SINK_NAME = "default"
 class MqttConfig:
     # Names the sink in metrics, logs and its outbox file (outbox-{name}.sqlite, except the
     # first sink's: outbox.sqlite). Required in the list form of `mqtt`.
-    name: str = DEFAULT_SINK_NAME
-    host: str
-    port: int = 1883
-    client_id: str | None = None  # None: "edge-agent-{site}"
-    username: str | None = None
-    password_file: str | None = None
-    tls: TlsConfig | None = None
-    topic_prefix: str = "edge-agent"
-    keepalive_s: float = 30.0
-    protocol: MqttProtocol = MqttProtocol.V311
-    qos: int = 1
-    publish_interval_s: float = 5.0
-    timeout_s: float = 10.0
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 60.0
+    name: str = key(NAME, "the sink's name; required in the list form", DEFAULT_SINK_NAME)
+    host: str = key(STR, "broker host name or address")
+    port: int = key(PORT, "usually 8883 with TLS", 1883)
+    client_id: str | None = key(Opt(STR), "unique on the broker", None, shown="`edge-agent-{site}`")
+    username: str | None = key(Opt(STR), "broker user", None)
+    password_file: str | None = key(SECRET, "file holding the password", None)
+    tls: TlsConfig | None = key(
+        Either(
+            Boolean(),
+            lambda on: TlsConfig() if on else None,
+            Model(TlsConfig),
+            "a mapping, true or false",
+        ),
+        "true: TLS with the system trust store",
+        None,
+        shown="plain TCP",
+    )
+    topic_prefix: str = key(TopicPrefix(), "first topic level(s)", "edge-agent")
+    keepalive_s: float = key(
+        Shared(Duration(most=65535, why="an MQTT limit"), "keepalive"),
+        "MQTT keepalive",
+        30.0,
+        yaml="keepalive",
+    )
+    protocol: MqttProtocol = key(
+        Alias(
+            {
+                "3.1.1": MqttProtocol.V311,
+                "311": MqttProtocol.V311,
+                "5": MqttProtocol.V5,
+                "5.0": MqttProtocol.V5,
+            },
+            '"3.1.1" or 5',
+        ),
+        "MQTT version",
+        MqttProtocol.V311,
+    )
+    qos: int = key(Integer(0, 2), "QoS of KPI and state messages", 1)
+    publish_interval_s: float = key(
+        DURATION, "period of the live kpi snapshot", 5.0, yaml="publish_interval"
+    )
+    timeout_s: float = key(
+        DURATION, "deadline to connect and for acknowledgements", 10.0, yaml="timeout"
+    )
+    backoff_initial_s: float = key(DURATION, BACKOFF_INITIAL, 1.0, yaml="backoff_initial")
+    backoff_max_s: float = key(DURATION, BACKOFF_MAX, 60.0, yaml="backoff_max")
     # False: a persistent session (MQTT 3.1.1 clean_session=0; MQTT 5 clean start off with a
-    # session expiry of session_expiry_s), so the broker keeps the client's session across
-    # reconnects.
-    clean_session: bool = True
-    session_expiry_s: float = 3600.0
-    max_inflight: int = 100  # publishes awaiting PUBACK at once (also the client's queue bound)
-    # Accept order commands on {topic_prefix}/{site}/{line}/cmd/order. Meant for the plant's own
-    # broker only: whoever can publish there can set the line's current order.
-    commands: bool = False
-    share: ShareConfig | None = None  # None: the sink receives everything
-    # json: the agent's topics and payloads; sparkplug_b: Sparkplug B (needs the `sparkplug`
-    # extra), with the identity in `sparkplug`.
-    encoding: MqttEncoding = MqttEncoding.JSON
-    sparkplug: SparkplugConfig = field(default_factory=SparkplugConfig)
+    # session expiry of session_expiry_s), so the broker keeps the client's session.
+    clean_session: bool = key(Boolean(), "false: a persistent session (not with sparkplug_b)", True)
+    session_expiry_s: float = key(
+        Duration(most=0xFFFFFFFF, why="an MQTT 5 limit"),
+        "MQTT 5, clean_session false: how long the broker keeps the session",
+        3600.0,
+        yaml="session_expiry",
+    )
+    # paho's message ids are 16-bit, and the sink hands paho up to twice this many.
+    max_inflight: int = key(Integer(1, 32767), "publishes awaiting their PUBACK at once", 100)
+    # Whoever can publish on the broker can set the line's current order: plant broker only.
+    commands: bool = key(Boolean(), "accept order commands (first sink, plant broker only)", False)
+    share: ShareConfig | None = key(
+        Model(ShareConfig), "what this sink receives", None, shown="everything"
+    )
+    encoding: MqttEncoding = key(Choice(MqttEncoding), "json or Sparkplug B", MqttEncoding.JSON)
+    sparkplug: SparkplugConfig = key(
+        Model(SparkplugConfig), "the Sparkplug B identity", factory=SparkplugConfig
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrometheusConfig:
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = 9108
-    cert_file: str | None = None  # HTTPS when set (with key_file)
-    key_file: str | None = None
-    username: str | None = None  # HTTP basic auth when set
-    password_file: str | None = None
+    enabled: bool = key(Boolean(), "serve GET /metrics", True)
+    host: str = key(STR, "listen address; 0.0.0.0 for a remote Prometheus", "127.0.0.1")
+    port: int = key(PORT, "listen port", 9108)
+    cert_file: str | None = key(Opt(FilePath(FileKind.CERT)), "HTTPS; needs key_file", None)
+    key_file: str | None = key(
+        Opt(FilePath(FileKind.KEY)), "its private key; needs cert_file", None
+    )
+    username: str | None = key(Opt(STR), "HTTP basic auth; needs password_file", None)
+    password_file: str | None = key(SECRET, "the basic-auth password; needs username", None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -441,51 +795,135 @@ class OutboxConfig:
     of every topic are. Bytes count payloads, not the file's own overhead.
     """
 
-    max_messages: int = 100_000
-    max_bytes: int = 100 * 1024 * 1024
-    hard_max_messages: int = 1_000_000
-    hard_max_bytes: int = 1024 * 1024 * 1024
+    max_messages: int = key(Integer(0), "soft limit (oldest kpi snapshots go); 0: none", 100_000)
+    max_bytes: int = key(Size(), "soft limit on payload bytes", 100 * 1024 * 1024)
+    hard_max_messages: int = key(Integer(0), "hard limit (oldest of any topic go)", 1_000_000)
+    hard_max_bytes: int = key(Size(), "hard limit on payload bytes", 1024 * 1024 * 1024)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HistoryConfig:
     """The raw-sample history (``history.sqlite`` in the state directory), for replay and audit."""
 
-    enabled: bool = True
-    keyframe_interval_s: float = 300.0  # every tag's current value, so an export can start anywhere
-    retention_s: float = 30 * 86400.0  # rows older than this are deleted
+    enabled: bool = key(Boolean(), "record raw samples", True)
+    keyframe_interval_s: float = key(
+        DURATION,
+        "every tag's current value again, so an export can start anywhere",
+        300.0,
+        yaml="keyframe_interval",
+    )
+    retention_s: float = key(
+        DURATION, "rows older than this are deleted", 30 * 86400.0, yaml="retention"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StorageConfig:
     # Absolute (a relative one is resolved against the config file's directory).
-    # None: $STATE_DIRECTORY (systemd), else `state` next to the configuration file.
-    dir: str | None = None
-    outbox: OutboxConfig = field(default_factory=OutboxConfig)
-    history: HistoryConfig = field(default_factory=HistoryConfig)
+    dir: str | None = key(
+        Opt(FilePath(local=True)),
+        "outbox, engine state, history",
+        None,
+        shown="`$STATE_DIRECTORY`, else `state` next to the configuration file",
+    )
+    outbox: OutboxConfig = key(Model(OutboxConfig), "outbox limits", factory=OutboxConfig)
+    history: HistoryConfig = key(
+        Either(
+            Boolean(),
+            lambda on: HistoryConfig(enabled=on),
+            Model(HistoryConfig),
+            "a mapping, true or false",
+        ),
+        "the raw-sample history; true / false: short for {enabled: ...}",
+        factory=HistoryConfig,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoggingConfig:
-    level: str = "INFO"
-    format: LogFormat = LogFormat.TEXT
+    level: str = key(Upper(("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")), "any case", "INFO")
+    format: LogFormat = key(
+        Choice(LogFormat), "text lines, or one JSON object a line", LogFormat.TEXT
+    )
+
+
+class _Sinks(Kind[Any]):
+    """``mqtt``: one sink as a mapping, or a list of named sinks, the first being the primary.
+    Gives a non-empty tuple."""
+
+    text = "mapping or list"
+    sink = Model(MqttConfig)
+
+    def parse(self, ctx: Ctx, node: Node, path: str) -> Any:
+        if not isinstance(node, SequenceNode):
+            sink = self.sink.parse(ctx, node, path)
+            return sink if isinstance(sink, _Invalid) else (sink,)
+        kind = ListOf(
+            self.sink,
+            least=1,
+            names="sink",
+            empty="must list at least one sink (or be a mapping for a single one)",
+        )
+        for item, item_path in items(ctx, node, path) or []:
+            if isinstance(item, MappingNode) and name_node(ctx, item, item_path) is None:
+                ctx.add(item, join_key(item_path, "name"), "required key missing")
+        return kind.parse(ctx, node, path)
+
+    def schema(self, b: Any) -> dict[str, Any]:
+        one = self.sink.schema(b)
+        many = {"type": "array", "minItems": 1, "items": {"allOf": [one, {"required": ["name"]}]}}
+        return {"oneOf": [one, many]}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentConfig:
-    version: int = 1
-    site: str
-    sources: tuple[SourceConfig, ...] = ()
-    lines: tuple[LineConfig, ...]
-    mqtt: MqttConfig  # the first (primary) MQTT sink: the engine's state lives in its outbox
+    version: int = key(Const(1, "the only version this agent reads"), "must be 1", 1, required=True)
+    site: str = key(NAME, "the plant; second MQTT topic level")
+    sources: tuple[SourceConfig, ...] = key(
+        ListOf(
+            OneOf(
+                "protocol",
+                {
+                    "modbus": Model(
+                        ModbusSourceConfig,
+                        elsewhere=only_in(
+                            OpcuaSourceConfig, ModbusSourceConfig, "opcua sources, not modbus"
+                        ),
+                    ),
+                    "opcua": Model(
+                        OpcuaSourceConfig,
+                        elsewhere=only_in(
+                            ModbusSourceConfig, OpcuaSourceConfig, "modbus sources, not opcua"
+                        ),
+                    ),
+                },
+            ),
+            names="source",
+        ),
+        "PLC connections; may be left out for replay",
+        (),
+    )
+    lines: tuple[LineConfig, ...] = key(
+        ListOf(Model(LineConfig), least=1, names="line", empty="must list at least one line"),
+        "production lines",
+    )
+    # The first (primary) MQTT sink: the engine's state lives in its outbox.
+    mqtt: MqttConfig = key(_Sinks(), "one sink, or a list of named sinks (the first is primary)")
     # Further sinks, from the list form of `mqtt` (`mqtt: [{name: plant, ...}, {name: ...}]`).
     mqtt_extra: tuple[MqttConfig, ...] = ()
-    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    prometheus: PrometheusConfig = key(
+        Model(PrometheusConfig), "the metrics endpoint", factory=PrometheusConfig
+    )
+    storage: StorageConfig = key(Model(StorageConfig), "the state directory", factory=StorageConfig)
+    logging: LoggingConfig = key(
+        Model(LoggingConfig), "log level and format", factory=LoggingConfig
+    )
     path: str = "<memory>"  # where it was loaded from, for messages
 
     @property
     def mqtt_sinks(self) -> tuple[MqttConfig, ...]:
         """Every MQTT sink, the primary (``mqtt``) first."""
         return (self.mqtt, *self.mqtt_extra)
+
+
+ROOT: Final = Model(AgentConfig, extensions=True)

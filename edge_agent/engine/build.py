@@ -12,7 +12,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from edge_agent.config.schema import MachineState, Product
+from edge_agent.config.schema import Product
+from edge_agent.domain import MachineState
 from edge_agent.engine.energy import EnergyFigures, LineEnergy, energy_fields, energy_figures
 from edge_agent.engine.oee import Kpis, TimeBuckets, compute_kpis
 from edge_agent.engine.reports import KpiReport, ProductRow, ReasonTime, StateChange, WindowRef

@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.config.schema import EmissionFactor, EnergySignal, EnergyUnit
+from edge_agent.config.schema import EmissionFactor, EnergySignal
+from edge_agent.domain import EnergyUnit
 from edge_agent.engine.counters import MeterTracker
 from edge_agent.engine.reports import EmissionFactorRef, EnergyFields, EnergyReport, WindowRef
 

@@ -81,7 +81,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge_agent.config.schema import LineConfig, MachineState
+from edge_agent.config.schema import LineConfig
+from edge_agent.domain import MachineState
 from edge_agent.engine import persist
 from edge_agent.engine.build import (
     iso,

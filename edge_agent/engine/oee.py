@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.config.schema import MachineState
+from edge_agent.domain import MachineState
 from edge_agent.engine.intervals import Interval, clip, intersect, normalize, subtract, total, union
 
 LOSS_STATES: tuple[MachineState, ...] = (

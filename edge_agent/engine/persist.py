@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.config.schema import MachineState
+from edge_agent.domain import MachineState
 from edge_agent.engine.counters import CounterTracker
 from edge_agent.engine.intervals import clip
 from edge_agent.engine.orders import Order

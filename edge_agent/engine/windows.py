@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge_agent.config.schema import MachineState
+from edge_agent.domain import MachineState
 from edge_agent.engine.oee import Accounting
 from edge_agent.engine.shifts import Window
 from edge_agent.engine.signals import SIG_GOOD, SIG_REJECT

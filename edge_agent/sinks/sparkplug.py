@@ -37,6 +37,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
+from edge_agent.domain import FORBIDDEN_SPARKPLUG_ID_CHARS, sparkplug_id_problem
 from edge_agent.engine.reports import (
     ISO_TIME,
     KpiReport,
@@ -55,8 +56,9 @@ BDSEQ_METRIC: Final = "bdSeq"
 _SEQ_MODULO: Final = 256
 _U64: Final = (1 << 64) - 1
 
-# Characters a Sparkplug group, edge node or device id must not contain (topic levels).
-FORBIDDEN_ID_CHARS: Final = "+#/"
+# The id rule is the domain's (the configuration checks it too): re-exported here.
+FORBIDDEN_ID_CHARS: Final = FORBIDDEN_SPARKPLUG_ID_CHARS
+id_problem = sparkplug_id_problem
 
 
 def protobuf_missing() -> bool:
@@ -66,16 +68,6 @@ def protobuf_missing() -> bool:
         return importlib.util.find_spec("google.protobuf") is None
     except ModuleNotFoundError:  # the ``google`` namespace itself is absent
         return True
-
-
-def id_problem(value: str) -> str | None:
-    """Why ``value`` is not a valid Sparkplug id (group, edge node, device), or ``None``."""
-    if not value:
-        return "must not be empty"
-    bad = sorted({c for c in value if c in FORBIDDEN_ID_CHARS})
-    if bad:
-        return f"must not contain {', '.join(repr(c) for c in bad)} (it is a topic level)"
-    return None
 
 
 class DataType(enum.IntEnum):

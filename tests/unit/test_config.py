@@ -800,3 +800,15 @@ def test_calendar_and_signal_validation(old: str, new: str, path: str, message: 
     assert old in CALENDAR_LINE
     issues = issues_of(CALENDAR_LINE.replace(old, new))
     assert any(path in i and message in i for i in issues), issues
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "config").glob("**/*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_dumps_and_loads_back_equal(path: Path) -> None:
+    # An RTU source's dump once carried host '' and port 502, which rtu refuses.
+    from edge_agent.config.dump import dump_config
+
+    cfg = load_config(path, check_files=False)
+    assert load_config_text(dump_config(cfg), path=cfg.path) == cfg

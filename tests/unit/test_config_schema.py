@@ -14,12 +14,13 @@ import jsonschema
 import pytest
 import yaml
 
-from edge_agent.config.json_schema import config_schema, config_schema_text
+from edge_agent.config.json_schema import config_schema, config_schema_text, with_reference
 from edge_agent.config.loader import load_config_text
 from edge_agent.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "docs" / "schemas" / "config.schema.json"
+CONFIG_DOC = ROOT / "docs" / "config.md"
 CONFIGS = sorted((ROOT / "config").glob("**/*.yaml"))
 
 VALIDATOR = jsonschema.Draft202012Validator(config_schema())
@@ -55,8 +56,17 @@ def loader_errors(doc: Any) -> list[str]:
 
 def test_committed_schema_is_the_generated_one() -> None:
     assert COMMITTED.read_text() == config_schema_text(), (
-        "docs/schemas/config.schema.json is out of date: "
-        "edge-agent config-schema > docs/schemas/config.schema.json"
+        "docs/schemas/config.schema.json is out of date: regenerate it (and the key reference "
+        "in docs/config.md) with: python -m edge_agent.config.json_schema"
+    )
+
+
+def test_key_reference_in_the_docs_is_the_generated_one() -> None:
+    page = CONFIG_DOC.read_text()
+    assert "<!-- key reference: generated" in page
+    assert page == with_reference(page), (
+        "the key reference in docs/config.md is out of date: regenerate it with: "
+        "python -m edge_agent.config.json_schema"
     )
 
 
