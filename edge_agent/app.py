@@ -36,6 +36,7 @@ from edge_agent import __version__
 from edge_agent.config.schema import AgentConfig, MqttConfig, OnStartupError, SourceConfig
 from edge_agent.engine.runner import EngineRunner, SinkOutbox
 from edge_agent.errors import ConfigError, EdgeAgentError, StorageError
+from edge_agent.exits import EXIT_CANTCREAT, EXIT_OK, EXIT_UNAVAILABLE
 from edge_agent.poller import Poller
 from edge_agent.secrets import read_secret
 from edge_agent.sinks.history import FILE_NAME as HISTORY_FILE
@@ -48,12 +49,6 @@ from edge_agent.supervisor import Backoff, Health, link_held_after_s, supervise
 from edge_agent.systemd import Notifier
 
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a source with on_startup_error: fail could not start
-EXIT_CANTCREAT = 73  # EX_CANTCREAT: the state directory cannot be used
-EXIT_CONFIG = 78  # EX_CONFIG
 
 
 class StartupFailedError(EdgeAgentError):

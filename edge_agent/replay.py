@@ -23,13 +23,10 @@ from typing import Any, TextIO
 
 from edge_agent.config.schema import AgentConfig
 from edge_agent.engine.line import LineEngine
+from edge_agent.exits import EXIT_CONFIG, EXIT_DATAERR, EXIT_NOINPUT, EXIT_OK
 from edge_agent.model import Sample
 from edge_agent.samplecsv import CsvProblem, SampleReader
 
-EXIT_OK = 0
-EXIT_DATAERR = 65  # EX_DATAERR: a CSV row is bad
-EXIT_NOINPUT = 66  # EX_NOINPUT: the CSV cannot be read
-EXIT_CONFIG = 78  # EX_CONFIG
 MAX_PROBLEMS_SHOWN = 20
 
 

@@ -85,6 +85,7 @@ from edge_agent.config.schema import (
     TlsConfig,
 )
 from edge_agent.errors import ConfigError
+from edge_agent.exits import EXIT_CONFIG
 from edge_agent.secrets import loose_permissions, resolve_path
 from edge_agent.sharing import LINE_TOPICS, PAYLOAD_FIELDS
 from edge_agent.sinks import sparkplug
@@ -102,7 +103,6 @@ __all__ = [
     "secret_files",
 ]
 
-EXIT_CONFIG: Final = 78  # EX_CONFIG from sysexits.h: "configuration error"
 MAX_FILE_BYTES: Final = 1 << 20  # a real plant's file is a few kB; refuse before parsing more
 # Aliases let a small file describe a huge tree ("billion laughs"): they may add at most this many
 # nodes to the file's own. Sharing a shift list among a hundred lines adds a few thousand.
