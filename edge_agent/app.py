@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +36,14 @@ from edge_agent import __version__
 from edge_agent.config.schema import AgentConfig, MqttConfig, OnStartupError, SourceConfig
 from edge_agent.engine.runner import EngineRunner, SinkOutbox
 from edge_agent.errors import ConfigError, EdgeAgentError, StorageError
-from edge_agent.exits import EXIT_CANTCREAT, EXIT_OK, EXIT_UNAVAILABLE
+from edge_agent.exits import EXIT_CANTCREAT, EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE
+from edge_agent.metrics import Metrics, MetricsServeError, MetricsServer, SinkFigures
 from edge_agent.poller import Poller
 from edge_agent.secrets import read_secret
 from edge_agent.sinks.history import FILE_NAME as HISTORY_FILE
 from edge_agent.sinks.history import History
 from edge_agent.sinks.mqtt import MqttSink
 from edge_agent.sinks.outbox import Outbox
-from edge_agent.sinks.prometheus import Metrics
 from edge_agent.sources import create_source
 from edge_agent.supervisor import Backoff, Health, link_held_after_s, supervise
 from edge_agent.systemd import Notifier
@@ -69,10 +69,9 @@ class _SinkRun:
     sink: MqttSink | None = None
     task: asyncio.Task[None] | None = None
     health: Health | None = None
-    published_seen: int = 0
-    unconfirmed_seen: int = 0
-    dropped_seen: dict[str, int] = field(default_factory=dict)
-    lost_seen: int = 0
+    # Acknowledged by the clients this sink had before its current one (a reload relinks).
+    published_before: int = 0
+    unconfirmed_before: int = 0
 
 
 def state_dir_for(cfg: AgentConfig) -> Path:
@@ -112,6 +111,9 @@ class Agent:
         self.history: History | None = None
         self.sinks: dict[str, _SinkRun] = {}  # by sink name, the primary first
         self.pollers: dict[str, Poller] = {}
+        self._source_health: dict[str, Health] = {}
+        self.metrics.read_sinks(self._sink_figures)
+        self.metrics.read_sources(self._source_states)
         self.metrics_port: int | None = None
         self.ready = asyncio.Event()
         self._last_progress = time.monotonic()
@@ -170,9 +172,14 @@ class Agent:
         try:
             return await self._run(stop, outbox)
         except BaseExceptionGroup as group:
-            startup, rest = group.split(StartupFailedError)
-            if rest is not None:
-                raise rest from None
+            serve, rest = group.split(MetricsServeError)
+            for bad in serve.exceptions if serve else ():
+                log.error("%s", bad)
+            if serve is not None and rest is None:
+                return EXIT_FAILURE
+            startup, others = (rest or group).split(StartupFailedError)
+            if others is not None:
+                raise others from None
             for failure in startup.exceptions if startup else ():
                 log.error("%s", failure)
             return EXIT_UNAVAILABLE
@@ -181,16 +188,17 @@ class Agent:
                 self.history.close()  # after a failed start; a clean stop closed it already
             for each in outboxes:
                 each.close()
-            self.metrics.stop_serving()
 
     async def _run(self, stop: asyncio.Event, outbox: Outbox) -> int:
         cfg = self.cfg
         m = self.metrics
         m.info.labels(version=__version__, site=cfg.site).set(1)
+        server = None
         if cfg.prometheus.enabled:
             p = cfg.prometheus
             password = read_secret(p.password_file) if p.password_file is not None else None
-            self.metrics_port = m.serve(
+            server = MetricsServer(
+                m,
                 p.host,
                 p.port,
                 cert_file=p.cert_file,
@@ -227,6 +235,11 @@ class Agent:
 
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
+            metrics_task = None
+            if server is not None:
+                metrics_task = tg.create_task(server.run(), name="metrics")
+                await _first_of_task(server.listening, metrics_task)
+                self.metrics_port = server.port
             for name in self.sinks:
                 self._start_sink(name)
             status_task = tg.create_task(self._watch(), name="status")
@@ -269,8 +282,10 @@ class Agent:
             await asyncio.gather(status_task, return_exceptions=True)
             for target in runner.targets:
                 target.give_up()
+            if metrics_task is not None:
+                metrics_task.cancel()
+                await asyncio.gather(metrics_task, return_exceptions=True)
             for name, run in self.sinks.items():
-                self._mirror_sink(name, run)
                 unsaved = len(run.sink.unsaved_acks) if run.sink is not None else 0
                 if unsaved:
                     log.warning(
@@ -321,23 +336,15 @@ class Agent:
             on_link=health.ok,
         )
         run.sink = sink
-        run.published_seen = 0
-        run.unconfirmed_seen = 0
         # Commands only from the primary sink: the plant's broker (the loader refuses
         # `commands` on the others).
         if name == self.cfg.mqtt.name and sc.commands and self.runner is not None:
             self._subscribe_commands(sink, self.runner)
         component = "mqtt" if name == self.cfg.mqtt.name else f"mqtt:{name}"
 
-        async def run_sink() -> None:
-            try:
-                await sink.run()
-            finally:
-                m.broker_connected.labels(sink=name).set(0)
-
         run.task = self._tg.create_task(
             supervise(
-                run_sink,
+                sink.run,
                 health,
                 Backoff(sc.backoff_initial_s, sc.backoff_max_s),
                 on_restart=lambda: m.component_restarts.labels(component=component).inc(),
@@ -358,9 +365,9 @@ class Agent:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         if sink is not None:
-            published = self.metrics.published.labels(sink=name)
-            published.inc(max(0, sink.published_total - run.published_seen))
-        run.published_seen = 0
+            run.published_before += sink.published_total
+            run.unconfirmed_before += sink.unconfirmed_total
+        run.sink = None
         run.task = None
 
     def _start_source(self, sc: SourceConfig) -> None:
@@ -416,7 +423,7 @@ class Agent:
             self.pollers.pop(name, None)
             if name not in new_sources:
                 self.runner.source_available(name, False)
-                self.metrics.source_up.remove(name)
+                self._source_health.pop(name, None)
 
         self.cfg = new
         kept, fresh = self.runner.reconfigure(new)
@@ -474,14 +481,15 @@ class Agent:
         self._last_progress = time.monotonic()
 
     async def _watch(self) -> None:
-        """Mirror component state into metrics and feed the watchdog while the engine progresses."""
+        """Check the state files and feed the watchdog while the engine progresses."""
         interval = 1.0
         if self.notifier.watchdog_interval_s:
             interval = min(interval, self.notifier.watchdog_interval_s / 4)
         while True:
-            for name, run in self.sinks.items():
+            for run in self.sinks.values():
                 self._check_storage(run.outbox.path.name, run.outbox.check_file())
-                self._mirror_sink(name, run)
+                if run.sink is not None and run.health is not None and run.sink.connected:
+                    run.health.ok()  # a link that has lasted becomes "stable again"
             # The engine ticks every second; 3 publish intervals without progress is a hang.
             stale_after = self.stall_after_s or max(
                 3 * (self.runner.publish_interval_s if self.runner else 1.0), 5.0
@@ -495,55 +503,50 @@ class Agent:
         if recreated:
             self.metrics.storage_recovered.labels(file=file, reason="deleted").inc()
 
-    def _mirror_sink(self, name: str, run: _SinkRun) -> None:
-        m = self.metrics
-        sink, health = run.sink, run.health
-        if sink is not None and health is not None:
-            connected = sink.connected
-            m.broker_connected.labels(sink=name).set(1 if connected else 0)
-            if connected:
-                health.ok()
-            m.published.labels(sink=name).inc(max(0, sink.published_total - run.published_seen))
-            run.published_seen = sink.published_total
-            unconfirmed = sink.unconfirmed_total
-            m.published_unconfirmed.labels(sink=name).inc(
-                max(0, unconfirmed - run.unconfirmed_seen)
-            )
-            run.unconfirmed_seen = unconfirmed
-            m.delivery_unconfirmed.labels(sink=name).set(1 if sink.status_echo_missing else 0)
-        outbox = run.outbox
-        m.outbox_depth.labels(sink=name).set(outbox.depth())
-        m.outbox_bytes.labels(sink=name).set(outbox.size_bytes)
+    def _sink_figures(self) -> list[tuple[str, SinkFigures]]:
+        """Each sink's figures, read at scrape time."""
         held = self.runner.held_by_sink() if self.runner else {}
-        m.outbox_held.labels(sink=name).set(held.get(name, 0))
-        m.outbox_writable.labels(sink=name).set(0 if outbox.failing else 1)
-        if self.runner is not None:
-            for target in self.runner.targets:
-                if target.name == name and target.lost > run.lost_seen:
-                    m.outbox_lost.labels(sink=name).inc(target.lost - run.lost_seen)
-                    run.lost_seen = target.lost
-        try:
-            age = outbox.oldest_age_s(time.time())
-        except StorageError:  # the runner logs storage trouble once; a metric can wait
-            age = None
-        m.outbox_oldest_age.labels(sink=name).set(age or 0.0)
-        now = outbox.dropped
-        seen = run.dropped_seen
-        for topic, total in now.items():
-            if total > seen.get(topic, 0):
-                m.outbox_dropped.labels(sink=name, topic=topic).inc(total - seen.get(topic, 0))
-        run.dropped_seen = now
+        lost = {t.name: t.lost for t in self.runner.targets} if self.runner else {}
+        figures = []
+        for name, run in self.sinks.items():
+            sink, outbox = run.sink, run.outbox
+            try:
+                age = outbox.oldest_age_s(time.time())
+            except StorageError:  # the runner logs storage trouble once; a metric can wait
+                age = None
+            figures.append(
+                (
+                    name,
+                    SinkFigures(
+                        connected=sink is not None and sink.connected,
+                        published=run.published_before + (sink.published_total if sink else 0),
+                        published_unconfirmed=run.unconfirmed_before
+                        + (sink.unconfirmed_total if sink else 0),
+                        delivery_unconfirmed=sink is not None and sink.status_echo_missing,
+                        outbox_messages=outbox.depth(),
+                        outbox_bytes=outbox.size_bytes,
+                        outbox_oldest_age_s=age or 0.0,
+                        outbox_writable=not outbox.failing,
+                        held_in_memory=held.get(name, 0),
+                        lost=lost.get(name, 0),
+                        dropped=outbox.dropped,
+                    ),
+                )
+            )
+        return figures
+
+    def _source_states(self) -> list[tuple[str, bool]]:
+        """Whether each running source is up, read at scrape time."""
+        return [(name, health.up) for name, health in self._source_health.items()]
 
     async def _run_source(self, sc: SourceConfig, runner: EngineRunner) -> None:
         m = self.metrics
-        up = m.source_up.labels(source=sc.name)
-        up.set(0)
 
         def on_change(is_up: bool) -> None:
-            up.set(1 if is_up else 0)
             runner.source_available(sc.name, is_up)
 
         health = Health("source", sc.name, on_change=on_change)
+        self._source_health[sc.name] = health
         source = create_source(sc, clock=self.clock)
         poller = Poller(
             source,
@@ -605,6 +608,16 @@ async def _first_of(*events: asyncio.Event) -> asyncio.Event:
             w.cancel()
         await asyncio.wait(waiters)
     return next(e for e in events if e.is_set())
+
+
+async def _first_of_task(event: asyncio.Event, task: asyncio.Task[None]) -> None:
+    """Wait until ``event`` is set or ``task`` ended (the TaskGroup then says why)."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait([waiter, task], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
 
 
 def describe_tasks() -> list[str]:
