@@ -1,16 +1,13 @@
-"""The agent: builds the components from a config and runs them under one supervisor.
-
-Start order: outboxes, metrics, MQTT sinks, history, engine, then sources. Stop order is the
-reverse: sources stop first, the engine writes a last snapshot, the history writes what it holds,
-the sinks drain their outboxes (all at once, each within the drain time) and publish ``offline``,
-then everything closes.
+"""The agent's composition root: builds the components from a config and hands them to the
+:class:`~edge_agent.supervisor.Supervisor`, which owns their tasks, start and stop order, retries,
+reload and systemd notification.
 
 Several MQTT sinks (the list form of ``mqtt``): each has its own outbox file (the first sink's is
 ``outbox.sqlite``, as with a single sink, so a state directory keeps working when a single sink
-becomes the first of a list; the others' are ``outbox-{name}.sqlite``), its own task under the
-supervisor with its own backoff, and its own metrics (label ``sink``). A broker that is down holds
-up only its own sink. Order commands (``mqtt.commands``) are taken from the primary (first) sink
-only, the plant's broker, and their replies go there only.
+becomes the first of a list; the others' are ``outbox-{name}.sqlite``), its own component with
+its own backoff, and its own metrics (label ``sink``). A broker that is down holds up only its
+own sink. Order commands (``mqtt.commands``) are taken from the primary (first) sink only, the
+plant's broker, and their replies go there only.
 
 Reload (SIGHUP, :meth:`Agent.request_reload`): the configuration file is loaded and validated
 again; an invalid one is refused with its problems logged, and the running one stays. A valid
@@ -23,19 +20,17 @@ the list of sink names need a restart: a change to them is logged and not applie
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from edge_agent import __version__
-from edge_agent.config.schema import AgentConfig, MqttConfig, OnStartupError, SourceConfig
+from edge_agent.config.schema import AgentConfig, MqttConfig, SourceConfig
 from edge_agent.engine.runner import EngineRunner, SinkOutbox
-from edge_agent.errors import ConfigError, EdgeAgentError, StorageError
+from edge_agent.errors import ConfigError, StorageError
 from edge_agent.exits import EXIT_CANTCREAT, EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE
 from edge_agent.metrics import Metrics, MetricsServeError, MetricsServer, SinkFigures
 from edge_agent.poller import Poller
@@ -45,33 +40,26 @@ from edge_agent.sinks.history import History
 from edge_agent.sinks.mqtt import MqttSink
 from edge_agent.sinks.outbox import Outbox
 from edge_agent.sources import create_source
-from edge_agent.supervisor import Backoff, Health, link_held_after_s, supervise
+from edge_agent.supervisor import (
+    Backoff,
+    Component,
+    Health,
+    Stage,
+    StartupFailedError,
+    Supervisor,
+    link_held_after_s,
+)
+from edge_agent.supervisor import run_until_signalled as _run_until_signalled
 from edge_agent.systemd import Notifier
 
+__all__ = ["Agent", "StartupFailedError", "outbox_file", "run_until_signalled", "state_dir_for"]
+
 log = logging.getLogger(__name__)
-
-
-class StartupFailedError(EdgeAgentError):
-    """A source configured with ``on_startup_error: fail`` could not connect at start."""
 
 
 def outbox_file(cfg: AgentConfig, sink: MqttConfig) -> str:
     """The outbox file name of ``sink`` (see the module docstring)."""
     return "outbox.sqlite" if sink.name == cfg.mqtt.name else f"outbox-{sink.name}.sqlite"
-
-
-@dataclass(slots=True)
-class _SinkRun:
-    """One MQTT sink while the agent runs: its outbox, its client and its supervised task."""
-
-    cfg: MqttConfig
-    outbox: Outbox
-    sink: MqttSink | None = None
-    task: asyncio.Task[None] | None = None
-    health: Health | None = None
-    # Acknowledged by the clients this sink had before its current one (a reload relinks).
-    published_before: int = 0
-    unconfirmed_before: int = 0
 
 
 def state_dir_for(cfg: AgentConfig) -> Path:
@@ -85,6 +73,20 @@ def state_dir_for(cfg: AgentConfig) -> Path:
         return Path(env.split(":")[0])
     base = Path(cfg.path).absolute().parent if not cfg.path.startswith("<") else Path.cwd()
     return base / "state"
+
+
+@dataclass(slots=True)
+class _SinkRun:
+    """One MQTT sink while the agent runs: its outbox, and its current client and health."""
+
+    cfg: MqttConfig
+    outbox: Outbox
+    sink: MqttSink | None = None
+    health: Health | None = None
+    # Acknowledged by the clients this sink had before its current one (a reload relinks).
+    published_before: int = 0
+    unconfirmed_before: int = 0
+    unsaved_acks: int = 0  # of the last client, when it stopped
 
 
 class Agent:
@@ -101,30 +103,32 @@ class Agent:
         """``clock`` is the agent's time in POSIX seconds (samples, engine, history); tests run
         it faster than the wall clock together with simulators at the same speed. The agent
         reads it in whole microseconds: the history's CSV export carries times to the
-        microsecond, so a replay sees exactly the times the live engine saw."""
+        microsecond, so a replay sees exactly the times the live engine saw. ``stall_after_s``:
+        how long without an engine step is a hang (default: 3 publish intervals, at least 5 s)."""
         self.cfg = cfg
         self.clock: Callable[[], float] = lambda: round(clock(), 6)
         self.metrics = metrics or Metrics()
-        self.notifier = notifier or Notifier()
-        self.drain_timeout_s = drain_timeout_s
+
+        def stall_s() -> float:
+            interval_s = self.runner.publish_interval_s if self.runner else 1.0
+            return stall_after_s or max(3 * interval_s, 5.0)
+
+        self.supervisor = Supervisor(
+            notifier,
+            drain_timeout_s=drain_timeout_s,
+            stall_after_s=stall_s,
+            housekeeping=self._housekeeping,
+        )
+        self.ready = self.supervisor.ready
+        self.reload_done = self.supervisor.reload_done
+        self.reloads = 0  # configurations applied by reload
         self.runner: EngineRunner | None = None
         self.history: History | None = None
         self.sinks: dict[str, _SinkRun] = {}  # by sink name, the primary first
         self.pollers: dict[str, Poller] = {}
-        self._source_health: dict[str, Health] = {}
+        self._metrics_server: MetricsServer | None = None
         self.metrics.read_sinks(self._sink_figures)
-        self.metrics.read_sources(self._source_states)
-        self.metrics_port: int | None = None
-        self.ready = asyncio.Event()
-        self._last_progress = time.monotonic()
-        # None: 3 publish intervals, at least 5 s, without an engine step is a hang.
-        self.stall_after_s = stall_after_s
-        self.reloads = 0  # configurations applied by reload
-        self.reload_done = asyncio.Event()  # set after every reload attempt, applied or refused
-        self._reload_requested = asyncio.Event()
-        self._tg: asyncio.TaskGroup | None = None
-        self._source_tasks: dict[str, asyncio.Task[None]] = {}
-        self.engine_task: asyncio.Task[None] | None = None
+        self.metrics.read_sources(lambda: [(n, p.health.up) for n, p in self.pollers.items()])
 
     @property
     def sink(self) -> MqttSink | None:
@@ -132,71 +136,87 @@ class Agent:
         run = self.sinks.get(self.cfg.mqtt.name)
         return run.sink if run is not None else None
 
+    @property
+    def metrics_port(self) -> int | None:
+        """The port ``/metrics`` listens on, once it does."""
+        return self._metrics_server.port if self._metrics_server is not None else None
+
+    @property
+    def engine_task(self) -> asyncio.Task[None] | None:
+        engine = self.supervisor.components.get("engine")
+        return engine.task if engine is not None else None
+
     def request_reload(self) -> None:
         """Reload the configuration file soon (the SIGHUP handler calls this)."""
-        self._reload_requested.set()
-
-    def _open_outboxes(self) -> list[Outbox]:
-        """One outbox per sink, the primary's first; all or none."""
-        directory = state_dir_for(self.cfg)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create state directory {directory}: {exc}") from exc
-        opened: list[Outbox] = []
-        try:
-            for sink in self.cfg.mqtt_sinks:
-                path = directory / outbox_file(self.cfg, sink)
-                opened.append(Outbox(path, limits=self.cfg.storage.outbox))
-        except StorageError:
-            for outbox in opened:
-                outbox.close()
-            raise
-        return opened
+        self.supervisor.request_reload()
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set, then shut down in order. Returns the process exit code."""
         try:
-            outboxes = self._open_outboxes()
+            outboxes = _open_outboxes(self.cfg)
         except StorageError as exc:
             log.error("%s", exc)
             return EXIT_CANTCREAT
-        self.sinks = {
-            sc.name: _SinkRun(sc, outbox)
-            for sc, outbox in zip(self.cfg.mqtt_sinks, outboxes, strict=True)
-        }
-        for each in outboxes:
-            if each.recovered is not None:  # logged by the outbox
-                self.metrics.storage_recovered.labels(file=each.path.name, reason="corrupt").inc()
-        outbox = outboxes[0]
+        for sc, outbox in zip(self.cfg.mqtt_sinks, outboxes, strict=True):
+            self.sinks[sc.name] = _SinkRun(sc, outbox)
+            if outbox.recovered is not None:  # logged by the outbox
+                self.metrics.storage_recovered.labels(file=outbox.path.name, reason="corrupt").inc()
+        cfg = self.cfg
         try:
-            return await self._run(stop, outbox)
+            self._compose(outboxes[0])
+            await self.supervisor.run(
+                stop,
+                reload=self._reload,
+                status=f"{len(cfg.sources)} sources, {len(cfg.lines)} lines",
+                on_ready=lambda: log.info(
+                    "agent started: site '%s', %d source(s), %d line(s), broker %s",
+                    cfg.site,
+                    len(cfg.sources),
+                    len(cfg.lines),
+                    ", ".join(_describe_sink(sc) for sc in cfg.mqtt_sinks),
+                ),
+            )
+            self._left_behind()
         except BaseExceptionGroup as group:
-            serve, rest = group.split(MetricsServeError)
-            for bad in serve.exceptions if serve else ():
-                log.error("%s", bad)
-            if serve is not None and rest is None:
-                return EXIT_FAILURE
-            startup, others = (rest or group).split(StartupFailedError)
-            if others is not None:
-                raise others from None
-            for failure in startup.exceptions if startup else ():
+            expected, rest = group.split((StartupFailedError, MetricsServeError))
+            if rest is not None:
+                raise rest from None
+            for failure in expected.exceptions if expected else ():
                 log.error("%s", failure)
-            return EXIT_UNAVAILABLE
+            startup = expected is not None and expected.subgroup(StartupFailedError) is not None
+            return EXIT_UNAVAILABLE if startup else EXIT_FAILURE
         finally:
             if self.history is not None:
                 self.history.close()  # after a failed start; a clean stop closed it already
             for each in outboxes:
                 each.close()
+        log.info("stopped")
+        return EXIT_OK
 
-    async def _run(self, stop: asyncio.Event, outbox: Outbox) -> int:
-        cfg = self.cfg
-        m = self.metrics
+    def _left_behind(self) -> None:
+        """At stop: say what could not be delivered and stays for the next start."""
+        for target in self.runner.targets if self.runner is not None else ():
+            target.give_up()
+        for name, run in self.sinks.items():
+            if run.unsaved_acks:
+                log.warning(
+                    "storage: %d message(s) acknowledged by broker '%s' could not be deleted"
+                    " from its outbox; they will be sent again at the next start",
+                    run.unsaved_acks,
+                    name,
+                )
+            left = run.outbox.depth() - run.unsaved_acks
+            if left:
+                log.warning(
+                    "%d message(s) stay in the outbox of sink '%s' for the next start", left, name
+                )
+
+    def _compose(self, outbox: Outbox) -> None:
+        """Every component of ``self.cfg``, handed to the supervisor (it starts them)."""
+        cfg, m, sup = self.cfg, self.metrics, self.supervisor
         m.info.labels(version=__version__, site=cfg.site).set(1)
-        server = None
         if cfg.prometheus.enabled:
             p = cfg.prometheus
-            password = read_secret(p.password_file) if p.password_file is not None else None
             server = MetricsServer(
                 m,
                 p.host,
@@ -204,12 +224,16 @@ class Agent:
                 cert_file=p.cert_file,
                 key_file=p.key_file,
                 username=p.username,
-                password=password,
+                password=read_secret(p.password_file) if p.password_file is not None else None,
             )
-
-        history = None
+            self._metrics_server = server
+            sup.add(
+                Component(
+                    name="metrics", stage=Stage.SINKS, run=server.run, listening=server.listening
+                )
+            )
         if cfg.storage.history.enabled:
-            history = History(
+            self.history = history = History(
                 state_dir_for(cfg) / HISTORY_FILE,
                 cfg.storage.history,
                 clock=self.clock,
@@ -217,93 +241,35 @@ class Agent:
                     file=HISTORY_FILE, reason=reason
                 ).inc(),
             )
-        self.history = history
-        runner = EngineRunner(
+            sup.add(
+                Component(
+                    name="history", stage=Stage.STORE, run=history.run, after_stop=history.close
+                )
+            )
+        self.runner = runner = EngineRunner(
             cfg,
             outbox,
             metrics=m,
             notify_sink=self._notifier(cfg.mqtt.name),
-            on_progress=self._progress,
+            on_progress=sup.progress,
             clock=self.clock,
-            history=history,
+            history=self.history,
             more_sinks=[
                 SinkOutbox(sc, self.sinks[sc.name].outbox, self._notifier(sc.name))
                 for sc in cfg.mqtt_extra
             ],
         )
-        self.runner = runner
+        for name in self.sinks:
+            self._add_sink(name)
 
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            metrics_task = None
-            if server is not None:
-                metrics_task = tg.create_task(server.run(), name="metrics")
-                await _first_of_task(server.listening, metrics_task)
-                self.metrics_port = server.port
-            for name in self.sinks:
-                self._start_sink(name)
-            status_task = tg.create_task(self._watch(), name="status")
-            history_task = tg.create_task(history.run(), name="history") if history else None
-            self.engine_task = tg.create_task(runner.run(), name="engine")
-            for sc in cfg.sources:
-                self._start_source(sc)
-            self.notifier.ready(f"{len(cfg.sources)} sources, {len(cfg.lines)} lines")
-            self.ready.set()
-            log.info(
-                "agent started: site '%s', %d source(s), %d line(s), broker %s",
-                cfg.site,
-                len(cfg.sources),
-                len(cfg.lines),
-                ", ".join(_describe_sink(sc) for sc in cfg.mqtt_sinks),
-            )
-            while await _first_of(stop, self._reload_requested) is self._reload_requested:
-                self._reload_requested.clear()
-                try:
-                    await self._reload()
-                finally:
-                    self.reload_done.set()
-
-            log.info("stopping: sources first, then the engine, then the broker link")
-            self.notifier.stopping()
-            source_tasks = list(self._source_tasks.values())
-            for task in source_tasks:
-                task.cancel()
-            await asyncio.gather(*source_tasks, return_exceptions=True)
-            self.engine_task.cancel()
-            await asyncio.gather(self.engine_task, return_exceptions=True)
+        def last_snapshot() -> None:
             runner.step(snapshot=True)
-            if history is not None and history_task is not None:
-                history_task.cancel()
-                await asyncio.gather(history_task, return_exceptions=True)
-                history.close()
-            # All sinks drain at once: a broker that is down costs the drain time only once.
-            await asyncio.gather(*(self._stop_sink(n, self.drain_timeout_s) for n in self.sinks))
-            status_task.cancel()
-            await asyncio.gather(status_task, return_exceptions=True)
-            for target in runner.targets:
-                target.give_up()
-            if metrics_task is not None:
-                metrics_task.cancel()
-                await asyncio.gather(metrics_task, return_exceptions=True)
-            for name, run in self.sinks.items():
-                unsaved = len(run.sink.unsaved_acks) if run.sink is not None else 0
-                if unsaved:
-                    log.warning(
-                        "storage: %d message(s) acknowledged by broker '%s' could not be deleted"
-                        " from its outbox; they will be sent again at the next start",
-                        unsaved,
-                        name,
-                    )
-                left = run.outbox.depth() - unsaved
-                if left:
-                    log.warning(
-                        "%d message(s) stay in the outbox of sink '%s' for the next start",
-                        left,
-                        name,
-                    )
-        self._tg = None
-        log.info("stopped")
-        return EXIT_OK
+
+        sup.add(
+            Component(name="engine", stage=Stage.ENGINE, run=runner.run, after_stop=last_snapshot)
+        )
+        for sc in cfg.sources:
+            self._add_source(sc)
 
     def _notifier(self, name: str) -> Callable[[], None]:
         def notify() -> None:
@@ -313,67 +279,86 @@ class Agent:
 
         return notify
 
-    def _start_sink(self, name: str) -> None:
-        assert self._tg is not None
-        run = self.sinks[name]
+    def _sink_component_name(self, name: str) -> str:
+        return "mqtt" if name == self.cfg.mqtt.name else f"mqtt:{name}"
+
+    def _add_sink(self, name: str) -> None:
+        run, m = self.sinks[name], self.metrics
         sc = run.cfg
-        m = self.metrics
-        what = "broker" if len(self.sinks) == 1 else f"broker '{name}'"
         held_after_s = link_held_after_s(sc.keepalive_s)
         # A link that drops before it held is summed up, at most once per backoff cap.
-        health = Health(
-            what,
+        run.health = health = Health(
+            "broker" if len(self.sinks) == 1 else f"broker '{name}'",
             f"{sc.host}:{sc.port}",
             held_after_s=held_after_s,
             summary_every_s=max(sc.backoff_max_s, held_after_s),
         )
-        run.health = health
-        sink = MqttSink(
-            sc,
-            site=self.cfg.site,
-            outbox=run.outbox,
-            lines=[line.name for line in self.cfg.lines],
-            on_link=health.ok,
+        lines = [line.name for line in self.cfg.lines]
+        run.sink = sink = MqttSink(
+            sc, site=self.cfg.site, outbox=run.outbox, lines=lines, on_link=health.ok
         )
-        run.sink = sink
         # Commands only from the primary sink: the plant's broker (the loader refuses
         # `commands` on the others).
         if name == self.cfg.mqtt.name and sc.commands and self.runner is not None:
             self._subscribe_commands(sink, self.runner)
-        component = "mqtt" if name == self.cfg.mqtt.name else f"mqtt:{name}"
+        component = self._sink_component_name(name)
 
-        run.task = self._tg.create_task(
-            supervise(
-                sink.run,
-                health,
-                Backoff(sc.backoff_initial_s, sc.backoff_max_s),
+        async def drain(timeout_s: float) -> None:
+            try:
+                await sink.close(timeout_s)
+            except Exception as exc:  # the broker may be gone: the outbox keeps what is left
+                log.warning("could not close the link to broker '%s' cleanly: %s", name, exc)
+
+        def after_stop() -> None:
+            run.published_before += sink.published_total
+            run.unconfirmed_before += sink.unconfirmed_total
+            run.unsaved_acks = len(sink.unsaved_acks)
+            run.sink = None
+
+        self.supervisor.add(
+            Component(
+                name=component,
+                stage=Stage.SINKS,
+                run=sink.run,
+                health=health,
+                backoff=Backoff(sc.backoff_initial_s, sc.backoff_max_s),
                 on_restart=lambda: m.component_restarts.labels(component=component).inc(),
-            ),
-            name=component,
+                drain=drain,
+                after_stop=after_stop,
+            )
         )
         sink.notify()  # whatever waits in the outbox goes out as soon as it connects
 
-    async def _stop_sink(self, name: str, drain_timeout_s: float) -> None:
-        run = self.sinks[name]
-        sink, task = run.sink, run.task
-        if sink is not None:
-            try:
-                await sink.close(drain_timeout_s)
-            except Exception as exc:  # the broker may be gone: the outbox keeps what is left
-                log.warning("could not close the link to broker '%s' cleanly: %s", name, exc)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        if sink is not None:
-            run.published_before += sink.published_total
-            run.unconfirmed_before += sink.unconfirmed_total
-        run.sink = None
-        run.task = None
+    def _add_source(self, sc: SourceConfig) -> None:
+        runner, m = self.runner, self.metrics
+        assert runner is not None
 
-    def _start_source(self, sc: SourceConfig) -> None:
-        assert self._tg is not None and self.runner is not None
-        self._source_tasks[sc.name] = self._tg.create_task(
-            self._run_source(sc, self.runner), name=f"source:{sc.name}"
+        def on_change(is_up: bool) -> None:
+            runner.source_available(sc.name, is_up)
+
+        poller = Poller(
+            create_source(sc, clock=self.clock),
+            sc,
+            deliver=runner.deliver,
+            health=Health("source", sc.name, on_change=on_change),
+            metrics=m,
+            on_source_restart=lambda: runner.source_restarted(sc.name),
+            clock=self.clock,
+        )
+        self.pollers[sc.name] = poller
+        component = f"source:{sc.name}"
+        self.supervisor.add(
+            Component(
+                name=component,
+                stage=Stage.SOURCES,
+                run=poller.run,
+                health=poller.health,
+                backoff=Backoff(sc.backoff_initial_s, sc.backoff_max_s),
+                on_restart=lambda: m.component_restarts.labels(component=component).inc(),
+                on_startup_error=sc.on_startup_error.value,
+                connected_once=lambda: poller.connected_once,
+                on_disabled=lambda: on_change(False),
+            )
         )
 
     async def _reload(self) -> None:
@@ -415,22 +400,17 @@ class Agent:
         old_sources = {sc.name: sc for sc in old.sources}
         new_sources = {sc.name: sc for sc in new.sources}
         stop = [n for n, sc in old_sources.items() if new_sources.get(n) != sc]
-        tasks = [self._source_tasks.pop(n) for n in stop if n in self._source_tasks]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.supervisor.remove(*(f"source:{n}" for n in stop))
         for name in stop:
             self.pollers.pop(name, None)
             if name not in new_sources:
                 self.runner.source_available(name, False)
-                self._source_health.pop(name, None)
 
         self.cfg = new
         kept, fresh = self.runner.reconfigure(new)
-
         start = [sc for n, sc in new_sources.items() if old_sources.get(n) != sc]
         for sc in start:
-            self._start_source(sc)
+            self._add_source(sc)
 
         # publish_interval, qos and share are applied by the engine runner before the outbox;
         # anything else of a sink is its link's. The sink re-checks the share when publishing,
@@ -443,8 +423,11 @@ class Agent:
             self.sinks[mc.name].cfg = mc
             if link(mc) != link(before):
                 log.info("reload: settings of broker '%s' changed; reconnecting", mc.name)
-                await self._stop_sink(mc.name, min(self.drain_timeout_s, mc.timeout_s))
-                self._start_sink(mc.name)
+                timeout_s = min(self.supervisor.drain_timeout_s, mc.timeout_s)
+                await self.supervisor.remove(
+                    self._sink_component_name(mc.name), drain_timeout_s=timeout_s
+                )
+                self._add_sink(mc.name)
                 relinked.append(mc.name)
         self.reloads += 1
         log.info(
@@ -477,31 +460,16 @@ class Agent:
                 purpose=f"order commands for line '{line.name}' will not arrive",
             )
 
-    def _progress(self) -> None:
-        self._last_progress = time.monotonic()
-
-    async def _watch(self) -> None:
-        """Check the state files and feed the watchdog while the engine progresses."""
-        interval = 1.0
-        if self.notifier.watchdog_interval_s:
-            interval = min(interval, self.notifier.watchdog_interval_s / 4)
-        while True:
-            for run in self.sinks.values():
-                self._check_storage(run.outbox.path.name, run.outbox.check_file())
-                if run.sink is not None and run.health is not None and run.sink.connected:
-                    run.health.ok()  # a link that has lasted becomes "stable again"
-            # The engine ticks every second; 3 publish intervals without progress is a hang.
-            stale_after = self.stall_after_s or max(
-                3 * (self.runner.publish_interval_s if self.runner else 1.0), 5.0
-            )
-            if time.monotonic() - self._last_progress < stale_after:
-                self.notifier.watchdog()
-            await asyncio.sleep(interval)
-
-    def _check_storage(self, file: str, recreated: bool) -> None:
-        """Count a state file found deleted while running (and recreated; logged by it)."""
-        if recreated:
-            self.metrics.storage_recovered.labels(file=file, reason="deleted").inc()
+    def _housekeeping(self) -> None:
+        """About once a second: a state file found deleted (and recreated, logged by it) is
+        counted; a broker link that has lasted is told so ("stable again")."""
+        for run in self.sinks.values():
+            if run.outbox.check_file():
+                self.metrics.storage_recovered.labels(
+                    file=run.outbox.path.name, reason="deleted"
+                ).inc()
+            if run.sink is not None and run.health is not None and run.sink.connected:
+                run.health.ok()
 
     def _sink_figures(self) -> list[tuple[str, SinkFigures]]:
         """Each sink's figures, read at scrape time."""
@@ -535,59 +503,25 @@ class Agent:
             )
         return figures
 
-    def _source_states(self) -> list[tuple[str, bool]]:
-        """Whether each running source is up, read at scrape time."""
-        return [(name, health.up) for name, health in self._source_health.items()]
 
-    async def _run_source(self, sc: SourceConfig, runner: EngineRunner) -> None:
-        m = self.metrics
-
-        def on_change(is_up: bool) -> None:
-            runner.source_available(sc.name, is_up)
-
-        health = Health("source", sc.name, on_change=on_change)
-        self._source_health[sc.name] = health
-        source = create_source(sc, clock=self.clock)
-        poller = Poller(
-            source,
-            sc,
-            deliver=runner.deliver,
-            health=health,
-            metrics=m,
-            on_source_restart=lambda: runner.source_restarted(sc.name),
-            clock=self.clock,
-        )
-        self.pollers[sc.name] = poller
-
-        if sc.on_startup_error is not OnStartupError.RETRY:
-            try:
-                await poller.run()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if poller.connected_once:
-                    health.failed(exc, sc.backoff_initial_s)
-                elif sc.on_startup_error is OnStartupError.FAIL:
-                    raise StartupFailedError(
-                        f"source '{sc.name}' could not start ({exc}) and on_startup_error is 'fail'"
-                    ) from exc
-                else:
-                    log.error(
-                        "source '%s' could not start (%s); disabled (on_startup_error: disable)",
-                        sc.name,
-                        exc,
-                        extra={"source": sc.name},
-                    )
-                    on_change(False)
-                    return
-                await asyncio.sleep(sc.backoff_initial_s)
-        await supervise(
-            poller.run,
-            health,
-            Backoff(sc.backoff_initial_s, sc.backoff_max_s),
-            on_restart=lambda: m.component_restarts.labels(component=f"source:{sc.name}").inc(),
-        )
+def _open_outboxes(cfg: AgentConfig) -> list[Outbox]:
+    """One outbox per sink, the primary's first; all or none."""
+    directory = state_dir_for(cfg)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create state directory {directory}: {exc}") from exc
+    opened: list[Outbox] = []
+    try:
+        for sink in cfg.mqtt_sinks:
+            opened.append(
+                Outbox(state_dir_for(cfg) / outbox_file(cfg, sink), limits=cfg.storage.outbox)
+            )
+    except StorageError:
+        for outbox in opened:
+            outbox.close()
+        raise
+    return opened
 
 
 def _describe_sink(sc: MqttConfig) -> str:
@@ -595,71 +529,8 @@ def _describe_sink(sc: MqttConfig) -> str:
     return f"'{sc.name}' {sc.host}:{sc.port}{shared}"
 
 
-async def _first_of(*events: asyncio.Event) -> asyncio.Event:
-    """Wait until one of ``events`` is set; return the first one that is (in argument order)."""
-    for event in events:
-        if event.is_set():
-            return event
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-        await asyncio.wait(waiters)
-    return next(e for e in events if e.is_set())
-
-
-async def _first_of_task(event: asyncio.Event, task: asyncio.Task[None]) -> None:
-    """Wait until ``event`` is set or ``task`` ended (the TaskGroup then says why)."""
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait([waiter, task], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        await asyncio.gather(waiter, return_exceptions=True)
-
-
-def describe_tasks() -> list[str]:
-    """Each pending task as ``name: file:line function <- ...`` (innermost await last)."""
-    out = []
-    current = asyncio.current_task()
-    for task in asyncio.all_tasks():
-        if task is current or task.done():
-            continue
-        frames: list[str] = []
-        coro: Any = task.get_coro()
-        while coro is not None and len(frames) < 12:
-            frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
-            if frame is not None:
-                name = frame.f_code.co_filename.rsplit("/", 1)[-1]
-                frames.append(f"{name}:{frame.f_lineno} {frame.f_code.co_name}")
-            coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
-        out.append(f"{task.get_name()}: {' <- '.join(frames)}")
-    return sorted(out)
-
-
 async def run_until_signalled(agent: Agent, *, extra_stop: Callable[[], None] | None = None) -> int:
     """Run ``agent`` until SIGTERM or SIGINT; SIGHUP reloads its configuration file."""
-    import signal  # noqa: PLC0415
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_stop_signal() -> None:
-        if stop.is_set():
-            # A second request while stopping: say what the shutdown is waiting for.
-            log.warning("still stopping; waiting for: %s", "; ".join(describe_tasks()))
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_stop_signal)
-    with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
-    try:
-        return await agent.run(stop)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        if extra_stop:
-            extra_stop()
+    return await _run_until_signalled(
+        agent.run, on_reload=agent.request_reload, extra_stop=extra_stop
+    )
