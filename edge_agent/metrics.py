@@ -37,6 +37,8 @@ from edge_agent.errors import EdgeAgentError
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from edge_agent.config.schema import PrometheusConfig
+
 log = logging.getLogger(__name__)
 
 _POLL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -286,6 +288,22 @@ class MetricsServer:
             self._expected = b"Basic " + base64.b64encode(f"{username}:{password}".encode())
         self.port: int | None = None
         self.listening = asyncio.Event()
+
+    @classmethod
+    def from_config(cls, metrics: Metrics, p: PrometheusConfig) -> MetricsServer:
+        """The server the ``prometheus`` section describes (its password file read now)."""
+        from edge_agent.secrets import read_secret  # noqa: PLC0415
+
+        password = read_secret(p.password_file) if p.password_file is not None else None
+        return cls(
+            metrics,
+            p.host,
+            p.port,
+            cert_file=p.cert_file,
+            key_file=p.key_file,
+            username=p.username,
+            password=password,
+        )
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if self.cert_file is None or self.key_file is None:
