@@ -136,6 +136,9 @@ class Agent:
                 target.give_up()
             for link in self.sinks.values():
                 link.report_left_behind()
+        except MetricsServeError as exc:  # before anything started
+            log.error("%s", exc)
+            return EXIT_FAILURE
         except BaseExceptionGroup as group:
             expected, rest = group.split((StartupFailedError, MetricsServeError))
             if rest is not None:

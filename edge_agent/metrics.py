@@ -23,6 +23,7 @@ import asyncio
 import base64
 import hmac
 import logging
+import os
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -291,10 +292,14 @@ class MetricsServer:
 
     @classmethod
     def from_config(cls, metrics: Metrics, p: PrometheusConfig) -> MetricsServer:
-        """The server the ``prometheus`` section describes (its password file read now)."""
-        from edge_agent.secrets import read_secret  # noqa: PLC0415
+        """The server the ``prometheus`` section describes (its password file read now; raises
+        :class:`MetricsServeError` when it cannot be)."""
+        from edge_agent.secrets import SecretError, read_secret  # noqa: PLC0415
 
-        password = read_secret(p.password_file) if p.password_file is not None else None
+        try:
+            password = read_secret(p.password_file) if p.password_file is not None else None
+        except SecretError as exc:
+            raise MetricsServeError(f"metrics: {exc} (prometheus.password_file)") from exc
         return cls(
             metrics,
             p.host,
@@ -352,9 +357,12 @@ class MetricsServer:
             try:
                 await site.start()
             except OSError as exc:
+                # asyncio words it "error while attempting to bind on address ...": the errno's
+                # own text says it plainly.
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
                 raise MetricsServeError(
                     f"metrics: cannot listen on {self.host}:{self.requested_port}"
-                    f" (prometheus.host, prometheus.port): {exc.strerror or exc}"
+                    f" (prometheus.host, prometheus.port): {reason}"
                 ) from exc
             self.port = int(runner.addresses[0][1])
             scheme = "https" if context is not None else "http"

@@ -5,14 +5,21 @@ while running, and a component that swallows its cancellation; and the reload pl
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from helpers.configs import two_lines_on_one_plc
+from helpers.net import free_port
 
+from edge_agent.app import Agent
 from edge_agent.config.loader import load_config_text
+from edge_agent.config.schema import AgentConfig
 from edge_agent.errors import NotConnectedError
+from edge_agent.exits import EXIT_FAILURE
 from edge_agent.reload import plan_reload
 from edge_agent.supervisor import (
     Backoff,
@@ -312,3 +319,52 @@ def test_reload_plan_stops_a_source_that_is_gone() -> None:
     plan = plan_reload(load_config_text(two), load_config_text(BASE))
     assert plan.stop_sources == ("plc2",) and plan.gone_sources == ("plc2",)
     assert plan.start_sources == ()
+
+
+# -- the agent when /metrics cannot be served --------------------------------------------------
+
+
+def _agent_config(tmp_path: Path, metrics_port: int) -> AgentConfig:
+    # Nothing listens on the PLC and broker ports: the start fails before either matters.
+    return load_config_text(
+        two_lines_on_one_plc(free_port())
+        + f"mqtt: {{host: 127.0.0.1, port: {free_port()}}}\n"
+        + f"prometheus: {{host: 127.0.0.1, port: {metrics_port}}}\n"
+        + f"storage: {{dir: {tmp_path / 'state'}}}\n"
+    )
+
+
+async def test_a_metrics_port_in_use_stops_the_start_with_one_line_and_exit_1(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        agent = Agent(_agent_config(tmp_path, port))
+        async with asyncio.timeout(20):
+            code = await agent.run(asyncio.Event())
+    assert code == EXIT_FAILURE
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"metrics: cannot listen on 127.0.0.1:{port} (prometheus.host, prometheus.port):"
+        " Address already in use"
+    ]
+    assert not agent.ready.is_set()  # READY=1 was never sent
+    assert all(c.task is None or c.task.done() for c in agent.supervisor.components.values())
+
+
+async def test_an_unreadable_metrics_password_stops_the_start_with_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = _agent_config(tmp_path, free_port())
+    missing = tmp_path / "metrics.password"
+    prometheus = dataclasses.replace(cfg.prometheus, username="prom", password_file=str(missing))
+    agent = Agent(dataclasses.replace(cfg, prometheus=prometheus))
+    async with asyncio.timeout(20):
+        assert await agent.run(asyncio.Event()) == EXIT_FAILURE
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"metrics: cannot read secret file {missing}: No such file or directory"
+        " (prometheus.password_file)"
+    ]
