@@ -493,7 +493,7 @@ def _line(name: str, source: str, state_tag: str, total_tag: str) -> dict[str, A
 async def floor_rss() -> float:
     """RSS of a bare Python importing what the Modbus-only agent imports."""
     code = (
-        "import asyncio, sqlite3, json, logging, yaml, pymodbus.client, aiomqtt, "
+        "import asyncio, sqlite3, json, logging, yaml, pymodbus.client, "
         "paho.mqtt.client, prometheus_client, aiohttp.web, sys; print('ready', flush=True); "
         "sys.stdin.read()"
     )

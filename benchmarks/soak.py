@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.app import Agent
+from edge_agent.broker import Mosquitto
 from edge_agent.config.loader import load_config_text
 from edge_agent.logs import setup_logging
 
@@ -60,27 +60,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"
-    )
-    proc = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("mosquitto did not start")
 
 
 def start_simulators(speed: float) -> tuple[subprocess.Popen[str], int, str]:
@@ -181,7 +160,9 @@ async def soak(minutes: float, speed: float, every_s: float) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="edge-soak-") as tmp:
         work = Path(tmp)
-        broker, broker_port = start_mosquitto(work)
+        broker = Mosquitto(None, work / "mosquitto")
+        broker.start(attempts=3)
+        broker_port = broker.port
         sims, modbus_port, endpoint = start_simulators(speed)
         try:
             cfg = load_config_text(
@@ -229,12 +210,11 @@ async def soak(minutes: float, speed: float, every_s: float) -> list[Row]:
             print(f"agent exited with {code}", flush=True)
         finally:
             sims.send_signal(signal.SIGTERM)
-            broker.terminate()
-            for proc in (sims, broker):
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            broker.stop()
+            try:
+                sims.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                sims.kill()
     return rows
 
 

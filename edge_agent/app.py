@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 from edge_agent import __version__
 from edge_agent.config.schema import AgentConfig, SourceConfig
-from edge_agent.engine.runner import EngineRunner, SinkOutbox
 from edge_agent.errors import StorageError
 from edge_agent.exits import EXIT_CANTCREAT, EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE
 from edge_agent.links import (
@@ -29,6 +28,7 @@ from edge_agent.links import (
     subscribe_commands,
 )
 from edge_agent.metrics import Metrics, MetricsServeError, MetricsServer, SinkFigures
+from edge_agent.pipeline import Pipeline, SinkOutbox
 from edge_agent.poller import Poller
 from edge_agent.reload import load_for_reload, plan_reload
 from edge_agent.sinks.history import FILE_NAME as HISTORY_FILE
@@ -76,7 +76,7 @@ class Agent:
         )
         self.ready, self.reload_done = self.supervisor.ready, self.supervisor.reload_done
         self.reloads = 0  # configurations applied by reload
-        self.runner: EngineRunner | None = None
+        self.runner: Pipeline | None = None
         self.history: History | None = None
         self.sinks: dict[str, SinkLink] = {}  # by sink name, the primary first
         self.pollers: dict[str, Poller] = {}
@@ -179,7 +179,7 @@ class Agent:
                 )
             )
         primary = self.sinks[cfg.mqtt.name]
-        self.runner = runner = EngineRunner(
+        self.runner = runner = Pipeline(
             cfg,
             primary.outbox,
             metrics=m,

@@ -1,6 +1,10 @@
-"""A private MQTT broker on loopback, for the demo (and tests).
+"""Private MQTT brokers on loopback: the one launcher of Mosquitto for the demo, the tests and
+the benchmarks, and the demo's broker.
 
-:class:`LocalBroker` runs Mosquitto as a subprocess when the binary is installed, otherwise an
+:class:`Mosquitto` is one Mosquitto process on a free port, its configuration and log in a
+directory of the caller's: started (and waited for until it accepts connections), stopped,
+restarted on the same port, paused; from synchronous code (tests, the soak run) or from the
+event loop. :class:`LocalBroker` runs Mosquitto when the binary is installed, otherwise an
 embedded amqtt broker (the ``demo`` extra). Either way it listens on ``127.0.0.1`` on a free port,
 allows anonymous clients, keeps nothing on disk, and leaves nothing behind when the context exits.
 """
@@ -17,6 +21,7 @@ import pwd
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -89,6 +94,199 @@ async def _port_accepts(host: str, port: int, timeout_s: float = 0.5) -> bool:
     return True
 
 
+def _user() -> str:
+    # Started by root, Mosquitto would switch to its own user, which cannot read the caller's
+    # files (and loses the parent-death signal); a non-root Mosquitto ignores the setting.
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Mosquitto:
+    """One Mosquitto process on ``host`` and a port that was free, configured in ``workdir``
+    (``mosquitto.conf``, and ``mosquitto.log`` with everything it wrote).
+
+    :meth:`start` / :meth:`stop` may be repeated: the port stays the same (for outage tests);
+    :meth:`close` kills it for good. ``extra_conf`` lines go into the configuration (e.g.
+    ``allow_anonymous false`` and ``password_file ...``). ``own_session``: the process gets a
+    session of its own (a terminal's Ctrl-C reaches only us, and we stop it in order) and, on
+    Linux, SIGTERM when we die, even by SIGKILL.
+
+    :meth:`start` and :meth:`stop` block; :meth:`start_async` and :meth:`stop_async` are the same
+    for the event loop."""
+
+    def __init__(
+        self,
+        binary: str | None,
+        workdir: Path,
+        *,
+        host: str = "127.0.0.1",
+        extra_conf: str = "",
+        own_session: bool = False,
+        start_timeout_s: float = 10.0,
+        stop_timeout_s: float = 5.0,
+    ) -> None:
+        found = binary or find_mosquitto()
+        if found is None:
+            raise BrokerStartError(
+                "the mosquitto binary was not found; install it with `apt-get install mosquitto`"
+            )
+        self.binary = found
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.host = host
+        self.port = _free_port(host)
+        self.extra_conf = extra_conf
+        self.conf_path = workdir / "mosquitto.conf"
+        self.log_path = workdir / "mosquitto.log"
+        self._own_session = own_session
+        self._start_timeout_s = start_timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        return _tail(self.log_path, lines)
+
+    # -- start -------------------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        if self.running:
+            raise BrokerStartError("mosquitto is already running")
+        anonymous = "" if "allow_anonymous" in self.extra_conf else "allow_anonymous true\n"
+        self.conf_path.write_text(
+            f"listener {self.port} {self.host}\n"
+            f"{anonymous}"
+            f"user {_user()}\n"
+            "persistence false\n"
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            "connection_messages true\n"
+            f"{self.extra_conf}\n"
+        )
+        with self.log_path.open("ab") as log_file:
+            self._proc = subprocess.Popen(
+                [self.binary, "-c", str(self.conf_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=self._own_session,
+                preexec_fn=_die_with_parent() if self._own_session else None,  # noqa: PLW1509
+            )
+
+    def _failed(self, attempt: int, attempts: int) -> None:
+        """After a start that did not come up: kill it; a new port for the next attempt (the
+        free port may have been taken meanwhile), or the error after the last one."""
+        self.kill()
+        if attempt + 1 < attempts:
+            self.port = _free_port(self.host)
+            return
+        raise BrokerStartError(
+            f"mosquitto did not start on {self.host}:{self.port}:\n{self.log_tail()}"
+        )
+
+    def start(self, *, attempts: int = 1) -> None:
+        """Start (or restart) on ``self.port``; return once the port accepts connections.
+        Raises :class:`BrokerStartError` when it did not, after ``attempts`` tries."""
+        for attempt in range(attempts):
+            self._spawn()
+            assert self._proc is not None
+            deadline = time.monotonic() + self._start_timeout_s
+            while time.monotonic() < deadline and self._proc.poll() is None:
+                if _port_open(self.host, self.port):
+                    return
+                # Poll, rather than wait for a log line: the log format is not an interface.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(0.02)
+            self._failed(attempt, attempts)
+
+    async def start_async(self, *, attempts: int = 1) -> None:
+        """:meth:`start` on the event loop. If cancelled, the process is killed."""
+        try:
+            for attempt in range(attempts):
+                self._spawn()
+                assert self._proc is not None
+                deadline = time.monotonic() + self._start_timeout_s
+                while time.monotonic() < deadline and self._proc.poll() is None:
+                    if await _port_accepts(self.host, self.port):
+                        return
+                    await asyncio.sleep(0.05)
+                self._failed(attempt, attempts)
+        except asyncio.CancelledError:
+            self.kill()
+            raise
+
+    # -- stop --------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop the broker (SIGTERM, SIGKILL if it does not exit in time) and wait for it."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGCONT)  # a paused broker cannot act on SIGTERM
+        proc.terminate()
+        try:
+            proc.wait(timeout=self._stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("mosquitto did not stop within %.1f s: killing it", self._stop_timeout_s)
+            self.kill()
+
+    async def stop_async(self) -> None:
+        """:meth:`stop` on the event loop. If cancelled, the process is killed."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        try:
+            deadline = time.monotonic() + self._stop_timeout_s
+            while proc.poll() is None:
+                if time.monotonic() >= deadline:
+                    log.warning(
+                        "mosquitto did not stop within %.1f s: killing it", self._stop_timeout_s
+                    )
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            # Never leave the process behind, even when cancelled mid-shutdown.
+            self.kill()
+
+    def kill(self) -> None:
+        """Kill the broker at once (SIGKILL) and wait for it."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=self._stop_timeout_s)
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): connections stay open but nothing is answered."""
+        if self._proc is not None and self.running:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None and self.running:
+            self._proc.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        self.kill()
+        self._proc = None
+
+
 class LocalBroker:
     """An MQTT broker on ``127.0.0.1`` for as long as the ``async with`` block runs.
 
@@ -114,13 +312,13 @@ class LocalBroker:
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._proc: asyncio.subprocess.Process | None = None
+        self._mosquitto: Mosquitto | None = None
         self._amqtt: Any = None  # amqtt.broker.Broker; untyped: amqtt is an optional extra
 
     @property
     def pid(self) -> int | None:
         """The Mosquitto process id while it runs (``None`` for amqtt, which runs in-process)."""
-        return self._proc.pid if self._proc is not None else None
+        return self._mosquitto.pid if self._mosquitto is not None else None
 
     @property
     def url(self) -> str:
@@ -167,82 +365,49 @@ class LocalBroker:
 
     async def _start_mosquitto(self, binary: str) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="edge-agent-broker-")
-        tmp = Path(self._tmp.name)
-        conf = tmp / "mosquitto.conf"
-        log_file = tmp / "mosquitto.log"
-        # Run as ourselves: started by root, Mosquitto would otherwise switch to its own user,
-        # which clears the parent-death signal and could not write our temporary directory.
-        user = pwd.getpwuid(os.geteuid()).pw_name
-        last_error = ""
-        for _ in range(_START_ATTEMPTS):
-            port = _free_port(self.host)
-            conf.write_text(
-                f"listener {port} {self.host}\n"
-                "allow_anonymous true\n"
-                f"user {user}\n"
-                "persistence false\n"
-                f"log_dest file {log_file}\n"
-                "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
-            )
-            log_file.write_text("")
-            self._proc = await asyncio.create_subprocess_exec(
-                binary,
-                "-c",
-                str(conf),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-                # Its own session: a Ctrl-C in the terminal reaches us, and we stop it in order.
-                start_new_session=True,
-                preexec_fn=_die_with_parent(),
-            )
-            if await self._wait_mosquitto_ready(port):
-                self.port = port
-                self.kind = "mosquitto"
-                return
-            last_error = _tail(log_file)
-            await self._stop_process()
-            if "in use" not in last_error:
-                break
-        raise BrokerStartError(f"mosquitto did not start:\n{last_error}")
-
-    async def _wait_mosquitto_ready(self, port: int) -> bool:
-        """True once the port accepts TCP; False if the process exits or the deadline passes."""
-        assert self._proc is not None
-        deadline = time.monotonic() + self._start_timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.returncode is not None:
-                return False
-            if await _port_accepts(self.host, port):
-                return True
-            # Poll, rather than wait for a log line: the log format is not an interface.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.05):
-                    await self._proc.wait()
-        return False
+        self._mosquitto = Mosquitto(
+            binary,
+            Path(self._tmp.name),
+            host=self.host,
+            own_session=True,
+            start_timeout_s=self._start_timeout_s,
+            stop_timeout_s=self._stop_timeout_s,
+        )
+        await self._mosquitto.start_async(attempts=_START_ATTEMPTS)
+        self.port = self._mosquitto.port
+        self.kind = "mosquitto"
 
     async def _start_amqtt(self, broker_cls: Any) -> None:
-        config = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:0"}},
-            # Only anonymous auth: no $SYS publisher, no packet logging.
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
-            },
-        }
-        broker = broker_cls(config)
-        async with asyncio.timeout(self._start_timeout_s):
-            await broker.start()
-        self._amqtt = broker
-        # amqtt offers no accessor for the bound address; port 0 avoids racing for a free port.
-        server = broker._servers["default"].instance
-        self.port = int(server.sockets[0].getsockname()[1])
-        self.kind = "amqtt"
+        for attempt in range(_START_ATTEMPTS):
+            port = _free_port(self.host)
+            config = {
+                "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{port}"}},
+                # Only anonymous auth: no $SYS publisher, no packet logging.
+                "plugins": {
+                    "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+                },
+            }
+            broker = broker_cls(config)
+            try:
+                async with asyncio.timeout(self._start_timeout_s):
+                    await broker.start()
+            except Exception as exc:
+                # amqtt wraps the OSError of a free port taken meanwhile: try another one.
+                if attempt + 1 == _START_ATTEMPTS or not isinstance(exc.__cause__, OSError):
+                    raise BrokerStartError(f"amqtt did not start: {exc}") from exc
+                continue
+            self._amqtt = broker
+            self.port = port
+            self.kind = "amqtt"
+            return
 
     # -- stop --------------------------------------------------------------------------------
 
     async def _stop(self) -> None:
         try:
-            await self._stop_process()
+            if self._mosquitto is not None:
+                mosquitto, self._mosquitto = self._mosquitto, None
+                await mosquitto.stop_async()
             if self._amqtt is not None:
                 broker, self._amqtt = self._amqtt, None
                 try:
@@ -254,23 +419,6 @@ class LocalBroker:
             if self._tmp is not None:
                 self._tmp.cleanup()
                 self._tmp = None
-
-    async def _stop_process(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            async with asyncio.timeout(self._stop_timeout_s):
-                await proc.wait()
-        except TimeoutError:
-            log.warning("mosquitto did not stop within %.1f s: killing it", self._stop_timeout_s)
-            proc.kill()
-            await proc.wait()
-        except asyncio.CancelledError:
-            # Never leave the process behind, even when cancelled mid-shutdown.
-            proc.kill()
-            raise
 
 
 def _tail(path: Path, lines: int = 20) -> str:

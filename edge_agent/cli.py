@@ -443,6 +443,7 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | str | 
 
 async def _run_once(cfg: Any) -> int:
     """Poll every source once, print its samples, then the KPI snapshot each line would publish."""
+    from edge_agent import contract  # noqa: PLC0415
     from edge_agent.engine.line import LineEngine  # noqa: PLC0415
     from edge_agent.sources import create_source  # noqa: PLC0415
 
@@ -476,7 +477,7 @@ async def _run_once(cfg: Any) -> int:
     now = time.time()
     for engine in engines:
         engine.tick(now)
-        print(json.dumps(engine.snapshot(now).payload, ensure_ascii=False))
+        print(json.dumps(contract.payload(engine.snapshot(now)), ensure_ascii=False))
     return 1 if failed else 0
 
 

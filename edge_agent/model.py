@@ -45,10 +45,12 @@ class Sample(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class OutMessage:
-    """A message for the MQTT sink, before the outbox gives it its per-line ``seq``.
+    """A message for the MQTT sink, before the outbox gives it its per-line ``seq``: made from
+    a report by :func:`edge_agent.contract.message`.
 
     ``topic_suffix`` is relative to ``{topic_prefix}/{site}/{line}/`` (``kpi``, ``kpi/shift``,
-    ``kpi/hour``, ``state``). ``payload`` is JSON-serialisable and has no ``seq`` yet.
+    ``state``, ...: :data:`edge_agent.contract.LINE_TOPICS`). ``payload`` is JSON-serialisable
+    and has no ``seq`` yet.
     """
 
     line: str

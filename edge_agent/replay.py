@@ -21,8 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from edge_agent import contract
 from edge_agent.config.schema import AgentConfig
+from edge_agent.console import format_table as format_lines
 from edge_agent.engine.line import LineEngine
+from edge_agent.engine.reports import KpiReport, Report
+from edge_agent.engine.shifts import SHIFT
 from edge_agent.exits import EXIT_CONFIG, EXIT_DATAERR, EXIT_NOINPUT, EXIT_OK
 from edge_agent.model import Sample
 from edge_agent.samplecsv import CsvProblem, SampleReader
@@ -71,10 +75,15 @@ class Replayer:
         if self.time is None:
             return []
         t = self.time
-        return [engine.snapshot(t).payload for engine in self.engines]
+        return [contract.payload(engine.snapshot(t)) for engine in self.engines]
 
-    def _collect(self, messages: Iterable[Any]) -> None:
-        self.closed.extend(m.payload for m in messages if m.topic_suffix == "kpi/shift")
+    def _collect(self, reports: Iterable[Report]) -> None:
+        """Keep the final reports of closed shifts (not hours)."""
+        self.closed.extend(
+            contract.payload(r)
+            for r in reports
+            if isinstance(r, KpiReport) and r.closed and r.window.kind == SHIFT
+        )
 
 
 def replay(cfg: AgentConfig, stream: TextIO) -> ReplayResult:
@@ -98,24 +107,26 @@ def _ratio(value: Any) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+_TABLE_COLUMNS = (
+    "LINE",
+    "WINDOW",
+    "START",
+    "END",
+    "STATUS",
+    "A",
+    "P",
+    "Q",
+    "OEE",
+    "TOTAL",
+    "GOOD",
+    "REJECT",
+    "COVERAGE",
+)
+
+
 def format_table(result: ReplayResult) -> str:
     """A human table of the reports: closed shifts first, then the open windows."""
-    header = (
-        "LINE",
-        "WINDOW",
-        "START",
-        "END",
-        "STATUS",
-        "A",
-        "P",
-        "Q",
-        "OEE",
-        "TOTAL",
-        "GOOD",
-        "REJECT",
-        "COVERAGE",
-    )
-    rows = [header]
+    rows = []
     for status, payloads in (("closed", result.closed), ("open", result.open)):
         for p in payloads:
             w = p["window"]
@@ -136,16 +147,8 @@ def format_table(result: ReplayResult) -> str:
                     _ratio(p["data_coverage"]),
                 )
             )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    numeric = set(range(5, len(header)))
-    lines = [
-        "  ".join(
-            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ).rstrip()
-        for row in rows
-    ]
-    return "\n".join(lines) + "\n"
+    columns = [(name, 0) for name in _TABLE_COLUMNS]
+    return "\n".join(format_lines(columns, rows, align="lllll", sep="  ")) + "\n"
 
 
 def replay_main(config_path: str, csv_path: str, fmt: str = "json") -> int:

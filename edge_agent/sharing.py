@@ -16,113 +16,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, Final
+from typing import Any
 
 from edge_agent.config.schema import ShareConfig
+from edge_agent.contract import CORE_FIELDS, LINE_TOPICS, PAYLOAD_FIELDS, SHARED_MARK
 from edge_agent.model import OutMessage
 
-# The fields every line payload keeps on a shared sink (``window`` where the payload has one).
-# ``seq`` is added by the outbox, after the filter.
-CORE_FIELDS: Final[frozenset[str]] = frozenset({"schema", "site", "line", "window", "ts", "seq"})
-
-# Set in a payload from which fields were withheld by a share's ``fields`` list: the JSON
-# Schemas then require only CORE_FIELDS.
-SHARED_MARK: Final = "shared"
-
-# The line topics (suffixes under {topic_prefix}/{site}/{line}/) a share may list.
-# ``cmd/order/reply`` only ever goes to the primary sink (the commands come from its broker);
-# a share on the primary sink may still leave it out.
-LINE_TOPICS: Final[tuple[str, ...]] = (
-    "kpi",
-    "kpi/shift",
-    "kpi/hour",
-    "state",
-    "energy",
-    "order",
-    "order/closed",
-    "cmd/order/reply",
-)
-
-# Every top-level field of the line payloads (docs/schemas/kpi, state, energy, order,
-# order-closed and cmd-reply .schema.json; a test keeps this in step with them): what a share's
-# ``fields`` may list. A field listed applies to every topic whose payload has it.
-PAYLOAD_FIELDS: Final[frozenset[str]] = frozenset(
-    {
-        # kpi, kpi/shift, kpi/hour (edge-agent/kpi/1)
-        "schema",
-        "site",
-        "line",
-        "window",
-        "ts",
-        "seq",
-        "state",
-        "convention",
-        "availability",
-        "performance",
-        "quality",
-        "oee",
-        "total_count",
-        "good_count",
-        "reject_count",
-        "throughput_good_per_h",
-        "throughput_total_per_h",
-        "ideal_cycle_time_s",
-        "elapsed_s",
-        "planned_time_s",
-        "run_time_s",
-        "unknown_time_s",
-        "planned_stop_s",
-        "loss_time_s",
-        "data_coverage",
-        "warnings",
-        "loss_time_by_reason_s",
-        "planned_stop_by_cause_s",
-        "micro_stop_count",
-        "micro_stop_time_s",
-        "net_run_time_s",
-        "fully_productive_time_s",
-        "products",
-        "energy_kwh",
-        "energy_by_state_kwh",
-        "energy_per_good_part_kwh",
-        "co2e_kg",
-        "co2e_per_good_part_kg",
-        "emission_factor",
-        "energy_notes",
-        "fault_count",
-        "mtbf_s",
-        "mttr_s",
-        "top_downtime_reasons",
-        # state (edge-agent/state/1)
-        "previous_state",
-        "since",
-        # energy
-        "meter_kwh",
-        "power_kw",
-        # order
-        "order_id",
-        "product",
-        "source",
-        "target_quantity",
-        "status",
-        "remaining_quantity",
-        "started",
-        "throughput_current_good_per_h",
-        "throughput_shift_good_per_h",
-        "time_to_complete_current_s",
-        "time_to_complete_shift_average_s",
-        "eta_current",
-        "eta_shift_average",
-        # order/closed
-        "reason",
-        "duration_s",
-        # cmd/order/reply
-        "command",
-        "ok",
-        "errors",
-        "request_id",
-    }
-)
+# What a share may list: the line topics (suffixes under {topic_prefix}/{site}/{line}/) and
+# the top-level payload fields, both derived from the report types by the contract. A field
+# listed applies to every topic whose payload has it. CORE_FIELDS are kept on every shared
+# sink; SHARED_MARK marks a payload from which fields were withheld.
+__all__ = ["CORE_FIELDS", "LINE_TOPICS", "PAYLOAD_FIELDS", "SHARED_MARK", "ShareFilter"]
 
 
 class ShareFilter:

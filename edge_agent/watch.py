@@ -21,17 +21,19 @@ import logging
 import ssl
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from edge_agent.demo import (
+from edge_agent.console import (
     BrokerView,
     Screen,
     clock_now,
     fmt_int,
     fmt_num,
     fmt_pct,
+    follow,
     format_table,
 )
 from edge_agent.exits import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
@@ -199,7 +201,7 @@ class WatchOptions:
 
 def _options(args: argparse.Namespace) -> WatchOptions:
     """Check the arguments; raises ValueError with a message for the user."""
-    from edge_agent.sinks.mqtt import build_tls_context  # noqa: PLC0415
+    from edge_agent.sinks.mqtt_client import build_tls_context  # noqa: PLC0415
 
     tls = args.tls or bool(args.ca_file or args.cert_file)
     password = None
@@ -247,7 +249,7 @@ async def run_watch(args: argparse.Namespace, *, out: TextIO | None = None) -> i
     except ValueError as exc:
         sys.stderr.write(f"edge-agent watch: {exc}\n")
         return EXIT_USAGE
-    import aiomqtt  # noqa: PLC0415
+    from edge_agent.sinks.mqtt_client import MqttError  # noqa: PLC0415
 
     view = FleetView(prefix=opts.prefix, site=opts.site)
     screen = Screen(out)
@@ -265,20 +267,13 @@ async def run_watch(args: argparse.Namespace, *, out: TextIO | None = None) -> i
 
     received = asyncio.Event()
 
-    async def consume(client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            payload = message.payload
-            raw = (
-                bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()
-            )
-            view.receive(
-                str(message.topic),
-                raw,
-                now=time.time(),
-                now_monotonic=time.monotonic(),
-                retained=bool(message.retain),
-            )
-            received.set()
+    def on_message(topic: str, payload: bytes, retained: bool) -> None:
+        view.receive(
+            topic, payload, now=time.time(), now_monotonic=time.monotonic(), retained=retained
+        )
+        received.set()
+
+    subscribed = asyncio.Event()
 
     async def quiet() -> None:
         # --once: retained messages arrive in one burst after SUBACK; stop once it is over.
@@ -302,40 +297,50 @@ async def run_watch(args: argparse.Namespace, *, out: TextIO | None = None) -> i
                 screen.say("")
             await asyncio.sleep(opts.refresh_s)
 
-    try:
-        async with aiomqtt.Client(
-            opts.host,
-            opts.port,
-            identifier=None,  # a random one: several people may watch the same broker
-            username=opts.username,
-            password=opts.password,
-            tls_context=opts.tls_context,  # --insecure is applied in the context
-            timeout=10.0,
-        ) as client:
-            await client.subscribe(view.topic_filter, qos=1)
-            async with asyncio.TaskGroup() as tg:
-                consumer = tg.create_task(consume(client), name="watch-consume")
-                if opts.once:
-                    # Live agents keep publishing: the burst is over at the latest after this.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(_ONCE_MAX_S):
-                            await quiet()
-                    consumer.cancel()
-                    for text in table():
-                        screen.say(text)
-                    return EXIT_OK
+    failure: list[MqttError] = []
+
+    async def consume() -> None:
+        try:
+            await follow(
+                opts.host,
+                opts.port,
+                view.topic_filter,
+                on_message,
+                # A random one: several people may watch the same broker.
+                client_id=f"edge-agent-watch-{uuid.uuid4().hex[:12]}",
+                username=opts.username,
+                password=opts.password,
+                tls_context=opts.tls_context,  # --insecure is applied in the context
+                timeout_s=10.0,
+                on_subscribed=subscribed.set,
+            )
+        except MqttError as exc:  # unreachable, refused, or the link lost later
+            failure.append(exc)
+        finally:
+            subscribed.set()
+
+    async with asyncio.TaskGroup() as tg:
+        consumer = tg.create_task(consume(), name="watch-consume")
+        await subscribed.wait()
+        if not failure:
+            if opts.once:
+                # Live agents keep publishing: the burst is over at the latest after this.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_ONCE_MAX_S):
+                        await quiet()
+            else:
                 drawer = tg.create_task(redraw(), name="watch-redraw")
-                try:
-                    if opts.duration_s is not None:
-                        await asyncio.sleep(opts.duration_s)
-                    else:
-                        await asyncio.Event().wait()  # until Ctrl-C
-                finally:
-                    consumer.cancel()
-                    drawer.cancel()
-    except aiomqtt.MqttError as exc:
-        sys.stderr.write(f"edge-agent watch: broker {where}: {exc}\n")
+                # Until --duration, Ctrl-C or the end of the link.
+                await asyncio.wait([consumer], timeout=opts.duration_s)
+                drawer.cancel()
+        consumer.cancel()
+    if failure:
+        sys.stderr.write(f"edge-agent watch: broker {where}: {failure[0]}\n")
         return EXIT_UNREACHABLE
+    if opts.once:
+        for text in table():
+            screen.say(text)
+        return EXIT_OK
     if live:
         screen.draw([header(), "", *table()])
     else:

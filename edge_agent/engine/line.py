@@ -48,14 +48,15 @@ Reliability. A fault *starts* when the state becomes ``fault`` from a known stat
 ``fault`` (a fault seen again after an outage that began in ``fault`` is the same fault), at a
 time inside the window's planned production time; it counts in each window in which it starts.
 
-Orders. The current order comes from PLC tags (a new id starts a new order) or from
-:meth:`LineEngine.command`; the latest wins. Parts and energy count for the order that is
-current when they are counted. ``order/closed`` is emitted once per order: when its good
-quantity reaches the target, or when it is replaced or cleared before that. An order tag whose
-value cannot be an order's (a target that is negative, not a number or above
-:data:`~edge_agent.engine.orders.MAX_ORDER_QUANTITY`, an id or product too long) is bad data: the
-order stays as it was, the ``order`` payload carries the warning ``order_tag_invalid`` and one
-notice says so. An ETA beyond the year 9999 is ``null`` with the warning ``eta_out_of_range``.
+Orders (:mod:`edge_agent.engine.order_tracker`). The current order comes from PLC tags (a new
+id starts a new order) or from :meth:`LineEngine.command`; the latest wins. Parts and energy
+count for the order that is current when they are counted. An :class:`OrderClosed` report is
+made once per order: when its good quantity reaches the target, or when it is replaced or
+cleared before that. An order tag whose value cannot be an order's (a target that is negative,
+not a number or above :data:`~edge_agent.engine.orders.MAX_ORDER_QUANTITY`, an id or product
+too long) is bad data: the order stays as it was, the order report carries the warning
+``order_tag_invalid`` and one notice says so. An ETA beyond the year 9999 is ``null`` with the
+warning ``eta_out_of_range``.
 
 Readings. A counter or meter value of magnitude :data:`MAX_READING` or more is no PLC's count: it
 is an unusable value (as bad quality is), so no sum or rate ever overflows.
@@ -64,226 +65,77 @@ Notices. What an operator should read in the agent's log (a rejected command, an
 bad data and its recovery), once per event: :meth:`LineEngine.take_notices`. The engine itself
 does no logging.
 
-Persistence contract: store :meth:`LineEngine.state_dict` together with (in the same transaction
-as) the messages that :meth:`LineEngine.tick` returned; otherwise a crash in between repeats or
-loses a ``kpi/shift`` report.
+Modules. The meter and the energy figures are :mod:`edge_agent.engine.energy`; signal kinds and
+value parsing :mod:`edge_agent.engine.signals`; an open window :mod:`edge_agent.engine.windows`;
+the KPI report's assembly :mod:`edge_agent.engine.build`.
+
+Reports. The engine returns typed reports (:mod:`edge_agent.engine.reports`); what they
+become on the wire (topics, retain flags, QoS, JSON) is :mod:`edge_agent.contract`'s business.
+
+Persistence contract: store :meth:`LineEngine.state_dict` (:mod:`edge_agent.engine.persist`)
+together with (in the same transaction as) the reports that :meth:`LineEngine.tick` returned;
+otherwise a crash in between repeats or loses a closed shift's report.
 """
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from typing import Any
 
-from edge_agent.config.schema import EnergyUnit, LineConfig, MachineState
-from edge_agent.engine.counters import CounterTracker, MeterTracker
-from edge_agent.engine.intervals import clip
-from edge_agent.engine.oee import LOSS_STATES, Accounting, TimeBuckets, compute_kpis
-from edge_agent.engine.orders import (
-    COMMAND_REPLY_SCHEMA,
-    ENERGY_SCHEMA,
-    MAX_ORDER_ID_CHARS,
-    MAX_ORDER_QUANTITY,
-    MAX_TEXT_CHARS,
-    ORDER_CLOSED_SCHEMA,
-    ORDER_SCHEMA,
-    RATE_WINDOW_S,
-    EnergyFigures,
-    Order,
-    ParsedCommand,
-    energy_fields,
-    energy_figures,
-    parse_order_command,
-    time_to_complete_s,
+from edge_agent.config.schema import LineConfig, MachineState
+from edge_agent.engine import persist
+from edge_agent.engine.build import (
+    iso,
+    state_change,
+    window_ref,
+    window_report,
 )
-from edge_agent.engine.payload import iso, iso_if_representable, kpi_payload, state_payload
+from edge_agent.engine.counters import CounterTracker
+from edge_agent.engine.energy import LineEnergy
+from edge_agent.engine.oee import LOSS_STATES, Accounting, TimeBuckets
+from edge_agent.engine.order_tracker import OrderTracker
+from edge_agent.engine.orders import (
+    ParsedCommand,
+    parse_order_command,
+)
+from edge_agent.engine.reports import (
+    CommandReply,
+    EnergyReport,
+    KpiReport,
+    OrderReport,
+    Report,
+)
 from edge_agent.engine.shifts import HOUR, OFF_SHIFT, SHIFT, ShiftCalendar, Window, hour_window
-from edge_agent.model import OutMessage, Quality, Sample, Value
+from edge_agent.engine.signals import (
+    SIG_ENERGY,
+    SIG_GOOD,
+    SIG_POWER,
+    SIG_PRODUCT,
+    SIG_REASON,
+    SIG_REJECT,
+    SIG_RUNNING,
+    SIG_STATE,
+    SIG_TOTAL,
+    as_bool,
+    as_code,
+    as_count,
+    as_float,
+    counter_signals,
+    signal_kinds,
+    state_kind,
+    tag_lookup,
+)
+from edge_agent.engine.windows import OpenWindow
+from edge_agent.model import Quality, Sample
 
-STATE_VERSION = 2  # restore() also reads version 1 (no hour window, no products)
-
-# Signal kinds (small ints: ingest() is on the hot path). Counters are the kinds >= _TOTAL;
-# the kinds from _REASON to _ORDER_PRODUCT are auxiliary: without their data the time is still
-# known.
-(
-    _STATE,
-    _RUNNING,
-    _REASON,
-    _PRODUCT,
-    _ENERGY,
-    _POWER,
-    _ORDER_ID,
-    _ORDER_TARGET,
-    _ORDER_PRODUCT,
-    _TOTAL,
-    _REJECT,
-    _GOOD,
-) = range(12)
-_ORDER_KINDS = (_ORDER_ID, _ORDER_TARGET, _ORDER_PRODUCT)
-_ORDER_TAG_NAMES = {_ORDER_ID: "id", _ORDER_TARGET: "target", _ORDER_PRODUCT: "product"}
-_COUNTER_NAMES = {_TOTAL: "total", _REJECT: "reject", _GOOD: "good"}
-_TOPICS = {SHIFT: "kpi/shift", HOUR: "kpi/hour"}
+_REPORTED = (SHIFT, HOUR)  # the window kinds whose close makes a final report
 # Micro-stop threshold without micro_stop_max: max(this, 2 × stop_after).
 DEFAULT_MICRO_STOP_MIN_S = 60.0
 
-_AGENT = "agent"  # unknown cause: the engine did not observe (not started yet, or restarted)
+_AGENT = persist.AGENT_CAUSE  # unknown cause: the engine did not observe (not started or restarted)
 _SOURCE = "source:"  # unknown cause prefix: a source is down
 # After an outage longer than this the engine does not report every missed shift one by one.
 MAX_CATCHUP_S = 14 * 86400.0
-# Counter and meter readings at or beyond this magnitude are unusable: 2^64 is past the largest
-# integer register (uint64); only a misread float (wrong type or byte order) shows such a value.
-MAX_READING = 2**64
 MAX_NOTICES = 100  # notices kept until take_notices()
-
-
-def _as_count(value: Value) -> int | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value if -MAX_READING < value < MAX_READING else None
-    try:
-        x = value if isinstance(value, float) else float(value)
-    except ValueError:
-        return None
-    return round(x) if math.isfinite(x) and abs(x) < MAX_READING else None
-
-
-def _as_code(value: Value) -> int | None:
-    if isinstance(value, int):  # bool included: True is 1
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _as_float(value: Value) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        x = float(value)
-    except (ValueError, OverflowError):  # OverflowError: an int beyond the float range
-        return None
-    return x if math.isfinite(x) and abs(x) < MAX_READING else None
-
-
-def _as_text(value: Value) -> str | None:
-    """An order id or product from a string or number tag; empty, 0 or false mean none."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        value = int(value) if value.is_integer() else value
-    text = str(value).strip()
-    return None if text in ("", "0") else text
-
-
-def _order_value(kind: int, value: Value) -> tuple[Any, str | None]:
-    """A PLC order tag's value as the order's id, target or product: ``(value, None)``, with
-    ``None`` for "none" (empty, 0); or ``(None, problem)`` when it cannot be an order's."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None, "not a finite number"
-    if kind != _ORDER_TARGET:
-        text = _as_text(value)
-        limit = MAX_ORDER_ID_CHARS if kind == _ORDER_ID else MAX_TEXT_CHARS
-        if text is not None and len(text) > limit:
-            return None, f"longer than {limit} characters"
-        return text, None
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None, None
-    number: int | float
-    if isinstance(value, bool):
-        return None, "not a number of parts"
-    if isinstance(value, int | float):
-        number = value
-    else:
-        try:
-            number = float(value)
-        except ValueError:
-            return None, "not a number of parts"
-        if not math.isfinite(number):
-            return None, "not a finite number"
-    if number < 0:
-        return None, "negative"
-    if number > MAX_ORDER_QUANTITY:
-        return None, f"above the largest order target, {MAX_ORDER_QUANTITY}"
-    return (round(number) or None), None
-
-
-def _as_bool(value: Value) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return value != 0
-    if isinstance(value, str):
-        low = value.strip().lower()
-        if low in ("true", "1"):
-            return True
-        if low in ("false", "0"):
-            return False
-    return None
-
-
-class _Open:
-    """One open reporting window and what was counted in it."""
-
-    __slots__ = (
-        "acc",
-        "counts",
-        "energy",
-        "fault_count",
-        "flags",
-        "micro_count",
-        "micro_pending_s",
-        "micro_s",
-        "window",
-    )
-
-    def __init__(self, window: Window, acc: Accounting) -> None:
-        self.window = window
-        self.acc = acc
-        # product code (None: no product signal, or product not known) -> [total, second counter]
-        self.counts: dict[int | None, list[int]] = {}
-        self.flags: set[str] = set()
-        self.micro_count = 0
-        self.micro_s = 0.0
-        self.micro_pending_s = 0.0  # loss time in this window of the stop in progress
-        self.energy: dict[str, float] = {}  # kWh by state bucket
-        self.fault_count = 0  # faults that started in this window
-
-    def state_dict(self) -> dict[str, Any]:
-        w = self.window
-        return {
-            "window": {"kind": w.kind, "name": w.name, "start": w.start, "end": w.end},
-            "accounting": self.acc.state_dict(),
-            "counts": [[code, c[0], c[1]] for code, c in self.counts.items()],
-            "flags": sorted(self.flags),
-            "micro": [self.micro_count, self.micro_s, self.micro_pending_s],
-            "energy": dict(self.energy),
-            "fault_count": self.fault_count,
-        }
-
-    @classmethod
-    def from_state(cls, d: dict[str, Any], planned_states: frozenset[MachineState]) -> _Open:
-        w = d["window"]
-        window = Window(
-            kind=w["kind"], name=w["name"], start=float(w["start"]), end=float(w["end"])
-        )
-        o = cls(window, Accounting.from_state(d["accounting"], planned_states))
-        o.counts = {
-            (None if code is None else int(code)): [int(t), int(x)] for code, t, x in d["counts"]
-        }
-        o.flags = set(d.get("flags", []))
-        count, micro_s, pending_s = d.get("micro", (0, 0.0, 0.0))
-        o.micro_count, o.micro_s, o.micro_pending_s = int(count), float(micro_s), float(pending_s)
-        o.energy = {k: float(v) for k, v in (d.get("energy") or {}).items()}
-        o.fault_count = int(d.get("fault_count", 0))
-        return o
 
 
 class LineEngine:
@@ -310,53 +162,13 @@ class LineEngine:
         self._planned_states = frozenset(cfg.planned_states)
 
         sig = cfg.signals
-        kinds: dict[str, int] = {}
-        self._state_map: dict[int, MachineState] = {}
-        if sig.state is not None:
-            kinds[sig.state.tag] = _STATE
-            self._state_map = dict(sig.state.map)
-            self._state_kind = _STATE
-        elif sig.running is not None:
-            kinds[sig.running] = _RUNNING
-            self._state_kind = _RUNNING
-        else:
-            self._state_kind = _TOTAL  # inferred from the counter
+        kinds = signal_kinds(sig)
+        self._state_kind = state_kind(sig)
+        self._state_map: dict[int, MachineState] = dict(sig.state.map) if sig.state else {}
         self._reason_map: dict[int, str] = dict(sig.reason.map) if sig.reason else {}
-        if sig.reason is not None:
-            kinds[sig.reason.tag] = _REASON
         self._products = dict(sig.product.map) if sig.product is not None else None
-        if sig.product is not None:
-            kinds[sig.product.tag] = _PRODUCT
-        self._energy_sig = sig.energy
-        self._kwh_per_unit = 0.001 if sig.energy and sig.energy.unit is EnergyUnit.WH else 1.0
-        self._meter: MeterTracker | None = None
-        if sig.energy is not None:
-            kinds[sig.energy.tag] = _ENERGY
-            max_kw = sig.energy.max_power_kw
-            self._meter = MeterTracker(
-                sig.energy.rollover,
-                None if max_kw is None else max_kw / 3600.0 / self._kwh_per_unit,
-                # slack: a few seconds at full power, for polling jitter
-                slack=0.0 if max_kw is None else 10.0 * max_kw / 3600.0 / self._kwh_per_unit,
-            )
-        if sig.power is not None:
-            kinds[sig.power] = _POWER
-        self._emission = cfg.emission_factor
-        self._orders_on = orders or sig.order is not None
-        if sig.order is not None:
-            for kind, tag in zip(
-                _ORDER_KINDS, (sig.order.id, sig.order.target, sig.order.product), strict=True
-            ):
-                if tag is not None:
-                    kinds[tag] = kind
-        kinds[sig.total_count.tag] = _TOTAL
-        counters = {_TOTAL: sig.total_count}
-        if sig.reject_count is not None:
-            kinds[sig.reject_count.tag] = _REJECT
-            counters[_REJECT] = sig.reject_count
-        elif sig.good_count is not None:
-            kinds[sig.good_count.tag] = _GOOD
-            counters[_GOOD] = sig.good_count
+        self._energy = LineEnergy(sig.energy, cfg.emission_factor)
+        counters = counter_signals(sig)
         self._counter_signals = counters
         # Wrap plausibility uses the fastest rate the line may run at.
         self._fastest_s = min(
@@ -366,22 +178,13 @@ class LineEngine:
             k: CounterTracker(c.rollover, self._fastest_s) for k, c in counters.items()
         }
         self._second_counter = (
-            _REJECT if _REJECT in counters else _GOOD if _GOOD in counters else None
+            SIG_REJECT if SIG_REJECT in counters else SIG_GOOD if SIG_GOOD in counters else None
         )
-
-        # source -> tag -> (kind, key), for every way "SOURCE.TAG" can split at a dot, so that a
-        # sample matches exactly when f"{source}.{tag}" == key, without building that string.
-        self._lookup: dict[str, dict[str, tuple[int, str]]] = {}
-        self._source_keys: dict[str, list[tuple[int, str]]] = {}
-        for key, kind in kinds.items():
-            for i, ch in enumerate(key):
-                if ch == ".":
-                    self._lookup.setdefault(key[:i], {})[key[i + 1 :]] = (kind, key)
-                    self._source_keys.setdefault(key[:i], []).append((kind, key))
+        self._lookup, self._source_keys = tag_lookup(kinds)
 
         self._now: float | None = None
-        self._shift: _Open | None = None
-        self._hour: _Open | None = None
+        self._shift: OpenWindow | None = None
+        self._hour: OpenWindow | None = None
         self._piece_start = 0.0
         self._state = MachineState.UNKNOWN
         self._state_since: float | None = None
@@ -392,25 +195,21 @@ class LineEngine:
         self._product: int | None = None
         self._product_next: tuple[float, int | None] | None = None  # (since, code), deferred
         self._stop_since: float | None = None  # the stop in progress (micro-stop candidate)
-        self._pending: list[OutMessage] = []
-        self._last_report: dict[str, Any] | None = None
-        # Energy: time by bucket since the last meter sample, to split the next delta over.
-        self._energy_time: dict[str, float] = {}
-        self._meter_kwh: float | None = None  # last reading, in kWh
-        self._power_kw: float | None = None
+        self._pending: list[Report] = []
+        self._last_report: KpiReport | None = None
         self._last_known_state = MachineState.UNKNOWN  # the state before an unknown spell
-        # Orders: the current one, the PLC's order tags, good parts per minute bin.
-        self._order: Order | None = None
-        self._plc_order: list[Any] = [None, None, None]  # id, target, product
-        self._bad_order_tags: set[str] = set()  # order tags whose last value was bad data
         self._notices: list[str] = []  # for the log: take_notices()
-        # Current throughput: (time, slot, delta) of the counter deltas of the last
-        # RATE_WINDOW_S and their sums by slot. Not persisted: after a restart the rate is
-        # measured afresh (the first delta after it may hold the parts of the whole gap).
-        self._recent: deque[tuple[float, int, int]] = deque()
-        self._recent_sums = [0, 0]
-        self._rate_kinds: set[int] = set()  # counters seen since start: later deltas are rates
-        self._rate_since: float | None = None
+        self._orders = OrderTracker(
+            site=site,
+            line=self.line,
+            tz=self._tz,
+            second_counter=self._second_counter,
+            publish=orders or sig.order is not None,
+            energy=self._energy,
+            emit=self._emit,
+            notice=self._notice,
+            shift_progress=self._shift_progress,
+        )
 
     # ----------------------------------------------------------------------------- public API
 
@@ -420,8 +219,8 @@ class LineEngine:
         return self._state
 
     @property
-    def last_report(self) -> dict[str, Any] | None:
-        """The payload of the last :meth:`snapshot`, for metrics."""
+    def last_report(self) -> KpiReport | None:
+        """The last :meth:`snapshot`, for metrics."""
         return self._last_report
 
     @property
@@ -458,8 +257,8 @@ class LineEngine:
         kind, key = entry
         t = self._advance(sample.agent_time)
         good = sample.quality is Quality.GOOD
-        if kind >= _TOTAL:
-            count = _as_count(sample.value) if good else None
+        if kind >= SIG_TOTAL:
+            count = as_count(sample.value) if good else None
             if count is None:
                 self._data_lost(key, kind, t)
                 return
@@ -472,46 +271,44 @@ class LineEngine:
                 self._flag("counter_wrap")
             if d.reset:
                 self._flag("counter_reset")
-            if self._rate_since is None:
-                self._rate_since = t
+            rate = self._orders.counter_seen(kind, t)
             if d.delta:
-                self._count(kind, d.delta, t, rate=kind in self._rate_kinds)
-            self._rate_kinds.add(kind)
-            if kind == _TOTAL and self._state_kind == _TOTAL:
+                self._count(kind, d.delta, t, rate=rate)
+            if kind == SIG_TOTAL and self._state_kind == SIG_TOTAL:
                 self._infer(d.delta, t)
-        elif kind == _STATE:
+        elif kind == SIG_STATE:
             if not good:
                 self._data_lost(key, kind, t)
                 return
             self._data_ok(key, t)
-            code = _as_code(sample.value)
+            code = as_code(sample.value)
             state = self._state_map.get(code) if code is not None else None
             if state is None:
                 self._flag("unmapped_state_code")
                 state = MachineState.UNKNOWN
             self._set_state(state, t)
-        elif kind == _RUNNING:
-            running = _as_bool(sample.value) if good else None
+        elif kind == SIG_RUNNING:
+            running = as_bool(sample.value) if good else None
             if running is None:
                 self._data_lost(key, kind, t)
                 return
             self._data_ok(key, t)
             self._set_state(MachineState.RUNNING if running else MachineState.IDLE, t)
-        elif kind == _REASON:
-            code = _as_code(sample.value) if good else None
+        elif kind == SIG_REASON:
+            code = as_code(sample.value) if good else None
             self._set_reason(
                 None if code is None else self._reason_map.get(code, f"code {code}"), t
             )
-        elif kind == _PRODUCT:
-            self._set_product(_as_code(sample.value) if good else None, t)
-        elif kind == _ENERGY:
-            reading = _as_float(sample.value) if good else None
+        elif kind == SIG_PRODUCT:
+            self._set_product(as_code(sample.value) if good else None, t)
+        elif kind == SIG_ENERGY:
+            reading = as_float(sample.value) if good else None
             if reading is not None:  # energy while the meter is unseen counts when it is back
                 self._meter_sample(reading, t)
-        elif kind == _POWER:
-            self._power_kw = _as_float(sample.value) if good else None
+        elif kind == SIG_POWER:
+            self._energy.power_kw = as_float(sample.value) if good else None
         elif good:  # order tags: a bad sample keeps the order as it was
-            self._order_tag(kind, key, sample.value, t)
+            self._orders.tag(kind, key, sample.value, t)
 
     def source_available(self, source: str, available: bool, now: float) -> None:
         """The supervisor's word that ``source`` went down or came back. While it is down, all
@@ -524,13 +321,13 @@ class LineEngine:
         t = self._advance(now)
         if not available:
             for kind, _ in keys:
-                if kind == _REASON:
+                if kind == SIG_REASON:
                     self._set_reason(None, t)
-                elif kind == _PRODUCT:
+                elif kind == SIG_PRODUCT:
                     self._set_product(None, t)
-                elif kind == _POWER:
-                    self._power_kw = None
-        if not any(kind in (_STATE, _RUNNING) or kind >= _TOTAL for kind, _ in keys):
+                elif kind == SIG_POWER:
+                    self._energy.power_kw = None
+        if not any(kind in (SIG_STATE, SIG_RUNNING) or kind >= SIG_TOTAL for kind, _ in keys):
             return
         cause = _SOURCE + source
         if available:
@@ -546,7 +343,7 @@ class LineEngine:
         each of its counters is a count since the restart, whatever it is."""
         self._advance(now)
         for kind, _ in self._source_keys.get(source, ()):
-            if kind >= _TOTAL:
+            if kind >= SIG_TOTAL:
                 self._reset_hints.add(kind)
 
     def flag(self, warning: str, now: float) -> None:
@@ -555,74 +352,61 @@ class LineEngine:
         self._advance(now)
         self._flag(warning)
 
-    def tick(self, now: float) -> list[OutMessage]:
-        """Advance time to ``now``; return the messages due since the last call, in time order:
-        ``kpi/hour`` for each closed clock hour and ``kpi/shift`` for each closed shift (QoS 1,
-        not retained; at a common end the hour comes first), and ``state`` for each state change
-        (retained)."""
+    def tick(self, now: float) -> list[Report]:
+        """Advance time to ``now``; return the reports due since the last call, in time order:
+        the final :class:`KpiReport` (``closed``) of each closed clock hour and shift (at a
+        common end the hour comes first), a :class:`StateChange` for each state change, and
+        the order reports and command replies."""
         self._advance(now)
         out, self._pending = self._pending, []
         return out
 
-    def snapshot(self, now: float) -> OutMessage:
-        """The live ``kpi`` report of the open shift window at ``now`` (retained), also off shift.
+    def snapshot(self, now: float) -> KpiReport:
+        """The live KPI report of the open shift window at ``now``, also off shift.
 
-        Messages due from advancing time are kept for the next :meth:`tick`."""
+        Reports due from advancing time are kept for the next :meth:`tick`."""
         t = self._advance(now)
         assert self._shift is not None
-        payload = self._report(self._shift, t)
-        self._last_report = payload
-        return OutMessage(line=self.line, topic_suffix="kpi", payload=payload, retain=True)
+        report = self._report(self._shift, t)
+        self._last_report = report
+        return report
 
-    def snapshots(self, now: float) -> list[OutMessage]:
-        """The live messages at ``now``, all retained: ``kpi`` (:meth:`snapshot`), then
-        ``energy`` with an energy signal and ``order`` with an order signal or commands."""
-        out = [self.snapshot(now)]
-        if self._energy_sig is not None:
+    def snapshots(self, now: float) -> list[Report]:
+        """The live reports at ``now``: the KPIs (:meth:`snapshot`), then the energy with an
+        energy signal and the order with an order signal or commands."""
+        out: list[Report] = [self.snapshot(now)]
+        if self._energy.signal is not None:
             out.append(self.energy_snapshot(now))
-        if self._orders_on:
+        if self._orders.publish:
             out.append(self.order_snapshot(now))
         return out
 
-    def energy_snapshot(self, now: float) -> OutMessage:
-        """The live ``energy`` message of the open shift window (retained)."""
+    def energy_snapshot(self, now: float) -> EnergyReport:
+        """The live energy report of the open shift window."""
         t = self._advance(now)
         assert self._shift is not None
         o = self._shift
-        good = sum(r[2] for r in self._product_rows(o))
-        w = o.window
-        payload = {
-            "schema": ENERGY_SCHEMA,
-            "site": self.site,
-            "line": self.line,
-            "window": {
-                "kind": w.kind,
-                "name": w.name,
-                "start": iso(w.start, self._tz, "seconds"),
-                "end": iso(w.end, self._tz, "seconds"),
-            },
-            "ts": iso(t, self._tz),
-            "state": str(self._state),
-            "meter_kwh": None if self._meter_kwh is None else round(self._meter_kwh, 6),
-            "power_kw": None if self._power_kw is None else round(self._power_kw, 6),
-            "good_count": good,
-            **energy_fields(self._energy_of(o.energy, good)),
-            "warnings": sorted(f for f in o.flags if f.startswith("energy_")),
-        }
-        return OutMessage(line=self.line, topic_suffix="energy", payload=payload, retain=True)
-
-    def order_snapshot(self, now: float) -> OutMessage:
-        """The live ``order`` message (retained): the current order with remaining quantity and
-        ETAs; ``order_id`` null when there is none."""
-        t = self._advance(now)
-        return OutMessage(
-            line=self.line, topic_suffix="order", payload=self._order_payload(t), retain=True
+        good = sum(r[2] for r in o.product_rows(self._second_counter))
+        return self._energy.report(
+            site=self.site,
+            line=self.line,
+            window=window_ref(o.window, self._tz),
+            ts=iso(t, self._tz),
+            state=str(self._state),
+            good=good,
+            by_state=o.energy,
+            flags=o.flags,
         )
+
+    def order_snapshot(self, now: float) -> OrderReport:
+        """The live order report: the current order with remaining quantity and ETAs;
+        ``order_id`` ``None`` when there is none."""
+        return self._orders.report(self._advance(now))
 
     def command(self, name: str, payload: bytes, now: float) -> None:
         """Apply a command received on ``cmd/{name}`` (only ``order`` exists). Any payload is
         taken: invalid commands are never applied, and a notice says why. Either way a reply on
-        ``cmd/{name}/reply`` (QoS 1, not retained) follows with the next :meth:`tick`. Commands
+        ``cmd/{name}/reply`` (a :class:`CommandReply`) follows with the next :meth:`tick`. Commands
         are inputs like samples: persisted through :meth:`state_dict` with the state they
         change."""
         t = self._advance(now)
@@ -631,32 +415,30 @@ class LineEngine:
         else:
             parsed = ParsedCommand(None, (f"unknown command {name!r}",))
         doc = parsed.command
-        reply: dict[str, Any] = {
-            "schema": COMMAND_REPLY_SCHEMA,
-            "site": self.site,
-            "line": self.line,
-            "ts": iso(t, self._tz),
-            "command": name,
-            "ok": doc is not None,
-            "errors": list(parsed.errors),
-        }
-        if parsed.request_id is not None:
-            reply["request_id"] = parsed.request_id
         if doc is None:
             request = "" if parsed.request_id is None else f" {parsed.request_id!a}"
             self._notice(
                 f"{name} command{request} rejected, not applied: {'; '.join(parsed.errors)}"
             )
         else:
-            reply["order_id"] = doc["order_id"]
-            self._set_order(
+            self._orders.set(
                 doc["order_id"], doc.get("product"), doc["target_quantity"], "command", t
             )
         self._pending.append(
-            OutMessage(
-                line=self.line, topic_suffix=f"cmd/{name}/reply", payload=reply, retain=False
+            CommandReply(
+                site=self.site,
+                line=self.line,
+                ts=iso(t, self._tz),
+                command=name,
+                ok=doc is not None,
+                errors=parsed.errors,
+                request_id=parsed.request_id,
+                order_id=None if doc is None else doc["order_id"],
             )
         )
+
+    def _emit(self, report: Report) -> None:
+        self._pending.append(report)
 
     def _notice(self, text: str) -> None:
         if len(self._notices) < MAX_NOTICES:  # a caller that never takes them (replay)
@@ -671,137 +453,21 @@ class LineEngine:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue after a restart, JSON-serialisable: counter baselines,
-        the open windows' accumulators and counts, the current state, undelivered messages."""
-        d: dict[str, Any] = {
-            "version": STATE_VERSION,
-            "line": self.line,
-            "now": self._now,
-            "state": str(self._state),
-            "state_since": self._state_since,
-            "idle_at": self._idle_at,
-            "reason": self._reason,
-            "product": self._product,
-            "product_next": list(self._product_next) if self._product_next else None,
-            "last_known_state": str(self._last_known_state),
-            "meter": None if self._meter is None else self._meter.state_dict(),
-            "energy_time": dict(self._energy_time),
-            "order": None if self._order is None else self._order.state_dict(),
-            "plc_order": list(self._plc_order),
-            "counters": {
-                _COUNTER_NAMES[k]: {"tag": self._counter_signals[k].tag, **tr.state_dict()}
-                for k, tr in self._trackers.items()
-            },
-            "pending": [
-                {
-                    "topic_suffix": m.topic_suffix,
-                    "payload": m.payload,
-                    "retain": m.retain,
-                    "qos": m.qos,
-                }
-                for m in self._pending
-            ],
-            "windows": {},
-        }
-        if self._now is not None:
-            piece = self._open_piece()
-            for name, o in (("shift", self._shift), ("hour", self._hour)):
-                if o is None:
-                    continue
-                saved = o.state_dict()
-                saved["accounting"] = o.acc.folded(self._now, piece).state_dict()
-                d["windows"][name] = saved
-        return d
+        the open windows' accumulators and counts, the current state, undelivered reports
+        (:mod:`edge_agent.engine.persist`)."""
+        return persist.save(self)
 
     def restore(self, d: dict[str, Any]) -> None:
-        """Continue from a :meth:`state_dict` (this version's or version 1's). Time between the
-        saved moment and the next input is unknown (the agent was not observing); a stop in
+        """Continue from a :meth:`state_dict` (this version's or an earlier one's). Time between
+        the saved moment and the next input is unknown (the agent was not observing); a stop in
         progress is not a micro-stop. Call before the first input.
 
         Raises ``ValueError`` if ``d`` is from another line or another format version."""
-        version = d.get("version")
-        if version not in (1, STATE_VERSION):
-            raise ValueError(f"unsupported engine state version {version!r}")
-        if d.get("line") != self.line:
-            raise ValueError(f"engine state is for line {d.get('line')!r}, not {self.line!r}")
-        names = {v: k for k, v in _COUNTER_NAMES.items()}
-        for name, saved in (d.get("counters") or {}).items():
-            kind = names.get(name)
-            sig = self._counter_signals.get(kind) if kind is not None else None
-            if kind is None or sig is None or saved.get("tag") != sig.tag:
-                continue  # the counter was reconfigured: its old baseline means nothing
-            self._trackers[kind] = CounterTracker.from_state(saved, sig.rollover, self._fastest_s)
-        self._pending = [
-            OutMessage(
-                line=self.line,
-                topic_suffix=m["topic_suffix"],
-                payload=m["payload"],
-                retain=bool(m["retain"]),
-                qos=int(m["qos"]),
-            )
-            for m in d.get("pending", [])
-        ]
-        if self._meter is not None:
-            self._meter.restore(d.get("meter"))
-            if self._meter.last_value is not None:
-                self._meter_kwh = self._meter.last_value * self._kwh_per_unit
-        self._energy_time = {k: float(v) for k, v in (d.get("energy_time") or {}).items()}
-        order = d.get("order")
-        self._order = Order.from_state(order) if order else None
-        plc_order = d.get("plc_order")
-        if isinstance(plc_order, list) and len(plc_order) == 3:
-            # Saved by a version that took any value: what cannot be an order's is not known.
-            self._plc_order = [
-                _order_value(kind, value)[0]
-                for kind, value in zip(_ORDER_KINDS, plc_order, strict=True)
-            ]
-        now = d.get("now")
-        if now is None:
-            return
-        self._now = float(now)
-        self._last_known_state = MachineState(d.get("last_known_state", "unknown"))
-        self._state = MachineState(d.get("state", "unknown"))
-        since = d.get("state_since")
-        self._state_since = float(since) if since is not None else None
-        idle_at = d.get("idle_at")
-        self._idle_at = float(idle_at) if idle_at is not None else None
-        self._reason = d.get("reason")
-        product = d.get("product")
-        self._product = int(product) if product is not None else None
-        nxt = d.get("product_next")
-        if nxt:
-            self._product_next = (float(nxt[0]), None if nxt[1] is None else int(nxt[1]))
-        self._causes = {_AGENT}
-        self._piece_start = self._now
-        windows = d.get("windows") or {}
-        if version == 1 and d.get("window") is not None:
-            windows = {"shift": self._v1_window(d)}
-        if "shift" in windows:
-            self._shift = _Open.from_state(windows["shift"], self._planned_states)
-            acc = self._shift.acc
-            if not acc.stops:  # version 1 kept no causes: ask the calendar
-                acc.stops = {
-                    k: clip(v, acc.start, acc.end)
-                    for k, v in self.calendar.plan(acc.start, acc.end).stops.items()
-                }
-        if "hour" in windows:
-            self._hour = _Open.from_state(windows["hour"], self._planned_states)
-        elif self._shift is not None:  # version 1: open the hour now; its past is unknown
-            self._hour = self._new_open(HOUR, self._now)
+        persist.restore(self, d)
 
     # ------------------------------------------------------------------------------ internals
 
-    def _v1_window(self, d: dict[str, Any]) -> dict[str, Any]:
-        counts = d.get("counts", {})
-        second = _COUNTER_NAMES.get(self._second_counter or -1, "")
-        total, other = int(counts.get("total", 0)), int(counts.get(second, 0))
-        return {
-            "window": d["window"],
-            "accounting": d["accounting"],
-            "counts": [[None, total, other]] if total or other else [],
-            "flags": d.get("flags", []),
-        }
-
-    def _opens(self) -> list[_Open]:
+    def _opens(self) -> list[OpenWindow]:
         return [o for o in (self._shift, self._hour) if o is not None]
 
     def _flag(self, name: str) -> None:
@@ -847,7 +513,7 @@ class LineEngine:
             self._remove_cause(_AGENT, t)
         return t
 
-    def _new_open(self, kind: str, t: float) -> _Open:
+    def _new_open(self, kind: str, t: float) -> OpenWindow:
         """The window of ``kind`` (SHIFT: shift or off-shift) containing ``t``. Its time before
         ``t`` was not observed: unknown."""
         w = hour_window(t, self._tz) if kind == HOUR else self.calendar.window_or_off_shift(t)
@@ -855,18 +521,14 @@ class LineEngine:
         planned = [] if w.kind == OFF_SHIFT else plan.planned
         acc = Accounting(w.start, w.end, planned, self._planned_states, plan.stops)
         acc.add(w.start, t, MachineState.UNKNOWN, True)
-        return _Open(w, acc)
+        return OpenWindow(w, acc)
 
-    def _close(self, o: _Open) -> None:
+    def _close(self, o: OpenWindow) -> None:
         """Cut at the window's end, report it if it is a shift or an hour, and stop feeding it."""
         w = o.window
         self._cut(w.end)
-        topic = _TOPICS.get(w.kind)
-        if topic is not None:
-            payload = self._report(o, w.end)
-            self._pending.append(
-                OutMessage(line=self.line, topic_suffix=topic, payload=payload, retain=False)
-            )
+        if w.kind in _REPORTED:
+            self._pending.append(self._report(o, w.end, closed=True))
         if o is self._hour:
             self._hour = None
         elif o is self._shift:
@@ -882,14 +544,9 @@ class LineEngine:
                 loss_s = o.acc.add(a, t, self._state, unknown, self._reason)
                 if stopping:
                     o.micro_pending_s += loss_s
-            if self._meter is not None and self._meter.last_value is not None and self._shift:
+            if self._energy.measuring and self._shift:
                 # Time by bucket since the last meter sample: the next delta is split over it.
-                bucket, in_plan, outside = self._shift.acc.classify(a, t, self._state, unknown)
-                et = self._energy_time
-                if in_plan > 0:
-                    et[bucket] = et.get(bucket, 0.0) + in_plan
-                if outside > 0:
-                    et["planned_stop"] = et.get("planned_stop", 0.0) + outside
+                self._energy.add_time(*self._shift.acc.classify(a, t, self._state, unknown))
             self._piece_start = t
 
     def _open_piece(self) -> tuple[float, MachineState, bool, str | None]:
@@ -903,17 +560,16 @@ class LineEngine:
         self._state, self._state_since = state, t
         self._track_stop(previous, state, t)
         self._track_fault(previous, state, t)
-        payload = state_payload(
-            site=self.site,
-            line=self.line,
-            tz=self._tz,
-            ts=t,
-            state=state,
-            previous_state=previous,
-            since=t,
-        )
         self._pending.append(
-            OutMessage(line=self.line, topic_suffix="state", payload=payload, retain=True)
+            state_change(
+                site=self.site,
+                line=self.line,
+                tz=self._tz,
+                ts=t,
+                state=state,
+                previous_state=previous,
+                since=t,
+            )
         )
 
     def _track_fault(self, previous: MachineState, state: MachineState, t: float) -> None:
@@ -974,13 +630,13 @@ class LineEngine:
 
     def _count(self, kind: int, delta: int, t: float, *, rate: bool = True) -> None:
         product = self._current_product(t) if self._products is not None else None
-        slot = 0 if kind == _TOTAL else 1
+        slot = 0 if kind == SIG_TOTAL else 1
         for o in self._opens():
             entry = o.counts.get(product)
             if entry is None:
                 entry = o.counts[product] = [0, 0]
             entry[slot] += delta
-        self._count_order(slot, delta, t, rate)
+        self._orders.count(slot, delta, t, rate)
         if product is not None and self._products is not None and product not in self._products:
             self._flag("unmapped_product_code")
 
@@ -1022,319 +678,41 @@ class LineEngine:
 
     def _meter_sample(self, reading: float, t: float) -> None:
         """An energy meter reading (in the meter's unit) at ``t``."""
-        meter = self._meter
-        assert meter is not None
-        baseline = meter.last_value is None
-        self._cut(t)  # the time up to t joins _energy_time
-        d = meter.update(reading, t)
-        self._meter_kwh = reading * self._kwh_per_unit
-        if d.wrapped:
+        self._cut(t)  # the time up to t is split over this reading's delta
+        r = self._energy.reading(reading, t, str(self._state))
+        if r.wrapped:
             self._flag("energy_meter_wrap")
-        if d.reset:
+        if r.reset:
             self._flag("energy_meter_reset")
-        shares: dict[str, float] = {}
-        if not baseline and d.delta > 0:
-            kwh = d.delta * self._kwh_per_unit
-            total_s = sum(self._energy_time.values())
-            if total_s > 0:
-                # Proportional split: each bucket gets the delta × its share of the time.
-                shares = {k: kwh * v / total_s for k, v in self._energy_time.items() if v > 0}
-            else:  # two readings at one instant: the state at that instant
-                shares = {str(self._state): kwh}
-        self._energy_time = {}
         for o in self._opens():
-            for k, v in shares.items():
+            for k, v in r.shares.items():
                 o.energy[k] = o.energy.get(k, 0.0) + v
-        order = self._order
-        if order is not None:
-            for k, v in shares.items():
-                order.energy_by_state_kwh[k] = order.energy_by_state_kwh.get(k, 0.0) + v
-                order.energy_kwh += v
+        self._orders.add_energy(r.shares)
 
-    def _energy_of(self, by_state: dict[str, float], good: int) -> EnergyFigures:
-        kwh = sum(by_state.values()) if self._energy_sig is not None else None
-        return energy_figures(kwh, by_state, good, self._emission)
-
-    # --- orders --------------------------------------------------------------------------------
-
-    def _order_tag(self, kind: int, key: str, value: Value, t: float) -> None:
-        """A PLC order tag's new value: a new id starts an order (the target and product tags
-        of the same poll update it as they arrive); a target or product changes the order. A
-        value that cannot be an order's is bad data: the order stays as it was."""
-        slot = kind - _ORDER_ID
-        new, problem = _order_value(kind, value)
-        name = _ORDER_TAG_NAMES[kind]
-        if problem is not None:
-            if key not in self._bad_order_tags:
-                self._bad_order_tags.add(key)
-                shown = ascii(value)
-                shown = shown if len(shown) <= 40 else shown[:40] + "..."
-                self._notice(
-                    f"order {name} tag {key} reads {shown}: {problem}; ignored as bad data,"
-                    " the order stays as it was"
-                )
-            return
-        if key in self._bad_order_tags:
-            self._bad_order_tags.discard(key)
-            self._notice(f"order {name} tag {key} reads a usable value again")
-        if self._plc_order[slot] == new:
-            return
-        self._plc_order[slot] = new
-        order_id, target, product = self._plc_order
-        current = self._order
-        if kind == _ORDER_ID:
-            if order_id is None:
-                self._set_order(None, None, None, "plc", t)
-            else:
-                self._set_order(order_id, product, target, "plc", t)
-        elif current is not None and current.source == "plc" and current.order_id == order_id:
-            self._set_order(current.order_id, product, target, "plc", t)
-
-    def _set_order(
-        self, order_id: str | None, product: str | None, target: int | None, source: str, t: float
-    ) -> None:
-        """Make ``order_id`` the current order (``None``: no order). The same id keeps its
-        counts and takes the new product and target; another id closes the current order."""
-        current = self._order
-        if current is not None and order_id == current.order_id:
-            current.product, current.target, current.source = product, target, source
-            self._check_target(t)
-            return
-        if current is not None:
-            self._close_order(current, "order_changed" if order_id else "order_cleared", t)
-        self._order = None if order_id is None else Order(order_id, product, target, source, t)
-        if self._orders_on:
-            self._pending.append(
-                OutMessage(
-                    line=self.line,
-                    topic_suffix="order",
-                    payload=self._order_payload(t),
-                    retain=True,
-                )
-            )
-
-    def _count_order(self, slot: int, delta: int, t: float, rate: bool) -> None:
-        order = self._order
-        if order is not None:
-            order.counts[slot] += delta
-            self._check_target(t)
-        if rate:
-            self._recent.append((t, slot, delta))
-            self._recent_sums[slot] += delta
-            self._prune_recent(t)
-
-    def _prune_recent(self, now: float) -> None:
-        recent, sums = self._recent, self._recent_sums
-        while recent and recent[0][0] <= now - RATE_WINDOW_S:
-            _, slot, delta = recent.popleft()
-            sums[slot] -= delta
-
-    def _good_of(self, total: int, second: int) -> int:
-        if self._second_counter == _REJECT:
-            return total - min(second, total)
-        if self._second_counter == _GOOD:
-            return min(second, total)
-        return total
-
-    def _check_target(self, t: float) -> None:
-        order = self._order
-        if order is None or order.closed or order.target is None:
-            return
-        if self._good_of(*order.counts) >= order.target:
-            self._close_order(order, "target_reached", t)
-
-    def _close_order(self, order: Order, reason: str, t: float) -> None:
-        if order.closed:
-            return
-        order.closed = True
-        total, second = order.counts
-        good = self._good_of(total, second)
-        payload = {
-            "schema": ORDER_CLOSED_SCHEMA,
-            "site": self.site,
-            "line": self.line,
-            "ts": iso(t, self._tz),
-            "order_id": order.order_id,
-            "product": order.product,
-            "source": order.source,
-            "reason": reason,
-            "target_quantity": order.target,
-            "total_count": total,
-            "good_count": good,
-            "reject_count": total - good,
-            "started": iso(order.started, self._tz),
-            "duration_s": round(max(t - order.started, 0.0), 3),
-            **energy_fields(self._energy_of(order.energy_by_state_kwh, good)),
-        }
-        self._pending.append(
-            OutMessage(line=self.line, topic_suffix="order/closed", payload=payload, retain=False)
-        )
-
-    def current_throughput_good_per_h(self, now: float) -> float | None:
-        """Good parts per hour counted in ``(now − RATE_WINDOW_S, now]``, over that span or the
-        time since the first counter sample if shorter; ``None`` before it."""
-        if self._rate_since is None:
-            return None
-        self._prune_recent(now)
-        span_s = min(RATE_WINDOW_S, now - self._rate_since)
-        if span_s <= 0:
-            return None
-        return self._good_of(*self._recent_sums) / span_s * 3600.0
-
-    def _order_payload(self, t: float) -> dict[str, Any]:
-        order = self._order
+    def _shift_progress(self) -> tuple[int, float]:
+        """The good count and start of the open shift window."""
         assert self._shift is not None
-        shift_good = sum(r[2] for r in self._product_rows(self._shift))
-        elapsed_h = (t - self._shift.window.start) / 3600.0
-        shift_rate = shift_good / elapsed_h if elapsed_h > 0 else None
-        current_rate = self.current_throughput_good_per_h(t)
-        warnings = ["order_tag_invalid"] if self._bad_order_tags else []
-        base: dict[str, Any] = {
-            "schema": ORDER_SCHEMA,
-            "site": self.site,
-            "line": self.line,
-            "ts": iso(t, self._tz),
-            "throughput_current_good_per_h": None
-            if current_rate is None
-            else round(current_rate, 3),
-            "throughput_shift_good_per_h": None if shift_rate is None else round(shift_rate, 3),
-            "warnings": warnings,
-        }
-        if order is None:
-            return {
-                **base,
-                "order_id": None,
-                "status": "none",
-                "product": None,
-                "source": None,
-                "target_quantity": None,
-                "total_count": 0,
-                "good_count": 0,
-                "reject_count": 0,
-                "remaining_quantity": None,
-                "started": None,
-                "time_to_complete_current_s": None,
-                "time_to_complete_shift_average_s": None,
-                "eta_current": None,
-                "eta_shift_average": None,
-                **energy_fields(self._energy_of({}, 0)),
-            }
-        total, second = order.counts
-        good = self._good_of(total, second)
-        remaining = None if order.target is None else max(order.target - good, 0)
-        ttc_current = time_to_complete_s(remaining, current_rate)
-        ttc_shift = time_to_complete_s(remaining, shift_rate)
-        # An ETA too far ahead to be written as a date: the time to complete stands, the ETA
-        # is not invented.
-        eta_current = (
-            None if ttc_current is None else iso_if_representable(t + ttc_current, self._tz)
-        )
-        eta_shift = None if ttc_shift is None else iso_if_representable(t + ttc_shift, self._tz)
-        if (eta_current is None and ttc_current is not None) or (
-            eta_shift is None and ttc_shift is not None
-        ):
-            warnings.append("eta_out_of_range")
-        return {
-            **base,
-            "order_id": order.order_id,
-            "status": "completed" if order.closed or remaining == 0 else "in_progress",
-            "product": order.product,
-            "source": order.source,
-            "target_quantity": order.target,
-            "total_count": total,
-            "good_count": good,
-            "reject_count": total - good,
-            "remaining_quantity": remaining,
-            "started": iso(order.started, self._tz),
-            "time_to_complete_current_s": None if ttc_current is None else round(ttc_current, 3),
-            "time_to_complete_shift_average_s": None if ttc_shift is None else round(ttc_shift, 3),
-            "eta_current": eta_current,
-            "eta_shift_average": eta_shift,
-            **energy_fields(self._energy_of(order.energy_by_state_kwh, good)),
-        }
+        return sum(
+            r[2] for r in self._shift.product_rows(self._second_counter)
+        ), self._shift.window.start
 
-    def _product_rows(self, o: _Open) -> list[tuple[int | None, int, int, int]]:
-        """(product code, total, good, reject) per product of a window. A reject (good) delta
-        that arrives in the window before its total delta is capped so that good and reject are
-        never negative."""
-        rows = []
-        for code, (total, second) in o.counts.items():
-            if self._second_counter == _REJECT:
-                reject = min(second, total)
-                rows.append((code, total, total - reject, reject))
-            elif self._second_counter == _GOOD:
-                good = min(second, total)
-                rows.append((code, total, good, total - good))
-            else:
-                rows.append((code, total, total, 0))
-        rows.sort(key=lambda r: (r[0] is not None, r[0] or 0))
-        return rows
-
-    def _ideal_of(self, code: int | None) -> float:
-        product = self._products.get(code) if self._products and code is not None else None
-        return product.ideal_cycle_time_s if product is not None else self._ideal_s
-
-    def _buckets(self, o: _Open, until: float) -> TimeBuckets:
+    def _buckets(self, o: OpenWindow, until: float) -> TimeBuckets:
         return o.acc.buckets(until, self._open_piece())
 
-    def _report(self, o: _Open, now: float) -> dict[str, Any]:
-        w = o.window
-        buckets = self._buckets(o, now)
-        rows = self._product_rows(o)
-        total = sum(r[1] for r in rows)
-        good = sum(r[2] for r in rows)
-        reject = sum(r[3] for r in rows)
-        net_s = sum(self._ideal_of(r[0]) * r[1] for r in rows)
-        fpt_s = sum(self._ideal_of(r[0]) * r[2] for r in rows)
-        # The count-weighted ideal cycle time keeps performance = ideal × total / run true.
-        ideal_s = net_s / total if self._products is not None and total > 0 else self._ideal_s
-        kpis = compute_kpis(
-            buckets,
-            total_count=total,
-            good_count=good,
-            ideal_cycle_time_s=ideal_s,
-            net_run_time_s=net_s,
-            fully_productive_time_s=fpt_s,
-            ratios=w.kind == SHIFT or (w.kind == HOUR and bool(o.acc.planned)),
-            min_data_coverage=self._min_coverage,
-        )
-        products = None
-        if self._products is not None:
-            products = []
-            for code, p_total, p_good, p_reject in rows:
-                mapped = self._products.get(code) if code is not None else None
-                products.append(
-                    {
-                        "product": mapped.name
-                        if mapped
-                        else (None if code is None else f"code {code}"),
-                        "code": code,
-                        "ideal_cycle_time_s": self._ideal_of(code),
-                        "total_count": p_total,
-                        "good_count": p_good,
-                        "reject_count": p_reject,
-                    }
-                )
-        return kpi_payload(
+    def _report(self, o: OpenWindow, now: float, *, closed: bool = False) -> KpiReport:
+        return window_report(
+            o,
+            self._buckets(o, now),
             site=self.site,
             line=self.line,
             tz=self._tz,
-            window=w,
             now=now,
             state=self._state,
             planned_states=self._planned_states,
-            ideal_cycle_time_s=ideal_s,
-            buckets=buckets,
-            kpis=kpis,
-            total_count=total,
-            good_count=good,
-            reject_count=reject,
-            net_run_time_s=net_s,
-            fully_productive_time_s=fpt_s,
-            micro_stop_count=o.micro_count,
-            micro_stop_time_s=o.micro_s,
-            products=products,
-            flags=o.flags,
-            energy=self._energy_of(o.energy, good),
-            fault_count=o.fault_count,
+            ideal_cycle_time_s=self._ideal_s,
+            products=self._products,
+            second_counter=self._second_counter,
+            min_data_coverage=self._min_coverage,
+            energy=self._energy,
+            closed=closed,
         )

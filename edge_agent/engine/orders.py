@@ -1,5 +1,4 @@
-"""Production orders, order commands and energy figures (DESIGN §3, docs/kpi.md). Pure: no clock,
-no I/O.
+"""Production orders and order commands (DESIGN §3, docs/kpi.md). Pure: no clock, no I/O.
 
 An order is what the line is making for a customer: an id, a product and a target (good)
 quantity. It comes from PLC tags or from an order command (``cmd/order``); the engine counts the
@@ -20,16 +19,8 @@ raises.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
-
-from edge_agent.config.schema import EmissionFactor
-
-ORDER_SCHEMA = "edge-agent/order/1"
-ORDER_CLOSED_SCHEMA = "edge-agent/order-closed/1"
-ENERGY_SCHEMA = "edge-agent/energy/1"
-COMMAND_REPLY_SCHEMA = "edge-agent/cmd-reply/1"
 
 MAX_ORDER_ID_CHARS = 64
 MAX_TEXT_CHARS = 256
@@ -46,8 +37,6 @@ MAX_ORDER_QUANTITY = 1_000_000_000
 # Current throughput: good parts counted in the last RATE_WINDOW_S, per hour.
 RATE_WINDOW_S = 900.0
 
-NO_FACTOR_NOTE = "no emission_factor configured for this line: CO2e not computed"
-NO_METER_NOTE = "no energy signal configured for this line"
 
 _COMMAND_KEYS = {"order_id", "product", "target_quantity", "request_id"}
 _MAX_UNKNOWN_SHOWN = 5  # unknown keys named in a reply; the others are counted
@@ -168,67 +157,6 @@ def parse_order_command(payload: bytes) -> ParsedCommand:
     if errors:
         return ParsedCommand(None, tuple(errors), request_id)
     return ParsedCommand({**doc, "target_quantity": int(doc["target_quantity"])}, (), request_id)
-
-
-@dataclass(frozen=True, slots=True)
-class EnergyFigures:
-    """Energy of a window or an order and what follows from it. ``energy_kwh`` is ``None``
-    without an energy signal; ratios are ``None`` when their denominator is zero."""
-
-    energy_kwh: float | None
-    by_state_kwh: Mapping[str, float]
-    per_good_part_kwh: float | None
-    co2e_kg: float | None
-    co2e_per_good_part_kg: float | None
-    factor: EmissionFactor | None
-    notes: tuple[str, ...]
-
-
-def energy_figures(
-    energy_kwh: float | None,
-    by_state_kwh: Mapping[str, float],
-    good_count: int,
-    factor: EmissionFactor | None,
-) -> EnergyFigures:
-    """kWh per good part = energy ÷ good count; kgCO2e = energy × factor (docs/kpi.md)."""
-    notes: list[str] = []
-    if energy_kwh is None:
-        notes.append(NO_METER_NOTE)
-    elif factor is None:
-        notes.append(NO_FACTOR_NOTE)
-    per_part = energy_kwh / good_count if energy_kwh is not None and good_count > 0 else None
-    co2e = energy_kwh * factor.kg_co2e_per_kwh if energy_kwh is not None and factor else None
-    co2e_part = per_part * factor.kg_co2e_per_kwh if per_part is not None and factor else None
-    return EnergyFigures(
-        energy_kwh=energy_kwh,
-        by_state_kwh=by_state_kwh,
-        per_good_part_kwh=per_part,
-        co2e_kg=co2e,
-        co2e_per_good_part_kg=co2e_part,
-        factor=factor,
-        notes=tuple(notes),
-    )
-
-
-def _r(x: float | None, digits: int) -> float | None:
-    return None if x is None else round(x, digits)
-
-
-def energy_fields(e: EnergyFigures) -> dict[str, Any]:
-    """The energy fields shared by the kpi, energy, order and order/closed payloads."""
-    return {
-        "energy_kwh": _r(e.energy_kwh, 6),
-        "energy_by_state_kwh": {k: round(v, 6) for k, v in sorted(e.by_state_kwh.items())},
-        "energy_per_good_part_kwh": _r(e.per_good_part_kwh, 6),
-        "co2e_kg": _r(e.co2e_kg, 6),
-        "co2e_per_good_part_kg": _r(e.co2e_per_good_part_kg, 6),
-        "emission_factor": (
-            None
-            if e.factor is None
-            else {"kg_co2e_per_kwh": e.factor.kg_co2e_per_kwh, "source": e.factor.source}
-        ),
-        "energy_notes": list(e.notes),
-    }
 
 
 class Order:

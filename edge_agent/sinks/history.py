@@ -49,12 +49,13 @@ from edge_agent.config.schema import HistoryConfig
 from edge_agent.errors import StorageError
 from edge_agent.model import Quality, Sample, Value
 from edge_agent.samplecsv import SampleWriter, format_value
-from edge_agent.sinks.outbox import (
+from edge_agent.sinks.sqlite import (
     DESCRIBED,
     file_identity,
     give_back_wal,
     move_aside,
     storage_reason,
+    transaction,
 )
 
 log = logging.getLogger(__name__)
@@ -307,8 +308,7 @@ class History:
 
     def _write(self, db: sqlite3.Connection, rows: Sequence[_Row], cutoff: float | None) -> int:
         deleted = 0
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             if self._mark_restart:
                 db.execute(
                     "INSERT INTO samples (t, tag_id, kind, value, quality, keyframe) "
@@ -333,11 +333,6 @@ class History:
                     "(SELECT id FROM samples WHERE t < ? ORDER BY t LIMIT ?)",
                     (cutoff, RETENTION_BATCH_ROWS),
                 ).rowcount
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
         self._mark_restart = False
         return deleted
 

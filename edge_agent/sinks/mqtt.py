@@ -40,14 +40,14 @@ a DDATA): the last will is the NDEATH, births replace ``online``, deaths replace
 NCMD rebirth request publishes the births again, and nothing is published on the JSON topics.
 Delivery, order and the outbox are the same for both.
 
-Only this module imports aiomqtt / paho.
+The broker connection is :mod:`edge_agent.sinks.mqtt_client`, our own small asyncio client over
+paho-mqtt's public API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import ssl
@@ -58,19 +58,24 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import aiomqtt
-from aiomqtt.exceptions import MqttCodeError, MqttConnectError
-from paho.mqtt import client as mqtt
-from paho.mqtt.client import MQTTMessageInfo
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-
 from edge_agent.config.schema import MqttConfig, MqttEncoding, MqttProtocol
 from edge_agent.errors import BrokerRefusedError, SinkError, StorageError
 from edge_agent.secrets import SecretError, read_secret
 from edge_agent.sharing import ShareFilter
 from edge_agent.sinks import sparkplug
+from edge_agent.sinks.mqtt_client import (
+    ConnectFailed,
+    ConnectRefused,
+    ConnectTimeout,
+    LinkLost,
+    MqttClient,
+    MqttError,
+    MQTTMessageInfo,
+    ReasonCode,
+    Will,
+    build_tls_context,
+    topic_matches,
+)
 from edge_agent.sinks.outbox import Outbox, StoredMessage
 
 log = logging.getLogger(__name__)
@@ -96,34 +101,21 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
-def build_tls_context(
-    ca_file: str | None, cert_file: str | None, key_file: str | None, *, insecure: bool
-) -> ssl.SSLContext:
-    """A client TLS context: TLS 1.2 or newer, the server certificate verified against
-    ``ca_file`` (or the system trust store), an optional client certificate, and the host name
-    checked unless ``insecure`` (the certificate chain is verified even then)."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert_file is not None:
-        ctx.load_cert_chain(cert_file, key_file)
-    if insecure:
-        ctx.check_hostname = False
-    return ctx
-
-
 class _ClientLog(logging.Handler):
     """Receives the MQTT client's own log records, keeps the last error and passes every
     record on at DEBUG: a failed connection is explained once, in the :class:`SinkError`.
 
     With TLS 1.3 the broker judges the client certificate after the handshake has completed,
-    so a refused certificate shows up only as an alert on the first read ("failed to receive
-    on socket: [SSL: TLSV1_ALERT_UNKNOWN_CA] ..."), then as a missing CONNACK; the error kept
-    here turns that timeout into a clear refusal.
+    so a refused certificate shows up only as an alert on the first read, which paho logs
+    ("failed to receive on socket: [SSL: TLSV1_ALERT_UNKNOWN_CA] ...", the exception among the
+    record's arguments), then as a lost link before CONNACK; the error kept here turns that
+    into a clear refusal. The exception is judged by its type, never by its text.
     """
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.last_error: str | None = None
+        self.last_exception: BaseException | None = None
         # Not in the hierarchy. Below DEBUG on our side only errors are kept: paho logs two
         # records per QoS 1 message, and building them cost as much CPU as the publish itself.
         # Decided at each connect (a new client logs through a new handler).
@@ -135,6 +127,8 @@ class _ClientLog(logging.Handler):
         text = record.getMessage()
         if record.levelno >= logging.ERROR:
             self.last_error = text
+            args = record.args if isinstance(record.args, tuple) else ()
+            self.last_exception = next((a for a in args if isinstance(a, BaseException)), None)
         log.debug("mqtt client: %s", text)
 
 
@@ -191,6 +185,7 @@ class MqttSink:
         self._link_open = False  # this connection is up and its publishes are counted
         self._link_unconfirmed = False  # this connection's `online` did not come back
         self._link_published_from = 0
+        self._link_controls = 0  # messages published outside the pump on this connection
         self._unconfirmed_done = 0
         self._share = ShareFilter(cfg.share)
         self.withheld_total = 0  # queued messages deleted unsent: no longer shared
@@ -281,7 +276,6 @@ class MqttSink:
             raise RuntimeError("MqttSink.run() is already running")
         self._running = True
         self._run_done.clear()
-        _route_client_noise(asyncio.get_running_loop())
         try:
             await self._run_connection()
         except SinkError as exc:
@@ -322,7 +316,7 @@ class MqttSink:
     def _where(self) -> str:
         return f"{self._cfg.host}:{self._cfg.port}"
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self) -> MqttClient:
         cfg = self._cfg
         password: str | None = None
         if cfg.password_file is not None:
@@ -341,30 +335,14 @@ class MqttSink:
                 )
             except (OSError, ssl.SSLError) as exc:
                 raise SinkError(f"cannot load the mqtt TLS files: {exc}") from exc
-        protocol = (
-            aiomqtt.ProtocolVersion.V5
-            if cfg.protocol is MqttProtocol.V5
-            else aiomqtt.ProtocolVersion.V311
-        )
-        # A persistent session: MQTT 3.1.1 clean_session=0; MQTT 5 clean start off and a session
-        # expiry (without one an MQTT 5 broker ends the session at disconnect).
-        session: dict[str, Any] = {}
-        if protocol is aiomqtt.ProtocolVersion.V5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            if not cfg.clean_session:
-                props.SessionExpiryInterval = int(cfg.session_expiry_s)
-            session["clean_start"] = cfg.clean_session
-            session["properties"] = props
-        else:
-            session["clean_session"] = cfg.clean_session
         if self.sparkplug is not None:
             # NDEATH with this session's (new, persisted) bdSeq; never retained (Sparkplug).
             topic, death = self.sparkplug.new_session(time.time())
-            will = aiomqtt.Will(topic=topic, payload=death, qos=1, retain=False)
+            will = Will(topic=topic, payload=death, qos=1, retain=False)
             self._will_topic = topic
         else:
             self._will_topic = self.status_topic
-            will = aiomqtt.Will(
+            will = Will(
                 topic=self.status_topic,
                 # The will's ts is the time of this connect: the broker sends it unchanged later.
                 payload=status_payload(self._site, "offline", time.time()),
@@ -372,32 +350,35 @@ class MqttSink:
                 retain=True,
             )
         self._client_log = _ClientLog()
-        client = aiomqtt.Client(
+        v5 = cfg.protocol is MqttProtocol.V5
+        return MqttClient(
             cfg.host,
             cfg.port,
+            client_id=cfg.client_id or f"edge-agent-{self._site}",
+            protocol="5" if v5 else "3.1.1",
+            # A persistent session: MQTT 3.1.1 clean_session=0; MQTT 5 clean start off and a
+            # session expiry (without one an MQTT 5 broker ends the session at disconnect).
+            clean_session=cfg.clean_session,
+            session_expiry_s=None if cfg.clean_session else int(cfg.session_expiry_s),
             username=cfg.username,
             password=password,
-            identifier=cfg.client_id or f"edge-agent-{self._site}",
-            protocol=protocol,
+            tls_context=tls_context,
+            tls_insecure=cfg.tls is not None and cfg.tls.insecure,
             will=will,
-            timeout=cfg.timeout_s,
-            keepalive=max(1, round(cfg.keepalive_s)),
-            max_inflight_messages=self._window,
+            keepalive_s=max(1, round(cfg.keepalive_s)),
+            connect_timeout_s=cfg.timeout_s,
+            max_inflight=self._window,
             # The sink hands the client at most two windows (one on the wire, one queued behind
             # it, see _pump) plus the status messages; the bound makes paho's memory-only queue
             # refuse rather than grow if that ever changed.
-            max_queued_outgoing_messages=2 * self._window + 2,
-            tls_context=tls_context,
-            **session,
+            max_queued=2 * self._window + 2,
             logger=self._client_log.logger,
+            on_message=self._dispatch,
         )
-        # aiomqtt warns above 10 pending calls; a full pipeline (2 windows) is normal here.
-        client.pending_calls_threshold = 2 * self._window + 2
-        return client
 
     async def _run_connection(self) -> None:
         client = self._make_client()
-        lost: asyncio.Task[str] | None = None
+        lost = client.lost
         clean = False
         try:
             await self._connect(client)
@@ -405,10 +386,14 @@ class MqttSink:
             self._link_open = True
             self.delivery_confirmed = False
             self._link_published_from = self._published_total
+            self._link_controls = 0
             # The supervisor's health logs the link's state changes; this is every connect.
             log.debug("connected to broker %s", self._where)
-            lost = asyncio.ensure_future(self._wait_lost(client))
             lost.add_done_callback(self._on_lost)
+            if lost.done():  # closed in the same breath as the CONNACK
+                raise SinkError(
+                    f"connection to broker {self._where} closed right after the broker accepted it"
+                )
             if self.sparkplug is None:
                 await self._publish_status(client, "online", lost)
                 await self._subscribe_all(client, lost)
@@ -422,51 +407,44 @@ class MqttSink:
             # No births after this point: a rebirth request is served by the pump only, so
             # the deaths below are the session's last messages.
             await self._publish_status(client, "offline", lost)
-            await self._stop_watching(lost)
             await self._disconnect(client)
             clean = True
             log.info("broker link closed, %d message(s) left in the outbox", self._outbox.depth())
         finally:
+            lost.remove_done_callback(self._on_lost)
             self._end_echo_check()
-            if lost is not None:
-                await self._stop_watching(lost)
             if not clean:
                 # No DISCONNECT: the broker publishes the last will (offline) for us.
-                _drop(client)
+                client.drop()
 
-    async def _connect(self, client: aiomqtt.Client) -> None:
+    async def _connect(self, client: MqttClient) -> None:
         cfg = self._cfg
         # paho connects in an executor thread, bounded by its own connect timeout; the CONNACK
         # wait is bounded by the client timeout. The outer deadline is a backstop for both.
-        client._client.connect_timeout = cfg.timeout_s
         try:
             async with asyncio.timeout(2 * cfg.timeout_s + 1.0):
-                await client.__aenter__()
-        except MqttConnectError as exc:
+                await client.connect(cfg.timeout_s)
+        except ConnectRefused as exc:
             raise BrokerRefusedError(
-                f"broker {self._where} refused the connection: {_reason(exc)}"
-                f"{self._connack_hint(exc)}"
+                f"broker {self._where} refused the connection: {exc}"
+                f"{self._connack_hint(exc.reason_code)}"
             ) from None
-        except aiomqtt.MqttError as exc:
-            if isinstance(exc.__context__, ssl.SSLError):
-                raise BrokerRefusedError(
-                    f"TLS with broker {self._where} failed: {exc.__context__}"
-                ) from None
-            if str(exc) == "Operation timed out":  # aiomqtt's CONNACK deadline
-                raise self._no_connack() from None
+        except ConnectFailed as exc:
+            if exc.tls:
+                raise BrokerRefusedError(f"TLS with broker {self._where} failed: {exc}") from None
             raise SinkError(f"cannot connect to broker {self._where}: {exc}") from None
+        except (ConnectTimeout, LinkLost) as exc:
+            raise self._no_connack(exc) from None
         except TimeoutError:
             raise SinkError(
                 f"cannot connect to broker {self._where}: no answer within {cfg.timeout_s} s"
             ) from None
-        _raise_if_cancelled()
 
-    def _connack_hint(self, exc: MqttConnectError) -> str:
+    def _connack_hint(self, rc: ReasonCode) -> str:
         """What a refusing CONNACK may mean for the ACL: a broker may judge the last will's
         topic at CONNECT (ejabberd refuses it with 'Topic name invalid', or 'Unspecified error'
         in MQTT 3.1.1)."""
-        rc = exc.rc
-        value = rc.value if isinstance(rc, ReasonCode) else rc
+        value = rc.value
         will = self._will_topic
         if value in (0x80, 0x90):
             return (
@@ -480,18 +458,23 @@ class MqttSink:
             )
         return ""
 
-    def _no_connack(self) -> SinkError:
+    def _no_connack(self, exc: ConnectTimeout | LinkLost) -> SinkError:
         """The error for a CONNECT without CONNACK, explained by the client's last error."""
         cfg = self._cfg
         seen = self._client_log.last_error
         if seen is None:
+            if isinstance(exc, LinkLost):
+                return SinkError(
+                    f"broker {self._where} closed the connection before answering CONNECT"
+                )
             return SinkError(
                 f"broker {self._where} did not answer CONNECT within {cfg.timeout_s} s"
             )
         # A broker that drops a refused client certificate may close the socket before its TLS
         # alert is read: the client then sees only "EOF occurred in violation of protocol".
-        eof = "EOF occurred" in seen
-        if cfg.tls is not None and ("SSL" in seen or eof):
+        failure = self._client_log.last_exception
+        eof = isinstance(failure, ssl.SSLEOFError)
+        if cfg.tls is not None and isinstance(failure, ssl.SSLError):
             if cfg.tls.cert_file is None:
                 hint = "it may require a client certificate: set mqtt.tls.cert_file and key_file"
             else:
@@ -508,15 +491,14 @@ class MqttSink:
             f"broker {self._where} closed the connection before answering CONNECT: {seen}"
         )
 
-    async def _subscribe_all(self, client: aiomqtt.Client, lost: asyncio.Task[str]) -> None:
+    async def _subscribe_all(self, client: MqttClient, lost: asyncio.Future[LinkLost]) -> None:
         for topic_filter, _, qos, purpose in self._subscriptions:
             self._check(lost)
             try:
-                async with asyncio.timeout(self._cfg.timeout_s + 1.0):
-                    granted = await client.subscribe(
-                        topic_filter, qos=qos, timeout=self._cfg.timeout_s
-                    )
-            except (aiomqtt.MqttError, TimeoutError) as exc:
+                granted = await client.subscribe(
+                    topic_filter, qos=qos, timeout_s=self._cfg.timeout_s
+                )
+            except MqttError as exc:
                 self._check(lost)
                 raise SinkError(
                     f"broker {self._where} did not accept the subscription to {topic_filter}: "
@@ -600,49 +582,29 @@ class MqttSink:
             prefix,
         )
 
-    def _dispatch(self, message: aiomqtt.Message) -> None:
-        payload = message.payload
-        raw = (
-            bytes(payload)
-            if isinstance(payload, bytes | bytearray)
-            else str(payload).encode("utf-8")
-            if payload is not None
-            else b""
-        )
+    def _dispatch(self, topic: str, payload: bytes, retained: bool) -> None:
+        """A received message, handed to the handlers of the filters it matches (called by
+        the client on the event loop, in arrival order)."""
         for topic_filter, handler, _, _ in self._subscriptions:
-            if message.topic.matches(topic_filter):
+            if topic_matches(topic_filter, topic):
                 try:
-                    handler(str(message.topic), raw, bool(message.retain))
+                    handler(topic, payload, retained)
                 except Exception:  # a handler's bug must not take the broker link down
                     log.exception("handler for %s failed", topic_filter)
 
-    async def _wait_lost(self, client: aiomqtt.Client) -> str:
-        """Complete when the connection is gone, with the reason. Messages of the
-        subscriptions are dispatched on the way; the iterator ends only with the disconnect."""
-        try:
-            async for message in client.messages:
-                self._dispatch(message)
-        except aiomqtt.MqttError as exc:
-            return str(exc.__cause__ or exc)
-        return "connection closed"
+    def _on_lost(self, lost: asyncio.Future[LinkLost]) -> None:
+        self._connected = False
+        self._wake.set()
 
-    def _on_lost(self, task: asyncio.Task[str]) -> None:
-        if not task.cancelled():
-            self._connected = False
-            self._wake.set()
-
-    async def _stop_watching(self, lost: asyncio.Task[str]) -> None:
-        if not lost.done():
-            lost.cancel()
-            # asyncio.wait does not raise the task's cancellation, only our own.
-            await asyncio.wait([lost])
-
-    def _check(self, lost: asyncio.Task[str]) -> None:
-        if lost.done() and not lost.cancelled():
+    def _check(self, lost: asyncio.Future[LinkLost]) -> None:
+        if lost.done():
             raise SinkError(f"connection to broker {self._where} lost: {lost.result()}")
 
     async def _publish_status(
-        self, client: aiomqtt.Client, status: Literal["online", "offline"], lost: asyncio.Task[str]
+        self,
+        client: MqttClient,
+        status: Literal["online", "offline"],
+        lost: asyncio.Future[LinkLost],
     ) -> None:
         self._check(lost)
         if self.sparkplug is not None:
@@ -663,8 +625,8 @@ class MqttSink:
 
     async def _publish_control(
         self,
-        client: aiomqtt.Client,
-        lost: asyncio.Task[str],
+        client: MqttClient,
+        lost: asyncio.Future[LinkLost],
         topic: str,
         payload: bytes,
         *,
@@ -672,31 +634,36 @@ class MqttSink:
         retain: bool,
         failed: str,
     ) -> None:
-        """Publish one message outside the pump (status, births, deaths) through aiomqtt and
-        wait for it; on failure raise :class:`SinkError` ``broker ... {failed}: reason``."""
+        """Publish one message outside the pump (status, births, deaths) and wait for it; on
+        failure raise :class:`SinkError` ``broker ... {failed}: reason``."""
+        first = not self._link_controls
+        self._link_controls += 1
         try:
-            async with asyncio.timeout(self._cfg.timeout_s + 1.0):
-                await client.publish(
-                    topic, payload, qos=qos, retain=retain, timeout=self._cfg.timeout_s
-                )
-        except (aiomqtt.MqttError, TimeoutError) as exc:
-            if lost.done() and not lost.cancelled():
-                # aedes closes the connection on a publish its ACL denies, without a word.
-                raise SinkError(
-                    f"connection to broker {self._where} lost while it had to acknowledge a "
-                    f"message on {topic}: {lost.result()} (a broker may close the connection "
-                    f"on a publish its ACL denies, as aedes does: check that it lets this "
-                    f"client publish to {topic})"
-                ) from None
-            if isinstance(exc, MqttCodeError) and exc.rc == mqtt.MQTT_ERR_NO_CONN:
-                # Closed between CONNACK and this first publish: the client noticed the loss
-                # before the connection watcher started.
-                raise SinkError(
-                    f"connection to broker {self._where} closed right after the broker accepted it"
-                ) from None
-            raise SinkError(f"broker {self._where} {failed}: {str(exc) or 'timeout'}") from None
+            await client.publish(
+                topic, payload, qos=qos, retain=retain, timeout_s=self._cfg.timeout_s
+            )
+        except MqttError as exc:
+            if not lost.done():
+                raise SinkError(f"broker {self._where} {failed}: {exc}") from None
+            loss = lost.result()
+            if loss.unsent:
+                # Gone before the message was even written: the broker did not close the
+                # link because of it.
+                if first:
+                    raise SinkError(
+                        f"connection to broker {self._where} closed right after the broker "
+                        "accepted it"
+                    ) from None
+                raise SinkError(f"connection to broker {self._where} lost: {loss}") from None
+            # aedes closes the connection on a publish its ACL denies, without a word.
+            raise SinkError(
+                f"connection to broker {self._where} lost while it had to acknowledge a "
+                f"message on {topic}: {loss} (a broker may close the connection "
+                f"on a publish its ACL denies, as aedes does: check that it lets this "
+                f"client publish to {topic})"
+            ) from None
 
-    async def _pump(self, client: aiomqtt.Client, lost: asyncio.Task[str]) -> None:
+    async def _pump(self, client: MqttClient, lost: asyncio.Future[LinkLost]) -> None:
         """Publish the outbox until it is empty and close() was called (or its time is up).
 
         Up to ``window`` publishes are on the wire (paho's in-flight limit) and up to another
@@ -706,25 +673,20 @@ class MqttSink:
         (Nagle) wait for our delayed TCP ACK, ~40 ms per batch. Rows are deleted in
         acknowledged prefixes, half a window per transaction.
 
-        The messages go to paho's ``publish()`` directly: aiomqtt's costs a task, an event and
-        a ``wait_for`` per message, more CPU than paho's own work. Acknowledgements come from
-        paho's ``on_publish`` (which may fire before ``publish()`` returns), chained in front
-        of aiomqtt's own handler for the time of the pump, so aiomqtt's publish (the status
-        messages) keeps working.
+        The messages are handed over without waiting (``publish_nowait``): a future or a task
+        per message costs more CPU than paho's own work. Acknowledgements come through the
+        client's ``on_ack`` (which may fire before ``publish_nowait()`` returns), set for the
+        time of the pump.
         """
         loop = asyncio.get_running_loop()
         timeout_s = self._cfg.timeout_s
         depth = 2 * self._window
-        paho = client._client
         # None: a row with nothing to send, acknowledged as it is reached.
         inflight: deque[tuple[StoredMessage, MQTTMessageInfo | None]] = deque()
         waiter: list[asyncio.Future[None]] = []  # the pump's wait for an acknowledgement
         refused: dict[int, str] = {}  # mid -> reason, for PUBACKs with a failure reason code
-        chained = paho.on_publish
 
-        def on_publish(
-            c: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode, props: Properties
-        ) -> None:
+        def on_ack(mid: int, rc: ReasonCode) -> None:
             # paho marks the message's info as published right after this callback returns,
             # before the pump (woken through the future) runs again, so rows are matched by
             # their info, not by mid. Only refusals are kept by mid; one of a message sent
@@ -733,10 +695,8 @@ class MqttSink:
                 refused[mid] = str(rc)
             if waiter and not waiter[0].done():
                 waiter[0].set_result(None)
-            if chained is not None:
-                chained(c, userdata, mid, rc, props)  # type: ignore[call-arg]
 
-        paho.on_publish = on_publish
+        client.on_ack = on_ack
         acked: list[int] = []
         last_id = 0
         try:
@@ -777,7 +737,7 @@ class MqttSink:
                             # old ones are acknowledged, or they would overtake them.
                             last_id = m.id - 1
                             break
-                        inflight.append((m, self._publish(paho, m, lost)))
+                        inflight.append((m, self._publish(client, m, lost)))
                     if batch and not inflight:
                         continue  # every row was withheld (no longer shared): look further
                 if not inflight:
@@ -821,7 +781,7 @@ class MqttSink:
             ) from None
         finally:
             self._flush(acked)
-            paho.on_publish = chained
+            client.on_ack = None
 
     def _screen(self, batch: list[StoredMessage]) -> list[StoredMessage]:
         """The publish-time share check (see the module docstring).
@@ -847,10 +807,11 @@ class MqttSink:
         ]
 
     def _publish(
-        self, paho: mqtt.Client, m: StoredMessage, lost: asyncio.Task[str]
+        self, client: MqttClient, m: StoredMessage, lost: asyncio.Future[LinkLost]
     ) -> MQTTMessageInfo | None:
-        """Hand one message to paho; its PUBACK arrives through ``on_publish``. paho reports
-        failure in the return code only (or ValueError for a message it cannot encode).
+        """Hand one message to the client; its PUBACK arrives through the client's ``on_ack``.
+        The client's refusal (no connection, its queue full, a message it cannot encode) is a
+        :class:`SinkError`.
 
         ``None``: nothing to send for this row (a topic without a Sparkplug mapping); it counts
         as acknowledged."""
@@ -867,17 +828,12 @@ class MqttSink:
                 return None
             topic, payload = out
         try:
-            info = paho.publish(
+            return client.publish_nowait(
                 topic, payload, qos=m.qos, retain=m.retain and self.sparkplug is None
             )
-        except ValueError as exc:
-            raise SinkError(f"publishing to broker {self._where} failed: {exc}") from None
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+        except MqttError as exc:
             self._check(lost)
-            raise SinkError(
-                f"publishing to broker {self._where} failed: {mqtt.error_string(info.rc)}"
-            )
-        return info
+            raise SinkError(f"publishing to broker {self._where} failed: {exc}") from None
 
     # -- Sparkplug B (encoding: sparkplug_b) ---------------------------------------------------
 
@@ -896,7 +852,10 @@ class MqttSink:
         )
 
     async def _publish_sparkplug_status(
-        self, client: aiomqtt.Client, status: Literal["online", "offline"], lost: asyncio.Task[str]
+        self,
+        client: MqttClient,
+        status: Literal["online", "offline"],
+        lost: asyncio.Future[LinkLost],
     ) -> None:
         """``online``: NBIRTH and the DBIRTHs (QoS 0, as the specification says), at connect
         and for a rebirth request (which they serve); ``offline``: DDEATHs and NDEATH, the last
@@ -976,68 +935,11 @@ class MqttSink:
             self.unsaved_acks.clear()
         acked.clear()
 
-    async def _disconnect(self, client: aiomqtt.Client) -> None:
+    async def _disconnect(self, client: MqttClient) -> None:
         try:
-            async with asyncio.timeout(self._cfg.timeout_s + 1.0):
-                await client.__aexit__(None, None, None)
-        except (aiomqtt.MqttError, TimeoutError) as exc:
-            raise SinkError(
-                f"broker {self._where} did not confirm the disconnect: {str(exc) or 'timeout'}"
-            ) from None
-
-
-def _raise_if_cancelled() -> None:
-    """Re-raise a cancellation that a library await swallowed.
-
-    On Python 3.11, ``asyncio.wait_for`` (which aiomqtt uses for CONNACK) returns the result
-    when the awaiting task is cancelled in the same loop turn the result arrives, and the
-    cancellation is lost: the sink would go on publishing while its task group waits for it to
-    stop, forever.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-def _route_client_noise(loop: asyncio.AbstractEventLoop) -> None:
-    """Send the MQTT client's leftovers of a dropped connection to DEBUG instead of the
-    loop's default handler, which logs them with a traceback at ERROR. Installed once per loop,
-    in front of whatever handler was there.
-
-    Both come from a connection closed right after it was made (a broker or middlebox that
-    drops every link): aiomqtt replaces the future that carries the loss when the loss arrives
-    while it finishes connecting, so its error is never read ("Future exception was never
-    retrieved ... MqttCodeError"); and it registers the socket's writer through
-    ``call_soon_threadsafe``, which may run after paho closed the socket (EBADF in
-    ``add_writer``). The loss itself reaches the sink through the next publish.
-    """
-    previous = loop.get_exception_handler()
-    if getattr(previous, "edge_agent_mqtt", False):
-        return
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        exc = context.get("exception")
-        client_future = "future" in context and isinstance(exc, aiomqtt.MqttError)
-        closed_socket = (
-            "handle" in context and isinstance(exc, OSError) and exc.errno == errno.EBADF
-        )
-        if client_future or closed_socket:
-            log.debug("mqtt client: %s: %r", context.get("message"), exc)
-            return
-        if previous is None:
-            loop.default_exception_handler(context)
-        else:
-            previous(loop, context)
-
-    handler.edge_agent_mqtt = True  # type: ignore[attr-defined]
-    loop.set_exception_handler(handler)
-
-
-def _reason(exc: MqttConnectError) -> str:
-    rc = exc.rc
-    if isinstance(rc, ReasonCode):
-        return f"{rc} (reason code {rc.value})"
-    return str(exc)
+            await client.disconnect(self._cfg.timeout_s + 1.0)
+        except MqttError as exc:
+            raise SinkError(f"broker {self._where} did not confirm the disconnect: {exc}") from None
 
 
 def _suback_refusal(granted: Sequence[int | ReasonCode]) -> str | None:
@@ -1052,12 +954,3 @@ def _suback_refusal(granted: Sequence[int | ReasonCode]) -> str | None:
 def _done(info: MQTTMessageInfo | None) -> bool:
     """A pump row is finished: nothing to send, or acknowledged (QoS 0: written)."""
     return info is None or info.is_published()
-
-
-def _drop(client: aiomqtt.Client) -> None:
-    """Close the socket without DISCONNECT (so the broker publishes the last will).
-
-    aiomqtt has no public call for this; paho's ``_sock_close`` closes the socket and runs the
-    socket callbacks that unregister it from the event loop. A no-op when already closed.
-    """
-    client._client._sock_close()

@@ -39,10 +39,8 @@ are synchronous; each is one short transaction (an append of 1,000 messages take
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -53,6 +51,14 @@ from typing import Any, TypeVar
 from edge_agent.config.schema import OutboxConfig
 from edge_agent.errors import StorageError
 from edge_agent.model import OutMessage
+from edge_agent.sinks.sqlite import (
+    DESCRIBED,
+    file_identity,
+    give_back_wal,
+    move_aside,
+    storage_reason,
+    transaction,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,38 +89,7 @@ CREATE TABLE IF NOT EXISTS state (
 LIVE_TOPIC = "kpi"  # the live snapshot: thinned first when the outbox is full
 _LOW_WATER = 0.9  # thinning goes 10 % below a soft limit, so it does not run on every append
 _DELETE_CHUNK = 500  # ids per DELETE statement (SQLite's variable limit is far above)
-# The WAL's checkpoint interval once the disk was found full (SQLite's default is 1,000 pages).
-_TIGHT_WAL_PAGES = 16
 _T = TypeVar("_T")
-
-
-_REASONS = {
-    sqlite3.SQLITE_FULL: "disk_full",
-    sqlite3.SQLITE_READONLY: "read_only",
-    sqlite3.SQLITE_CORRUPT: "corrupt",
-    sqlite3.SQLITE_NOTADB: "corrupt",
-}
-_ERRNO_REASONS = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EROFS: "read_only"}
-# How a storage failure is named in its log line.
-DESCRIBED = {
-    "disk_full": "disk full",
-    "read_only": "read-only file system",
-    "corrupt": "damaged file",
-    "other": "error",
-}
-
-
-def storage_reason(exc: BaseException) -> str:
-    """What a sqlite or OS error means for the state directory: ``disk_full``, ``read_only``,
-    ``corrupt`` or ``other`` (SQLite's primary result code, or the OS errno)."""
-    if isinstance(exc, StorageError):
-        return exc.reason
-    if isinstance(exc, OSError):
-        return _ERRNO_REASONS.get(exc.errno or 0, "other")
-    code = getattr(exc, "sqlite_errorcode", None)
-    if not isinstance(code, int):
-        return "other"
-    return _REASONS.get(code & 0xFF, "other")  # the low byte: the primary result code
 
 
 @dataclass(slots=True)
@@ -188,7 +163,7 @@ class Outbox:
     def _open(self) -> sqlite3.Connection:
         """Open (or create) the file and its schema; count what waits in it."""
         try:
-            # isolation_level=None: no implicit transactions; every write below says BEGIN itself.
+            # isolation_level=None: no implicit transactions; every write below is a transaction().
             db = sqlite3.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:
             raise StorageError(f"outbox {self.path}: {exc}", reason=storage_reason(exc)) from exc
@@ -216,23 +191,22 @@ class Outbox:
         salvaged = _salvage(moved)
         db = self._open()
         try:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "INSERT INTO messages (line, topic_suffix, payload, qos, retain, seq, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                salvaged.messages,
-            )
-            db.executemany(
-                "INSERT INTO line_seq (line, last_seq) VALUES (?, ?)"
-                " ON CONFLICT(line) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
-                list(salvaged.line_seq.items()),
-            )
-            db.executemany(
-                "INSERT INTO state (key, value) VALUES (?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                list(salvaged.state.items()),
-            )
-            db.execute("COMMIT")
+            with transaction(db):
+                db.executemany(
+                    "INSERT INTO messages (line, topic_suffix, payload, qos, retain, seq, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    salvaged.messages,
+                )
+                db.executemany(
+                    "INSERT INTO line_seq (line, last_seq) VALUES (?, ?)"
+                    " ON CONFLICT(line) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
+                    list(salvaged.line_seq.items()),
+                )
+                db.executemany(
+                    "INSERT INTO state (key, value) VALUES (?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    list(salvaged.state.items()),
+                )
         except sqlite3.Error as exc:
             db.close()
             raise StorageError(
@@ -295,23 +269,23 @@ class Outbox:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = self._open()
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "INSERT INTO messages (id, line, topic_suffix, payload, qos, retain, seq, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                messages,
-            )
-            # AUTOINCREMENT goes on after the highest id ever given, as before (an explicit id
-            # above it moves it up by itself; an empty table does not).
-            if not db.execute(
-                "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'messages'", (high,)
-            ).rowcount:
-                db.execute(
-                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('messages', ?)", (high,)
+            with transaction(db):
+                db.executemany(
+                    "INSERT INTO messages"
+                    " (id, line, topic_suffix, payload, qos, retain, seq, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    messages,
                 )
-            db.executemany("INSERT INTO line_seq (line, last_seq) VALUES (?, ?)", line_seq)
-            db.executemany("INSERT INTO state (key, value) VALUES (?, ?)", state)
-            db.execute("COMMIT")
+                # AUTOINCREMENT goes on after the highest id ever given, as before (an explicit
+                # id above it moves it up by itself; an empty table does not).
+                if not db.execute(
+                    "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'messages'", (high,)
+                ).rowcount:
+                    db.execute(
+                        "INSERT INTO sqlite_sequence (name, seq) VALUES ('messages', ?)", (high,)
+                    )
+                db.executemany("INSERT INTO line_seq (line, last_seq) VALUES (?, ?)", line_seq)
+                db.executemany("INSERT INTO state (key, value) VALUES (?, ?)", state)
         except (OSError, sqlite3.Error, StorageError) as exc:
             log.debug("outbox %s: recreating failed: %s", self.path, exc)
             return False  # retried on the next check
@@ -344,12 +318,11 @@ class Outbox:
                 f"outbox {self.path}: schema version {version} is newer than this agent's "
                 f"({_SCHEMA_VERSION})"
             )
-        db.execute("BEGIN IMMEDIATE")
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-        db.execute("COMMIT")
+        with transaction(db):
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         # length() of a BLOB reads the record header only, not the payload pages.
         count, size = db.execute(
             "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0) FROM messages"
@@ -439,14 +412,8 @@ class Outbox:
         db = self._conn()
         for attempt in (1, 2):
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
+                with transaction(db):
                     result = body(db)
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 if attempt == 1 and storage_reason(exc) == "disk_full" and self._make_room(db):
                     continue
@@ -706,52 +673,6 @@ class _Salvaged:
     line_seq: dict[str, int]
     state: dict[str, str]
     complete: bool
-
-
-def give_back_wal(db: sqlite3.Connection, path: Path) -> bool:
-    """On a full disk: checkpoint and truncate ``db``'s WAL and keep it small from now on (see
-    :meth:`Outbox._make_room`). True when the WAL was truncated."""
-    try:
-        db.execute(f"PRAGMA wal_autocheckpoint={_TIGHT_WAL_PAGES}")
-        busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-    except sqlite3.Error as exc:
-        log.debug("%s: checkpoint on a full disk failed: %s", path, exc)
-        return False
-    return not busy
-
-
-def file_identity(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino
-
-
-def damaged_name(path: Path, kind: str = "corrupt", now: float | None = None) -> Path:
-    """``outbox.sqlite.corrupt-20261202T063000Z``: where a damaged file is moved (UTC time)."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
-    target = path.with_name(f"{path.name}.{kind}-{stamp}")
-    n = 1
-    while target.exists():
-        target = path.with_name(f"{path.name}.{kind}-{stamp}-{n}")
-        n += 1
-    return target
-
-
-def move_aside(path: Path, kind: str = "corrupt") -> Path:
-    """Rename ``path`` and its ``-wal`` / ``-shm`` files to :func:`damaged_name` (the WAL keeps
-    the name SQLite looks for next to the moved file)."""
-    target = damaged_name(path, kind)
-    try:
-        for suffix in ("-wal", "-shm"):
-            side = path.with_name(path.name + suffix)
-            if side.exists():
-                side.rename(target.with_name(target.name + suffix))
-        path.rename(target)
-    except OSError as exc:
-        raise StorageError(
-            f"{path} is damaged and cannot be moved aside: {exc}",
-            reason=storage_reason(exc),
-        ) from exc
-    return target
 
 
 _SALVAGE_SKIPS = 40  # unreadable spots stepped over per table, at doubling distances

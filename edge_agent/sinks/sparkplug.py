@@ -8,7 +8,8 @@ one of its *devices*. What this module does, free of I/O except the ``bdSeq`` fi
   templates, metadata or extensions; a decoder skips nothing it needs), so that no generated code
   or ``.proto`` file ships with the agent;
 - the metric mapping: a JSON report (``kpi``, ``kpi/shift``, ``kpi/hour``, ``state``) to metrics
-  named after its fields, '/' as the folder separator (:data:`LINE_METRICS`);
+  named after its fields, '/' as the folder separator (:data:`LINE_METRICS`), derived from the
+  report types' field declarations (the fields declared as metrics, their units and types);
 - :class:`SparkplugSession`: the node's state on one broker: ``bdSeq`` (persisted, one per
   MQTT session), ``seq`` (0-255 over every node message after NBIRTH), the current value of each
   metric for the DBIRTHs, and the messages: NDEATH (the last will), NBIRTH, DBIRTH, DDATA,
@@ -27,6 +28,8 @@ import importlib.util
 import json
 import logging
 import os
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,7 +37,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
-from edge_agent.engine.oee import LOSS_STATES
+from edge_agent.engine.reports import (
+    ISO_TIME,
+    KpiReport,
+    StateChange,
+    WireField,
+    part_type,
+    wire_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -232,61 +242,49 @@ class MetricSpec:
     convert: Callable[[Any], Any] | None = None  # JSON value -> metric value
 
 
-def _kpi_specs() -> tuple[MetricSpec, ...]:
-    d, i, s, t = DataType.DOUBLE, DataType.INT64, DataType.STRING, DataType.DATETIME
-    specs = [
-        MetricSpec("state", ("state",), s),
-        MetricSpec("window/kind", ("window", "kind"), s),
-        MetricSpec("window/name", ("window", "name"), s),
-        MetricSpec("window/start", ("window", "start"), t, convert=_ms),
-        MetricSpec("window/end", ("window", "end"), t, convert=_ms),
-        MetricSpec("convention", ("convention",), s),
-    ]
-    specs += [MetricSpec(n, (n,), d) for n in ("availability", "performance", "quality", "oee")]
-    specs += [
-        MetricSpec(n, (n,), i)
-        for n in ("total_count", "good_count", "reject_count", "micro_stop_count", "fault_count")
-    ]
-    specs += [
-        MetricSpec(n, (n,), d, "parts/h")
-        for n in ("throughput_good_per_h", "throughput_total_per_h")
-    ]
-    specs += [
-        MetricSpec(n, (n,), d, "s")
-        for n in (
-            "ideal_cycle_time_s",
-            "elapsed_s",
-            "planned_time_s",
-            "run_time_s",
-            "unknown_time_s",
-            "planned_stop_s",
-            "micro_stop_time_s",
-            "net_run_time_s",
-            "fully_productive_time_s",
-            "mtbf_s",
-            "mttr_s",
-        )
-    ]
-    specs += [
-        MetricSpec(f"loss_time_s/{k}", ("loss_time_s", k), d, "s")
-        for k in (state.value for state in LOSS_STATES)  # the payload's loss_time_s keys
-    ]
-    specs += [
-        MetricSpec("data_coverage", ("data_coverage",), d),
-        MetricSpec("energy_kwh", ("energy_kwh",), d, "kWh"),
-        MetricSpec("energy_per_good_part_kwh", ("energy_per_good_part_kwh",), d, "kWh"),
-        MetricSpec("co2e_kg", ("co2e_kg",), d, "kg"),
-        MetricSpec("co2e_per_good_part_kg", ("co2e_per_good_part_kg",), d, "kg"),
-        MetricSpec("warnings", ("warnings",), s, convert=_joined),
-    ]
+def _datatype(f: WireField) -> tuple[DataType, Callable[[Any], Any] | None]:
+    """The metric data type of a payload field, and how its JSON value is converted."""
+    tp = f.tp
+    if f.doc.schema == ISO_TIME:
+        return DataType.DATETIME, _ms
+    if typing.get_origin(tp) is tuple:
+        return DataType.STRING, _joined
+    args = set(typing.get_args(tp)) - {type(None)} if isinstance(tp, types.UnionType) else {tp}
+    if args == {int}:
+        return DataType.INT64, None
+    if args == {float}:
+        return DataType.DOUBLE, None
+    return DataType.STRING, None
+
+
+def report_specs(cls: type) -> tuple[MetricSpec, ...]:
+    """The metrics of a report type: its fields declared as metrics (``Doc.metric``), a part's
+    fields under the part's name as a folder, a time mapping's keys under the field's name."""
+    specs: list[MetricSpec] = []
+    for f in wire_fields(cls):
+        if not f.doc.metric:
+            continue
+        name = f.doc.metric if isinstance(f.doc.metric, str) else f.name
+        part = part_type(f.tp)
+        if part is not None:
+            for sub in wire_fields(part):
+                datatype, convert = _datatype(sub)
+                specs.append(
+                    MetricSpec(f"{name}/{sub.name}", (f.name, sub.name), datatype, convert=convert)
+                )
+        elif "properties" in f.doc.schema:  # a mapping with fixed keys (loss_time_s)
+            specs += [
+                MetricSpec(f"{name}/{k}", (f.name, k), DataType.DOUBLE, f.doc.unit)
+                for k in f.doc.schema["properties"]
+            ]
+        else:
+            datatype, convert = _datatype(f)
+            specs.append(MetricSpec(name, (f.name,), datatype, f.doc.unit, convert))
     return tuple(specs)
 
 
-KPI_SPECS: Final = _kpi_specs()
-STATE_SPECS: Final = (
-    MetricSpec("state", ("state",), DataType.STRING),
-    MetricSpec("state_since", ("since",), DataType.DATETIME, convert=_ms),
-)
+KPI_SPECS: Final = report_specs(KpiReport)
+STATE_SPECS: Final = report_specs(StateChange)
 # The folder of each report topic's metrics: the live snapshot at the top, the last closed
 # shift and hour under their own folders (so a closed window never overwrites the live values).
 TOPIC_FOLDERS: Final[Mapping[str, str]] = {

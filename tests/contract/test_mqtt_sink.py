@@ -626,9 +626,9 @@ async def test_a_link_closed_right_after_connack_is_named_and_leaves_no_stray_er
     outbox: Outbox, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A peer that closes every link right after its CONNACK (a broker or middlebox dropping
-    each link): the loss reaches the client while it finishes connecting, and aiomqtt drops the
-    future that carries it ("Future exception was never retrieved ... MqttCodeError"). The sink
-    names the loss, and the client's leftover goes to DEBUG. The peer answers like a broker."""
+    each link): the loss reaches the client while it finishes connecting, before the first
+    message was written. The sink names the loss, and nothing is left to be logged at ERROR
+    (no unread future, no callback on a closed socket). The peer answers like a broker."""
     connections = 0
 
     async def accept_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

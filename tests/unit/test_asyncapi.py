@@ -9,7 +9,6 @@ them with ``npm ci``.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,6 +19,8 @@ import pytest
 import referencing
 import yaml
 from helpers.contract import ASYNCAPI, DOCS, ROOT, Contract
+
+from edge_agent import contract
 
 TOOL_DIR = ROOT / "scripts" / "asyncapi"
 SPECS = TOOL_DIR / "node_modules" / "@asyncapi" / "specs" / "schemas" / "3.0.0.json"
@@ -122,14 +123,15 @@ def test_channels_are_the_topics_the_agent_publishes() -> None:
         "{topic_prefix}/{site}/{line}/cmd/order": (1, False, None),
         "{topic_prefix}/{site}/{line}/cmd/order/reply": (1, False, "edge-agent/cmd-reply/1"),
     }
-    # Every topic suffix the engine emits has a channel, with the retain flag the engine uses.
-    source = (ROOT / "edge_agent" / "engine" / "line.py").read_text()
-    emitted = re.findall(r'topic_suffix="([a-z/]+)", payload=\w+, retain=(True|False)', source)
-    assert emitted, "the engine's OutMessage calls were not found"
-    for suffix, retain in emitted:
-        channel = api.channel(f"p/s/l/{suffix}")
-        assert channel.address.endswith("{line}/" + suffix)
-        assert channel.retain == (retain == "True"), suffix
+    # Every line topic of the contract module has a channel, with its retain flag, QoS and
+    # payload schema.
+    assert len(contract.TOPICS) == len(got) - 2  # all but status and the command itself
+    for topic in contract.TOPICS:
+        channel = api.channel(f"p/s/l/{topic.suffix}")
+        assert channel.address.endswith("{line}/" + topic.suffix)
+        assert channel.retain == topic.retain, topic.suffix
+        assert channel.qos == topic.qos, topic.suffix
+        assert channel.schema["properties"]["schema"]["const"] == topic.report.SCHEMA
 
 
 def test_topics_resolve_to_the_right_channel() -> None:

@@ -32,14 +32,10 @@ from edge_agent.config.schema import (
     Signals,
     StateSignal,
 )
-from edge_agent.engine.line import LineEngine
-from edge_agent.engine.orders import (
-    MAX_ORDER_QUANTITY,
-    NO_FACTOR_NOTE,
-    Order,
-    validate_order_command,
-)
+from edge_agent.engine.energy import NO_FACTOR_NOTE
+from edge_agent.engine.orders import MAX_ORDER_QUANTITY, Order, validate_order_command
 from edge_agent.model import OutMessage, Quality, Sample
+from tests.helpers.wire import WireEngine
 
 S = MachineState
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
@@ -91,7 +87,7 @@ def line_cfg(**kw: Any) -> LineConfig:
     return LineConfig(**args)
 
 
-def feed(engine: LineEngine, t: float, **values: Any) -> None:
+def feed(engine: WireEngine, t: float, **values: Any) -> None:
     """Samples at ``t``: keyword ``wh`` is the meter, ``kw`` the power, others PLC tags."""
     for tag, value in values.items():
         source, name = ("meter", tag) if tag in ("wh", "kw") else ("plc", tag)
@@ -104,7 +100,7 @@ def validated(messages: list[OutMessage]) -> list[OutMessage]:
     return messages
 
 
-def live(engine: LineEngine, t: float) -> dict[str, dict[str, Any]]:
+def live(engine: WireEngine, t: float) -> dict[str, dict[str, Any]]:
     return {m.topic_suffix: m.payload for m in validated(engine.snapshots(t))}
 
 
@@ -116,7 +112,7 @@ def approx(x: float, rel: float = 1e-9) -> Any:
 
 
 def test_kwh_and_co2e_per_good_part_across_a_meter_wrap() -> None:
-    e = LineEngine(line_cfg(), site="s")
+    e = WireEngine(line_cfg(), site="s")
     # 06:00 running, meter at 95,000 Wh (baseline: no energy yet).
     feed(e, T0, state=1, total=0, rejects=0, wh=95_000, kw=15.0)
     # 07:00: 3,000 parts; the meter wrapped: 95,000 → 5,000 is (5,000 − 95,000) mod 100,000
@@ -162,7 +158,7 @@ def test_meter_reset_counts_the_new_reading_and_planned_stop_energy_is_separate(
             ),
         )
     )
-    e = LineEngine(cfg, site="s")
+    e = WireEngine(cfg, site="s")
     feed(e, T0, state=1, total=0, rejects=0, wh=50_000)
     # 06:00–08:00 with a break 07:00–07:30; one meter delta of 4,000 Wh over the two hours:
     # 90 min running in planned time, 30 min of break (planned stop) → 3.0 and 1.0 kWh.
@@ -177,7 +173,7 @@ def test_meter_reset_counts_the_new_reading_and_planned_stop_energy_is_separate(
 
 
 def test_without_an_emission_factor_co2e_is_null_with_a_note() -> None:
-    e = LineEngine(line_cfg(emission_factor=None), site="s")
+    e = WireEngine(line_cfg(emission_factor=None), site="s")
     feed(e, T0, state=1, total=0, rejects=0, wh=0)
     feed(e, T0 + H, total=3600, wh=10_000)
     kpi = live(e, T0 + H)["kpi"]
@@ -189,7 +185,7 @@ def test_without_an_emission_factor_co2e_is_null_with_a_note() -> None:
 
 
 def test_energy_counts_in_the_window_in_which_the_meter_sample_arrives() -> None:
-    e = LineEngine(line_cfg(), site="s")
+    e = WireEngine(line_cfg(), site="s")
     feed(e, T0 + 7 * H + 50 * M, state=1, total=0, rejects=0, wh=0)  # 13:50
     # 14:10: +10,000 Wh over 13:50–14:10: 13:50–14:00 running in the shift, 14:00–14:10 off
     # shift (planned stop). The sample arrives off shift: the day shift's report has none of
@@ -204,11 +200,11 @@ def test_energy_counts_in_the_window_in_which_the_meter_sample_arrives() -> None
 
 
 def test_energy_state_survives_a_restart() -> None:
-    e = LineEngine(line_cfg(), site="s")
+    e = WireEngine(line_cfg(), site="s")
     feed(e, T0, state=1, total=0, rejects=0, wh=1_000)
     feed(e, T0 + H, total=3600, wh=6_000)
     saved = json.loads(json.dumps(e.state_dict()))
-    e2 = LineEngine(line_cfg(), site="s")
+    e2 = WireEngine(line_cfg(), site="s")
     e2.restore(saved)
     # Down 07:00–07:10 (unknown time); the meter advanced 1,000 Wh meanwhile: counted once,
     # booked to the unknown bucket (the agent did not see the state).
@@ -224,7 +220,7 @@ def order_cfg(**kw: Any) -> LineConfig:
     return line_cfg(signals={"energy": None, "power": None}, **kw)
 
 
-def command(e: LineEngine, t: float, doc: Any) -> dict[str, Any]:
+def command(e: WireEngine, t: float, doc: Any) -> dict[str, Any]:
     raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
     e.command("order", raw, t)
     replies = [m.payload for m in validated(e.tick(t)) if m.topic_suffix == "cmd/order/reply"]
@@ -233,7 +229,7 @@ def command(e: LineEngine, t: float, doc: Any) -> dict[str, Any]:
 
 
 def test_eta_under_changing_throughput_and_the_order_closes_at_target() -> None:
-    e = LineEngine(order_cfg(), site="s", orders=True)
+    e = WireEngine(order_cfg(), site="s", orders=True)
     feed(e, T0, state=1, total=0, rejects=0)
     reply = command(e, T0, {"order_id": "PO-1", "product": "A-100", "target_quantity": 3000})
     assert reply["ok"] is True and reply["errors"] == []
@@ -309,7 +305,7 @@ def test_eta_under_changing_throughput_and_the_order_closes_at_target() -> None:
     ],
 )
 def test_an_invalid_command_is_rejected_and_never_applied(doc: Any, error: str) -> None:
-    e = LineEngine(order_cfg(), site="s", orders=True)
+    e = WireEngine(order_cfg(), site="s", orders=True)
     feed(e, T0, state=1, total=0, rejects=0)
     command(e, T0, {"order_id": "PO-1", "target_quantity": 100, "request_id": "r1"})
     reply = command(e, T0 + M, doc)
@@ -355,7 +351,7 @@ def test_the_largest_order_target_is_written_once() -> None:
 def test_an_eta_beyond_the_year_9999_is_null_with_a_warning() -> None:
     """10^9 parts at 4 parts an hour take 28,500 years: the time to complete is reported, the
     ETA is null (no date can say it) and the warning says why."""
-    e = LineEngine(order_cfg(), site="s", orders=True)
+    e = WireEngine(order_cfg(), site="s", orders=True)
     feed(e, T0, state=1, total=0, rejects=0)
     assert command(e, T0, {"order_id": "PO-BIG", "target_quantity": MAX_ORDER_QUANTITY})["ok"]
     feed(e, T0 + 15 * M, total=1)
@@ -371,7 +367,7 @@ def test_an_eta_beyond_the_year_9999_is_null_with_a_warning() -> None:
 
 
 def test_a_rejected_command_echoes_its_request_id() -> None:
-    e = LineEngine(order_cfg(), site="s", orders=True)
+    e = WireEngine(order_cfg(), site="s", orders=True)
     feed(e, T0, state=1, total=0, rejects=0)
     reply = command(e, T0, {"order_id": "PO-BIG", "target_quantity": 10**12, "request_id": "r9"})
     assert (reply["ok"], reply["request_id"], reply["errors"]) == (
@@ -393,12 +389,12 @@ def test_a_saved_target_out_of_range_is_restored_as_unknown() -> None:
 
 
 def test_a_new_command_closes_the_current_order_and_the_order_survives_a_restart() -> None:
-    e = LineEngine(order_cfg(), site="s", orders=True)
+    e = WireEngine(order_cfg(), site="s", orders=True)
     feed(e, T0, state=1, total=0, rejects=0)
     command(e, T0, {"order_id": "PO-1", "target_quantity": 1000})
     feed(e, T0 + 10 * M, total=600, rejects=6)
     saved = json.loads(json.dumps(e.state_dict()))
-    e = LineEngine(order_cfg(), site="s", orders=True)
+    e = WireEngine(order_cfg(), site="s", orders=True)
     e.restore(saved)
     order = live(e, T0 + 10 * M)["order"]
     assert (order["order_id"], order["good_count"], order["reject_count"]) == ("PO-1", 594, 6)
@@ -424,7 +420,7 @@ def test_orders_from_plc_tags() -> None:
             "order": OrderSignal(id="plc.order", target="plc.qty", product="plc.recipe"),
         }
     )
-    e = LineEngine(cfg, site="s")
+    e = WireEngine(cfg, site="s")
     feed(e, T0, state=1, total=0, rejects=0, order=4711, qty=100, recipe="A-100")
     feed(e, T0 + M, total=60)
     order = live(e, T0 + M)["order"]
@@ -472,7 +468,7 @@ def test_mtbf_mttr_and_top_downtime_reasons() -> None:
             ),
         },
     )
-    e = LineEngine(cfg, site="s")
+    e = WireEngine(cfg, site="s")
     at = lambda h, m=0: T0 + (h - 6) * H + m * M  # noqa: E731
     feed(e, at(6), state=1, total=0, rejects=0, reason=0)
     feed(e, at(7), reason=1, state=3)  # fault 1, jam: 07:00–07:10 = 600 s

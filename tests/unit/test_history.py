@@ -15,9 +15,9 @@ import pytest
 
 from edge_agent.config.loader import load_config_text
 from edge_agent.config.schema import HistoryConfig
-from edge_agent.engine.runner import EngineRunner
 from edge_agent.errors import ConfigError
 from edge_agent.model import Quality, Sample, Value
+from edge_agent.pipeline import Pipeline
 from edge_agent.replay import replay
 from edge_agent.samplecsv import SampleReader, format_time
 from edge_agent.sinks import history as history_mod
@@ -267,7 +267,7 @@ def test_runner_hands_samples_over_in_time_order(tmp_path: Path, clock: Clock) -
     outbox = Outbox(tmp_path / "outbox.sqlite")
     h = History(tmp_path / "history.sqlite", HistoryConfig(), clock=clock)
     try:
-        runner = EngineRunner(cfg, outbox, metrics=Metrics(), clock=clock, history=h)
+        runner = Pipeline(cfg, outbox, metrics=Metrics(), clock=clock, history=h)
         clock.t = T0 + 10
         runner.step(snapshot=False)
         delivered = [sample("plc1.total", 1, T0 + 9), sample("plc1.state", 1, T0 + 11)]
@@ -313,7 +313,7 @@ def test_export_then_replay_reproduces_the_live_shift_reports(tmp_path: Path, cl
     outbox = Outbox(tmp_path / "outbox.sqlite")
     h = History(tmp_path / "history.sqlite", cfg.storage.history, clock=clock)
     try:
-        runner = EngineRunner(cfg, outbox, metrics=Metrics(), clock=clock, history=h)
+        runner = Pipeline(cfg, outbox, metrics=Metrics(), clock=clock, history=h)
         total, rejects, state = 990, 0, 1
         clock.t = T0 - 30.0
         for step in range(1500):  # 25 minutes, from 30 s before shift a

@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 
 from edge_agent.config.loader import MAX_FILE_BYTES, load_config, load_config_text
 from edge_agent.config.schema import ByteOrder, DataType, LineConfig, ModbusTable, ModbusTag
-from edge_agent.engine.line import LineEngine
 from edge_agent.errors import ConfigError, DecodeError
 from edge_agent.model import OutMessage, Quality, Sample, Value
 from edge_agent.sources.decode import decode_bits, decode_registers, register_count
+from tests.helpers.wire import WireEngine
 
 REGISTER_TYPES = [t for t in DataType if t is not DataType.STRING]
 
@@ -250,9 +250,9 @@ def _line() -> LineConfig:
     return load_config_text(ENGINE_CONFIG).lines[0]
 
 
-def order_engine() -> LineEngine:
+def order_engine() -> WireEngine:
     """line1 running since 06:00 with the PLC's order PO-1 (target 500) and 60 parts."""
-    engine = LineEngine(_line(), site="plant1", orders=True)
+    engine = WireEngine(_line(), site="plant1", orders=True)
     for tag, value in (("state", 1), ("total", 0), ("rejects", 0), ("order", "PO-1")):
         feed(engine, T0, tag, value)
     feed(engine, T0, "target", 500)
@@ -260,7 +260,7 @@ def order_engine() -> LineEngine:
     return engine
 
 
-def feed(engine: LineEngine, t: float, tag: str, value: Value) -> None:
+def feed(engine: WireEngine, t: float, tag: str, value: Value) -> None:
     source = "meter" if tag == "energy" else "plc"
     engine.ingest(Sample(source, tag, value, Quality.GOOD, None, t))
 
@@ -274,7 +274,7 @@ def published(messages: list[OutMessage]) -> list[OutMessage]:
     return messages
 
 
-def everything(engine: LineEngine, t: float) -> dict[str, dict[str, Any]]:
+def everything(engine: WireEngine, t: float) -> dict[str, dict[str, Any]]:
     """The payloads due at ``t`` (tick, then the live snapshots), by topic; the engine state
     stays strict JSON."""
     out = {m.topic_suffix: m.payload for m in published(engine.tick(t) + engine.snapshots(t))}
@@ -434,7 +434,7 @@ def test_an_order_target_out_of_range_in_a_saved_state_is_not_restored() -> None
     feed(engine, T0 + 70, "order", "")
     saved = json.loads(json.dumps(engine.state_dict()))
     saved["plc_order"] = [None, 4575657221408423936, None]
-    engine = LineEngine(_line(), site="plant1", orders=True)
+    engine = WireEngine(_line(), site="plant1", orders=True)
     engine.restore(saved)
     feed(engine, T0 + 80, "order", "PO-7")
     feed(engine, T0 + 140, "total", 90)

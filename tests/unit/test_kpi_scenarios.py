@@ -33,9 +33,9 @@ from edge_agent.config.schema import (
     Signals,
     StateSignal,
 )
-from edge_agent.engine.line import LineEngine
 from edge_agent.engine.shifts import HOUR, OFF_SHIFT, SHIFT, ShiftCalendar, hour_window
 from edge_agent.model import OutMessage, Quality, Sample
+from tests.helpers.wire import WireEngine
 
 S = MachineState
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
@@ -80,7 +80,7 @@ def line_cfg(**kw: Any) -> LineConfig:
     return LineConfig(**args)
 
 
-def feed(engine: LineEngine, t: float, **values: Any) -> None:
+def feed(engine: WireEngine, t: float, **values: Any) -> None:
     """Samples at ``t``, in the order given."""
     for tag, value in values.items():
         engine.ingest(Sample("plc", tag, value, Quality.GOOD, None, t))
@@ -97,7 +97,7 @@ def reports(messages: list[OutMessage], topic: str) -> list[dict[str, Any]]:
     return [m.payload for m in validated(messages) if m.topic_suffix == topic]
 
 
-def snap(engine: LineEngine, t: float) -> dict[str, Any]:
+def snap(engine: WireEngine, t: float) -> dict[str, Any]:
     return validated([engine.snapshot(t)])[0].payload
 
 
@@ -107,7 +107,7 @@ def assert_apq(p: dict[str, Any], a: float, perf: float, q: float, oee: float) -
         assert value is not None and abs(value - want) <= EPS, (got, (a, perf, q, oee))
 
 
-def run_shift(engine: LineEngine, end: float) -> dict[str, Any]:
+def run_shift(engine: WireEngine, end: float) -> dict[str, Any]:
     shifts = reports(engine.tick(end), "kpi/shift")
     assert len(shifts) == 1
     return shifts[0]
@@ -130,7 +130,7 @@ def test_planned_maintenance_overlapping_a_fault_counts_once_as_planned() -> Non
             ),
         )
     )
-    e = LineEngine(line_cfg(calendar=cal), site="plant")
+    e = WireEngine(line_cfg(calendar=cal), site="plant")
     feed(e, T0, state=1, total=0, rejects=0)
     feed(e, T0 + 4.5 * H, state=3)
     feed(e, T0 + 5.5 * H, state=1)
@@ -154,7 +154,7 @@ def test_holiday_has_no_planned_time() -> None:
     # 1,000 parts; they are counted, but no time is planned, so A, P, Q and OEE are null and no
     # kpi/shift is published. Tuesday's shift is held as usual.
     cal = Calendar(holidays=(date(2024, 3, 4),))
-    e = LineEngine(line_cfg(calendar=cal), site="plant")
+    e = WireEngine(line_cfg(calendar=cal), site="plant")
     feed(e, T0, state=1, total=0, rejects=0)
     feed(e, T0 + 2 * H, total=1_000)
     out = e.tick(T0 + 8 * H)
@@ -200,7 +200,7 @@ def test_weekday_only_shifts_and_an_extra_working_day() -> None:
     # Through the engine: Friday's shift runs flat out, then the weekend is off shift.
     #   planned 27,000 s, run 27,000 s, 27,000 parts, no rejects: A = P = Q = OEE = 1.
     fri = datetime(2024, 3, 8, 6, tzinfo=UTC).timestamp()
-    e = LineEngine(line_cfg(shifts=(weekdays,)), site="plant")
+    e = WireEngine(line_cfg(shifts=(weekdays,)), site="plant")
     feed(e, fri, state=1, total=0, rejects=0)
     feed(e, fri + 8 * H - 1, total=27_000)
     out = e.tick(fri + 3 * 24 * H + 1)  # Monday 06:00:01
@@ -246,7 +246,7 @@ def test_downtime_per_reason() -> None:
     #   2,400 parts, 24 rejects: A = 2,520/3,600 = 0.7; P = 2,400/2,520 = 0.952381;
     #   Q = 2,376/2,400 = 0.99; OEE = 2,376/3,600 = 0.66.
     sig = signals(reason=ReasonSignal(tag="plc.reason", map={12: "jam", 31: "no material"}))
-    e = LineEngine(line_cfg(signals=sig), site="plant")
+    e = WireEngine(line_cfg(signals=sig), site="plant")
     feed(e, T0, state=1, reason=0, total=0, rejects=0)
     feed(e, T0 + 10 * M, reason=12, state=3)
     feed(e, T0 + 15 * M, state=1, reason=0)
@@ -287,7 +287,7 @@ def test_micro_stops_with_the_state_inferred_from_the_counter() -> None:
     cfg = line_cfg(
         signals=Signals(total_count=CounterSignal(tag="plc.total")), micro_stop_max_s=30.0
     )
-    e = LineEngine(cfg, site="plant")
+    e = WireEngine(cfg, site="plant")
     feed(e, T0, total=0)
     n = 0
     for first, last in ((1, 600), (620, 1200), (1300, 1800), (1825, 3599)):
@@ -308,7 +308,7 @@ def test_micro_stop_default_threshold_and_a_stop_across_an_hour() -> None:
     # Default micro_stop_max = max(60 s, 2 × stop_after) = 60 s with a 1 s ideal cycle time.
     # A 40 s fault 06:59:40–07:00:20 is a micro-stop: counted in hour 07 (where it ends) with
     # its 20 s there, and in the shift with all 40 s; hour 06 just has 20 s of fault.
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=0, rejects=0)
     feed(e, T0 + H - 20, state=3)
     feed(e, T0 + H + 20, state=1)
@@ -327,7 +327,7 @@ def test_16_bit_counter_wrap() -> None:
     # The counter reads 65,000 at 06:00 and 3,000 at 07:00: (3,000 − 65,000) mod 65,536 = 3,536
     # parts, plausible for 3,600 s at 1 s/part. Then 06:00–07:00: run 3,600, 3,536 parts.
     #   A = 1; P = 3,536/3,600 = 0.982222; Q = 1; OEE = 0.982222.
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=65_000, rejects=0)
     feed(e, T0 + H - 1, total=3_000)
     hour = reports(e.tick(T0 + H), "kpi/hour")[0]
@@ -341,7 +341,7 @@ def test_plc_counter_reset() -> None:
     # 1,800 s is more than twice the ideal rate: a reset; the 1,500 parts since count.
     # 07:00 reads 3,300: +1,800. Hour 06: 3,300 parts, run 3,600 s.
     #   A = 1; P = 3,300/3,600 = 0.916667; Q = 1; OEE = 0.916667.
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=40_000, rejects=0)
     feed(e, T0 + 30 * M, total=1_500)
     feed(e, T0 + H - 1, total=3_300)
@@ -352,7 +352,7 @@ def test_plc_counter_reset() -> None:
 
 
 def test_counter_flags_reach_the_shift_and_hour_reports_of_their_window() -> None:
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=65_000, rejects=0)
     feed(e, T0 + 1.5 * H, total=4_000)  # 07:30: wrap (4,536 parts in 5,400 s)
     e.source_restarted("plc", T0 + 3.5 * H)
@@ -382,7 +382,7 @@ def test_ideal_cycle_time_longer_than_real_gives_performance_above_one_unclamped
     # ideal is wrong. 33,750 parts in 27,000 s of run time, 675 rejects.
     #   A = 1; P = 33,750/27,000 = 1.25 (warning performance_above_ideal);
     #   Q = 33,075/33,750 = 0.98; OEE = 33,075/27,000 = 1.225.
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=0, rejects=0)
     feed(e, T0 + 8 * H - 1, total=33_750, rejects=675)
     p = run_shift(e, T0 + 8 * H)
@@ -390,7 +390,7 @@ def test_ideal_cycle_time_longer_than_real_gives_performance_above_one_unclamped
     assert p["warnings"] == ["performance_above_ideal"]
 
 
-def two_products_engine() -> LineEngine:
+def two_products_engine() -> WireEngine:
     sig = signals(
         product=ProductSignal(
             tag="plc.recipe",
@@ -400,7 +400,7 @@ def two_products_engine() -> LineEngine:
             },
         )
     )
-    return LineEngine(line_cfg(signals=sig), site="plant")
+    return WireEngine(line_cfg(signals=sig), site="plant")
 
 
 def test_two_products_with_different_cycle_times() -> None:
@@ -469,7 +469,7 @@ def test_source_outage_and_a_configurable_coverage_threshold() -> None:
     #   A = 3,000/3,000 = 1; P = 3,000/3,000 = 1; Q = 1; OEE = 3,000/3,000 = 1;
     #   data_coverage = 3,000/3,600 = 0.833333: below the default 0.9, above 0.8.
     for threshold, warned in ((0.9, True), (0.8, False)):
-        e = LineEngine(line_cfg(min_data_coverage=threshold), site="plant")
+        e = WireEngine(line_cfg(min_data_coverage=threshold), site="plant")
         feed(e, T0, state=1, total=0, rejects=0)
         e.source_available("plc", False, T0 + 20 * M)
         e.source_available("plc", True, T0 + 30 * M)
@@ -484,7 +484,7 @@ def test_source_outage_and_a_configurable_coverage_threshold() -> None:
 def test_agent_started_mid_shift_knows_only_the_time_since_its_start() -> None:
     # Started at 10:00; at 11:00 the shift's planned time so far is 5 h − 15 min break =
     # 17,100 s, of which 3,600 s known: coverage 0.210526. A = 3,600/3,600 = 1.
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0 + 4 * H, state=1, total=0, rejects=0)
     feed(e, T0 + 5 * H, total=3_600)
     p = snap(e, T0 + 5 * H)
@@ -503,7 +503,7 @@ def test_hourly_bucket_report() -> None:
     #   Counter 10,000 at 08:59:59 and 12,000 at 09:59:59, rejects 50 → 70: 2,000 parts, 20
     #   rejects. A = 2,100/2,700 = 0.777778; P = 2,000/2,100 = 0.952381; Q = 1,980/2,000 =
     #   0.99; OEE = 1,980/2,700 = 0.733333.
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=0, rejects=0)
     feed(e, T0 + 3 * H - 1, total=10_000, rejects=50)
     feed(e, T0 + 3.5 * H, state=3)
@@ -541,7 +541,7 @@ def test_hours_across_a_shift_change_split_planned_time() -> None:
     # of the other; 22:30–23:00 is off shift (1,800 s planned stop, 1,800 s planned).
     a = Shift(name="early", start=time(6, 30), end=time(14, 30))
     b = Shift(name="late", start=time(14, 30), end=time(22, 30))
-    e = LineEngine(line_cfg(shifts=(a, b)), site="plant")
+    e = WireEngine(line_cfg(shifts=(a, b)), site="plant")
     start = T0 + 8 * H  # 14:00
     feed(e, start, state=1, total=0, rejects=0)
     out = e.tick(start + 9 * H)
@@ -557,7 +557,7 @@ def test_hours_across_a_shift_change_split_planned_time() -> None:
 
 
 def test_restore_keeps_hour_products_reasons_and_micro_stops() -> None:
-    def run(e: LineEngine, t0: float, t1: float) -> None:
+    def run(e: WireEngine, t0: float, t1: float) -> None:
         for i in range(int(t0), int(t1)):
             feed(e, T0 + i, total=i)
 
@@ -569,11 +569,11 @@ def test_restore_keeps_hour_products_reasons_and_micro_stops() -> None:
         reason=ReasonSignal(tag="plc.reason", map={1: "jam"}),
     )
     cfg = line_cfg(signals=sig, micro_stop_max_s=30.0)
-    a = LineEngine(cfg, site="plant")
+    a = WireEngine(cfg, site="plant")
     feed(a, T0, recipe=1, reason=1, total=0)
     run(a, 1, 100)
     run(a, 120, 200)  # a micro-stop 06:01:44–06:02:00 (16 s)
-    b = LineEngine(cfg, site="plant")
+    b = WireEngine(cfg, site="plant")
     b.restore(json.loads(json.dumps(a.state_dict())))
     for e in (a, b):
         run(e, 200, 300)
@@ -590,7 +590,7 @@ def test_restore_keeps_hour_products_reasons_and_micro_stops() -> None:
 
 
 def test_version_1_state_still_restores() -> None:
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     v1 = {
         "version": 1,
         "line": "line1",
@@ -665,7 +665,7 @@ def test_hours_roll_up_to_the_shift_and_oee_is_fully_productive_over_known_time(
         product=ProductSignal(tag="plc.recipe", map=PRODUCTS),
         reason=ReasonSignal(tag="plc.reason", map={1: "jam"}),
     )
-    e = LineEngine(line_cfg(signals=sig), site="plant")
+    e = WireEngine(line_cfg(signals=sig), site="plant")
     t = T0 - H
     total = rejects = 0
     out: list[OutMessage] = []

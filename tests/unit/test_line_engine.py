@@ -23,9 +23,9 @@ from edge_agent.config.schema import (
     Signals,
     StateSignal,
 )
-from edge_agent.engine.line import LineEngine
 from edge_agent.engine.oee import compute_kpis
 from edge_agent.model import OutMessage, Quality, Sample
+from tests.helpers.wire import WireEngine
 
 S = MachineState
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
@@ -67,7 +67,7 @@ def smp(key: str, value: Any, t: float, quality: Quality = Quality.GOOD) -> Samp
     return Sample(source, tag, value, quality, None, t)
 
 
-def feed(engine: LineEngine, t: float, **values: Any) -> None:
+def feed(engine: WireEngine, t: float, **values: Any) -> None:
     for tag, value in values.items():
         engine.ingest(smp(f"plc.{tag}", value, t))
 
@@ -88,7 +88,7 @@ def test_classic_worked_example_through_the_engine() -> None:
     #   planned = 450 min = 27,000 s, run = 403 min = 24,180 s
     #   A = 403/450 = 0.895556, P = 19,271/24,180 = 0.796981, Q = 18,848/19,271 = 0.978050,
     #   OEE = 18,848/27,000 = 0.698074; throughput good = 18,848/8 h = 2,356/h.
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=0, rejects=0)
     feed(e, T0 + 2 * H, total=7000, rejects=100)
     feed(e, T0 + 4 * H, state=3)
@@ -147,7 +147,7 @@ def test_overnight_shift_in_seoul_with_a_fault_across_the_midnight_break() -> No
         end=time(6),
         breaks=(Break(start=time(23, 45), end=time(0, 15)),),
     )
-    e = LineEngine(line_cfg(timezone="Asia/Seoul", shifts=(night,)), site="plant")
+    e = WireEngine(line_cfg(timezone="Asia/Seoul", shifts=(night,)), site="plant")
     start = datetime(2024, 5, 1, 22, 0, tzinfo=seoul).timestamp()
     feed(e, start, state=1, total=0, rejects=0)
     # Fault 23:40–00:20 local; the break 23:45–00:15 wins, so the fault loss is 5 + 5 min = 600 s.
@@ -174,7 +174,7 @@ def test_overnight_shift_in_seoul_with_a_fault_across_the_midnight_break() -> No
 
 
 def test_16_bit_counter_wrap_and_plc_reset() -> None:
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=65_000, rejects=0)
     # 1,036 s later the counter shows 500: (500 − 65,000) mod 65,536 = 1,036 parts: a wrap.
     feed(e, T0 + 1036, total=500)
@@ -191,7 +191,7 @@ def test_16_bit_counter_wrap_and_plc_reset() -> None:
 
 
 def test_source_restarted_hint_forces_a_reset() -> None:
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=10, rejects=0)
     e.source_restarted("plc", T0 + 5)
     feed(e, T0 + 6, total=12)  # 12 parts since the restart, not 2
@@ -199,7 +199,7 @@ def test_source_restarted_hint_forces_a_reset() -> None:
 
 
 def test_planned_stop_state_and_a_fault_during_a_break() -> None:
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=0, rejects=0)
     feed(e, T0 + 3 * H + 5 * M, state=3)  # fault 09:05–09:20, break 09:00–09:15
     feed(e, T0 + 3 * H + 20 * M, state=1)
@@ -218,7 +218,7 @@ def test_planned_stop_state_and_a_fault_during_a_break() -> None:
 
 def test_changeover_as_planned_changes_the_convention() -> None:
     cfg = line_cfg(planned_states=frozenset({S.PLANNED_STOP, S.CHANGEOVER}))
-    e = LineEngine(cfg, site="plant")
+    e = WireEngine(cfg, site="plant")
     feed(e, T0, state=5, total=0, rejects=0)
     feed(e, T0 + 10 * M, state=1)
     p = e.snapshot(T0 + H).payload
@@ -231,7 +231,7 @@ def test_changeover_as_planned_changes_the_convention() -> None:
 
 
 def test_performance_above_ideal_is_reported_unclamped() -> None:
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=0, rejects=0)
     feed(e, T0 + 100, total=150)  # 150 parts in 100 s at an ideal 1 s/part
     p = e.snapshot(T0 + 100).payload
@@ -240,7 +240,7 @@ def test_performance_above_ideal_is_reported_unclamped() -> None:
 
 
 def test_source_outage_is_unknown_time_not_downtime() -> None:
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=0, rejects=0)
     e.source_available("plc", False, T0 + 20 * M)
     assert e.state is S.UNKNOWN
@@ -264,7 +264,7 @@ def test_source_outage_is_unknown_time_not_downtime() -> None:
 
 
 def test_bad_quality_of_a_counter_is_unknown_time_but_keeps_the_state() -> None:
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=0, rejects=0)
     e.ingest(smp("plc.total", 0, T0 + 40 * M, Quality.BAD))
     e.ingest(smp("plc.total", 99, T0 + 42 * M, Quality.UNCERTAIN))  # still no data
@@ -275,7 +275,7 @@ def test_bad_quality_of_a_counter_is_unknown_time_but_keeps_the_state() -> None:
 
 
 def test_no_parts_gives_nulls() -> None:
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     p = e.snapshot(T0).payload  # nothing seen, nothing elapsed
     for k in ("availability", "performance", "quality", "oee", "data_coverage"):
         assert p[k] is None
@@ -289,7 +289,7 @@ def test_no_parts_gives_nulls() -> None:
 
 
 def test_off_shift_window() -> None:
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0 + 8 * H, state=1, total=0, rejects=0)
     feed(e, T0 + 8 * H + 60, total=50)
     msg = e.snapshot(T0 + 9 * H)
@@ -312,7 +312,7 @@ def test_off_shift_window() -> None:
 
 
 def test_state_changes_emit_state_messages() -> None:
-    e = LineEngine(line_cfg(timezone="Asia/Seoul", shifts=()), site="plant")
+    e = WireEngine(line_cfg(timezone="Asia/Seoul", shifts=()), site="plant")
     feed(e, T0, state=1, total=0, rejects=0)
     feed(e, T0 + 10, state=1)  # no change, no message
     feed(e, T0 + 20.5, state=3)
@@ -336,7 +336,7 @@ def test_state_changes_emit_state_messages() -> None:
 
 
 def test_unmapped_state_code() -> None:
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=99, total=0, rejects=0)
     assert e.state is S.UNKNOWN
     p = e.snapshot(T0 + 60).payload
@@ -346,7 +346,7 @@ def test_unmapped_state_code() -> None:
 
 def test_state_inferred_from_the_counter() -> None:
     cfg = line_cfg(signals=Signals(total_count=CounterSignal(tag="plc.total")))
-    e = LineEngine(cfg, site="plant")
+    e = WireEngine(cfg, site="plant")
     feed(e, T0, total=100)  # baseline: state not known yet
     assert e.state is S.UNKNOWN
     for i in range(1, 601):  # a part a second, 06:00:01 … 06:10:00
@@ -370,7 +370,7 @@ def test_running_boolean_and_good_counter() -> None:
         total_count=CounterSignal(tag="plc.total"),
         good_count=CounterSignal(tag="plc.good"),
     )
-    e = LineEngine(line_cfg(signals=sig), site="plant")
+    e = WireEngine(line_cfg(signals=sig), site="plant")
     feed(e, T0, run=True, total=0, good=0)
     feed(e, T0 + 600, run=False, total=500, good=480)
     p = e.snapshot(T0 + 1200).payload
@@ -379,19 +379,19 @@ def test_running_boolean_and_good_counter() -> None:
 
 
 def test_samples_of_other_tags_are_ignored() -> None:
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     e.ingest(smp("plc.unrelated", 5, T0))
     e.ingest(smp("other.state", 3, T0))
     assert e.window is None and e.state is S.UNKNOWN
     # A tag name containing dots still matches exactly "SOURCE.TAG".
     cfg = line_cfg(signals=signals(state=StateSignal(tag="opc.Line1.State", map=STATE_MAP)))
-    e2 = LineEngine(cfg, site="plant")
+    e2 = WireEngine(cfg, site="plant")
     e2.ingest(Sample("opc", "Line1.State", 1, Quality.GOOD, None, T0))
     assert e2.state is S.RUNNING
 
 
 def test_a_shift_close_found_by_ingest_is_emitted_once_by_tick() -> None:
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=0, rejects=0)
     feed(e, T0 + 8 * H - 1, total=100)
     feed(e, T0 + 8 * H + 1, total=110)  # the 10 parts belong to the off-shift window
@@ -403,12 +403,12 @@ def test_a_shift_close_found_by_ingest_is_emitted_once_by_tick() -> None:
 
 
 def test_state_dict_restore_neither_loses_nor_double_counts_parts() -> None:
-    a = LineEngine(line_cfg(), site="plant")
+    a = WireEngine(line_cfg(), site="plant")
     feed(a, T0, state=1, total=1000, rejects=5)
     feed(a, T0 + H, total=4000, rejects=25)
     a.tick(T0 + H)
     saved = json.loads(json.dumps(a.state_dict()))
-    b = LineEngine(line_cfg(), site="plant")
+    b = WireEngine(line_cfg(), site="plant")
     b.restore(saved)
     # Both see the same next reading 10 s later.
     for e in (a, b):
@@ -427,11 +427,11 @@ def test_state_dict_restore_neither_loses_nor_double_counts_parts() -> None:
 
 
 def test_restore_across_a_shift_end_reports_the_shift_once() -> None:
-    a = LineEngine(line_cfg(), site="plant")
+    a = WireEngine(line_cfg(), site="plant")
     feed(a, T0, state=1, total=0, rejects=0)
     feed(a, T0 + 7 * H, total=20_000, rejects=0)
     saved = json.loads(json.dumps(a.state_dict()))
-    b = LineEngine(line_cfg(), site="plant")
+    b = WireEngine(line_cfg(), site="plant")
     b.restore(saved)
     feed(b, T0 + 9 * H, total=23_600, rejects=0)  # the agent was down 13:00–15:00
     out = b.tick(T0 + 9 * H)
@@ -444,22 +444,41 @@ def test_restore_across_a_shift_end_reports_the_shift_once() -> None:
 
 
 def test_restore_rejects_another_line() -> None:
-    a = LineEngine(line_cfg(), site="plant")
+    a = WireEngine(line_cfg(), site="plant")
     feed(a, T0, state=1, total=0, rejects=0)
-    b = LineEngine(line_cfg(name="line2"), site="plant")
+    b = WireEngine(line_cfg(name="line2"), site="plant")
     with pytest.raises(ValueError, match="line1"):
         b.restore(a.state_dict())
 
 
 def test_pending_messages_survive_a_restore() -> None:
-    a = LineEngine(line_cfg(), site="plant")
+    a = WireEngine(line_cfg(), site="plant")
     feed(a, T0, state=1, total=0, rejects=0)
     feed(a, T0 + 8 * H, total=10)  # closes the shift, report pending until tick
-    b = LineEngine(line_cfg(), site="plant")
+    b = WireEngine(line_cfg(), site="plant")
     b.restore(json.loads(json.dumps(a.state_dict())))
     assert [m.topic_suffix for m in b.tick(T0 + 8 * H)] == [
         m.topic_suffix for m in a.tick(T0 + 8 * H)
     ]
+
+
+def test_pending_reports_saved_as_messages_by_version_2_are_restored() -> None:
+    """Version 2 of the engine state held undelivered reports as MQTT messages; they come back
+    as the same reports, with the same payloads."""
+    a = WireEngine(line_cfg(), site="plant")
+    feed(a, T0, state=1, total=0, rejects=0)
+    feed(a, T0 + 8 * H, state=3, total=10)  # closes the shift, changes the state
+    saved = json.loads(json.dumps(a.state_dict()))
+    expected = a.tick(T0 + 8 * H)
+    assert {"kpi/hour", "kpi/shift", "state"} <= {m.topic_suffix for m in expected}
+    saved["version"] = 2
+    saved["pending"] = [
+        {"topic_suffix": m.topic_suffix, "payload": m.payload, "retain": m.retain, "qos": m.qos}
+        for m in expected
+    ]
+    b = WireEngine(line_cfg(), site="plant")
+    b.restore(saved)
+    assert b.tick(T0 + 8 * H) == expected
 
 
 # --- properties ------------------------------------------------------------------------------
@@ -477,7 +496,7 @@ EVENTS = st.lists(
 @settings(max_examples=60, deadline=None)
 @given(EVENTS)
 def test_buckets_add_up_and_counts_stay_sane(events: list[tuple[float, str, int]]) -> None:
-    e = LineEngine(line_cfg(), site="plant")
+    e = WireEngine(line_cfg(), site="plant")
     t = T0 - H
     total = rejects = 0
     for dt, kind, v in events:
@@ -526,9 +545,9 @@ def test_buckets_add_up_and_counts_stay_sane(events: list[tuple[float, str, int]
 
 
 def test_a_month_long_gap_reports_the_open_shift_and_jumps_ahead() -> None:
-    a = LineEngine(line_cfg(), site="plant")
+    a = WireEngine(line_cfg(), site="plant")
     feed(a, T0, state=1, total=0, rejects=0)
-    b = LineEngine(line_cfg(), site="plant")
+    b = WireEngine(line_cfg(), site="plant")
     b.restore(json.loads(json.dumps(a.state_dict())))
     later = T0 + 30 * 24 * H + 2 * H  # 30 days later, 08:00 in a day shift
     shifts = by_topic(b.tick(later), "kpi/shift")

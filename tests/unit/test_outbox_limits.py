@@ -13,9 +13,9 @@ import pytest
 
 from edge_agent.config.loader import load_config_text
 from edge_agent.config.schema import OutboxConfig
-from edge_agent.engine.runner import EngineRunner
 from edge_agent.errors import StorageError
 from edge_agent.model import OutMessage
+from edge_agent.pipeline import Pipeline
 from edge_agent.sinks.outbox import Outbox
 from edge_agent.sinks.prometheus import Metrics
 
@@ -176,7 +176,7 @@ def test_runner_holds_reports_in_memory_while_the_disk_is_full(
     clock = [1_700_000_000.0]
     progress: list[float] = []
     try:
-        runner = EngineRunner(
+        runner = Pipeline(
             cfg,
             box,
             metrics=Metrics(),

@@ -13,10 +13,10 @@ import pytest
 
 from edge_agent.cli import main
 from edge_agent.config.loader import load_config_text
-from edge_agent.engine.line import LineEngine
 from edge_agent.model import Quality, Sample
 from edge_agent.replay import EXIT_DATAERR, format_table, replay
 from edge_agent.samplecsv import SampleReader, format_time, format_value, parse_value
+from tests.helpers.wire import WireEngine
 
 SEOUL = ZoneInfo("Asia/Seoul")
 
@@ -114,7 +114,7 @@ def test_replay_equals_the_engine_ticked_every_second() -> None:
     second: the window accounting does not depend on the tick cadence."""
     cfg = load_config_text(CONFIG)
     result = replay(cfg, io.StringIO(csv_text(SPARSE)))
-    engine = LineEngine(cfg.lines[0], site=cfg.site)
+    engine = WireEngine(cfg.lines[0], site=cfg.site)
     reader = SampleReader(io.StringIO(csv_text(SPARSE)))
     samples = [s for s in reader if s.source == "plc1"]
     live: list[dict[str, Any]] = []

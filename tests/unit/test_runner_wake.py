@@ -1,4 +1,4 @@
-"""The engine runner steps at once when a delivered sample changes a line's state."""
+"""The pipeline steps at once when a delivered sample changes a line's state."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from edge_agent.config.loader import load_config_text
-from edge_agent.engine.runner import EngineRunner
 from edge_agent.model import Quality, Sample
+from edge_agent.pipeline import Pipeline
 from edge_agent.sinks.outbox import Outbox
 from edge_agent.sinks.prometheus import Metrics
 
@@ -37,9 +37,7 @@ mqtt:
 async def test_a_state_change_is_stored_without_waiting_for_the_next_tick(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "outbox.sqlite")
     # Ticks and snapshots an hour apart: only the wake-up can store the state message.
-    runner = EngineRunner(
-        load_config_text(CONFIG), outbox, metrics=Metrics(), tick_interval_s=3600.0
-    )
+    runner = Pipeline(load_config_text(CONFIG), outbox, metrics=Metrics(), tick_interval_s=3600.0)
     task = asyncio.create_task(runner.run())
     try:
         deadline = time.monotonic() + 5.0

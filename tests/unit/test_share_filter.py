@@ -1,4 +1,4 @@
-"""Sharing filter and the engine runner feeding several sinks' outboxes."""
+"""Sharing filter and the pipeline feeding several sinks' outboxes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 from edge_agent.config.loader import load_config_text
 from edge_agent.config.schema import ShareConfig
-from edge_agent.engine.runner import STATE_KEY_PREFIX, EngineRunner, SinkOutbox
 from edge_agent.model import OutMessage, Quality, Sample
+from edge_agent.pipeline import STATE_KEY_PREFIX, Pipeline, SinkOutbox
 from edge_agent.sharing import CORE_FIELDS, SHARED_MARK, ShareFilter
 from edge_agent.sinks.outbox import Outbox
 from edge_agent.sinks.prometheus import Metrics
@@ -103,7 +103,7 @@ def test_runner_writes_each_sink_its_share(boxes: tuple[Outbox, Outbox]) -> None
     plant, sponsor = boxes
     cfg = load_config_text(CONFIG)
     clock = [1_700_000_000.0]
-    runner = EngineRunner(
+    runner = Pipeline(
         cfg,
         plant,
         metrics=Metrics(),
@@ -154,7 +154,7 @@ def test_a_failing_sink_outbox_does_not_hold_up_the_others(
     plant, sponsor = boxes
     cfg = load_config_text(CONFIG)
     clock = [1_700_000_000.0]
-    runner = EngineRunner(
+    runner = Pipeline(
         cfg,
         plant,
         metrics=Metrics(),
@@ -185,7 +185,7 @@ def test_order_replies_go_to_the_primary_only_and_snapshots_thin_per_topic(
     cfg = load_config_text(text)
     assert cfg.mqtt.commands and cfg.mqtt_extra[0].share is None
     clock = [1_700_000_000.0]
-    runner = EngineRunner(
+    runner = Pipeline(
         cfg,
         plant,
         metrics=Metrics(),

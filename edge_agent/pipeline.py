@@ -1,12 +1,25 @@
-"""The async shell around the pure line engines.
+"""The pipeline: the async shell between the sources, the pure line engines and the sinks.
 
 Routes samples to the lines that use them, ticks the engines on a fixed schedule, and hands their
 messages to the outbox together with the engines' state, in one transaction: a report and the
 counter baselines that produced it are durable together, so a restart neither loses nor
 double-counts parts. Feeds the systemd watchdog only while this makes progress.
 
-Time order. The runner hands samples to the engines, and to the history, in non-decreasing
-``agent_time``: a sample stamped before the latest time the runner has passed on (a tick, or a
+The state is written with the reports it belongs to, not on every tick: a tick that produced no
+message writes nothing (no transaction, no fsync). Between two writes the engines keep counting
+in memory; after a crash they resume from the last written state, whose counter baselines and
+window counts agree with each other and with every report already stored, so nothing is counted
+twice or lost: parts made since then show up in the first counter delta after the restart, and
+the time since then is unknown time (the agent did not observe it). With the default
+``publish_interval`` (5 s) every live snapshot carries the state, so that is at most a few
+seconds.
+
+Reports. The engines return typed reports; :mod:`edge_agent.contract` turns each into the
+message its sinks store (topic suffix, payload, retain flag), with the sink's QoS, once per step.
+The line metrics are set from the live :class:`~edge_agent.engine.reports.KpiReport`.
+
+Time order. The pipeline hands samples to the engines, and to the history, in non-decreasing
+``agent_time``: a sample stamped before the latest time the pipeline has passed on (a tick, or a
 sample of another source delivered first) is restamped with that time. The engine would take it
 as happening then anyway; restamping it here makes the history record exactly what the engine
 saw, so that ``edge-agent replay`` of an export reproduces the live ``kpi/shift`` reports.
@@ -35,10 +48,11 @@ import math
 import time
 from collections.abc import Callable, Collection
 from dataclasses import replace
-from typing import Any
 
+from edge_agent import contract
 from edge_agent.config.schema import AgentConfig, LineConfig, MachineState, MqttConfig
 from edge_agent.engine.line import LineEngine
+from edge_agent.engine.reports import KpiReport
 from edge_agent.errors import StorageError
 from edge_agent.model import OutMessage, Sample
 from edge_agent.sharing import ShareFilter
@@ -84,7 +98,7 @@ def signal_tags(line: LineConfig) -> list[str]:
 
 
 class SinkOutbox:
-    """One MQTT sink's side of the runner: its outbox, its filter, and the messages held in
+    """One MQTT sink's side of the pipeline: its outbox, its filter, and the messages held in
     memory while that outbox cannot be written."""
 
     def __init__(
@@ -194,7 +208,7 @@ class SinkOutbox:
         return n
 
 
-class EngineRunner:
+class Pipeline:
     def __init__(
         self,
         cfg: AgentConfig,
@@ -310,7 +324,7 @@ class EngineRunner:
                 continue
             if saved is None:
                 # Store the current state first, so that a changed line resumes from now.
-                self._persist([])
+                self._persist([], force_state=True)
                 saved = self._outbox.load_state()
             engines[line.name] = self._new_engine(line, saved)
             fresh.append(line.name)
@@ -374,31 +388,28 @@ class EngineRunner:
         now = self._clock()
         engine.command(name, payload, now)
         self._log_notices(line, engine)
-        messages = engine.tick(now)
-        if any(msg.qos != self._qos for msg in messages):
-            messages = [replace(msg, qos=self._qos) for msg in messages]
-        self._persist(messages)
+        self._persist(contract.messages(engine.tick(now), qos=self._qos))
 
     def step(self, *, snapshot: bool) -> int:
         """Tick every engine; with ``snapshot`` add the live ``kpi`` reports. Returns the number of
         messages made durable (0 while the outbox cannot be written: they wait in memory)."""
         now = self._now()
+        qos = self._qos
         messages: list[OutMessage] = []
         live: set[int] = set()  # indexes of the snapshots: other sinks may want fewer
         for line, engine in self.engines.items():
             self._log_notices(line, engine)
-            messages.extend(engine.tick(now))
+            messages.extend(contract.messages(engine.tick(now), qos=qos))
             if snapshot:
                 snapshots = engine.snapshots(now)
                 live.update(range(len(messages), len(messages) + len(snapshots)))
-                messages.extend(snapshots)
+                messages.extend(contract.messages(snapshots, qos=qos))
+                for report in snapshots:
+                    if isinstance(report, KpiReport):
+                        self._update_line_metrics(report)
         self.steps += 1
-        if any(msg.qos != self._qos for msg in messages):
-            messages = [replace(msg, qos=self._qos) for msg in messages]
         for msg in messages:
             self._metrics.reports.labels(line=msg.line, topic=msg.topic_suffix).inc()
-            if msg.topic_suffix == "kpi":
-                self._update_line_metrics(msg.line, msg.payload)
         return self._persist(messages, live)
 
     @staticmethod
@@ -412,23 +423,34 @@ class EngineRunner:
         self._time = max(self._time, self._clock())
         return self._time
 
-    def _persist(self, messages: list[OutMessage], live: Collection[int] = ()) -> int:
+    def _persist(
+        self, messages: list[OutMessage], live: Collection[int] = (), *, force_state: bool = False
+    ) -> int:
         """Store ``messages`` for every sink, the engine state with the primary's; ``live``:
-        the indexes of the periodic snapshots among them (see :meth:`SinkOutbox.select`)."""
+        the indexes of the periodic snapshots among them (see :meth:`SinkOutbox.select`).
+
+        The state goes with ``messages`` and with held reports (or when ``force_state``);
+        without any of them nothing is written."""
         now = self._clock()
         # Half a snapshot period of slack, so that scheduling jitter does not skip a snapshot.
         slack_s = self.publish_interval_s / 2
         # The other sinks first, the primary with the state last: see the module docstring.
         for target in self.more_sinks:
-            target.store(target.select(messages, now, slack_s, live=live, replies=False))
+            batch = target.select(messages, now, slack_s, live=live, replies=False)
+            if batch or target.pending:
+                target.store(batch)
         primary = self.primary
         batch = primary.select(messages, now, slack_s, live=live) if primary.cfg.share else messages
-        state = {
-            STATE_KEY_PREFIX + name: json.dumps(engine.state_dict(), separators=(",", ":"))
-            for name, engine in self.engines.items()
-        }
         held = len(primary.pending)
-        stored = primary.store(batch, state=state)
+        stored = True
+        # Held reports were made by the engines before their current state: they are stored
+        # with it, or a crash right after would make them again.
+        if messages or held or force_state:
+            state = {
+                STATE_KEY_PREFIX + name: json.dumps(engine.state_dict(), separators=(",", ":"))
+                for name, engine in self.engines.items()
+            }
+            stored = primary.store(batch, state=state)
         # The engine itself still makes progress even while storage fails: the watchdog must
         # not restart the agent and throw away the reports held here.
         self._on_progress()
@@ -448,28 +470,26 @@ class EngineRunner:
         """Every sink's side, the primary first."""
         return [self.primary, *self.more_sinks]
 
-    def _update_line_metrics(self, line: str, payload: dict[str, Any]) -> None:
+    def _update_line_metrics(self, report: KpiReport) -> None:
         m = self._metrics
-        for kpi in ("availability", "performance", "quality", "oee", "data_coverage"):
-            value = payload.get(kpi)
+        line = report.line
+        for kpi, value in (
+            ("availability", report.availability),
+            ("performance", report.performance),
+            ("quality", report.quality),
+            ("oee", report.oee),
+            ("data_coverage", report.data_coverage),
+        ):
             m.line_ratio.labels(line=line, kpi=kpi).set(float("nan") if value is None else value)
-        m.line_throughput.labels(line=line, kind="good").set(
-            payload.get("throughput_good_per_h") or 0
-        )
-        m.line_throughput.labels(line=line, kind="total").set(
-            payload.get("throughput_total_per_h") or 0
-        )
-        state = payload.get("state", MachineState.UNKNOWN.value)
+        m.line_throughput.labels(line=line, kind="good").set(report.throughput_good_per_h or 0)
+        m.line_throughput.labels(line=line, kind="total").set(report.throughput_total_per_h or 0)
+        state = report.state
         m.line_running.labels(line=line).set(1 if state == MachineState.RUNNING.value else 0)
         for st in MachineState:
             m.line_state.labels(line=line, state=st.value).set(1 if st.value == state else 0)
-        window = payload.get("window") or {}
-        key = f"{window.get('name')}@{window.get('start')}"
-        counts = (
-            int(payload.get("total_count") or 0),
-            int(payload.get("good_count") or 0),
-            int(payload.get("reject_count") or 0),
-        )
+        window = report.window
+        key = f"{window.name}@{window.start}"
+        counts = (report.total_count, report.good_count, report.reject_count)
         prev = self._window_totals.get(line)
         if prev is not None:
             same_window = prev[0] == key

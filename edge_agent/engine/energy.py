@@ -1,0 +1,192 @@
+"""A line's energy: the meter and power readings, how a meter delta is split over the states
+of the time it covers, and the energy figures of windows and orders (DESIGN §3, docs/kpi.md).
+Pure: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent.config.schema import EmissionFactor, EnergySignal, EnergyUnit
+from edge_agent.engine.counters import MeterTracker
+from edge_agent.engine.reports import EmissionFactorRef, EnergyFields, EnergyReport, WindowRef
+
+NO_FACTOR_NOTE = "no emission_factor configured for this line: CO2e not computed"
+NO_METER_NOTE = "no energy signal configured for this line"
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyFigures:
+    """Energy of a window or an order and what follows from it. ``energy_kwh`` is ``None``
+    without an energy signal; ratios are ``None`` when their denominator is zero."""
+
+    energy_kwh: float | None
+    by_state_kwh: Mapping[str, float]
+    per_good_part_kwh: float | None
+    co2e_kg: float | None
+    co2e_per_good_part_kg: float | None
+    factor: EmissionFactor | None
+    notes: tuple[str, ...]
+
+
+def energy_figures(
+    energy_kwh: float | None,
+    by_state_kwh: Mapping[str, float],
+    good_count: int,
+    factor: EmissionFactor | None,
+) -> EnergyFigures:
+    """kWh per good part = energy ÷ good count; kgCO2e = energy × factor (docs/kpi.md)."""
+    notes: list[str] = []
+    if energy_kwh is None:
+        notes.append(NO_METER_NOTE)
+    elif factor is None:
+        notes.append(NO_FACTOR_NOTE)
+    per_part = energy_kwh / good_count if energy_kwh is not None and good_count > 0 else None
+    co2e = energy_kwh * factor.kg_co2e_per_kwh if energy_kwh is not None and factor else None
+    co2e_part = per_part * factor.kg_co2e_per_kwh if per_part is not None and factor else None
+    return EnergyFigures(
+        energy_kwh=energy_kwh,
+        by_state_kwh=by_state_kwh,
+        per_good_part_kwh=per_part,
+        co2e_kg=co2e,
+        co2e_per_good_part_kg=co2e_part,
+        factor=factor,
+        notes=tuple(notes),
+    )
+
+
+def _r(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def energy_fields(e: EnergyFigures) -> EnergyFields:
+    """The energy fields shared by the kpi, energy, order and order/closed reports."""
+    return EnergyFields(
+        energy_kwh=_r(e.energy_kwh, 6),
+        energy_by_state_kwh={k: round(v, 6) for k, v in sorted(e.by_state_kwh.items())},
+        energy_per_good_part_kwh=_r(e.per_good_part_kwh, 6),
+        co2e_kg=_r(e.co2e_kg, 6),
+        co2e_per_good_part_kg=_r(e.co2e_per_good_part_kg, 6),
+        emission_factor=(
+            None
+            if e.factor is None
+            else EmissionFactorRef(kg_co2e_per_kwh=e.factor.kg_co2e_per_kwh, source=e.factor.source)
+        ),
+        energy_notes=e.notes,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MeterReading:
+    """What one meter reading adds: kWh by state bucket, and whether the meter wrapped or was
+    reset."""
+
+    shares: dict[str, float]
+    wrapped: bool
+    reset: bool
+
+
+class LineEnergy:
+    """The energy side of a line: without an energy signal only :meth:`fields` is of use (the
+    figures are ``null`` and say why)."""
+
+    def __init__(self, signal: EnergySignal | None, factor: EmissionFactor | None) -> None:
+        self.signal = signal
+        self.factor = factor
+        self.kwh_per_unit = 0.001 if signal and signal.unit is EnergyUnit.WH else 1.0
+        self.meter: MeterTracker | None = None
+        if signal is not None:
+            max_kw = signal.max_power_kw
+            self.meter = MeterTracker(
+                signal.rollover,
+                None if max_kw is None else max_kw / 3600.0 / self.kwh_per_unit,
+                # slack: a few seconds at full power, for polling jitter
+                slack=0.0 if max_kw is None else 10.0 * max_kw / 3600.0 / self.kwh_per_unit,
+            )
+        # Time by bucket since the last meter sample, to split the next delta over.
+        self.time_by_bucket: dict[str, float] = {}
+        self.meter_kwh: float | None = None  # last reading, in kWh
+        self.power_kw: float | None = None
+
+    @property
+    def measuring(self) -> bool:
+        """Whether the meter has a baseline: time from now on is split over its next delta."""
+        return self.meter is not None and self.meter.last_value is not None
+
+    def add_time(self, bucket: str, in_plan_s: float, outside_s: float) -> None:
+        """Time since the last reading: ``in_plan_s`` in ``bucket``, ``outside_s`` outside
+        planned time (booked as ``planned_stop``)."""
+        et = self.time_by_bucket
+        if in_plan_s > 0:
+            et[bucket] = et.get(bucket, 0.0) + in_plan_s
+        if outside_s > 0:
+            et["planned_stop"] = et.get("planned_stop", 0.0) + outside_s
+
+    def reading(self, value: float, t: float, state: str) -> MeterReading:
+        """A meter reading (in the meter's unit) at ``t``, the time up to ``t`` already added;
+        ``state``: the bucket of a delta between two readings at one instant."""
+        meter = self.meter
+        assert meter is not None
+        baseline = meter.last_value is None
+        d = meter.update(value, t)
+        self.meter_kwh = value * self.kwh_per_unit
+        shares: dict[str, float] = {}
+        if not baseline and d.delta > 0:
+            kwh = d.delta * self.kwh_per_unit
+            total_s = sum(self.time_by_bucket.values())
+            if total_s > 0:
+                # Proportional split: each bucket gets the delta × its share of the time.
+                shares = {k: kwh * v / total_s for k, v in self.time_by_bucket.items() if v > 0}
+            else:  # two readings at one instant: the state at that instant
+                shares = {state: kwh}
+        self.time_by_bucket = {}
+        return MeterReading(shares, d.wrapped, d.reset)
+
+    def figures(self, by_state: Mapping[str, float], good: int) -> EnergyFigures:
+        kwh = sum(by_state.values()) if self.signal is not None else None
+        return energy_figures(kwh, by_state, good, self.factor)
+
+    def fields(self, by_state: Mapping[str, float], good: int) -> EnergyFields:
+        """The energy fields of a report on ``by_state`` (kWh) and ``good`` parts."""
+        return energy_fields(self.figures(by_state, good))
+
+    def report(
+        self,
+        *,
+        site: str,
+        line: str,
+        window: WindowRef,
+        ts: str,
+        state: str,
+        good: int,
+        by_state: Mapping[str, float],
+        flags: set[str],
+    ) -> EnergyReport:
+        """The live energy report of a window."""
+        return EnergyReport(
+            site=site,
+            line=line,
+            window=window,
+            ts=ts,
+            state=state,
+            meter_kwh=_r(self.meter_kwh, 6),
+            power_kw=_r(self.power_kw, 6),
+            good_count=good,
+            energy=self.fields(by_state, good),
+            warnings=tuple(sorted(f for f in flags if f.startswith("energy_"))),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "meter": None if self.meter is None else self.meter.state_dict(),
+            "energy_time": dict(self.time_by_bucket),
+        }
+
+    def restore(self, d: Mapping[str, Any]) -> None:
+        if self.meter is not None:
+            self.meter.restore(d.get("meter"))
+            if self.meter.last_value is not None:
+                self.meter_kwh = self.meter.last_value * self.kwh_per_unit
+        self.time_by_bucket = {k: float(v) for k, v in (d.get("energy_time") or {}).items()}
