@@ -25,6 +25,8 @@ from edge_agent.supervisor import Backoff, Component, Health, Stage, link_held_a
 
 log = logging.getLogger(__name__)
 
+OLDEST_READ_EVERY_S = 1.0
+
 
 def outbox_file(cfg: AgentConfig, sink: MqttConfig) -> str:
     """The outbox file name of ``sink`` (see the module docstring)."""
@@ -75,6 +77,8 @@ class SinkLink:
     published_before: int = 0
     unconfirmed_before: int = 0
     unsaved_acks: int = 0  # of the last client, when it stopped
+    _oldest_created: float | None = None  # POSIX time of the oldest message, as last read
+    _oldest_read_at: float = float("-inf")  # monotonic time of that read
 
     def connect(
         self,
@@ -136,10 +140,20 @@ class SinkLink:
         """What the metrics show of this sink now; ``held`` and ``lost`` are the engine
         runner's reports for it that never reached the outbox."""
         sink, outbox = self.sink, self.outbox
-        try:
-            age = outbox.oldest_age_s(time.time())
-        except StorageError:  # the runner logs storage trouble once; a metric can wait
-            age = None
+        now = time.time()
+        # The oldest message's time is read from the file at most once a second, however often
+        # the metrics are scraped: many short reads keep SQLite from resetting its WAL, which
+        # then grows, and on a nearly full disk that is room the outbox needs to recover.
+        if outbox.depth() == 0:
+            self._oldest_created = None
+        elif time.monotonic() - self._oldest_read_at >= OLDEST_READ_EVERY_S:
+            try:
+                age = outbox.oldest_age_s(now)
+            except StorageError:  # the pipeline logs storage trouble once; a metric can wait
+                age = None
+            self._oldest_created = None if age is None else now - age
+            self._oldest_read_at = time.monotonic()
+        oldest_age_s = 0.0 if self._oldest_created is None else max(0.0, now - self._oldest_created)
         return SinkFigures(
             connected=sink is not None and sink.connected,
             published=self.published_before + (sink.published_total if sink else 0),
@@ -147,7 +161,7 @@ class SinkLink:
             delivery_unconfirmed=sink is not None and sink.status_echo_missing,
             outbox_messages=outbox.depth(),
             outbox_bytes=outbox.size_bytes,
-            outbox_oldest_age_s=age or 0.0,
+            outbox_oldest_age_s=oldest_age_s,
             outbox_writable=not outbox.failing,
             held_in_memory=held,
             lost=lost,
