@@ -494,7 +494,8 @@ async def floor_rss() -> float:
     """RSS of a bare Python importing what the Modbus-only agent imports."""
     code = (
         "import asyncio, sqlite3, json, logging, yaml, pymodbus.client, "
-        "paho.mqtt.client, prometheus_client, sys; print('ready', flush=True); sys.stdin.read()"
+        "paho.mqtt.client, prometheus_client, aiohttp.web, sys; print('ready', flush=True); "
+        "sys.stdin.read()"
     )
     proc = await asyncio.create_subprocess_exec(
         PYTHON, "-c", code, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE

@@ -1,96 +1,47 @@
-"""The agent: builds the components from a config and runs them under one supervisor.
+"""The agent's composition root: builds the components from a config and hands them to the
+:class:`~edge_agent.supervisor.Supervisor`, which owns their tasks, start and stop order, retries,
+reload and systemd notification.
 
-Start order: outboxes, metrics, MQTT sinks, history, engine, then sources. Stop order is the
-reverse: sources stop first, the engine writes a last snapshot, the history writes what it holds,
-the sinks drain their outboxes (all at once, each within the drain time) and publish ``offline``,
-then everything closes.
-
-Several MQTT sinks (the list form of ``mqtt``): each has its own outbox file (the first sink's is
-``outbox.sqlite``, as with a single sink, so a state directory keeps working when a single sink
-becomes the first of a list; the others' are ``outbox-{name}.sqlite``), its own task under the
-supervisor with its own backoff, and its own metrics (label ``sink``). A broker that is down holds
-up only its own sink. Order commands (``mqtt.commands``) are taken from the primary (first) sink
-only, the plant's broker, and their replies go there only.
-
-Reload (SIGHUP, :meth:`Agent.request_reload`): the configuration file is loaded and validated
-again; an invalid one is refused with its problems logged, and the running one stays. A valid
-one is applied in place: sources that changed (or are new or gone) are restarted (or started,
-stopped), lines whose configuration is unchanged keep their engine and its state, the broker link
-is reconnected only when that sink's settings changed. ``site``, ``storage``, ``prometheus`` and
-the list of sink names need a restart: a change to them is logged and not applied.
+Several MQTT sinks (the list form of ``mqtt``): each has its own outbox (:mod:`edge_agent.links`),
+its own component with its own backoff, and its own metrics (label ``sink``). A broker that is
+down holds up only its own sink. Order commands (``mqtt.commands``) are taken from the primary
+(first) sink only, the plant's broker, and their replies go there only. Reload (SIGHUP): see
+:mod:`edge_agent.reload`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
 
 from edge_agent import __version__
-from edge_agent.config.schema import AgentConfig, MqttConfig, OnStartupError, SourceConfig
-from edge_agent.errors import ConfigError, EdgeAgentError, StorageError
+from edge_agent.config.schema import AgentConfig, SourceConfig
+from edge_agent.errors import StorageError
+from edge_agent.exits import EXIT_CANTCREAT, EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE
+from edge_agent.links import (
+    SinkLink,
+    open_outboxes,
+    outbox_file,
+    state_dir_for,
+    subscribe_commands,
+)
+from edge_agent.metrics import Metrics, MetricsServeError, MetricsServer, SinkFigures
 from edge_agent.pipeline import Pipeline, SinkOutbox
 from edge_agent.poller import Poller
-from edge_agent.secrets import read_secret
+from edge_agent.reload import load_for_reload, plan_reload
 from edge_agent.sinks.history import FILE_NAME as HISTORY_FILE
 from edge_agent.sinks.history import History
 from edge_agent.sinks.mqtt import MqttSink
-from edge_agent.sinks.outbox import Outbox
-from edge_agent.sinks.prometheus import Metrics
 from edge_agent.sources import create_source
-from edge_agent.supervisor import Backoff, Health, link_held_after_s, supervise
+from edge_agent.supervisor import Backoff, Component, Health, Stage, StartupFailedError, Supervisor
+from edge_agent.supervisor import run_until_signalled as _run_until_signalled
 from edge_agent.systemd import Notifier
 
+__all__ = ["Agent", "StartupFailedError", "outbox_file", "run_until_signalled", "state_dir_for"]
+
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a source with on_startup_error: fail could not start
-EXIT_CANTCREAT = 73  # EX_CANTCREAT: the state directory cannot be used
-EXIT_CONFIG = 78  # EX_CONFIG
-
-
-class StartupFailedError(EdgeAgentError):
-    """A source configured with ``on_startup_error: fail`` could not connect at start."""
-
-
-def outbox_file(cfg: AgentConfig, sink: MqttConfig) -> str:
-    """The outbox file name of ``sink`` (see the module docstring)."""
-    return "outbox.sqlite" if sink.name == cfg.mqtt.name else f"outbox-{sink.name}.sqlite"
-
-
-@dataclass(slots=True)
-class _SinkRun:
-    """One MQTT sink while the agent runs: its outbox, its client and its supervised task."""
-
-    cfg: MqttConfig
-    outbox: Outbox
-    sink: MqttSink | None = None
-    task: asyncio.Task[None] | None = None
-    health: Health | None = None
-    published_seen: int = 0
-    unconfirmed_seen: int = 0
-    dropped_seen: dict[str, int] = field(default_factory=dict)
-    lost_seen: int = 0
-
-
-def state_dir_for(cfg: AgentConfig) -> Path:
-    """``storage.dir`` (the loader made it absolute), else systemd's ``$STATE_DIRECTORY``, else
-    ``state`` next to the configuration file: never the working directory, which changes with
-    whoever starts the agent."""
-    if cfg.storage.dir:
-        return Path(cfg.storage.dir)
-    env = os.environ.get("STATE_DIRECTORY")
-    if env:
-        return Path(env.split(":")[0])
-    base = Path(cfg.path).absolute().parent if not cfg.path.startswith("<") else Path.cwd()
-    return base / "state"
 
 
 class Agent:
@@ -107,551 +58,266 @@ class Agent:
         """``clock`` is the agent's time in POSIX seconds (samples, engine, history); tests run
         it faster than the wall clock together with simulators at the same speed. The agent
         reads it in whole microseconds: the history's CSV export carries times to the
-        microsecond, so a replay sees exactly the times the live engine saw."""
+        microsecond, so a replay sees exactly the times the live engine saw. ``stall_after_s``:
+        how long without an engine step is a hang (default: 3 publish intervals, at least 5 s)."""
         self.cfg = cfg
         self.clock: Callable[[], float] = lambda: round(clock(), 6)
         self.metrics = metrics or Metrics()
-        self.notifier = notifier or Notifier()
-        self.drain_timeout_s = drain_timeout_s
+
+        def stall_s() -> float:
+            interval_s = self.runner.publish_interval_s if self.runner else 1.0
+            return stall_after_s or max(3 * interval_s, 5.0)
+
+        self.supervisor = Supervisor(
+            notifier,
+            drain_timeout_s=drain_timeout_s,
+            stall_after_s=stall_s,
+            housekeeping=self._housekeeping,
+        )
+        self.ready, self.reload_done = self.supervisor.ready, self.supervisor.reload_done
+        self.reloads = 0  # configurations applied by reload
         self.runner: Pipeline | None = None
         self.history: History | None = None
-        self.sinks: dict[str, _SinkRun] = {}  # by sink name, the primary first
+        self.sinks: dict[str, SinkLink] = {}  # by sink name, the primary first
         self.pollers: dict[str, Poller] = {}
-        self.metrics_port: int | None = None
-        self.ready = asyncio.Event()
-        self._last_progress = time.monotonic()
-        # None: 3 publish intervals, at least 5 s, without an engine step is a hang.
-        self.stall_after_s = stall_after_s
-        self.reloads = 0  # configurations applied by reload
-        self.reload_done = asyncio.Event()  # set after every reload attempt, applied or refused
-        self._reload_requested = asyncio.Event()
-        self._tg: asyncio.TaskGroup | None = None
-        self._source_tasks: dict[str, asyncio.Task[None]] = {}
-        self.engine_task: asyncio.Task[None] | None = None
+        self._metrics_server: MetricsServer | None = None
+        self.metrics.read_sinks(self._sink_figures)
+        self.metrics.read_sources(lambda: [(n, p.health.up) for n, p in self.pollers.items()])
 
     @property
     def sink(self) -> MqttSink | None:
-        """The primary (first) MQTT sink."""
-        run = self.sinks.get(self.cfg.mqtt.name)
-        return run.sink if run is not None else None
+        """The primary (first) MQTT sink's current client."""
+        link = self.sinks.get(self.cfg.mqtt.name)
+        return link.sink if link is not None else None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port ``/metrics`` listens on, once it does."""
+        return self._metrics_server.port if self._metrics_server is not None else None
+
+    @property
+    def engine_task(self) -> asyncio.Task[None] | None:
+        engine = self.supervisor.components.get("engine")
+        return engine.task if engine is not None else None
 
     def request_reload(self) -> None:
         """Reload the configuration file soon (the SIGHUP handler calls this)."""
-        self._reload_requested.set()
-
-    def _open_outboxes(self) -> list[Outbox]:
-        """One outbox per sink, the primary's first; all or none."""
-        directory = state_dir_for(self.cfg)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create state directory {directory}: {exc}") from exc
-        opened: list[Outbox] = []
-        try:
-            for sink in self.cfg.mqtt_sinks:
-                path = directory / outbox_file(self.cfg, sink)
-                opened.append(Outbox(path, limits=self.cfg.storage.outbox))
-        except StorageError:
-            for outbox in opened:
-                outbox.close()
-            raise
-        return opened
+        self.supervisor.request_reload()
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set, then shut down in order. Returns the process exit code."""
+        cfg, m = self.cfg, self.metrics
         try:
-            outboxes = self._open_outboxes()
+            outboxes = open_outboxes(cfg)
         except StorageError as exc:
             log.error("%s", exc)
             return EXIT_CANTCREAT
-        self.sinks = {
-            sc.name: _SinkRun(sc, outbox)
-            for sc, outbox in zip(self.cfg.mqtt_sinks, outboxes, strict=True)
-        }
-        for each in outboxes:
-            if each.recovered is not None:  # logged by the outbox
-                self.metrics.storage_recovered.labels(file=each.path.name, reason="corrupt").inc()
-        outbox = outboxes[0]
+        for sc, outbox in zip(cfg.mqtt_sinks, outboxes, strict=True):
+            primary = sc.name == cfg.mqtt.name
+            self.sinks[sc.name] = SinkLink(sc, outbox, "mqtt" if primary else f"mqtt:{sc.name}")
+            if outbox.recovered is not None:  # logged by the outbox
+                m.storage_recovered.labels(file=outbox.path.name, reason="corrupt").inc()
+        sinks = ", ".join(
+            f"'{sc.name}' {sc.host}:{sc.port}{' (shared)' if sc.share is not None else ''}"
+            for sc in cfg.mqtt_sinks
+        )
         try:
-            return await self._run(stop, outbox)
+            self._compose()
+            await self.supervisor.run(
+                stop,
+                reload=self._reload,
+                status=f"{len(cfg.sources)} sources, {len(cfg.lines)} lines",
+                on_ready=lambda: log.info(
+                    "agent started: site '%s', %d source(s), %d line(s), broker %s",
+                    *(cfg.site, len(cfg.sources), len(cfg.lines), sinks),
+                ),
+            )
+            for target in self.runner.targets if self.runner else ():
+                target.give_up()
+            for link in self.sinks.values():
+                link.report_left_behind()
+        except MetricsServeError as exc:  # before anything started
+            log.error("%s", exc)
+            return EXIT_FAILURE
         except BaseExceptionGroup as group:
-            startup, rest = group.split(StartupFailedError)
+            expected, rest = group.split((StartupFailedError, MetricsServeError))
             if rest is not None:
                 raise rest from None
-            for failure in startup.exceptions if startup else ():
+            for failure in expected.exceptions if expected else ():
                 log.error("%s", failure)
-            return EXIT_UNAVAILABLE
+            startup = expected is not None and expected.subgroup(StartupFailedError) is not None
+            return EXIT_UNAVAILABLE if startup else EXIT_FAILURE
         finally:
             if self.history is not None:
                 self.history.close()  # after a failed start; a clean stop closed it already
             for each in outboxes:
                 each.close()
-            self.metrics.stop_serving()
+        log.info("stopped")
+        return EXIT_OK
 
-    async def _run(self, stop: asyncio.Event, outbox: Outbox) -> int:
-        cfg = self.cfg
-        m = self.metrics
+    def _compose(self) -> None:
+        """Every component of the configuration, handed to the supervisor (it starts them)."""
+        cfg, m, sup = self.cfg, self.metrics, self.supervisor
         m.info.labels(version=__version__, site=cfg.site).set(1)
         if cfg.prometheus.enabled:
-            p = cfg.prometheus
-            password = read_secret(p.password_file) if p.password_file is not None else None
-            self.metrics_port = m.serve(
-                p.host,
-                p.port,
-                cert_file=p.cert_file,
-                key_file=p.key_file,
-                username=p.username,
-                password=password,
+            self._metrics_server = server = MetricsServer.from_config(m, cfg.prometheus)
+            sup.add(
+                Component(
+                    name="metrics", stage=Stage.SINKS, run=server.run, listening=server.listening
+                )
             )
-
-        history = None
         if cfg.storage.history.enabled:
-            history = History(
+            self.history = history = History(
                 state_dir_for(cfg) / HISTORY_FILE,
                 cfg.storage.history,
                 clock=self.clock,
-                on_recovered=lambda reason: m.storage_recovered.labels(
-                    file=HISTORY_FILE, reason=reason
-                ).inc(),
+                on_recovered=lambda why: m.storage_recovered.labels(HISTORY_FILE, why).inc(),
             )
-        self.history = history
-        runner = Pipeline(
+            sup.add(
+                Component(
+                    name="history", stage=Stage.STORE, run=history.run, after_stop=history.close
+                )
+            )
+        primary = self.sinks[cfg.mqtt.name]
+        self.runner = runner = Pipeline(
             cfg,
-            outbox,
+            primary.outbox,
             metrics=m,
             notify_sink=self._notifier(cfg.mqtt.name),
-            on_progress=self._progress,
+            on_progress=sup.progress,
             clock=self.clock,
-            history=history,
+            history=self.history,
             more_sinks=[
                 SinkOutbox(sc, self.sinks[sc.name].outbox, self._notifier(sc.name))
                 for sc in cfg.mqtt_extra
             ],
         )
-        self.runner = runner
+        for name in self.sinks:
+            self._connect(name)
 
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            for name in self.sinks:
-                self._start_sink(name)
-            status_task = tg.create_task(self._watch(), name="status")
-            history_task = tg.create_task(history.run(), name="history") if history else None
-            self.engine_task = tg.create_task(runner.run(), name="engine")
-            for sc in cfg.sources:
-                self._start_source(sc)
-            self.notifier.ready(f"{len(cfg.sources)} sources, {len(cfg.lines)} lines")
-            self.ready.set()
-            log.info(
-                "agent started: site '%s', %d source(s), %d line(s), broker %s",
-                cfg.site,
-                len(cfg.sources),
-                len(cfg.lines),
-                ", ".join(_describe_sink(sc) for sc in cfg.mqtt_sinks),
-            )
-            while await _first_of(stop, self._reload_requested) is self._reload_requested:
-                self._reload_requested.clear()
-                try:
-                    await self._reload()
-                finally:
-                    self.reload_done.set()
-
-            log.info("stopping: sources first, then the engine, then the broker link")
-            self.notifier.stopping()
-            source_tasks = list(self._source_tasks.values())
-            for task in source_tasks:
-                task.cancel()
-            await asyncio.gather(*source_tasks, return_exceptions=True)
-            self.engine_task.cancel()
-            await asyncio.gather(self.engine_task, return_exceptions=True)
+        def last_snapshot() -> None:
             runner.step(snapshot=True)
-            if history is not None and history_task is not None:
-                history_task.cancel()
-                await asyncio.gather(history_task, return_exceptions=True)
-                history.close()
-            # All sinks drain at once: a broker that is down costs the drain time only once.
-            await asyncio.gather(*(self._stop_sink(n, self.drain_timeout_s) for n in self.sinks))
-            status_task.cancel()
-            await asyncio.gather(status_task, return_exceptions=True)
-            for target in runner.targets:
-                target.give_up()
-            for name, run in self.sinks.items():
-                self._mirror_sink(name, run)
-                unsaved = len(run.sink.unsaved_acks) if run.sink is not None else 0
-                if unsaved:
-                    log.warning(
-                        "storage: %d message(s) acknowledged by broker '%s' could not be deleted"
-                        " from its outbox; they will be sent again at the next start",
-                        unsaved,
-                        name,
-                    )
-                left = run.outbox.depth() - unsaved
-                if left:
-                    log.warning(
-                        "%d message(s) stay in the outbox of sink '%s' for the next start",
-                        left,
-                        name,
-                    )
-        self._tg = None
-        log.info("stopped")
-        return EXIT_OK
+
+        sup.add(
+            Component(name="engine", stage=Stage.ENGINE, run=runner.run, after_stop=last_snapshot)
+        )
+        for sc in cfg.sources:
+            self._add_source(sc)
 
     def _notifier(self, name: str) -> Callable[[], None]:
         def notify() -> None:
-            run = self.sinks.get(name)
-            if run is not None and run.sink is not None:
-                run.sink.notify()
+            link = self.sinks.get(name)
+            if link is not None and link.sink is not None:
+                link.sink.notify()
 
         return notify
 
-    def _start_sink(self, name: str) -> None:
-        assert self._tg is not None
-        run = self.sinks[name]
-        sc = run.cfg
-        m = self.metrics
-        what = "broker" if len(self.sinks) == 1 else f"broker '{name}'"
-        held_after_s = link_held_after_s(sc.keepalive_s)
-        # A link that drops before it held is summed up, at most once per backoff cap.
-        health = Health(
-            what,
-            f"{sc.host}:{sc.port}",
-            held_after_s=held_after_s,
-            summary_every_s=max(sc.backoff_max_s, held_after_s),
-        )
-        run.health = health
-        sink = MqttSink(
-            sc,
-            site=self.cfg.site,
-            outbox=run.outbox,
-            lines=[line.name for line in self.cfg.lines],
-            on_link=health.ok,
-        )
-        run.sink = sink
-        run.published_seen = 0
-        run.unconfirmed_seen = 0
-        # Commands only from the primary sink: the plant's broker (the loader refuses
-        # `commands` on the others).
-        if name == self.cfg.mqtt.name and sc.commands and self.runner is not None:
-            self._subscribe_commands(sink, self.runner)
-        component = "mqtt" if name == self.cfg.mqtt.name else f"mqtt:{name}"
+    def _connect(self, name: str) -> None:
+        link, m = self.sinks[name], self.metrics
 
-        async def run_sink() -> None:
-            try:
-                await sink.run()
-            finally:
-                m.broker_connected.labels(sink=name).set(0)
+        def prepare(sink: MqttSink) -> None:
+            # Commands only from the primary sink: the plant's broker (the loader refuses
+            # `commands` on the others).
+            if name == self.cfg.mqtt.name and link.cfg.commands and self.runner is not None:
+                subscribe_commands(
+                    sink, [line.name for line in self.cfg.lines], self.runner.command
+                )
 
-        run.task = self._tg.create_task(
-            supervise(
-                run_sink,
-                health,
-                Backoff(sc.backoff_initial_s, sc.backoff_max_s),
-                on_restart=lambda: m.component_restarts.labels(component=component).inc(),
-            ),
-            name=component,
-        )
-        sink.notify()  # whatever waits in the outbox goes out as soon as it connects
-
-    async def _stop_sink(self, name: str, drain_timeout_s: float) -> None:
-        run = self.sinks[name]
-        sink, task = run.sink, run.task
-        if sink is not None:
-            try:
-                await sink.close(drain_timeout_s)
-            except Exception as exc:  # the broker may be gone: the outbox keeps what is left
-                log.warning("could not close the link to broker '%s' cleanly: %s", name, exc)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        if sink is not None:
-            published = self.metrics.published.labels(sink=name)
-            published.inc(max(0, sink.published_total - run.published_seen))
-        run.published_seen = 0
-        run.task = None
-
-    def _start_source(self, sc: SourceConfig) -> None:
-        assert self._tg is not None and self.runner is not None
-        self._source_tasks[sc.name] = self._tg.create_task(
-            self._run_source(sc, self.runner), name=f"source:{sc.name}"
-        )
-
-    async def _reload(self) -> None:
-        from edge_agent.config.loader import load_config  # noqa: PLC0415
-
-        path = self.cfg.path
-        try:
-            new = load_config(path)
-        except ConfigError as exc:
-            for issue in exc.issues:
-                log.error("%s", issue)
-            log.error(
-                "configuration reload refused: %d problem(s) in %s; the running configuration"
-                " stays",
-                len(exc.issues),
-                path,
+        self.supervisor.add(
+            link.connect(
+                site=self.cfg.site,
+                lines=[line.name for line in self.cfg.lines],
+                single=len(self.sinks) == 1,
+                on_restart=lambda: m.component_restarts.labels(link.component_name).inc(),
+                prepare=prepare,
             )
-            return
-        except OSError as exc:
-            log.error("configuration reload refused: cannot read %s: %s", path, exc)
-            return
-        await self.apply(new)
-
-    async def apply(self, new: AgentConfig) -> None:
-        """Apply a validated configuration to the running agent (see the module docstring)."""
-        old = self.cfg
-        assert self.runner is not None
-        for key in ("site", "storage", "prometheus"):
-            if getattr(new, key) != getattr(old, key):
-                log.warning("reload: a change of '%s' needs a restart; not applied", key)
-        new = replace(new, site=old.site, storage=old.storage, prometheus=old.prometheus)
-        if [sc.name for sc in new.mqtt_sinks] != [sc.name for sc in old.mqtt_sinks]:
-            log.warning("reload: a change of the list of mqtt sinks needs a restart; not applied")
-            new = replace(new, mqtt=old.mqtt, mqtt_extra=old.mqtt_extra)
-        if new.logging.level != old.logging.level:
-            logging.getLogger().setLevel(new.logging.level)
-
-        # Sources first: a stopped source must not feed an engine that is being replaced.
-        old_sources = {sc.name: sc for sc in old.sources}
-        new_sources = {sc.name: sc for sc in new.sources}
-        stop = [n for n, sc in old_sources.items() if new_sources.get(n) != sc]
-        tasks = [self._source_tasks.pop(n) for n in stop if n in self._source_tasks]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for name in stop:
-            self.pollers.pop(name, None)
-            if name not in new_sources:
-                self.runner.source_available(name, False)
-                self.metrics.source_up.remove(name)
-
-        self.cfg = new
-        kept, fresh = self.runner.reconfigure(new)
-
-        start = [sc for n, sc in new_sources.items() if old_sources.get(n) != sc]
-        for sc in start:
-            self._start_source(sc)
-
-        # publish_interval, qos and share are applied by the engine runner before the outbox;
-        # anything else of a sink is its link's. The sink re-checks the share when publishing,
-        # so it restarts on a share change too.
-        def link(c: MqttConfig) -> object:
-            return replace(c, publish_interval_s=0.0, qos=0)
-
-        relinked = []
-        for mc, before in zip(new.mqtt_sinks, old.mqtt_sinks, strict=True):
-            self.sinks[mc.name].cfg = mc
-            if link(mc) != link(before):
-                log.info("reload: settings of broker '%s' changed; reconnecting", mc.name)
-                await self._stop_sink(mc.name, min(self.drain_timeout_s, mc.timeout_s))
-                self._start_sink(mc.name)
-                relinked.append(mc.name)
-        self.reloads += 1
-        log.info(
-            "configuration reloaded: %d line(s) kept, %d started afresh; %d source(s) restarted"
-            " or started, %d stopped; broker links %s",
-            len(kept),
-            len(fresh),
-            len(start),
-            len([n for n in stop if n not in new_sources]),
-            f"reconnected: {', '.join(relinked)}" if relinked else "kept",
         )
 
-    def _subscribe_commands(self, sink: MqttSink, runner: Pipeline) -> None:
-        """Order commands of every line from ``{prefix}/{site}/{line}/cmd/order`` (mqtt.commands:
-        the plant's own broker only). A retained command is ignored: it would be applied again
-        on every reconnect, possibly over a newer order."""
-        for line in self.cfg.lines:
-
-            def on_command(
-                topic: str, payload: bytes, retained: bool, name: str = line.name
-            ) -> None:
-                if retained:
-                    log.warning("line '%s': ignoring a retained command on %s", name, topic)
-                    return
-                runner.command(name, "order", payload)
-
-            sink.subscribe(
-                sink.topic(line.name, "cmd/order"),
-                on_command,
-                purpose=f"order commands for line '{line.name}' will not arrive",
-            )
-
-    def _progress(self) -> None:
-        self._last_progress = time.monotonic()
-
-    async def _watch(self) -> None:
-        """Mirror component state into metrics and feed the watchdog while the engine progresses."""
-        interval = 1.0
-        if self.notifier.watchdog_interval_s:
-            interval = min(interval, self.notifier.watchdog_interval_s / 4)
-        while True:
-            for name, run in self.sinks.items():
-                self._check_storage(run.outbox.path.name, run.outbox.check_file())
-                self._mirror_sink(name, run)
-            # The engine ticks every second; 3 publish intervals without progress is a hang.
-            stale_after = self.stall_after_s or max(
-                3 * (self.runner.publish_interval_s if self.runner else 1.0), 5.0
-            )
-            if time.monotonic() - self._last_progress < stale_after:
-                self.notifier.watchdog()
-            await asyncio.sleep(interval)
-
-    def _check_storage(self, file: str, recreated: bool) -> None:
-        """Count a state file found deleted while running (and recreated; logged by it)."""
-        if recreated:
-            self.metrics.storage_recovered.labels(file=file, reason="deleted").inc()
-
-    def _mirror_sink(self, name: str, run: _SinkRun) -> None:
-        m = self.metrics
-        sink, health = run.sink, run.health
-        if sink is not None and health is not None:
-            connected = sink.connected
-            m.broker_connected.labels(sink=name).set(1 if connected else 0)
-            if connected:
-                health.ok()
-            m.published.labels(sink=name).inc(max(0, sink.published_total - run.published_seen))
-            run.published_seen = sink.published_total
-            unconfirmed = sink.unconfirmed_total
-            m.published_unconfirmed.labels(sink=name).inc(
-                max(0, unconfirmed - run.unconfirmed_seen)
-            )
-            run.unconfirmed_seen = unconfirmed
-            m.delivery_unconfirmed.labels(sink=name).set(1 if sink.status_echo_missing else 0)
-        outbox = run.outbox
-        m.outbox_depth.labels(sink=name).set(outbox.depth())
-        m.outbox_bytes.labels(sink=name).set(outbox.size_bytes)
-        held = self.runner.held_by_sink() if self.runner else {}
-        m.outbox_held.labels(sink=name).set(held.get(name, 0))
-        m.outbox_writable.labels(sink=name).set(0 if outbox.failing else 1)
-        if self.runner is not None:
-            for target in self.runner.targets:
-                if target.name == name and target.lost > run.lost_seen:
-                    m.outbox_lost.labels(sink=name).inc(target.lost - run.lost_seen)
-                    run.lost_seen = target.lost
-        try:
-            age = outbox.oldest_age_s(time.time())
-        except StorageError:  # the runner logs storage trouble once; a metric can wait
-            age = None
-        m.outbox_oldest_age.labels(sink=name).set(age or 0.0)
-        now = outbox.dropped
-        seen = run.dropped_seen
-        for topic, total in now.items():
-            if total > seen.get(topic, 0):
-                m.outbox_dropped.labels(sink=name, topic=topic).inc(total - seen.get(topic, 0))
-        run.dropped_seen = now
-
-    async def _run_source(self, sc: SourceConfig, runner: Pipeline) -> None:
-        m = self.metrics
-        up = m.source_up.labels(source=sc.name)
-        up.set(0)
+    def _add_source(self, sc: SourceConfig) -> None:
+        runner, m = self.runner, self.metrics
+        assert runner is not None
 
         def on_change(is_up: bool) -> None:
-            up.set(1 if is_up else 0)
             runner.source_available(sc.name, is_up)
 
-        health = Health("source", sc.name, on_change=on_change)
-        source = create_source(sc, clock=self.clock)
-        poller = Poller(
-            source,
+        self.pollers[sc.name] = poller = Poller(
+            create_source(sc, clock=self.clock),
             sc,
             deliver=runner.deliver,
-            health=health,
+            health=Health("source", sc.name, on_change=on_change),
             metrics=m,
             on_source_restart=lambda: runner.source_restarted(sc.name),
             clock=self.clock,
         )
-        self.pollers[sc.name] = poller
-
-        if sc.on_startup_error is not OnStartupError.RETRY:
-            try:
-                await poller.run()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if poller.connected_once:
-                    health.failed(exc, sc.backoff_initial_s)
-                elif sc.on_startup_error is OnStartupError.FAIL:
-                    raise StartupFailedError(
-                        f"source '{sc.name}' could not start ({exc}) and on_startup_error is 'fail'"
-                    ) from exc
-                else:
-                    log.error(
-                        "source '%s' could not start (%s); disabled (on_startup_error: disable)",
-                        sc.name,
-                        exc,
-                        extra={"source": sc.name},
-                    )
-                    on_change(False)
-                    return
-                await asyncio.sleep(sc.backoff_initial_s)
-        await supervise(
-            poller.run,
-            health,
-            Backoff(sc.backoff_initial_s, sc.backoff_max_s),
-            on_restart=lambda: m.component_restarts.labels(component=f"source:{sc.name}").inc(),
+        component = f"source:{sc.name}"
+        self.supervisor.add(
+            Component(
+                name=component,
+                stage=Stage.SOURCES,
+                run=poller.run,
+                health=poller.health,
+                backoff=Backoff(sc.backoff_initial_s, sc.backoff_max_s),
+                on_restart=lambda: m.component_restarts.labels(component).inc(),
+                on_startup_error=sc.on_startup_error.value,
+                connected_once=lambda: poller.connected_once,
+                on_disabled=lambda: on_change(False),
+            )
         )
 
+    async def _reload(self) -> None:
+        new = load_for_reload(self.cfg.path)
+        if new is not None:
+            await self.apply(new)
 
-def _describe_sink(sc: MqttConfig) -> str:
-    shared = " (shared)" if sc.share is not None else ""
-    return f"'{sc.name}' {sc.host}:{sc.port}{shared}"
+    async def apply(self, new: AgentConfig) -> None:
+        """Apply a validated configuration to the running agent (see :mod:`edge_agent.reload`)."""
+        assert self.runner is not None
+        plan = plan_reload(self.cfg, new)
+        if plan.cfg.logging.level != self.cfg.logging.level:
+            logging.getLogger().setLevel(plan.cfg.logging.level)
+        # Sources first: a stopped source must not feed an engine that is being replaced.
+        await self.supervisor.remove(*(f"source:{n}" for n in plan.stop_sources))
+        for name in plan.stop_sources:
+            self.pollers.pop(name, None)
+        for name in plan.gone_sources:
+            self.runner.source_available(name, False)
+        self.cfg = plan.cfg
+        kept, fresh = self.runner.reconfigure(plan.cfg)
+        for sc in plan.start_sources:
+            self._add_source(sc)
+        for mc in plan.cfg.mqtt_sinks:
+            self.sinks[mc.name].cfg = mc
+        for name in plan.relink:
+            log.info("reload: settings of broker '%s' changed; reconnecting", name)
+            link = self.sinks[name]
+            timeout_s = min(self.supervisor.drain_timeout_s, link.cfg.timeout_s)
+            await self.supervisor.remove(link.component_name, drain_timeout_s=timeout_s)
+            self._connect(name)
+        self.reloads += 1
+        log.info(
+            "configuration reloaded: %d line(s) kept, %d started afresh; %d source(s) restarted"
+            " or started, %d stopped; broker links %s",
+            *(len(kept), len(fresh), len(plan.start_sources), len(plan.gone_sources)),
+            f"reconnected: {', '.join(plan.relink)}" if plan.relink else "kept",
+        )
 
+    def _housekeeping(self) -> None:
+        for link in self.sinks.values():
+            if link.housekeeping():  # a state file found deleted (recreated, logged by it)
+                self.metrics.storage_recovered.labels(link.outbox.path.name, "deleted").inc()
 
-async def _first_of(*events: asyncio.Event) -> asyncio.Event:
-    """Wait until one of ``events`` is set; return the first one that is (in argument order)."""
-    for event in events:
-        if event.is_set():
-            return event
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-        await asyncio.wait(waiters)
-    return next(e for e in events if e.is_set())
-
-
-def describe_tasks() -> list[str]:
-    """Each pending task as ``name: file:line function <- ...`` (innermost await last)."""
-    out = []
-    current = asyncio.current_task()
-    for task in asyncio.all_tasks():
-        if task is current or task.done():
-            continue
-        frames: list[str] = []
-        coro: Any = task.get_coro()
-        while coro is not None and len(frames) < 12:
-            frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
-            if frame is not None:
-                name = frame.f_code.co_filename.rsplit("/", 1)[-1]
-                frames.append(f"{name}:{frame.f_lineno} {frame.f_code.co_name}")
-            coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
-        out.append(f"{task.get_name()}: {' <- '.join(frames)}")
-    return sorted(out)
+    def _sink_figures(self) -> list[tuple[str, SinkFigures]]:
+        """Each sink's figures, read at scrape time."""
+        held = self.runner.held_by_sink() if self.runner else {}
+        lost = {t.name: t.lost for t in self.runner.targets} if self.runner else {}
+        return [
+            (name, link.figures(held=held.get(name, 0), lost=lost.get(name, 0)))
+            for name, link in self.sinks.items()
+        ]
 
 
 async def run_until_signalled(agent: Agent, *, extra_stop: Callable[[], None] | None = None) -> int:
     """Run ``agent`` until SIGTERM or SIGINT; SIGHUP reloads its configuration file."""
-    import signal  # noqa: PLC0415
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_stop_signal() -> None:
-        if stop.is_set():
-            # A second request while stopping: say what the shutdown is waiting for.
-            log.warning("still stopping; waiting for: %s", "; ".join(describe_tasks()))
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_stop_signal)
-    with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
-    try:
-        return await agent.run(stop)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        if extra_stop:
-            extra_stop()
+    return await _run_until_signalled(
+        agent.run, on_reload=agent.request_reload, extra_stop=extra_stop
+    )

@@ -14,13 +14,15 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.errors import ConfigError
+from edge_agent.exits import (
+    EXIT_CANTCREAT,
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    EXIT_NOINPUT,
+    EXIT_USAGE,
+)
 
 log = logging.getLogger("edge_agent")
-
-EXIT_USAGE = 64  # EX_USAGE
-EXIT_NOINPUT = 66  # EX_NOINPUT: no history to read
-EXIT_CANTCREAT = 73  # EX_CANTCREAT: the output file cannot be written
-EXIT_CONFIG = 78
 
 
 def _logging_options(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -292,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return asyncio.run(run_demo(args))
         except KeyboardInterrupt:
-            return 130
+            return EXIT_INTERRUPTED
     if args.command == "run":
         return _run(args)
     if args.command == "replay":
@@ -308,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return asyncio.run(run_watch(args))
         except KeyboardInterrupt:
-            return 130
+            return EXIT_INTERRUPTED
     raise AssertionError(args.command)
 
 
@@ -424,7 +426,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             return runner.run(run_until_signalled(Agent(cfg)))
         except KeyboardInterrupt:
-            return 130
+            return EXIT_INTERRUPTED
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | str | None:

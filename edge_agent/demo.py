@@ -49,13 +49,10 @@ from edge_agent.console import (
     render_table,
 )
 from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 78
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 _SUBSCRIBE_TIMEOUT_S = (
     10.0  # the broker is local or named by the user: it answers fast or not at all

@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from edge_agent.config.schema import SourceConfig
 from edge_agent.errors import NotConnectedError, SourceError
+from edge_agent.metrics import Metrics
 from edge_agent.model import Quality, Sample, Source
-from edge_agent.sinks.prometheus import Metrics
 from edge_agent.supervisor import Health
 
 log = logging.getLogger(__name__)

@@ -27,13 +27,10 @@ from edge_agent.console import format_table as format_lines
 from edge_agent.engine.line import LineEngine
 from edge_agent.engine.reports import KpiReport, Report
 from edge_agent.engine.shifts import SHIFT
+from edge_agent.exits import EXIT_CONFIG, EXIT_DATAERR, EXIT_NOINPUT, EXIT_OK
 from edge_agent.model import Sample
 from edge_agent.samplecsv import CsvProblem, SampleReader
 
-EXIT_OK = 0
-EXIT_DATAERR = 65  # EX_DATAERR: a CSV row is bad
-EXIT_NOINPUT = 66  # EX_NOINPUT: the CSV cannot be read
-EXIT_CONFIG = 78  # EX_CONFIG
 MAX_PROBLEMS_SHOWN = 20
 
 

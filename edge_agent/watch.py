@@ -36,12 +36,11 @@ from edge_agent.console import (
     follow,
     format_table,
 )
+from edge_agent.exits import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_UNREACHABLE = 69  # EX_UNAVAILABLE: the broker cannot be reached or refused us
-EXIT_USAGE = 64  # EX_USAGE
+EXIT_UNREACHABLE = EXIT_UNAVAILABLE  # the broker cannot be reached or refused us
 
 DEFAULT_PUBLISH_INTERVAL_S = 5.0  # the agent's default mqtt.publish_interval
 _QUIET_S = 0.5  # --once: retained messages come in one burst; this long without one ends it

@@ -31,6 +31,7 @@ from edge_agent.config.references import check as check_references
 from edge_agent.config.rules import MAX_LINES_SUPPORTED
 from edge_agent.config.schema import ROOT, AgentConfig, OpcuaSourceConfig, modicon
 from edge_agent.errors import ConfigError
+from edge_agent.exits import EXIT_CONFIG
 from edge_agent.secrets import loose_permissions
 
 __all__ = [
@@ -52,7 +53,6 @@ class _SafeNodeLoader(yaml.SafeLoader):
     """The safe loader, used only up to composing nodes (which carry start marks)."""
 
 
-EXIT_CONFIG: Final = 78  # EX_CONFIG from sysexits.h: "configuration error"
 MAX_FILE_BYTES: Final = 1 << 20  # a real plant's file is a few kB; refuse before parsing more
 # Aliases let a small file describe a huge tree ("billion laughs"): they may add at most this many
 # nodes to the file's own. Sharing a shift list among a hundred lines adds a few thousand.

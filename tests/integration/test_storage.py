@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -226,6 +227,15 @@ async def test_a_damaged_outbox_is_moved_aside_salvaged_and_said(
             )
             assert recovered == 1, agent.output()
             await until(lambda: sink_metric(metrics_port, "edge_agent_outbox_messages") == 0, 60)
+            # An empty outbox means the broker acknowledged everything; the subscriber may still
+            # be receiving the last of it: wait until it has every salvaged message the log names.
+            said = re.search(r"what could be read: (\d+) message", agent.output())
+            if said is not None:
+
+                def salvaged_seen() -> int:
+                    return len({(ln, s) for ln, seqs in sub.seqs.items() for s in seqs} & queued)
+
+                await sub.wait_for(lambda: salvaged_seen() >= int(said.group(1)), 30)
         finally:
             code = await agent.stop()
     log = agent.output()
