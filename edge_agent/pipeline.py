@@ -53,7 +53,7 @@ from edge_agent import contract
 from edge_agent.config.schema import AgentConfig, LineConfig, MqttConfig
 from edge_agent.domain import MachineState
 from edge_agent.engine.line import LineEngine
-from edge_agent.engine.reports import KpiReport
+from edge_agent.engine.reports import KpiReport, Report
 from edge_agent.errors import StorageError
 from edge_agent.model import OutMessage, Sample
 from edge_agent.sharing import ShareFilter
@@ -260,6 +260,8 @@ class Pipeline:
         # Set by deliver() when a line's state changed: run() steps at once, so a `state`
         # message leaves one poll after the change instead of up to a tick later.
         self._wake = asyncio.Event()
+        # Every report of every step, as the engines made them (the operator page's boards).
+        self.on_reports: Callable[[list[Report]], None] | None = None
 
     def _new_engine(self, line: LineConfig, saved: dict[str, str]) -> LineEngine:
         engine = LineEngine(line, site=self._site, orders=self._orders)
@@ -389,7 +391,10 @@ class Pipeline:
         now = self._clock()
         engine.command(name, payload, now)
         self._log_notices(line, engine)
-        self._persist(contract.messages(engine.tick(now), qos=self._qos))
+        reports = engine.tick(now)
+        self._persist(contract.messages(reports, qos=self._qos))
+        if self.on_reports is not None:
+            self.on_reports(reports)
 
     def step(self, *, snapshot: bool) -> int:
         """Tick every engine; with ``snapshot`` add the live ``kpi`` reports. Returns the number of
@@ -398,11 +403,17 @@ class Pipeline:
         qos = self._qos
         messages: list[OutMessage] = []
         live: set[int] = set()  # indexes of the snapshots: other sinks may want fewer
+        watch = self.on_reports
         for line, engine in self.engines.items():
             self._log_notices(line, engine)
-            messages.extend(contract.messages(engine.tick(now), qos=qos))
+            reports = engine.tick(now)
+            messages.extend(contract.messages(reports, qos=qos))
+            if watch is not None and reports:
+                watch(reports)
             if snapshot:
                 snapshots = engine.snapshots(now)
+                if watch is not None:
+                    watch(snapshots)
                 live.update(range(len(messages), len(messages) + len(snapshots)))
                 messages.extend(contract.messages(snapshots, qos=qos))
                 for report in snapshots:

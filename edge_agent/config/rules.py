@@ -22,6 +22,7 @@ from edge_agent.config.schema import (
     OpcuaSecurityPolicy,
     OpcuaSourceConfig,
     OpcuaTag,
+    OperatorConfig,
     OutboxConfig,
     PrometheusConfig,
     Signals,
@@ -243,6 +244,15 @@ def _prometheus(ctx: Ctx, parsed: Parsed) -> None:
         for key, other in ((first, second), (second, first)):
             if parsed.get(key) is not None and parsed.get(other) is None:
                 ctx.add(*parsed.at(key), f"needs {other} as well")
+
+
+@rule(OperatorConfig)
+def _operator(ctx: Ctx, parsed: Parsed) -> None:
+    for key, other in (("cert_file", "key_file"), ("key_file", "cert_file")):
+        if parsed.get(key) is not None and parsed.get(other) is None:
+            ctx.add(*parsed.at(key), f"needs {other} as well")
+    if parsed.get("enabled") and not parsed.get("stations"):
+        ctx.add(*parsed.at("enabled"), "needs at least one station (operator.stations)")
 
 
 @rule(OutboxConfig)

@@ -1,0 +1,248 @@
+"""The operator page (docs/operator.md) against the agent in process, with the simulator as its
+PLC and a real Mosquitto: sign-in, the rate limit on wrong PINs, CSRF, the security headers, a
+station seeing only its lines, the live board, and an order set from the page reaching the
+engine like an MQTT order command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from helpers.mosquitto import Mosquitto
+from helpers.net import free_port
+from helpers.subscriber import Subscriber
+
+from edge_agent.app import Agent
+from edge_agent.config.loader import load_config_text
+from edge_agent.operator import server as operator_server
+from edge_agent.sinks.prometheus import Metrics
+from simulators.model import LineParams
+from simulators.runner import Simulation
+
+pytestmark = pytest.mark.integration
+
+SPEED = 4.0
+PIN_A, PIN_B = "4321", "98765"
+
+
+def config_text(sim: Simulation, broker_port: int, tmp: Path) -> str:
+    (tmp / "pin-a").write_text(PIN_A + "\n")
+    (tmp / "pin-b").write_text(PIN_B + "\n")
+    ideal_ms = round(1000 / SPEED)
+    lines = "".join(
+        f"""
+  - name: line{n}
+    ideal_cycle_time: {ideal_ms}ms
+    signals:
+      state:
+        tag: plc.state{n}
+        map: {{1: running, 2: idle, 3: fault, 4: planned_stop, 5: changeover}}
+      total_count: {{tag: plc.total{n}, rollover: 65536}}
+"""
+        for n in (1, 2)
+    )
+    return f"""
+version: 1
+site: op
+sources:
+  - name: plc
+    protocol: modbus
+    host: 127.0.0.1
+    port: {sim.modbus_port}
+    poll_interval: 100ms
+    timeout: 1s
+    tags:
+      - {{name: state1, address: 0}}
+      - {{name: total1, address: 1}}
+      - {{name: state2, address: 100}}
+      - {{name: total2, address: 101}}
+lines:{lines}
+mqtt:
+  host: 127.0.0.1
+  port: {broker_port}
+  publish_interval: 500ms
+  commands: true
+prometheus:
+  enabled: false
+storage:
+  dir: {tmp / "state"}
+operator:
+  enabled: true
+  port: {free_port()}
+  stations:
+    - {{name: press-a, lines: [line1], pin_file: {tmp / "pin-a"}}}
+    - {{name: press-b, lines: [line2], pin_file: {tmp / "pin-b"}}}
+"""
+
+
+class Running:
+    """The agent as a task; stops it (and waits) on exit."""
+
+    def __init__(self, text: str) -> None:
+        self.agent = Agent(load_config_text(text), metrics=Metrics())
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[int] | None = None
+
+    async def __aenter__(self) -> Agent:
+        self.task = asyncio.create_task(self.agent.run(self.stop))
+        async with asyncio.timeout(10.0):
+            await self.agent.ready.wait()
+        return self.agent
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        assert self.task is not None
+        async with asyncio.timeout(20.0):
+            assert await self.task == 0
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulation]:
+    # Micro-stops every few seconds of wall time, so that the board sees state changes.
+    params = LineParams(mean_time_between_microstops_s=8.0, microstop_duration_s=(3.0, 6.0))
+    async with Simulation(
+        lines=2, speed=SPEED, opcua_port=None, params=params, ideal_cycle_time_s=1.0
+    ) as s:
+        yield s
+
+
+def base_url(agent: Agent) -> str:
+    assert agent.operator is not None and agent.operator.port is not None
+    return f"http://127.0.0.1:{agent.operator.port}"
+
+
+async def test_sign_in_rate_limit_csrf_headers_and_station_scope(
+    sim: Simulation, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    text = config_text(sim, mosquitto.port, tmp_path)
+    async with (
+        Running(text) as agent,
+        Subscriber("127.0.0.1", mosquitto.port, "edge-agent/op/+/cmd/order/reply") as replies,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
+    ):
+        url = base_url(agent)
+        async with http.get(url + "/") as r:
+            assert r.status == 200
+            csp = r.headers["Content-Security-Policy"]
+            assert "script-src 'self'" in csp and "default-src 'none'" in csp
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
+        async with http.get(url + "/api/lines/line1") as r:
+            assert r.status == 401
+        async with http.get(url + "/api/session") as r:
+            assert r.status == 401
+            assert (await r.json())["stations"] == ["press-a", "press-b"]
+        # Wrong PINs: refused, and after FREE_ATTEMPTS the station is locked for this client
+        # (even the right PIN waits).
+        for _ in range(operator_server.FREE_ATTEMPTS):
+            async with http.post(
+                url + "/api/login", json={"station": "press-a", "pin": "0000"}
+            ) as r:
+                assert r.status == 403
+        async with http.post(url + "/api/login", json={"station": "press-a", "pin": PIN_A}) as r:
+            assert r.status == 429
+            assert int(r.headers["Retry-After"]) >= 1
+        # The other station is not locked; its PIN signs in.
+        async with http.post(url + "/api/login", json={"station": "press-b", "pin": PIN_B}) as r:
+            assert r.status == 200
+            session = await r.json()
+            cookie = r.headers["Set-Cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert session["station"] == "press-b" and session["lines"] == ["line2"]
+        csrf = session["csrf"]
+        # A station sees only its own lines.
+        async with http.get(url + "/api/lines/line1") as r:
+            assert r.status == 404
+        async with http.get(url + "/api/lines/line2") as r:
+            assert r.status == 200
+            assert (await r.json())["line"] == "line2"
+        # Writes need the CSRF token; bodies are bounded.
+        order = {"order_id": "PO-7", "product": "bracket", "target_quantity": 40}
+        async with http.post(url + "/api/lines/line2/order", json=order) as r:
+            assert r.status == 403
+        big = {"order_id": "x" * (operator_server.MAX_BODY_BYTES + 1), "target_quantity": 1}
+        async with http.post(
+            url + "/api/lines/line2/order", json=big, headers={"X-CSRF-Token": csrf}
+        ) as r:
+            assert r.status == 413
+        bad = {"order_id": "PO-7", "target_quantity": 0}
+        async with http.post(
+            url + "/api/lines/line2/order", json=bad, headers={"X-CSRF-Token": csrf}
+        ) as r:
+            assert r.status == 422
+            assert (await r.json())["errors"] == ["target_quantity: must be an integer >= 1"]
+        async with http.post(
+            url + "/api/lines/line2/order", json=order, headers={"X-CSRF-Token": csrf}
+        ) as r:
+            assert r.status == 200
+        # The same command as MQTT's cmd/order: the same reply, naming the station.
+        reply = (await replies.wait_for(lambda m: m.json().get("order_id") == "PO-7")).json()
+        assert (reply["line"], reply["ok"], reply["request_id"]) == (
+            "line2",
+            True,
+            "operator:press-b",
+        )
+        assert agent.runner is not None
+        assert agent.runner.engines["line2"].state_dict()["order"]["order_id"] == "PO-7"
+        # Press-b cannot set line1's order either.
+        async with http.post(
+            url + "/api/lines/line1/order", json=order, headers={"X-CSRF-Token": csrf}
+        ) as r:
+            assert r.status == 404
+        assert agent.runner.engines["line1"].state_dict()["order"] is None
+
+
+async def test_board_follows_the_line_live(
+    sim: Simulation, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The event stream carries every state change of the simulated line, each within 1 s of
+    the simulator making it (poll 100 ms; the pipeline steps at once on a state change)."""
+    text = config_text(sim, mosquitto.port, tmp_path)
+    async with (
+        Running(text) as agent,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
+    ):
+        url = base_url(agent)
+        async with http.post(url + "/api/login", json={"station": "press-a", "pin": PIN_A}) as r:
+            assert r.status == 200
+        model = sim.models[0]
+        seen: list[tuple[str, float]] = []
+        async with http.get(url + "/api/lines/line1/events") as stream:
+            assert stream.headers["Content-Type"].startswith("text/event-stream")
+            changes = [(model.state.name.lower(), time.monotonic())]
+
+            async def watch_model() -> None:
+                while True:
+                    await sim.wait_update()
+                    if model.state.name.lower() != changes[-1][0]:
+                        changes.append((model.state.name.lower(), time.monotonic()))
+
+            watcher = asyncio.create_task(watch_model())
+            try:
+                async with asyncio.timeout(40.0):
+                    async for raw in stream.content:
+                        line = raw.decode().strip()
+                        if not line.startswith("data: "):
+                            continue
+                        board = json.loads(line[6:])
+                        if seen and board["state"] == seen[-1][0]:
+                            continue
+                        seen.append((board["state"], time.monotonic()))
+                        if len({s for s, _ in seen} & {"running", "idle"}) == 2 and len(seen) >= 3:
+                            break
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+        states = [s for s, _ in seen]
+        assert "idle" in states and "running" in states, states
+        # Each board change against the simulator's latest change to that state before it.
+        lag_s = [
+            at - max(t for st, t in changes if st == s and t <= at)
+            for s, at in seen[1:]
+            if any(st == s and t <= at for st, t in changes)
+        ]
+        assert len(lag_s) == len(seen) - 1 and max(lag_s) < 1.0, (lag_s, changes, seen)
