@@ -6,7 +6,9 @@ engine like an MQTT order command."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -246,3 +248,95 @@ async def test_board_follows_the_line_live(
             if any(st == s and t <= at for st, t in changes)
         ]
         assert len(lag_s) == len(seen) - 1 and max(lag_s) < 1.0, (lag_s, changes, seen)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "operator"
+
+
+def _need_chromium() -> None:
+    """Skip without Debian's chromium or Python's playwright, except under CI (must fail)."""
+    missing = [
+        what
+        for what, ok in (
+            ("/usr/bin/chromium (apt-get install chromium)", CHROMIUM.exists()),
+            ("playwright (the test extra)", importlib.util.find_spec("playwright") is not None),
+        )
+        if not ok
+    ]
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"browser tests need {', '.join(missing)}")
+        pytest.skip(f"browser tests need {', '.join(missing)}")
+
+
+async def test_in_a_real_browser(sim: Simulation, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Debian's chromium, headless: a wrong PIN is refused, the right one signs in, the board
+    shows the simulator's state changes within 2 s, at 1280x800 and 800x1280; screenshots go to
+    test-output/operator/ (docs/operator.md shows them)."""
+    _need_chromium()
+    from playwright.async_api import async_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    text = config_text(sim, mosquitto.port, tmp_path)
+    async with Running(text) as agent, async_playwright() as pw:
+        url = base_url(agent)
+        browser = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            for width, height in ((1280, 800), (800, 1280)):
+                context = await browser.new_context(
+                    viewport={"width": width, "height": height}, locale="en-US"
+                )
+                page = await context.new_page()
+                # Script errors; a refused request (401, 403) is the page working as meant.
+                errors: list[str] = []
+                page.on("pageerror", lambda exc, errors=errors: errors.append(str(exc)))
+                await page.goto(url + "/")
+                await page.select_option("#station", "press-a")
+                await page.fill("#pin", "1111")
+                await page.click("#login button[type=submit]")
+                await page.wait_for_function(
+                    "document.getElementById('login-error').textContent.length > 0"
+                )
+                assert await page.inner_text("#login-error") == "Wrong PIN."
+                await page.fill("#pin", PIN_A)
+                await page.click("#login button[type=submit]")
+                await page.wait_for_selector("#board:not([hidden])")
+                # Only its own line is offered.
+                assert await page.eval_on_selector_all(
+                    "#line option", "os => os.map(o => o.value)"
+                ) == ["line1"]
+                # The state shown follows the simulator's, within 2 s of each change.
+                model = sim.models[0]
+                for _ in range(2):
+                    before = model.state
+                    async with asyncio.timeout(30.0):
+                        while model.state is before:
+                            await sim.wait_update()
+                    changed = time.monotonic()
+                    expected = model.state.name.lower()
+                    await page.wait_for_selector(f"#state[data-state={expected}]", timeout=2000)
+                    assert time.monotonic() - changed < 2.0
+                # The tiles fit the viewport: nothing wider than the page.
+                overflow = await page.evaluate(
+                    "document.documentElement.scrollWidth - window.innerWidth"
+                )
+                assert overflow <= 0, f"page wider than {width} px by {overflow} px"
+                await page.wait_for_function(
+                    "document.getElementById('k-oee').textContent !== '-'", timeout=5000
+                )
+                await page.screenshot(path=str(SHOTS / f"line-board-{width}x{height}.png"))
+                assert errors == []
+                await context.close()
+        finally:
+            await browser.close()

@@ -52,7 +52,7 @@
     const losses = $("losses"); losses.textContent = "";
     for (const r of k.top_downtime_reasons || []) {
       const li = document.createElement("li");
-      li.textContent = r.reason + ": " + Math.round(r.time_s / 60) + " min";
+      li.textContent = r.reason + ": " + Math.floor(r.time_s / 60) + ":" + String(Math.round(r.time_s % 60)).padStart(2, "0");
       losses.appendChild(li);
     }
     const o = b.order || {};
