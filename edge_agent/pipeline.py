@@ -54,6 +54,7 @@ from edge_agent.config.schema import AgentConfig, LineConfig, MqttConfig
 from edge_agent.domain import MachineState
 from edge_agent.engine.line import LineEngine
 from edge_agent.engine.reports import KpiReport, Report
+from edge_agent.engine.stops import ACTION_TAGS, OPERATOR_SOURCE
 from edge_agent.errors import StorageError
 from edge_agent.model import OutMessage, Sample
 from edge_agent.sharing import ShareFilter
@@ -291,6 +292,11 @@ class Pipeline:
                 engines = self._by_source.setdefault(source, [])
                 if engine not in engines:
                     engines.append(engine)
+        # Operator actions (edge_agent.engine.stops): source `operator`, tags `LINE.ACTION`.
+        for line in self._lines.values():
+            for action in ACTION_TAGS:
+                key = f"{OPERATOR_SOURCE}.{line.name}.{action}"
+                self._routes.setdefault(key, []).append(self.engines[line.name])
         self._routes_by_source = {}
         for key, engines in self._routes.items():
             source_name, tag_name = key.split(".", 1)

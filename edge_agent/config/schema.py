@@ -166,6 +166,19 @@ class OperatorLanguage(enum.StrEnum):
     KO = "ko"
 
 
+class LossCategory(enum.StrEnum):
+    """The loss category an operator's stop reason belongs to (the availability losses of the
+    six big losses, and the causes outside the machine)."""
+
+    BREAKDOWN = "breakdown"
+    SETUP = "setup"  # setup and adjustment
+    MINOR_STOP = "minor_stop"
+    MATERIAL = "material"  # waiting for material or parts
+    PEOPLE = "people"  # no operator
+    QUALITY = "quality"  # stopped for a quality check
+    OTHER = "other"
+
+
 class LogFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -608,6 +621,15 @@ class Signals:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StopReason:
+    """A reason an operator may give a stop on the operator page (docs/operator.md)."""
+
+    name: str = key(NAME, "the reason's name in loss_time_by_reason_s")
+    category: LossCategory = key(Choice(LossCategory), "its loss category", LossCategory.OTHER)
+    label: str | None = key(Opt(STR), "what the page shows", None, shown="the name")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LineConfig:
     name: str = key(NAME, "unique; third MQTT topic level")
     timezone: str = key(TimeZone(), "the shifts' local time, e.g. Asia/Seoul", "UTC")
@@ -637,6 +659,11 @@ class LineConfig:
         ),
         "states excluded from planned production time",
         frozenset({MachineState.PLANNED_STOP}),
+    )
+    stop_reasons: tuple[StopReason, ...] = key(
+        ListOf(Model(StopReason), names="reason"),
+        "what operators may name a stop with (the operator page)",
+        (),
     )
     shifts: tuple[Shift, ...] = key(
         ListOf(Model(Shift), names="shift"),

@@ -125,6 +125,7 @@ from edge_agent.engine.signals import (
     state_kind,
     tag_lookup,
 )
+from edge_agent.engine.stops import ACTION_TAGS, OPERATOR_SOURCE, StopBook
 from edge_agent.engine.windows import OpenWindow
 from edge_agent.model import Quality, Sample
 
@@ -200,6 +201,7 @@ class LineEngine:
         self._last_report: KpiReport | None = None
         self._last_known_state = MachineState.UNKNOWN  # the state before an unknown spell
         self._notices: list[str] = []  # for the log: take_notices()
+        self.stops = StopBook(tuple(r.name for r in cfg.stop_reasons))
         self._orders = OrderTracker(
             site=site,
             line=self.line,
@@ -251,6 +253,8 @@ class LineEngine:
         """Take one sample. Samples of other tags are ignored at the cost of two dict lookups."""
         tags = self._lookup.get(sample.source)
         if tags is None:
+            if sample.source == OPERATOR_SOURCE:
+                self._operator_input(sample)
             return
         entry = tags.get(sample.tag)
         if entry is None:
@@ -438,6 +442,23 @@ class LineEngine:
             )
         )
 
+    def _operator_input(self, sample: Sample) -> None:
+        """An operator action (a sample of source ``operator``, :mod:`edge_agent.engine.stops`):
+        applied to the open shift, or a notice says why not."""
+        line, _, tag = sample.tag.rpartition(".")
+        if line != self.line or tag not in ACTION_TAGS:
+            return
+        t = self._advance(sample.agent_time)
+        value = as_float(sample.value)
+        assert self._shift is not None
+        if value is None:
+            self._notice(f"operator action {tag}: not a number")
+            return
+        self._cut(t)  # the pieces up to now belong to their stops
+        problem = self.stops.take(tag, value, self._shift.acc)
+        if problem is not None:
+            self._notice(f"operator action not applied: {problem}")
+
     def _emit(self, report: Report) -> None:
         self._pending.append(report)
 
@@ -534,6 +555,7 @@ class LineEngine:
             self._hour = None
         elif o is self._shift:
             self._shift = None
+            self.stops.new_shift()
 
     def _cut(self, t: float) -> None:
         """Close the current piece at ``t`` into every open window."""
@@ -545,6 +567,8 @@ class LineEngine:
                 loss_s = o.acc.add(a, t, self._state, unknown, self._reason)
                 if stopping:
                     o.micro_pending_s += loss_s
+            if self._reason is None and not unknown and self._is_loss(self._state):
+                self.stops.piece(a, t, self._state)
             if self._energy.measuring and self._shift:
                 # Time by bucket since the last meter sample: the next delta is split over it.
                 self._energy.add_time(*self._shift.acc.classify(a, t, self._state, unknown))
@@ -559,6 +583,7 @@ class LineEngine:
         self._cut(t)
         previous = self._state
         self._state, self._state_since = state, t
+        self.stops.state_changed(state, t, loss=self._is_loss(state), known=not self._causes)
         self._track_stop(previous, state, t)
         self._track_fault(previous, state, t)
         self._pending.append(
@@ -647,6 +672,7 @@ class LineEngine:
         if not self._causes:
             self._cut(t)
             self._cancel_stop()  # a stop whose end cannot be seen is not a micro-stop
+            self.stops.state_changed(self._state, t, loss=False, known=False)
         self._causes.add(cause)
 
     def _remove_cause(self, cause: str, t: float) -> None:
@@ -655,6 +681,8 @@ class LineEngine:
         if len(self._causes) == 1:
             self._cut(t)
         self._causes.discard(cause)
+        if not self._causes:
+            self.stops.state_changed(self._state, t, loss=self._is_loss(self._state), known=True)
 
     def _data_lost(self, key: str, kind: int, t: float) -> None:
         self._add_cause(key, t)
