@@ -218,7 +218,12 @@ class Agent:
         boards = Boards(line.name for line in self.cfg.lines)
         runner.on_reports = boards.take
         self.operator = server = OperatorServer.from_config(
-            self.cfg.operator, boards, runner.command
+            self.cfg.operator,
+            boards,
+            runner.command,
+            engines=lambda: runner.engines,
+            deliver=runner.deliver,
+            agent_clock=self.clock,
         )
         self.supervisor.add(
             Component(

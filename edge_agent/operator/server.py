@@ -28,18 +28,21 @@ import os
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.engine.stops import OPERATOR_SOURCE
 from edge_agent.errors import EdgeAgentError
+from edge_agent.model import Quality, Sample
 from edge_agent.operator.board import Boards
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from edge_agent.config.schema import OperatorConfig
+    from edge_agent.engine.line import LineEngine
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +67,9 @@ _STATIC = {
     "/static/strings.json": ("strings.json", "application/json; charset=utf-8"),
 }
 
-# (line, command name, payload) -> applied by the pipeline; None: no engine for that line.
+# (line, command name, payload) -> applied by the pipeline.
 Command = Callable[[str, str, bytes], None]
+MAX_REASON_CHARS = 64
 
 
 class OperatorServeError(EdgeAgentError):
@@ -122,8 +126,17 @@ class OperatorServer:
         boards: Boards,
         command: Command,
         *,
+        engines: Callable[[], Mapping[str, LineEngine]] = dict,
+        deliver: Callable[[list[Sample]], None] = lambda samples: None,
+        agent_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``engines`` and ``deliver``: the pipeline's line engines and its sample input (the
+        stops to classify, and the operator's actions as samples); ``agent_clock``: the agent's
+        time for those samples; ``clock``: for sessions and the rate limit."""
+        self._engines = engines
+        self._deliver = deliver
+        self._agent_clock = agent_clock
         self.cfg = cfg
         self.stations = {s.name: s for s in stations}
         self.boards = boards
@@ -139,13 +152,15 @@ class OperatorServer:
         }
 
     @classmethod
-    def from_config(cls, cfg: OperatorConfig, boards: Boards, command: Command) -> OperatorServer:
+    def from_config(
+        cls, cfg: OperatorConfig, boards: Boards, command: Command, **kw: Any
+    ) -> OperatorServer:
         """The server the ``operator`` section describes; the PIN files are read now."""
         stations = [
             Station(s.name, s.lines, read_pin(s.pin_file, f"operator.stations[{i}].pin_file"))
             for i, s in enumerate(cfg.stations)
         ]
-        return cls(cfg, stations, boards, command)
+        return cls(cfg, stations, boards, command, **kw)
 
     @property
     def tls(self) -> bool:
@@ -381,6 +396,104 @@ class OperatorServer:
         )
         return self._json({"ok": True})
 
+    def _stops_doc(self, line: str) -> dict[str, Any] | None:
+        engine = self._engines().get(line)
+        if engine is None:
+            return None
+        reasons = [
+            {"code": i, "name": r.name, "label": r.label or r.name, "category": str(r.category)}
+            for i, r in enumerate(engine.cfg.stop_reasons, start=1)
+        ]
+        stops = [
+            {
+                "start": stop.start,
+                "end": stop.end,
+                "length_s": round(stop.end - stop.start, 3),
+                "state": stop.state,
+                "reasons": [{"from": t, "reason": r} for t, r in stop.reasons],
+            }
+            for stop in engine.stops.stops
+            if stop.end is not None and stop.pieces
+        ]
+        return {"line": line, "reasons": reasons, "stops": stops}
+
+    async def _stops(self, request: web.Request) -> web.StreamResponse:
+        session = self._session(request)
+        if session is None:
+            return self._json({"error": "signed_out"}, 401)
+        line = self._line(session, request)
+        doc = self._stops_doc(line) if line is not None else None
+        if line is None or doc is None:
+            return self._json({"error": "unknown_line"}, 404)
+        return self._json(doc)
+
+    async def _classify(self, request: web.Request) -> web.StreamResponse:
+        """``{"start": T, "reason": NAME | null, "split_at": T2, "reason2": NAME}``: the stop
+        that started at ``T`` gets ``reason`` (``null``: undo), or with ``split_at`` the part
+        from ``T2`` gets ``reason2``. Applied as operator samples (recorded in the history)."""
+        session = self._writer(request)
+        if not isinstance(session, Session):
+            return session
+        line = self._line(session, request)
+        engine = self._engines().get(line) if line is not None else None
+        if line is None or engine is None:
+            return self._json({"error": "unknown_line"}, 404)
+        doc = await self._body(request)
+        errors: list[str] = []
+        names = [r.name for r in engine.cfg.stop_reasons]
+
+        def code(key: str, *, required: bool) -> int:
+            value = doc.get(key) if doc is not None else None
+            if value is None and not required:
+                return 0
+            if not isinstance(value, str) or len(value) > MAX_REASON_CHARS or value not in names:
+                errors.append(f"{key}: not one of this line's stop reasons")
+                return 0
+            return names.index(value) + 1
+
+        def number(key: str) -> float | None:
+            value = doc.get(key) if doc is not None else None
+            if value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                errors.append(f"{key}: must be a time in POSIX seconds")
+                return None
+            return float(value)
+
+        if doc is None:
+            return self._json({"error": "invalid", "errors": ["not a JSON object"]}, 422)
+        start = number("start")
+        undo = doc.get("reason") is None
+        first = 0 if undo else code("reason", required=True)
+        split_at = number("split_at")
+        second = code("reason2", required=split_at is not None) if split_at is not None else 0
+        stop = engine.stops.find(start) if start is not None else None
+        if stop is None or stop.end is None or not stop.pieces:
+            errors.append("start: no stop of this shift to classify starts then")
+        elif split_at is not None and not stop.start < split_at < stop.end:
+            errors.append("split_at: must be inside the stop")
+        if errors or stop is None or start is None:
+            return self._json({"error": "invalid", "errors": errors}, 422)
+        now = self._agent_clock()
+        values = {"stop": stop.start, "split": split_at or 0.0, "reason2": second, "reason": first}
+        self._deliver(
+            [
+                Sample(OPERATOR_SOURCE, f"{line}.{tag}", value, Quality.GOOD, None, now)
+                for tag, value in values.items()
+            ]
+        )
+        given = [r for _, r in stop.reasons]
+        log.info(
+            "operator: station '%s' %s the stop at %s on line '%s'%s",
+            session.station.name,
+            "unclassified" if undo else "classified",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stop.start)),
+            line,
+            f" as {' then '.join(given)}" if given else "",
+            extra={"line": line},
+        )
+        return self._json({"ok": True, "stops": self._stops_doc(line)})
+
     # ----------------------------------------------------------------------------- lifecycle
 
     def app(self) -> web.Application:
@@ -409,6 +522,8 @@ class OperatorServer:
         app.router.add_get("/api/lines/{line}", self._board)
         app.router.add_get("/api/lines/{line}/events", self._events)
         app.router.add_post("/api/lines/{line}/order", self._order)
+        app.router.add_get("/api/lines/{line}/stops", self._stops)
+        app.router.add_post("/api/lines/{line}/classify", self._classify)
         return app
 
     async def run(self) -> None:

@@ -45,6 +45,9 @@ def config_text(sim: Simulation, broker_port: int, tmp: Path) -> str:
         tag: plc.state{n}
         map: {{1: running, 2: idle, 3: fault, 4: planned_stop, 5: changeover}}
       total_count: {{tag: plc.total{n}, rollover: 65536}}
+    stop_reasons:
+      - {{name: jam, category: breakdown, label: Jam}}
+      - {{name: no_material, category: material, label: No material}}
 """
         for n in (1, 2)
     )
@@ -198,6 +201,88 @@ async def test_sign_in_rate_limit_csrf_headers_and_station_scope(
         assert agent.runner.engines["line1"].state_dict()["order"] is None
 
 
+async def wait_for_stop(http: aiohttp.ClientSession, url: str) -> dict[str, object]:
+    """The first stop of line1 that can be classified (the simulator makes one every few s)."""
+    async with asyncio.timeout(30.0):
+        while True:
+            async with http.get(url + "/api/lines/line1/stops") as r:
+                assert r.status == 200
+                doc = await r.json()
+            if doc["stops"]:
+                assert [x["name"] for x in doc["reasons"]] == ["jam", "no_material"]
+                stop: dict[str, object] = doc["stops"][0]
+                return stop
+            await asyncio.sleep(0.2)  # polling the page's own API, with the deadline above
+
+
+async def test_a_classified_stop_shows_in_the_next_kpi_report(
+    sim: Simulation, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    text = config_text(sim, mosquitto.port, tmp_path)
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with (
+        Running(text) as agent,
+        Subscriber("127.0.0.1", mosquitto.port, "edge-agent/op/line1/kpi") as kpi,
+        aiohttp.ClientSession(cookie_jar=jar) as http,
+    ):
+        url = base_url(agent)
+        async with http.post(url + "/api/login", json={"station": "press-a", "pin": PIN_A}) as r:
+            csrf = (await r.json())["csrf"]
+        headers = {"X-CSRF-Token": csrf}
+        stop = await wait_for_stop(http, url)
+        start, end = float(stop["start"]), float(stop["end"])  # type: ignore[arg-type]
+        for bad, error in (
+            ({"start": start, "reason": "coffee"}, "reason: not one of this line's stop reasons"),
+            ({"start": start - 3600, "reason": "jam"}, "start: no stop of this shift"),
+            (
+                {"start": start, "reason": "jam", "split_at": end + 60, "reason2": "jam"},
+                "split_at: must be inside the stop",
+            ),
+        ):
+            async with http.post(url + "/api/lines/line1/classify", json=bad, headers=headers) as r:
+                assert r.status == 422
+                assert any(e.startswith(error) for e in (await r.json())["errors"])
+        async with http.post(
+            url + "/api/lines/line1/classify", json={"start": start, "reason": "jam"}
+        ) as r:
+            assert r.status == 403  # no CSRF token
+        async with http.post(
+            url + "/api/lines/line1/classify",
+            json={"start": start, "reason": "jam"},
+            headers=headers,
+        ) as r:
+            assert r.status == 200
+        report = (await kpi.wait_for(lambda m: "jam" in m.json()["loss_time_by_reason_s"])).json()
+        jam_s = report["loss_time_by_reason_s"]["jam"]
+        assert 0 < jam_s <= end - start + 1e-3
+        assert any(r["reason"] == "jam" for r in report["top_downtime_reasons"])
+        # Split in the middle: the rest is waiting for material.
+        middle = (start + end) / 2
+        async with http.post(
+            url + "/api/lines/line1/classify",
+            json={"start": start, "reason": "jam", "split_at": middle, "reason2": "no_material"},
+            headers=headers,
+        ) as r:
+            assert r.status == 200
+            listed = next(s for s in (await r.json())["stops"]["stops"] if s["start"] == start)
+            assert [x["reason"] for x in listed["reasons"]] == ["jam", "no_material"]
+        report = (
+            await kpi.wait_for(lambda m: "no_material" in m.json()["loss_time_by_reason_s"])
+        ).json()
+        split = report["loss_time_by_reason_s"]
+        assert abs(split["jam"] + split["no_material"] - jam_s) < 0.01
+        # Undo: the time is unspecified again.
+        async with http.post(
+            url + "/api/lines/line1/classify",
+            json={"start": start, "reason": None},
+            headers=headers,
+        ) as r:
+            assert r.status == 200
+        await kpi.wait_for(
+            lambda m: not {"jam", "no_material"} & set(m.json()["loss_time_by_reason_s"])
+        )
+
+
 async def test_board_follows_the_line_live(
     sim: Simulation, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
@@ -336,6 +421,22 @@ async def test_in_a_real_browser(sim: Simulation, mosquitto: Mosquitto, tmp_path
                     "document.getElementById('k-oee').textContent !== '-'", timeout=5000
                 )
                 await page.screenshot(path=str(SHOTS / f"line-board-{width}x{height}.png"))
+                # Classify the latest stop as a jam: the row says so.
+                row = page.locator("#stops tbody tr").first
+                await row.wait_for(timeout=30_000)
+                await row.locator("select.r1").select_option("jam")
+                await row.locator("button[data-act=set]").click()
+                await page.wait_for_function(
+                    "document.getElementById('stops-msg').textContent === 'Saved.'"
+                )
+                start = float(await row.get_attribute("data-start") or "nan")
+                assert agent.runner is not None
+                stop = agent.runner.engines["line1"].stops.find(start)
+                assert stop is not None and [r for _, r in stop.reasons] == ["jam"]
+                await page.locator("#stops-panel").scroll_into_view_if_needed()
+                await page.screenshot(
+                    path=str(SHOTS / f"classify-{width}x{height}.png"), full_page=True
+                )
                 assert errors == []
                 await context.close()
         finally:

@@ -63,10 +63,61 @@
     $("o-eta").textContent = when(o.eta_current);
   }
 
+  const mmss = (s) => Math.floor(s / 60) + ":" + String(Math.round(s % 60)).padStart(2, "0");
+  let stopsDoc = null, stopsBusy = false;
+  async function loadStops(line) {
+    if (stopsBusy) return;
+    stopsBusy = true;
+    try { const r = await api("/api/lines/" + encodeURIComponent(line) + "/stops"); if (r.status === 200 && JSON.stringify(r.doc) !== JSON.stringify(stopsDoc)) renderStops(r.doc); }
+    finally { stopsBusy = false; }
+  }
+  function reasonSelect(reasons, cls) {
+    const sel = document.createElement("select"); sel.className = cls;
+    for (const r of reasons) { const o = document.createElement("option"); o.value = r.name; o.textContent = r.label; sel.appendChild(o); }
+    return sel;
+  }
+  function button(text, act, cls) {
+    const b = document.createElement("button"); b.type = "button"; b.textContent = text; b.dataset.act = act; if (cls) b.className = cls; return b;
+  }
+  function renderStops(doc) {
+    stopsDoc = doc;
+    const body = document.querySelector("#stops tbody"); body.textContent = "";
+    $("stops-panel").hidden = !doc.reasons.length;
+    if (!doc.stops.length) { $("stops-msg").textContent = T.no_stops; }
+    for (const st of doc.stops.slice().reverse()) {
+      const tr = document.createElement("tr"); tr.dataset.start = st.start;
+      const cells = [new Date(st.start * 1000).toLocaleTimeString(), mmss(st.length_s), T["state_" + st.state] || st.state,
+        st.reasons.length ? st.reasons.map((r) => r.reason).join(" / ") : T.unclassified];
+      for (const c of cells) { const td = document.createElement("td"); td.textContent = c; tr.appendChild(td); }
+      tr.children[3].className = "reason";
+      const td = document.createElement("td"); td.className = "actions";
+      const split = document.createElement("input"); split.type = "time"; split.step = 1; split.className = "split-at";
+      split.setAttribute("aria-label", T.split);
+      td.append(reasonSelect(doc.reasons, "r1"), button(T.set, "set"), split, reasonSelect(doc.reasons, "r2"),
+        button(T.split, "split", "secondary"), button(T.undo, "undo", "secondary"));
+      tr.appendChild(td); body.appendChild(tr);
+    }
+  }
+  document.querySelector("#stops tbody").addEventListener("click", async (e) => {
+    const act = e.target.dataset && e.target.dataset.act; if (!act) return;
+    const tr = e.target.closest("tr"), start = Number(tr.dataset.start);
+    const body = { start: start, reason: act === "undo" ? null : tr.querySelector(".r1").value };
+    if (act === "split") {
+      const v = tr.querySelector(".split-at").value; if (!v) return;
+      const day = new Date(start * 1000), parts = v.split(":").map(Number);
+      day.setHours(parts[0], parts[1], parts[2] || 0, 0);
+      body.split_at = day.getTime() / 1000; body.reason2 = tr.querySelector(".r2").value;
+    }
+    const line = $("line").value || lines[0];
+    const r = await api("/api/lines/" + encodeURIComponent(line) + "/classify", body);
+    $("stops-msg").textContent = r.status === 200 ? T.classified : T.invalid + " " + (r.doc.errors || [r.doc.error]).join("; ");
+    if (r.status === 200) renderStops(r.doc.stops);
+  });
+
   function follow(line) {
     if (events) events.close();
     events = new EventSource("/api/lines/" + encodeURIComponent(line) + "/events");
-    events.addEventListener("board", (e) => render(JSON.parse(e.data)));
+    events.addEventListener("board", (e) => { render(JSON.parse(e.data)); loadStops(line); });
     events.onerror = () => { $("state-since").textContent = T.offline; };
   }
 
