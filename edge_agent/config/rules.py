@@ -29,6 +29,7 @@ from edge_agent.config.schema import (
     TlsConfig,
     modicon_hint,
 )
+from edge_agent.engine.stops import OPERATOR_SOURCE
 from edge_agent.sinks import sparkplug
 
 # Lines one agent serves with its engine step well inside the 1 s tick on 2 cores (measured:
@@ -81,6 +82,7 @@ def _agent(ctx: Ctx, parsed: Parsed) -> None:
 def _modbus_source(ctx: Ctx, parsed: Parsed) -> None:
     """host/port for the TCP transports, serial for rtu (one source per port: references)."""
     _backoff(ctx, parsed, ModbusSourceConfig)
+    _reserved_name(ctx, parsed)
     transport = parsed.get("transport", ModbusTransport.TCP)
     if not isinstance(transport, ModbusTransport):
         return
@@ -103,6 +105,13 @@ def _modbus_source(ctx: Ctx, parsed: Parsed) -> None:
 @rule(OpcuaSourceConfig, always=True)
 def _opcua_source(ctx: Ctx, parsed: Parsed) -> None:
     _backoff(ctx, parsed, OpcuaSourceConfig)
+    _reserved_name(ctx, parsed)
+
+
+def _reserved_name(ctx: Ctx, parsed: Parsed) -> None:
+    if parsed.get("name") == OPERATOR_SOURCE:
+        message = f"'{OPERATOR_SOURCE}' is reserved for the operator page's actions: rename it"
+        ctx.add(*parsed.at("name"), message)
 
 
 @rule(OpcuaSecurityConfig)

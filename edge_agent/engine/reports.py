@@ -330,7 +330,8 @@ class KpiReport:
         Mapping[str, float],
         Doc(
             "availability-loss time by downtime reason (reason signal's map, 'code N' when"
-            " unmapped, 'unspecified' when no reason was known)",
+            " unmapped, a line's stop_reasons name an operator gave, 'unspecified' when no"
+            " reason was known)",
             {"type": "object", "additionalProperties": SECONDS},
         ),
     ]

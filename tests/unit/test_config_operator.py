@@ -88,3 +88,11 @@ def test_a_pin_file_must_hold_a_pin(tmp_path: Path) -> None:
     assert "secret" not in str(info.value)
     with pytest.raises(OperatorServeError, match="cannot read secret file"):
         read_pin(str(tmp_path / "missing"), "operator.stations[0].pin_file")
+
+
+def test_the_operator_source_name_is_reserved() -> None:
+    found = issues(("sources.0.name", "operator"))
+    assert (
+        "sources[0].name",
+        "'operator' is reserved for the operator page's actions: rename it",
+    ) in found
