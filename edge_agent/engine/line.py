@@ -449,6 +449,8 @@ class LineEngine:
         if line != self.line or tag not in ACTION_TAGS:
             return
         t = self._advance(sample.agent_time)
+        if sample.quality is not Quality.GOOD:
+            return  # an outage mark of the history: no action
         value = as_float(sample.value)
         assert self._shift is not None
         if value is None:

@@ -9,9 +9,15 @@ time inside the stop, the part before to one reason and the rest to another; an 
 back. The amounts moved are computed from the pieces by the window's own accounting
 (:meth:`~edge_agent.engine.oee.Accounting.classify`), so breaks inside a stop are never counted.
 
-Operator actions reach the engine as samples of the reserved source :data:`OPERATOR_SOURCE`
-(tags ``LINE.stop``, ``LINE.split``, ``LINE.reason2``, then ``LINE.reason``, which applies them),
-so the sample history records them and ``edge-agent replay`` reproduces the reports.
+Operator actions reach the engine as samples of the reserved source :data:`OPERATOR_SOURCE`,
+so the sample history records them and ``edge-agent replay`` reproduces the reports: tags
+``LINE.stop`` (the stop's start), ``LINE.split`` (0: none), ``LINE.reason2`` and ``LINE.reason``
+(codes, 1-based in the line's ``stop_reasons``; reason 0 undoes), then ``LINE.action``, the line's
+action number, one more than the last, which applies them. The history records a tag only when
+its value changes and writes every tag's value again at each keyframe: so the values given are
+kept until the next sample of their tag (an unchanged value is the same value), and an action
+number not above the last one applied is ignored (a keyframe does not apply an action twice).
+Samples of bad quality (the history's marks of an outage) carry no action.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from edge_agent.engine.oee import UNSPECIFIED_REASON, Accounting
 
 OPERATOR_SOURCE = "operator"
 # The tags of one action, in the order the page sends them; `reason` applies the action.
-ACTION_TAGS = ("stop", "split", "reason2", "reason")
+ACTION_TAGS = ("stop", "split", "reason2", "reason", "action")
 MAX_STOPS = 500  # kept per shift; older ones can no longer be classified
 _SAME_TIME_S = 1e-3  # a stop is named by its start time, to the millisecond
 
@@ -68,7 +74,8 @@ class StopBook:
     def __init__(self, reasons: tuple[str, ...]) -> None:
         self.reasons = reasons  # the line's configured stop reasons, in order (codes from 1)
         self.stops: list[Stop] = []
-        self._staged: dict[str, float] = {}
+        self._staged: dict[str, float] = {}  # the latest value of each action tag
+        self.seq = 0  # the number of the last action applied
 
     # --- fed by the engine --------------------------------------------------------------------
 
@@ -90,21 +97,23 @@ class StopBook:
     def new_shift(self) -> None:
         """The shift closed: its stops can no longer be classified."""
         self.stops = []
-        self._staged = {}
 
     # --- operator actions ------------------------------------------------------------------------
 
     def take(self, tag: str, value: float, acc: Accounting) -> str | None:
-        """One action sample (``tag`` without the line: ``stop``, ``split``, ``reason2``,
-        ``reason``). On ``reason`` the staged action is applied to ``acc``; returns a problem
-        in words when it cannot be (nothing changes then), else ``None``."""
-        if tag != "reason":
+        """One action sample (``tag`` without the line: see :data:`ACTION_TAGS`). On a new
+        ``action`` number the action is applied to ``acc``; returns a problem in words when it
+        cannot be (nothing changes then), else ``None``."""
+        if tag != "action":
             self._staged[tag] = value
             return None
-        staged, self._staged = self._staged, {}
+        if value <= self.seq:
+            return None  # applied already (a keyframe repeats the last action's number)
+        self.seq = int(value)
+        staged = self._staged
         return self.classify(
             staged.get("stop", -1.0),
-            int(value),
+            int(staged.get("reason", 0)),
             acc,
             split_at=staged.get("split") or None,
             second=int(staged.get("reason2", 0)),
@@ -153,12 +162,17 @@ class StopBook:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stops": [s.to_dict() for s in self.stops], "staged": dict(self._staged)}
+        return {
+            "stops": [s.to_dict() for s in self.stops],
+            "staged": dict(self._staged),
+            "seq": self.seq,
+        }
 
     def restore(self, d: dict[str, Any] | None) -> None:
         d = d or {}
         self.stops = [Stop.from_dict(s) for s in d.get("stops", ())]
         self._staged = {str(k): float(v) for k, v in (d.get("staged") or {}).items()}
+        self.seq = int(d.get("seq") or 0)
 
 
 def _amounts(stop: Stop, reasons: list[tuple[float, str]], acc: Accounting) -> dict[str, float]:

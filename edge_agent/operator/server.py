@@ -475,7 +475,13 @@ class OperatorServer:
         if errors or stop is None or start is None:
             return self._json({"error": "invalid", "errors": errors}, 422)
         now = self._agent_clock()
-        values = {"stop": stop.start, "split": split_at or 0.0, "reason2": second, "reason": first}
+        values = {
+            "stop": stop.start,
+            "split": split_at or 0.0,
+            "reason2": second,
+            "reason": first,
+            "action": engine.stops.seq + 1,
+        }
         self._deliver(
             [
                 Sample(OPERATOR_SOURCE, f"{line}.{tag}", value, Quality.GOOD, None, now)

@@ -23,11 +23,15 @@ def engine(**kw: Any) -> LineEngine:
     return LineEngine(line_cfg(shifts=(DAY,), stop_reasons=REASONS, **kw), site="s")
 
 
+_seq = iter(range(1, 10_000))
+
+
 def act(
     stop: float, reason: int, t: float, *, split: float = 0.0, reason2: int = 0
 ) -> list[Sample]:
-    """The samples the operator page sends for one action."""
+    """The samples the operator page sends for one action (action numbers increase)."""
     values = {"stop": stop, "split": split, "reason2": reason2, "reason": reason}
+    values["action"] = next(_seq)
     return [
         Sample(OPERATOR_SOURCE, f"line1.{tag}", v, Quality.GOOD, None, t)
         for tag, v in values.items()
@@ -133,3 +137,45 @@ def test_same_samples_same_report_and_kept_across_a_restart() -> None:
     for s in act(start, 0, T0 + 42 * M):
         restored.ingest(s)
     assert reasons(restored, T0 + 43 * M) == {"unspecified": 600.0}
+
+
+def as_history(samples: list[Sample], keyframe_at: float) -> list[Sample]:
+    """What the sample history keeps of ``samples``: a sample only when its tag's value
+    changed, then a keyframe (every tag's last value again) at ``keyframe_at``."""
+    last: dict[tuple[str, str], Sample] = {}
+    kept = []
+    for s in samples:
+        key = (s.source, s.tag)
+        if key in last and last[key].value == s.value and last[key].quality is s.quality:
+            continue
+        last[key] = s
+        kept.append(s)
+    return kept + [s._replace(agent_time=keyframe_at) for s in last.values()]
+
+
+def test_replay_of_the_history_gives_the_same_report() -> None:
+    """Two stops, classified with repeated values (the history drops them) and a keyframe
+    after the last action (it repeats the action number: not applied again)."""
+    live = engine()
+    samples = run_stop(live)
+    more = [smp("plc.state", 2, T0 + 30 * M), smp("plc.state", 1, T0 + 35 * M)]
+    for s in more:
+        live.ingest(s)
+    first, second = (stop.start for stop in live.stops.stops)
+    actions = [
+        *act(first, 1, T0 + 40 * M),
+        *act(second, 1, T0 + 41 * M),  # same reason, split and reason2: dropped but the same
+        *act(first, 2, T0 + 42 * M, split=T0 + 15 * M, reason2=1),
+    ]
+    for s in actions:
+        live.ingest(s)
+    expected = {"no_material": 300.0, "jam": 300.0 + 300.0}
+    assert reasons(live, T0 + 50 * M) == expected
+    replayed = engine()
+    for s in as_history(samples + more + actions, T0 + 45 * M):
+        replayed.ingest(s)
+    assert replayed.snapshot(T0 + 50 * M) == live.snapshot(T0 + 50 * M)
+    # A bad-quality mark (an outage in the history) applies nothing.
+    for s in act(first, 0, T0 + 51 * M):
+        replayed.ingest(s._replace(quality=Quality.BAD))
+    assert reasons(replayed, T0 + 52 * M) == expected
