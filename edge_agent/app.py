@@ -223,6 +223,7 @@ class Agent:
             runner.command,
             engines=lambda: runner.engines,
             deliver=runner.deliver,
+            publish=runner.publish,
             agent_clock=self.clock,
         )
         self.supervisor.add(

@@ -402,6 +402,11 @@ class Pipeline:
         if self.on_reports is not None:
             self.on_reports(reports)
 
+    def publish(self, reports: list[Report]) -> None:
+        """Make reports that are not the engines' durable at once, with the engine state (the
+        operator page's audit events: they follow the action they record)."""
+        self._persist(contract.messages(reports, qos=self._qos))
+
     def step(self, *, snapshot: bool) -> int:
         """Tick every engine; with ``snapshot`` add the live ``kpi`` reports. Returns the number of
         messages made durable (0 while the outbox cannot be written: they wait in memory)."""

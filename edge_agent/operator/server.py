@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.engine.build import iso
+from edge_agent.engine.reports import OperatorEvent
 from edge_agent.engine.stops import OPERATOR_SOURCE
 from edge_agent.errors import EdgeAgentError
 from edge_agent.model import Quality, Sample
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
     from edge_agent.config.schema import OperatorConfig
     from edge_agent.engine.line import LineEngine
+    from edge_agent.engine.reports import Report
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,7 @@ class OperatorServer:
         *,
         engines: Callable[[], Mapping[str, LineEngine]] = dict,
         deliver: Callable[[list[Sample]], None] = lambda samples: None,
+        publish: Callable[[list[Report]], None] = lambda reports: None,
         agent_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -136,6 +140,7 @@ class OperatorServer:
         time for those samples; ``clock``: for sessions and the rate limit."""
         self._engines = engines
         self._deliver = deliver
+        self._publish = publish
         self._agent_clock = agent_clock
         self.cfg = cfg
         self.stations = {s.name: s for s in stations}
@@ -387,6 +392,20 @@ class OperatorServer:
         if errors:
             return self._json({"error": "invalid", "errors": errors}, 422)
         self._command(line, "order", json.dumps(command).encode())
+        engine = self._engines().get(line)
+        if engine is not None:
+            self._publish(
+                [
+                    OperatorEvent(
+                        site=engine.site,
+                        line=line,
+                        ts=iso(self._agent_clock(), engine.calendar.tz),
+                        station=session.station.name,
+                        action="order",
+                        order_id=command["order_id"],
+                    )
+                ]
+            )
         log.info(
             "operator: station '%s' set order %r on line '%s'",
             session.station.name,
@@ -489,6 +508,24 @@ class OperatorServer:
             ]
         )
         given = [r for _, r in stop.reasons]
+        applied = (stop.reasons == []) if undo else bool(stop.reasons)
+        if not applied:  # the engine refused it (its notice says why in the log)
+            return self._json({"error": "invalid", "errors": ["not applied"]}, 422)
+        tz = engine.calendar.tz
+        self._publish(
+            [
+                OperatorEvent(
+                    site=engine.site,
+                    line=line,
+                    ts=iso(now, tz),
+                    station=session.station.name,
+                    action="unclassify" if undo else "classify",
+                    stop_start=iso(stop.start, tz),
+                    reasons=tuple(given),
+                    split_at=iso(split_at, tz) if split_at is not None else None,
+                )
+            ]
+        )
         log.info(
             "operator: station '%s' %s the stop at %s on line '%s'%s",
             session.station.name,

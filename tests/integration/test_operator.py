@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import jsonschema
 import pytest
 from helpers.mosquitto import Mosquitto
 from helpers.net import free_port
@@ -29,6 +30,9 @@ from simulators.runner import Simulation
 pytestmark = pytest.mark.integration
 
 SPEED = 4.0
+OPERATOR_SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "docs/schemas/operator.schema.json").read_text()
+)
 PIN_A, PIN_B = "4321", "98765"
 
 
@@ -223,6 +227,7 @@ async def test_a_classified_stop_shows_in_the_next_kpi_report(
     async with (
         Running(text) as agent,
         Subscriber("127.0.0.1", mosquitto.port, "edge-agent/op/line1/kpi") as kpi,
+        Subscriber("127.0.0.1", mosquitto.port, "edge-agent/op/line1/operator") as audit,
         aiohttp.ClientSession(cookie_jar=jar) as http,
     ):
         url = base_url(agent)
@@ -271,6 +276,15 @@ async def test_a_classified_stop_shows_in_the_next_kpi_report(
         ).json()
         split = report["loss_time_by_reason_s"]
         assert abs(split["jam"] + split["no_material"] - jam_s) < 0.01
+        # Each applied action is published for audit, naming the station.
+        events = [m.json() for m in await audit.collect(2, timeout_s=10.0)]
+        for event in events:
+            jsonschema.validate(event, OPERATOR_SCHEMA)
+        assert [(e["station"], e["action"], e["reasons"]) for e in events] == [
+            ("press-a", "classify", ["jam"]),
+            ("press-a", "classify", ["jam", "no_material"]),
+        ]
+        assert "split_at" in events[1] and "split_at" not in events[0]
         # Undo: the time is unspecified again.
         async with http.post(
             url + "/api/lines/line1/classify",
