@@ -21,6 +21,7 @@ log names the station.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -358,6 +359,11 @@ class OperatorServer:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
         )
         await response.prepare(request)
+        with contextlib.suppress(ConnectionResetError):  # the page went away: nothing to say
+            await self._stream(request, response, line)
+        return response
+
+    async def _stream(self, request: web.Request, response: web.StreamResponse, line: str) -> None:
         last: dict[str, Any] | None = None
         while True:
             change = self.boards.next_change()
@@ -372,8 +378,7 @@ class OperatorServer:
             except TimeoutError:
                 await response.write(b": keepalive\n\n")
             if self._session(request) is None:  # signed out elsewhere, or expired
-                break
-        return response
+                return
 
     async def _order(self, request: web.Request) -> web.StreamResponse:
         session = self._writer(request)

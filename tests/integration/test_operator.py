@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import io
 import json
 import os
 import time
@@ -23,6 +24,8 @@ from helpers.subscriber import Subscriber
 from edge_agent.app import Agent
 from edge_agent.config.loader import load_config_text
 from edge_agent.operator import server as operator_server
+from edge_agent.replay import replay
+from edge_agent.sinks.history import export_csv
 from edge_agent.sinks.prometheus import Metrics
 from simulators.model import LineParams
 from simulators.runner import Simulation
@@ -455,3 +458,46 @@ async def test_in_a_real_browser(sim: Simulation, mosquitto: Mosquitto, tmp_path
                 await context.close()
         finally:
             await browser.close()
+
+
+async def test_replay_of_the_history_gives_the_reasons_the_live_agent_reported(
+    sim: Simulation, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The actions are in the sample history: its export, replayed, books the stop's time to
+    the same reasons as the live kpi report did."""
+    text = config_text(sim, mosquitto.port, tmp_path)
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with (
+        Running(text) as agent,
+        Subscriber("127.0.0.1", mosquitto.port, "edge-agent/op/line1/kpi") as kpi,
+        aiohttp.ClientSession(cookie_jar=jar) as http,
+    ):
+        url = base_url(agent)
+        async with http.post(url + "/api/login", json={"station": "press-a", "pin": PIN_A}) as r:
+            csrf = (await r.json())["csrf"]
+        stop = await wait_for_stop(http, url)
+        start, end = float(stop["start"]), float(stop["end"])  # type: ignore[arg-type]
+        async with http.post(
+            url + "/api/lines/line1/classify",
+            json={
+                "start": start,
+                "reason": "no_material",
+                "split_at": (start + end) / 2,
+                "reason2": "jam",
+            },
+            headers={"X-CSRF-Token": csrf},
+        ) as r:
+            assert r.status == 200
+        live = (
+            await kpi.wait_for(lambda m: "no_material" in m.json()["loss_time_by_reason_s"])
+        ).json()["loss_time_by_reason_s"]
+    csv = io.StringIO()
+    export_csv(tmp_path / "state" / "history.sqlite", csv)
+    assert "operator.line1.action" in csv.getvalue()
+    csv.seek(0)
+    result = replay(load_config_text(text), csv)
+    assert result.problems == []
+    [line1] = [r for r in result.open if r["line"] == "line1"]
+    replayed = line1["loss_time_by_reason_s"]
+    assert replayed["no_material"] == pytest.approx(live["no_material"], abs=1e-3)
+    assert replayed["jam"] == pytest.approx(live["jam"], abs=1e-3)
