@@ -501,3 +501,37 @@ async def test_replay_of_the_history_gives_the_reasons_the_live_agent_reported(
     replayed = line1["loss_time_by_reason_s"]
     assert replayed["no_material"] == pytest.approx(live["no_material"], abs=1e-3)
     assert replayed["jam"] == pytest.approx(live["jam"], abs=1e-3)
+
+
+async def test_the_page_speaks_korean_to_a_korean_browser(
+    sim: Simulation, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    _need_chromium()
+    from playwright.async_api import async_playwright
+
+    text = config_text(sim, mosquitto.port, tmp_path)
+    async with Running(text) as agent, async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            context = await browser.new_context(
+                viewport={"width": 800, "height": 1280}, locale="ko-KR"
+            )
+            page = await context.new_page()
+            await page.goto(base_url(agent) + "/")
+            await page.wait_for_function("document.documentElement.lang === 'ko'")
+            assert await page.inner_text("#login button[type=submit]") == "로그인"
+            await page.fill("#pin", "0000")
+            await page.click("#login button[type=submit]")
+            await page.wait_for_function(
+                "document.getElementById('login-error').textContent.length > 0"
+            )
+            assert await page.inner_text("#login-error") == "PIN이 틀렸습니다."
+            await page.fill("#pin", PIN_A)
+            await page.click("#login button[type=submit]")
+            await page.wait_for_selector("#board:not([hidden])")
+            assert await page.inner_text("[data-t=availability]") == "가동률"
+            await context.close()
+        finally:
+            await browser.close()
