@@ -224,6 +224,7 @@ class Agent:
             engines=lambda: runner.engines,
             deliver=runner.deliver,
             publish=runner.publish,
+            note=runner.shift_note,
             agent_clock=self.clock,
         )
         self.supervisor.add(

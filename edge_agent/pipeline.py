@@ -402,6 +402,14 @@ class Pipeline:
         if self.on_reports is not None:
             self.on_reports(reports)
 
+    def shift_note(self, line: str, note: str | None) -> None:
+        """Set the operators' note on ``line``'s open shift, stored with the engine state at
+        once (docs/operator.md)."""
+        engine = self.engines.get(line)
+        if engine is not None:
+            engine.set_shift_note(note, self._now())
+            self._persist([], force_state=True)
+
     def publish(self, reports: list[Report]) -> None:
         """Make reports that are not the engines' durable at once, with the engine state (the
         operator page's audit events: they follow the action they record)."""

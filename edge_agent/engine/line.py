@@ -79,6 +79,7 @@ otherwise a crash in between repeats or loses a closed shift's report.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from edge_agent.config.schema import LineConfig
@@ -202,6 +203,7 @@ class LineEngine:
         self._last_known_state = MachineState.UNKNOWN  # the state before an unknown spell
         self._notices: list[str] = []  # for the log: take_notices()
         self.stops = StopBook(tuple(r.name for r in cfg.stop_reasons))
+        self.shift_note: str | None = None  # the operators' note on the open shift
         self._orders = OrderTracker(
             site=site,
             line=self.line,
@@ -558,6 +560,7 @@ class LineEngine:
         elif o is self._shift:
             self._shift = None
             self.stops.new_shift()
+            self.shift_note = None
 
     def _cut(self, t: float) -> None:
         """Close the current piece at ``t`` into every open window."""
@@ -730,7 +733,19 @@ class LineEngine:
     def _buckets(self, o: OpenWindow, until: float) -> TimeBuckets:
         return o.acc.buckets(until, self._open_piece())
 
+    def set_shift_note(self, note: str | None, now: float) -> None:
+        """The operators' note on the shift open at ``now`` (``None``: none), carried in its
+        reports (``shift_note``) until it closes. Persisted with the state."""
+        self._advance(now)
+        self.shift_note = note or None
+
     def _report(self, o: OpenWindow, now: float, *, closed: bool = False) -> KpiReport:
+        report = self._window_report(o, now, closed=closed)
+        if self.shift_note is not None and o is self._shift and o.window.kind == SHIFT:
+            return dataclasses.replace(report, shift_note=self.shift_note)
+        return report
+
+    def _window_report(self, o: OpenWindow, now: float, *, closed: bool = False) -> KpiReport:
         return window_report(
             o,
             self._buckets(o, now),

@@ -82,6 +82,7 @@ def save(engine: LineEngine) -> dict[str, Any]:
         "pending": [_saved_report(r) for r in engine._pending],
         "windows": {},
         "stops": _saved_stops(engine),
+        "shift_note": engine.shift_note,
     }
     if engine._now is not None:
         piece = engine._open_piece()
@@ -156,6 +157,8 @@ def restore(engine: LineEngine, d: dict[str, Any]) -> None:
     engine._causes = {AGENT_CAUSE}
     engine._piece_start = engine._now
     engine.stops.restore(d.get("stops"))
+    note = d.get("shift_note")
+    engine.shift_note = note if isinstance(note, str) else None
     windows = d.get("windows") or {}
     if version == 1 and d.get("window") is not None:
         windows = {"shift": _v1_window(engine, d)}

@@ -431,6 +431,16 @@ class KpiReport:
             required=False,
         ),
     ]
+    shift_note: Annotated[
+        str | None,
+        Doc(
+            "the operators' note on this shift (the operator page; shift windows only), at most"
+            " 500 characters; absent without one",
+            {"type": "string", "maxLength": 500},
+            required=False,
+            omit_none=True,
+        ),
+    ] = None
     # Not on the wire: a closed window's final report (kpi/shift, kpi/hour), not a snapshot.
     closed: bool = False
 
@@ -694,8 +704,8 @@ class OperatorEvent:
         str,
         Doc(
             "classify: a stop got reasons; unclassify: its reasons were undone; order: the"
-            " current order was set",
-            {"enum": ["classify", "unclassify", "order"]},
+            " current order was set; note: the shift note was set (empty: removed)",
+            {"enum": ["classify", "unclassify", "order", "note"]},
         ),
     ]
     stop_start: Annotated[
@@ -721,6 +731,9 @@ class OperatorEvent:
     ] = None
     order_id: Annotated[
         str | None, Doc("the order set (order)", STRING, required=False, omit_none=True)
+    ] = None
+    note: Annotated[
+        str | None, Doc("the shift note set (note)", STRING, required=False, omit_none=True)
     ] = None
 
 

@@ -32,6 +32,7 @@ BOARD_KPI_FIELDS: tuple[str, ...] = (
     "top_downtime_reasons",
     "data_coverage",
     "warnings",
+    "shift_note",
 )
 BOARD_ORDER_FIELDS: tuple[str, ...] = (
     "order_id",

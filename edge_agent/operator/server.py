@@ -74,6 +74,7 @@ _STATIC = {
 # (line, command name, payload) -> applied by the pipeline.
 Command = Callable[[str, str, bytes], None]
 MAX_REASON_CHARS = 64
+MAX_NOTE_CHARS = 500
 
 
 class OperatorServeError(EdgeAgentError):
@@ -133,6 +134,7 @@ class OperatorServer:
         engines: Callable[[], Mapping[str, LineEngine]] = dict,
         deliver: Callable[[list[Sample]], None] = lambda samples: None,
         publish: Callable[[list[Report]], None] = lambda reports: None,
+        note: Callable[[str, str | None], None] = lambda line, note: None,
         agent_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -142,6 +144,7 @@ class OperatorServer:
         self._engines = engines
         self._deliver = deliver
         self._publish = publish
+        self._note = note
         self._agent_clock = agent_clock
         self.cfg = cfg
         self.stations = {s.name: s for s in stations}
@@ -542,6 +545,53 @@ class OperatorServer:
         )
         return self._json({"ok": True, "stops": self._stops_doc(line)})
 
+    async def _shift_note(self, request: web.Request) -> web.StreamResponse:
+        """``{"note": TEXT}``: the note on the line's open shift (empty or null: none)."""
+        session = self._writer(request)
+        if not isinstance(session, Session):
+            return session
+        line = self._line(session, request)
+        engine = self._engines().get(line) if line is not None else None
+        if line is None or engine is None:
+            return self._json({"error": "unknown_line"}, 404)
+        doc = await self._body(request)
+        note = doc.get("note") if doc is not None else None
+        errors = []
+        if note is not None and not isinstance(note, str):
+            errors.append("note: must be text or null")
+        elif note is not None:
+            note = note.strip()
+            if len(note) > MAX_NOTE_CHARS:
+                errors.append(f"note: at most {MAX_NOTE_CHARS} characters")
+            elif any(ord(c) < 32 and c not in "\n\t" for c in note):
+                errors.append("note: control characters are not allowed")
+        window = engine.window
+        if window is None or window.kind != "shift":
+            errors.append("no shift is open on this line")
+        if errors:
+            return self._json({"error": "invalid", "errors": errors}, 422)
+        self._note(line, note or None)
+        self._publish(
+            [
+                OperatorEvent(
+                    site=engine.site,
+                    line=line,
+                    ts=iso(self._agent_clock(), engine.calendar.tz),
+                    station=session.station.name,
+                    action="note",
+                    note=note or "",
+                )
+            ]
+        )
+        log.info(
+            "operator: station '%s' %s the shift note on line '%s'",
+            session.station.name,
+            "set" if note else "removed",
+            line,
+            extra={"line": line},
+        )
+        return self._json({"ok": True, "note": note or None})
+
     # ----------------------------------------------------------------------------- lifecycle
 
     def app(self) -> web.Application:
@@ -572,6 +622,7 @@ class OperatorServer:
         app.router.add_post("/api/lines/{line}/order", self._order)
         app.router.add_get("/api/lines/{line}/stops", self._stops)
         app.router.add_post("/api/lines/{line}/classify", self._classify)
+        app.router.add_post("/api/lines/{line}/note", self._shift_note)
         return app
 
     async def run(self) -> None:

@@ -298,6 +298,20 @@ async def test_a_classified_stop_shows_in_the_next_kpi_report(
         await kpi.wait_for(
             lambda m: not {"jam", "no_material"} & set(m.json()["loss_time_by_reason_s"])
         )
+        # The shift note: bounded, then carried in the kpi reports.
+        async with http.post(
+            url + "/api/lines/line1/note", json={"note": "x" * 501}, headers=headers
+        ) as r:
+            assert r.status == 422
+        note = "금형 7번 교체 / die 7 changed"
+        async with http.post(
+            url + "/api/lines/line1/note", json={"note": note}, headers=headers
+        ) as r:
+            assert r.status == 200
+        await kpi.wait_for(lambda m: m.json().get("shift_note") == note)
+        event = (await audit.wait_for(lambda m: m.json()["action"] == "note")).json()
+        jsonschema.validate(event, OPERATOR_SCHEMA)
+        assert (event["station"], event["note"]) == ("press-a", note)
 
 
 async def test_board_follows_the_line_live(
@@ -407,9 +421,8 @@ async def test_in_a_real_browser(sim: Simulation, mosquitto: Mosquitto, tmp_path
                 await page.select_option("#station", "press-a")
                 await page.fill("#pin", "1111")
                 await page.click("#login button[type=submit]")
-                await page.wait_for_function(
-                    "document.getElementById('login-error').textContent.length > 0"
-                )
+                # Selectors, not wait_for_function: the page's CSP forbids eval, rightly.
+                await page.wait_for_selector("#login-error:not(:empty)")
                 assert await page.inner_text("#login-error") == "Wrong PIN."
                 await page.fill("#pin", PIN_A)
                 await page.click("#login button[type=submit]")
@@ -434,18 +447,14 @@ async def test_in_a_real_browser(sim: Simulation, mosquitto: Mosquitto, tmp_path
                     "document.documentElement.scrollWidth - window.innerWidth"
                 )
                 assert overflow <= 0, f"page wider than {width} px by {overflow} px"
-                await page.wait_for_function(
-                    "document.getElementById('k-oee').textContent !== '-'", timeout=5000
-                )
+                await page.wait_for_selector('#k-oee:has-text("%")', timeout=5000)
                 await page.screenshot(path=str(SHOTS / f"line-board-{width}x{height}.png"))
                 # Classify the latest stop as a jam: the row says so.
                 row = page.locator("#stops tbody tr").first
                 await row.wait_for(timeout=30_000)
                 await row.locator("select.r1").select_option("jam")
                 await row.locator("button[data-act=set]").click()
-                await page.wait_for_function(
-                    "document.getElementById('stops-msg').textContent === 'Saved.'"
-                )
+                await page.wait_for_selector('#stops-msg:text-is("Saved.")')
                 start = float(await row.get_attribute("data-start") or "nan")
                 assert agent.runner is not None
                 stop = agent.runner.engines["line1"].stops.find(start)
@@ -520,13 +529,11 @@ async def test_the_page_speaks_korean_to_a_korean_browser(
             )
             page = await context.new_page()
             await page.goto(base_url(agent) + "/")
-            await page.wait_for_function("document.documentElement.lang === 'ko'")
+            await page.wait_for_selector("html[lang=ko]", state="attached")
             assert await page.inner_text("#login button[type=submit]") == "로그인"
             await page.fill("#pin", "0000")
             await page.click("#login button[type=submit]")
-            await page.wait_for_function(
-                "document.getElementById('login-error').textContent.length > 0"
-            )
+            await page.wait_for_selector("#login-error:not(:empty)")
             assert await page.inner_text("#login-error") == "PIN이 틀렸습니다."
             await page.fill("#pin", PIN_A)
             await page.click("#login button[type=submit]")

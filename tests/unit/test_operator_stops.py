@@ -179,3 +179,17 @@ def test_replay_of_the_history_gives_the_same_report() -> None:
     for s in act(first, 0, T0 + 51 * M):
         replayed.ingest(s._replace(quality=Quality.BAD))
     assert reasons(replayed, T0 + 52 * M) == expected
+
+
+def test_the_shift_note_is_in_the_shift_reports_and_kept_across_a_restart() -> None:
+    e = engine()
+    run_stop(e)
+    assert e.snapshot(T0 + 30 * M).shift_note is None
+    e.set_shift_note("die 7 changed; rejects from 10:00 are the old die", T0 + 31 * M)
+    assert e.snapshot(T0 + 32 * M).shift_note == "die 7 changed; rejects from 10:00 are the old die"
+    restored = engine()
+    restored.restore(e.state_dict())
+    reports = restored.tick(T0 + 8 * 60 * M + 1)  # past the day shift's end (14:00)
+    [shift] = [r for r in reports if getattr(r, "closed", False) and r.window.kind == "shift"]
+    assert shift.shift_note == "die 7 changed; rejects from 10:00 are the old die"
+    assert restored.snapshot(T0 + 8 * 60 * M + 2).shift_note is None  # the next window has none

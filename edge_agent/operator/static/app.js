@@ -55,6 +55,8 @@
       li.textContent = r.reason + ": " + Math.floor(r.time_s / 60) + ":" + String(Math.round(r.time_s % 60)).padStart(2, "0");
       losses.appendChild(li);
     }
+    const note = document.querySelector("#note textarea");
+    if (document.activeElement !== note) note.value = k.shift_note || "";
     const o = b.order || {};
     $("o-id").textContent = o.order_id || T.none;
     $("o-product").textContent = o.product || "-";
@@ -158,6 +160,13 @@
     if (f.product.value) body.product = f.product.value;
     const r = await api("/api/lines/" + encodeURIComponent($("line").value || lines[0]) + "/order", body);
     $("order-msg").textContent = r.status === 200 ? T.saved : T.invalid + " " + (r.doc.errors || [r.doc.error]).join("; ");
+  });
+  $("note").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const text = e.target.note.value;
+    const r = await api("/api/lines/" + encodeURIComponent($("line").value || lines[0]) + "/note", { note: text || null });
+    $("note-msg").textContent = r.status === 200 ? T.note_saved : T.invalid + " " + (r.doc.errors || [r.doc.error]).join("; ");
+    e.target.note.blur();
   });
   start();
 })();
