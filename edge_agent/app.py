@@ -225,6 +225,7 @@ class Agent:
             deliver=runner.deliver,
             publish=runner.publish,
             note=runner.shift_note,
+            clear_order=runner.clear_order,
             agent_clock=self.clock,
         )
         self.supervisor.add(

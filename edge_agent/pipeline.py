@@ -402,6 +402,19 @@ class Pipeline:
         if self.on_reports is not None:
             self.on_reports(reports)
 
+    def clear_order(self, line: str) -> None:
+        """Clear ``line``'s current order (the operator page): its reports made durable with
+        the engine state at once, like a command's."""
+        engine = self.engines.get(line)
+        if engine is None:
+            return
+        now = self._now()
+        engine.clear_order(now)
+        reports = engine.tick(now)
+        self._persist(contract.messages(reports, qos=self._qos), force_state=True)
+        if self.on_reports is not None:
+            self.on_reports(reports)
+
     def shift_note(self, line: str, note: str | None) -> None:
         """Set the operators' note on ``line``'s open shift, stored with the engine state at
         once (docs/operator.md)."""

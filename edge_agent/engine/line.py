@@ -733,6 +733,11 @@ class LineEngine:
     def _buckets(self, o: OpenWindow, until: float) -> TimeBuckets:
         return o.acc.buckets(until, self._open_piece())
 
+    def clear_order(self, now: float) -> None:
+        """No current order any more (the operator page): the order closes as
+        ``order_cleared`` with the next :meth:`tick`. Persisted with the state."""
+        self._orders.set(None, None, None, "command", self._advance(now))
+
     def set_shift_note(self, note: str | None, now: float) -> None:
         """The operators' note on the shift open at ``now`` (``None``: none), carried in its
         reports (``shift_note``) until it closes. Persisted with the state."""

@@ -704,8 +704,9 @@ class OperatorEvent:
         str,
         Doc(
             "classify: a stop got reasons; unclassify: its reasons were undone; order: the"
-            " current order was set; note: the shift note was set (empty: removed)",
-            {"enum": ["classify", "unclassify", "order", "note"]},
+            " current order was set; order_cleared: it was cleared; note: the shift note was"
+            " set (empty: removed)",
+            {"enum": ["classify", "unclassify", "order", "order_cleared", "note"]},
         ),
     ]
     stop_start: Annotated[

@@ -135,6 +135,7 @@ class OperatorServer:
         deliver: Callable[[list[Sample]], None] = lambda samples: None,
         publish: Callable[[list[Report]], None] = lambda reports: None,
         note: Callable[[str, str | None], None] = lambda line, note: None,
+        clear_order: Callable[[str], None] = lambda line: None,
         agent_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -145,6 +146,7 @@ class OperatorServer:
         self._deliver = deliver
         self._publish = publish
         self._note = note
+        self._clear_order = clear_order
         self._agent_clock = agent_clock
         self.cfg = cfg
         self.stations = {s.name: s for s in stations}
@@ -395,6 +397,8 @@ class OperatorServer:
             return self._json({"error": "bad_request", "errors": ["not a JSON object"]}, 400)
         from edge_agent.engine.orders import validate_order_command  # noqa: PLC0415
 
+        if doc == {"clear": True}:
+            return self._order_cleared(session, line)
         command = {**doc, "request_id": f"operator:{session.station.name}"}
         errors = validate_order_command(command)
         if errors:
@@ -544,6 +548,29 @@ class OperatorServer:
             extra={"line": line},
         )
         return self._json({"ok": True, "stops": self._stops_doc(line)})
+
+    def _order_cleared(self, session: Session, line: str) -> web.StreamResponse:
+        self._clear_order(line)
+        engine = self._engines().get(line)
+        if engine is not None:
+            self._publish(
+                [
+                    OperatorEvent(
+                        site=engine.site,
+                        line=line,
+                        ts=iso(self._agent_clock(), engine.calendar.tz),
+                        station=session.station.name,
+                        action="order_cleared",
+                    )
+                ]
+            )
+        log.info(
+            "operator: station '%s' cleared the order on line '%s'",
+            session.station.name,
+            line,
+            extra={"line": line},
+        )
+        return self._json({"ok": True})
 
     async def _shift_note(self, request: web.Request) -> web.StreamResponse:
         """``{"note": TEXT}``: the note on the line's open shift (empty or null: none)."""

@@ -200,6 +200,11 @@ async def test_sign_in_rate_limit_csrf_headers_and_station_scope(
         )
         assert agent.runner is not None
         assert agent.runner.engines["line2"].state_dict()["order"]["order_id"] == "PO-7"
+        async with http.post(
+            url + "/api/lines/line2/order", json={"clear": True}, headers={"X-CSRF-Token": csrf}
+        ) as r:
+            assert r.status == 200
+        assert agent.runner.engines["line2"].state_dict()["order"] is None
         # Press-b cannot set line1's order either.
         async with http.post(
             url + "/api/lines/line1/order", json=order, headers={"X-CSRF-Token": csrf}

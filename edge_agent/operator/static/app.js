@@ -161,6 +161,10 @@
     const r = await api("/api/lines/" + encodeURIComponent($("line").value || lines[0]) + "/order", body);
     $("order-msg").textContent = r.status === 200 ? T.saved : T.invalid + " " + (r.doc.errors || [r.doc.error]).join("; ");
   });
+  $("clear-order").addEventListener("click", async () => {
+    const r = await api("/api/lines/" + encodeURIComponent($("line").value || lines[0]) + "/order", { clear: true });
+    $("order-msg").textContent = r.status === 200 ? T.cleared : T.invalid + " " + (r.doc.errors || [r.doc.error]).join("; ");
+  });
   $("note").addEventListener("submit", async (e) => {
     e.preventDefault();
     const text = e.target.note.value;
