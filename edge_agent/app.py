@@ -311,6 +311,8 @@ class Agent:
             self.pollers.pop(name, None)
         for name in plan.gone_sources:
             self.runner.source_available(name, False)
+        if plan.cfg.operator != self.cfg.operator:
+            log.warning("reload: the operator section changed; it takes effect at a restart")
         self.cfg = plan.cfg
         kept, fresh = self.runner.reconfigure(plan.cfg)
         for sc in plan.start_sources:
