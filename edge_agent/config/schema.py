@@ -69,6 +69,7 @@ from edge_agent.config.kinds import (
 from edge_agent.domain import (
     ALL_DAYS,
     WEEKDAY_NAMES,
+    Convention,
     EnergyUnit,
     MachineState,
     sparkplug_id_problem,
@@ -511,6 +512,11 @@ class StateSignal:
         CodeMap(Choice(MachineState, exclude=(MachineState.UNKNOWN,)), "states", "state code"),
         "state code to state",
     )
+    unmapped: MachineState = key(
+        Choice(MachineState),
+        "what a code the map lacks means (warning unmapped_state_code either way)",
+        MachineState.UNKNOWN,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -629,8 +635,14 @@ class LineConfig:
         ListOf(
             Choice(MachineState, exclude=(MachineState.UNKNOWN, MachineState.RUNNING)), unique=True
         ),
-        "states excluded from planned production time",
+        "states excluded from planned production time (with convention planned_downtime_loss:"
+        " availability losses instead)",
         frozenset({MachineState.PLANNED_STOP}),
+    )
+    convention: Convention = key(
+        Choice(Convention),
+        "loss convention: iso22400, planned_downtime_loss (SMRP) or six_big_losses (TPM)",
+        Convention.ISO22400,
     )
     shifts: tuple[Shift, ...] = key(
         ListOf(Model(Shift), names="shift"),

@@ -258,8 +258,9 @@ class KpiReport:
     convention: Annotated[
         str,
         Doc(
-            "loss convention, e.g. iso22400:planned=planned_stop (states excluded from planned"
-            " time)",
+            "loss convention (the line's convention): iso22400:planned=STATES or"
+            " six_big_losses:planned=STATES (STATES: the states excluded from planned time,"
+            " joined by +), or planned_downtime_loss (planned states are availability losses)",
             STRING,
             metric=True,
         ),
@@ -320,7 +321,9 @@ class KpiReport:
     loss_time_s: Annotated[
         Mapping[str, float],
         Doc(
-            "",
+            "availability-loss time by state; planned_stop: time in state planned_stop where it"
+            " is not a planned state (convention planned_downtime_loss, or planned_states"
+            " without it)",
             LOSS_TIME,
             metric=True,
             unit="s",
@@ -356,7 +359,8 @@ class KpiReport:
     micro_stop_time_s: Annotated[
         float,
         Doc(
-            "their loss time inside this window (part of loss_time_s)",
+            "their loss time inside this window (part of loss_time_s; under convention"
+            " six_big_losses part of run_time_s instead, a performance loss)",
             SECONDS,
             metric=True,
             unit="s",
