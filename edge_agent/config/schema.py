@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from yaml.nodes import MappingNode, Node, SequenceNode
 
+from edge_agent.calendars import COUNTRY_PATTERN, country_problem
 from edge_agent.config.files import FileKind
 from edge_agent.config.issues import join_key
 from edge_agent.config.kinds import (
@@ -491,10 +492,40 @@ class Maintenance:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SubstituteDay:
+    """A day off the site gives instead of a public holiday it works."""
+
+    instead_of: date = key(DATE, "the public holiday of `country` that is worked instead")
+    date: date = key(DATE, "the local date taken off")
+
+
+COUNTRY: Final = Checked(
+    country_problem, "a country of the holidays package, e.g. KR", COUNTRY_PATTERN
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Calendar:
     """Dated exceptions to a line's weekly shift pattern."""
 
-    holidays: tuple[date, ...] = key(ListOf(DATE), "no shift starts on these local dates", ())
+    country: str | None = key(
+        Opt(COUNTRY),
+        "no shift starts on this country's public holidays (ISO 3166 code, e.g. KR; from the"
+        " holidays package)",
+        None,
+        shown="none",
+    )
+    holidays: tuple[date, ...] = key(
+        ListOf(DATE), "no shift starts on these local dates (the site's own holidays)", ()
+    )
+    worked_holidays: tuple[date, ...] = key(
+        ListOf(DATE), "public holidays of `country` worked like any other day of their weekday", ()
+    )
+    substitute_days: tuple[SubstituteDay, ...] = key(
+        ListOf(Model(SubstituteDay)),
+        "days off the site gives instead of public holidays it works",
+        (),
+    )
     extra_days: tuple[ExtraDay, ...] = key(
         ListOf(Either(DATE, lambda day: ExtraDay(date=day), Model(ExtraDay))),
         "shifts start on these dates whatever the weekday; not also a holiday",
