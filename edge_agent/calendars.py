@@ -1,8 +1,9 @@
 """Public holidays of a country, from the maintained ``holidays`` package, with a site's
 overrides (docs/kpi.md, "Calendar"). Pure: no clock, no I/O.
 
-The package is imported only when a line names a ``calendar.country`` (it costs ~60 ms and a few
-MiB at import): an agent without country calendars never loads it.
+The package is imported only when a line names a ``calendar.country``: importing it and building
+the KR calendar of a year costs ~0.15 s and ~12 MiB RSS (measured here), and an agent without
+country calendars never loads it.
 
 A line's days off in a year are: the country's public holidays, minus ``worked_holidays`` and
 the holidays that a ``substitute_days`` entry gives another day for, plus the site's own

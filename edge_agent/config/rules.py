@@ -16,6 +16,8 @@ from edge_agent.config.schema import (
     AgentConfig,
     Calendar,
     DataType,
+    EmissionFactor,
+    LineConfig,
     Maintenance,
     ModbusSourceConfig,
     ModbusTable,
@@ -234,6 +236,33 @@ def _calendar(ctx: Ctx, parsed: Parsed) -> None:
                 item_path,
                 f"{day.isoformat()} is not a public holiday of {country} (holidays"
                 f" {calendars.package_version()})",
+            )
+
+
+@rule(LineConfig)
+def _emission_factors(ctx: Ctx, parsed: Parsed) -> None:
+    factors = parsed.get("emission_factors", ())
+    if "emission_factor" in parsed.nodes and "emission_factors" in parsed.nodes:
+        ctx.add(
+            *parsed.at("emission_factors"),
+            "give emission_factor (one factor) or emission_factors (dated factors), not both",
+        )
+        return
+    if not isinstance(factors, tuple):
+        return
+    path = join_key(parsed.path, "emission_factors")
+    seen: dict[date | None, int] = {}
+    for index, factor in enumerate(factors):
+        if not isinstance(factor, EmissionFactor):
+            continue
+        item_path = join_index(path, index)
+        first = seen.setdefault(factor.valid_from, index)
+        if first != index:
+            day = "no valid_from" if factor.valid_from is None else factor.valid_from.isoformat()
+            ctx.add(
+                ctx.index.get(item_path, parsed.node),
+                item_path,
+                f"emission_factors[{first}] has the same valid_from ({day}): one factor per date",
             )
 
 

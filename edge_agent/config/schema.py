@@ -616,6 +616,13 @@ class OrderSignal:
 class EmissionFactor:
     """Grid emission factor for CO2e figures; the source is mandatory so reports can cite it."""
 
+    valid_from: date | None = key(
+        Opt(DATE),
+        "the local date from which it is in force (a report uses the factor in force at its"
+        " window's start)",
+        None,
+        shown="always",
+    )
     kg_co2e_per_kwh: float = key(Number(0), "kg CO2e per kWh of the grid")
     source: str = key(STR, "where the figure comes from, published with every CO2e figure")
 
@@ -687,6 +694,12 @@ class LineConfig:
     signals: Signals = key(Model(Signals), "the PLC tags the KPIs come from")
     emission_factor: EmissionFactor | None = key(
         Opt(Model(EmissionFactor)), "grid emission factor; none: CO2e fields are null", None
+    )
+    emission_factors: tuple[EmissionFactor, ...] = key(
+        ListOf(Model(EmissionFactor)),
+        "dated grid emission factors, instead of emission_factor: the one in force at a"
+        " window's start applies",
+        (),
     )
 
 

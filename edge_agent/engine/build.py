@@ -252,7 +252,7 @@ def window_report(
         micro_stop_time_s=o.micro_s,
         products=product_rows,
         flags=o.flags,
-        energy=energy.figures(o.energy, good),
+        energy=energy.figures(o.energy, good, w.start),
         fault_count=o.fault_count,
         closed=closed,
     )

@@ -184,7 +184,8 @@ class LineEngine:
         self._unmapped_state = sig.state.unmapped if sig.state else MachineState.UNKNOWN
         self._reason_map: dict[int, str] = dict(sig.reason.map) if sig.reason else {}
         self._products = dict(sig.product.map) if sig.product is not None else None
-        self._energy = LineEnergy(sig.energy, cfg.emission_factor)
+        factors = (cfg.emission_factor,) if cfg.emission_factor else cfg.emission_factors
+        self._energy = LineEnergy(sig.energy, factors, self._tz)
         counters = counter_signals(sig)
         self._counter_signals = counters
         # Wrap plausibility uses the fastest rate the line may run at.
@@ -415,6 +416,7 @@ class LineEngine:
             good=good,
             by_state=o.energy,
             flags=o.flags,
+            window_start=o.window.start,
         )
 
     def order_snapshot(self, now: float) -> OrderReport:

@@ -166,10 +166,18 @@ class ReasonTime:
 
 @dataclass(frozen=True, slots=True)
 class EmissionFactorRef:
-    """The line's configured emission factor, cited with every CO2e figure."""
+    """The emission factor the CO2e figures used: the line's factor in force at the window's
+    start (an order's: at the report's time), cited with every CO2e figure."""
 
     kg_co2e_per_kwh: Annotated[float, Doc("", {"type": "number", "minimum": 0})]
     source: Annotated[str, Doc("", STRING)]
+    valid_from: Annotated[
+        str | None,
+        Doc(
+            "the local date (YYYY-MM-DD) from which the factor is in force; null: no date given",
+            {"type": ["string", "null"], "format": "date"},
+        ),
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +226,9 @@ class EnergyFields:
     emission_factor: Annotated[
         EmissionFactorRef | None,
         Doc(
-            "the line's configured emission_factor, cited with every CO2e figure; null when"
-            " none is configured"
+            "the line's emission factor in force for these figures (emission_factor, or the"
+            " latest of emission_factors whose valid_from is not after the window's start),"
+            " cited with every CO2e figure; null when none is configured or in force"
         ),
     ]
     energy_notes: Annotated[tuple[str, ...], Doc("why energy or CO2e fields are null", STRINGS)]
