@@ -106,7 +106,7 @@ def doc_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def shift_report(line: dict[str, Any], samples: list[tuple[str, str, int]]) -> dict[str, Any]:
+def shift_report(line: dict[str, Any], samples: list[tuple[str, str, Any]]) -> dict[str, Any]:
     doc = {"version": 1, "site": "s1", "lines": [line], "mqtt": {"host": "127.0.0.1"}}
     text = yaml.safe_dump(doc, sort_keys=False)
     cfg = load_config_text(text)
@@ -179,3 +179,28 @@ def test_an_unmapped_state_code_warns_under_either_choice() -> None:
     for extra in ({}, {"signals": {"state": {"unmapped": "idle"}}}):
         report = shift_report(merged(LINE, extra), scenario_b())
         assert "unmapped_state_code" in report["warnings"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "planned", "run"),
+    [
+        ({"convention": "iso22400"}, 25_200, 21_600),
+        ({"convention": "planned_downtime_loss"}, 27_000, 21_600),
+        ({"convention": "six_big_losses"}, 25_200, 22_200),
+    ],
+)
+def test_an_outage_mid_run_is_unknown_time_under_every_convention(
+    extra: dict[str, Any], planned: int, run: int
+) -> None:
+    # Scenario A with the state unreadable 13:00-13:10 while the line was running: 600 s of
+    # unknown time, whichever convention; the parts are still counted.
+    rows: list[tuple[str, str, Any]] = [r for r in scenario_a() if r[0] != at(13, 59)]
+    rows += [(at(13), "plc.state", "")]  # empty: a bad-quality sample
+    rows += [(at(13, 10), "plc.state", 1)]
+    rows += [(at(13, 59), "plc.total", 20_000), (at(13, 59), "plc.rejects", 400)]
+    report = shift_report(merged(LINE, extra), rows)
+    assert report["unknown_time_s"] == 600
+    assert (report["planned_time_s"], report["run_time_s"]) == (planned, run)
+    assert report["data_coverage"] == pytest.approx((planned - 600) / planned, abs=1e-6)
+    assert report["availability"] == pytest.approx(run / (planned - 600), abs=1e-6)
+    assert report["total_count"] == 20_000
