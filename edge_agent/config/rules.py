@@ -35,6 +35,7 @@ from edge_agent.config.schema import (
     TlsConfig,
     modicon_hint,
 )
+from edge_agent.domain import Convention
 from edge_agent.sinks import sparkplug
 
 # Lines one agent serves with its engine step well inside the 1 s tick on 2 cores (measured:
@@ -240,6 +241,23 @@ def _calendar(ctx: Ctx, parsed: Parsed) -> None:
 
 
 @rule(LineConfig)
+def _line(ctx: Ctx, parsed: Parsed) -> None:
+    _convention(ctx, parsed)
+    _emission_factors(ctx, parsed)
+
+
+def _convention(ctx: Ctx, parsed: Parsed) -> None:
+    if (
+        parsed.get("convention") is Convention.PLANNED_DOWNTIME_LOSS
+        and "planned_states" in parsed.nodes
+    ):
+        ctx.warn(
+            *parsed.at("planned_states"),
+            "has no effect with convention planned_downtime_loss: every state is an"
+            " availability loss (remove it, or use convention iso22400)",
+        )
+
+
 def _emission_factors(ctx: Ctx, parsed: Parsed) -> None:
     factors = parsed.get("emission_factors", ())
     if "emission_factor" in parsed.nodes and "emission_factors" in parsed.nodes:

@@ -204,3 +204,15 @@ def test_an_outage_mid_run_is_unknown_time_under_every_convention(
     assert report["data_coverage"] == pytest.approx((planned - 600) / planned, abs=1e-6)
     assert report["availability"] == pytest.approx(run / (planned - 600), abs=1e-6)
     assert report["total_count"] == 20_000
+
+
+def test_planned_states_with_planned_downtime_loss_is_a_warning() -> None:
+    line = merged(LINE, {"convention": "planned_downtime_loss", "planned_states": ["changeover"]})
+    doc = {"version": 1, "site": "s1", "lines": [line], "mqtt": {"host": "127.0.0.1"}}
+    warnings: list[str] = []
+    load_config_text(yaml.safe_dump(doc, sort_keys=False), warnings=warnings)
+    assert len(warnings) == 1
+    assert (
+        "lines[0].planned_states: has no effect with convention planned_downtime_loss"
+        in (warnings[0])
+    )

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from edge_agent.config.loader import load_config_text
+from edge_agent.errors import ConfigError
 from edge_agent.replay import replay
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,3 +121,20 @@ def test_shipped_configs_carry_the_current_national_figure_with_its_citation(nam
         current = max(line.emission_factors, key=lambda f: f.valid_from or date.min)
         assert "2023" in current.source and "confirmed 2025-12-17" in current.source
         assert "national GHG statistics committee" in current.source
+
+
+def test_both_forms_or_two_factors_for_one_date_are_config_errors() -> None:
+    one = {"kg_co2e_per_kwh": 0.5, "source": "x"}
+    with pytest.raises(ConfigError) as err:
+        load_config_text(config_text(emission_factor=one, emission_factors=[one]))
+    assert (
+        "lines[0].emission_factors: give emission_factor (one factor) or emission_factors"
+        in (err.value.issues[0])
+    )
+    twice = [{**one, "valid_from": "2023-01-01"}, {**one, "valid_from": "2023-01-01"}]
+    with pytest.raises(ConfigError) as err:
+        load_config_text(config_text(emission_factors=twice))
+    assert err.value.issues[0].endswith(
+        "lines[0].emission_factors[1]: emission_factors[0] has the same valid_from (2023-01-01):"
+        " one factor per date"
+    )
