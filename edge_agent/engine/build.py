@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from edge_agent.config.schema import Product
-from edge_agent.domain import MachineState
+from edge_agent.domain import Convention, MachineState
 from edge_agent.engine.energy import EnergyFigures, LineEnergy, energy_fields, energy_figures
 from edge_agent.engine.oee import Kpis, TimeBuckets, compute_kpis
 from edge_agent.engine.reports import KpiReport, ProductRow, ReasonTime, StateChange, WindowRef
@@ -36,9 +36,13 @@ def iso_if_representable(t: float, tz: ZoneInfo) -> str | None:
     return iso(t, tz) if 0.0 <= t <= LATEST_ISO_TIME else None
 
 
-def convention(planned_states: Iterable[MachineState]) -> str:
-    """Names the loss convention: which states are planned (excluded from planned time)."""
-    return "iso22400:planned=" + "+".join(sorted(str(s) for s in planned_states))
+def convention_label(convention: Convention, planned_states: Iterable[MachineState]) -> str:
+    """Names the loss convention of a report (docs/kpi.md, "Conventions"): ``iso22400`` and
+    ``six_big_losses`` with the states excluded from planned time (``:planned=...``),
+    ``planned_downtime_loss`` alone (no state is excluded)."""
+    if convention is Convention.PLANNED_DOWNTIME_LOSS:
+        return str(convention)
+    return f"{convention}:planned=" + "+".join(sorted(str(s) for s in planned_states))
 
 
 def _r(x: float | None, digits: int) -> float | None:
@@ -63,7 +67,7 @@ def kpi_report(
     window: Window,
     now: float,
     state: MachineState,
-    planned_states: Iterable[MachineState],
+    convention: str,
     ideal_cycle_time_s: float,
     buckets: TimeBuckets,
     kpis: Kpis,
@@ -97,7 +101,7 @@ def kpi_report(
         window=window_ref(window, tz),
         ts=iso(now, tz),
         state=str(state),
-        convention=convention(planned_states),
+        convention=convention,
         availability=_r(kpis.availability, 6),
         performance=_r(kpis.performance, 6),
         quality=_r(kpis.quality, 6),
@@ -178,7 +182,7 @@ def window_report(
     tz: ZoneInfo,
     now: float,
     state: MachineState,
-    planned_states: Iterable[MachineState],
+    convention: str,
     ideal_cycle_time_s: float,
     products: Mapping[int, Product] | None,
     second_counter: int | None,
@@ -235,7 +239,7 @@ def window_report(
         window=w,
         now=now,
         state=state,
-        planned_states=planned_states,
+        convention=convention,
         ideal_cycle_time_s=ideal_s,
         buckets=buckets,
         kpis=kpis,
@@ -248,7 +252,7 @@ def window_report(
         micro_stop_time_s=o.micro_s,
         products=product_rows,
         flags=o.flags,
-        energy=energy.figures(o.energy, good),
+        energy=energy.figures(o.energy, good, w.start),
         fault_count=o.fault_count,
         closed=closed,
     )

@@ -5,9 +5,11 @@ Pure: no clock, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from edge_agent.config.schema import EmissionFactor, EnergySignal
 from edge_agent.domain import EnergyUnit
@@ -16,6 +18,10 @@ from edge_agent.engine.reports import EmissionFactorRef, EnergyFields, EnergyRep
 
 NO_FACTOR_NOTE = "no emission_factor configured for this line: CO2e not computed"
 NO_METER_NOTE = "no energy signal configured for this line"
+
+
+def not_in_force_note(day: date) -> str:
+    return f"no emission factor of this line is in force on {day.isoformat()}: CO2e not computed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +43,14 @@ def energy_figures(
     by_state_kwh: Mapping[str, float],
     good_count: int,
     factor: EmissionFactor | None,
+    no_factor_note: str = NO_FACTOR_NOTE,
 ) -> EnergyFigures:
     """kWh per good part = energy ÷ good count; kgCO2e = energy × factor (docs/kpi.md)."""
     notes: list[str] = []
     if energy_kwh is None:
         notes.append(NO_METER_NOTE)
     elif factor is None:
-        notes.append(NO_FACTOR_NOTE)
+        notes.append(no_factor_note)
     per_part = energy_kwh / good_count if energy_kwh is not None and good_count > 0 else None
     co2e = energy_kwh * factor.kg_co2e_per_kwh if energy_kwh is not None and factor else None
     co2e_part = per_part * factor.kg_co2e_per_kwh if per_part is not None and factor else None
@@ -73,7 +80,11 @@ def energy_fields(e: EnergyFigures) -> EnergyFields:
         emission_factor=(
             None
             if e.factor is None
-            else EmissionFactorRef(kg_co2e_per_kwh=e.factor.kg_co2e_per_kwh, source=e.factor.source)
+            else EmissionFactorRef(
+                kg_co2e_per_kwh=e.factor.kg_co2e_per_kwh,
+                source=e.factor.source,
+                valid_from=None if e.factor.valid_from is None else e.factor.valid_from.isoformat(),
+            )
         ),
         energy_notes=e.notes,
     )
@@ -93,9 +104,16 @@ class LineEnergy:
     """The energy side of a line: without an energy signal only :meth:`fields` is of use (the
     figures are ``null`` and say why)."""
 
-    def __init__(self, signal: EnergySignal | None, factor: EmissionFactor | None) -> None:
+    def __init__(
+        self,
+        signal: EnergySignal | None,
+        factors: Sequence[EmissionFactor],
+        tz: ZoneInfo,
+    ) -> None:
+        """``factors``: the line's emission factors (one undated, or several dated)."""
         self.signal = signal
-        self.factor = factor
+        self.factors = tuple(sorted(factors, key=lambda f: f.valid_from or date.min))
+        self.tz = tz
         self.kwh_per_unit = 0.001 if signal and signal.unit is EnergyUnit.WH else 1.0
         self.meter: MeterTracker | None = None
         if signal is not None:
@@ -145,13 +163,31 @@ class LineEnergy:
         self.time_by_bucket = {}
         return MeterReading(shares, d.wrapped, d.reset)
 
-    def figures(self, by_state: Mapping[str, float], good: int) -> EnergyFigures:
-        kwh = sum(by_state.values()) if self.signal is not None else None
-        return energy_figures(kwh, by_state, good, self.factor)
+    def factor_at(self, t: float) -> EmissionFactor | None:
+        """The factor in force at ``t``: the latest whose ``valid_from`` (a local date of the
+        line's time zone) is not after ``t``'s date; an undated factor is always in force."""
+        day = datetime.fromtimestamp(t, self.tz).date()
+        found = None
+        for factor in self.factors:
+            if factor.valid_from is not None and factor.valid_from > day:
+                break
+            found = factor
+        return found
 
-    def fields(self, by_state: Mapping[str, float], good: int) -> EnergyFields:
-        """The energy fields of a report on ``by_state`` (kWh) and ``good`` parts."""
-        return energy_fields(self.figures(by_state, good))
+    def figures(self, by_state: Mapping[str, float], good: int, at: float) -> EnergyFigures:
+        """The figures of ``by_state`` (kWh) and ``good`` parts, with the factor in force at
+        ``at`` (a window's start, an order report's time)."""
+        kwh = sum(by_state.values()) if self.signal is not None else None
+        factor = self.factor_at(at)
+        note = NO_FACTOR_NOTE
+        if factor is None and self.factors:
+            note = not_in_force_note(datetime.fromtimestamp(at, self.tz).date())
+        return energy_figures(kwh, by_state, good, factor, note)
+
+    def fields(self, by_state: Mapping[str, float], good: int, at: float) -> EnergyFields:
+        """The energy fields of a report on ``by_state`` (kWh) and ``good`` parts, with the
+        factor in force at ``at``."""
+        return energy_fields(self.figures(by_state, good, at))
 
     def report(
         self,
@@ -164,8 +200,9 @@ class LineEnergy:
         good: int,
         by_state: Mapping[str, float],
         flags: set[str],
+        window_start: float,
     ) -> EnergyReport:
-        """The live energy report of a window."""
+        """The live energy report of a window (the factor in force at ``window_start``)."""
         return EnergyReport(
             site=site,
             line=line,
@@ -175,7 +212,7 @@ class LineEnergy:
             meter_kwh=_r(self.meter_kwh, 6),
             power_kw=_r(self.power_kw, 6),
             good_count=good,
-            energy=self.fields(by_state, good),
+            energy=self.fields(by_state, good, window_start),
             warnings=tuple(sorted(f for f in flags if f.startswith("energy_"))),
         )
 

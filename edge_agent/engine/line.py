@@ -36,7 +36,12 @@ Micro-stops. A *stop* starts when the state leaves ``running`` for a loss state 
 ``fault``, ...) and ends when it is ``running`` again; going through a planned state or losing
 data cancels it. A stop shorter (wall time) than ``micro_stop_max_s`` is a micro-stop, counted in
 the window in which it ends with the part of its loss time that lies in that window. Micro-stops
-stay availability losses; they are an extra breakdown.
+stay availability losses, an extra breakdown; under the six big losses convention their loss time
+in the windows still open when they end becomes run time (a performance loss).
+
+Conventions. ``planned_downtime_loss`` excludes no state from planned production time; a
+state not excluded is a loss (``planned_stop`` has its own loss bucket). A state code missing
+from the map becomes the state signal's ``unmapped`` state.
 
 Energy. An energy meter's deltas are handled like part counters (wrap, reset, restarts) and
 count in the windows open when the meter sample that shows them arrives. A delta is split over
@@ -82,9 +87,10 @@ from __future__ import annotations
 from typing import Any
 
 from edge_agent.config.schema import LineConfig
-from edge_agent.domain import MachineState
+from edge_agent.domain import Convention, MachineState
 from edge_agent.engine import persist
 from edge_agent.engine.build import (
+    convention_label,
     iso,
     state_change,
     window_ref,
@@ -160,15 +166,26 @@ class LineEngine:
             else max(DEFAULT_MICRO_STOP_MIN_S, 2.0 * self._stop_after_s)
         )
         self._min_coverage = cfg.min_data_coverage
-        self._planned_states = frozenset(cfg.planned_states)
+        self._convention = cfg.convention
+        # Planned downtime as a loss: no state is excluded from planned production time.
+        self._planned_states = (
+            frozenset()
+            if cfg.convention is Convention.PLANNED_DOWNTIME_LOSS
+            else frozenset(cfg.planned_states)
+        )
+        self._convention_label = convention_label(cfg.convention, self._planned_states)
+        # Six big losses: a micro-stop's time is run time (a performance loss).
+        self._micro_as_run = cfg.convention is Convention.SIX_BIG_LOSSES
 
         sig = cfg.signals
         kinds = signal_kinds(sig)
         self._state_kind = state_kind(sig)
         self._state_map: dict[int, MachineState] = dict(sig.state.map) if sig.state else {}
+        self._unmapped_state = sig.state.unmapped if sig.state else MachineState.UNKNOWN
         self._reason_map: dict[int, str] = dict(sig.reason.map) if sig.reason else {}
         self._products = dict(sig.product.map) if sig.product is not None else None
-        self._energy = LineEnergy(sig.energy, cfg.emission_factor)
+        factors = (cfg.emission_factor,) if cfg.emission_factor else cfg.emission_factors
+        self._energy = LineEnergy(sig.energy, factors, self._tz)
         counters = counter_signals(sig)
         self._counter_signals = counters
         # Wrap plausibility uses the fastest rate the line may run at.
@@ -283,10 +300,12 @@ class LineEngine:
                 return
             self._data_ok(key, t)
             code = as_code(sample.value)
-            state = self._state_map.get(code) if code is not None else None
-            if state is None:
+            mapped = self._state_map.get(code) if code is not None else None
+            if mapped is None:
                 self._flag("unmapped_state_code")
-                state = MachineState.UNKNOWN
+                # A value that is not an integer is no code at all: unknown.
+                mapped = self._unmapped_state if code is not None else MachineState.UNKNOWN
+            state = mapped
             self._set_state(state, t)
         elif kind == SIG_RUNNING:
             running = as_bool(sample.value) if good else None
@@ -397,6 +416,7 @@ class LineEngine:
             good=good,
             by_state=o.energy,
             flags=o.flags,
+            window_start=o.window.start,
         )
 
     def order_snapshot(self, now: float) -> OrderReport:
@@ -542,7 +562,7 @@ class LineEngine:
             unknown = bool(self._causes)
             stopping = self._stop_since is not None
             for o in self._opens():
-                loss_s = o.acc.add(a, t, self._state, unknown, self._reason)
+                loss_s = o.acc.add(a, t, self._state, unknown, self._reason, stop=stopping)
                 if stopping:
                     o.micro_pending_s += loss_s
             if self._energy.measuring and self._shift:
@@ -589,7 +609,13 @@ class LineEngine:
                 o.fault_count += 1
 
     def _is_loss(self, state: MachineState) -> bool:
-        return state in LOSS_STATES and state not in self._planned_states
+        """Whether ``state`` can be part of a stop (a micro-stop candidate): an availability
+        loss other than planned downtime counted as a loss."""
+        return (
+            state in LOSS_STATES
+            and state not in self._planned_states
+            and state is not MachineState.PLANNED_STOP
+        )
 
     def _track_stop(self, previous: MachineState, state: MachineState, t: float) -> None:
         """Micro-stop bookkeeping on a state change (see the module docstring)."""
@@ -599,6 +625,7 @@ class LineEngine:
                     if o.micro_pending_s > 0:  # no loss time here: not this window's stop
                         o.micro_count += 1
                         o.micro_s += o.micro_pending_s
+                    o.acc.stop_ended(as_run=self._micro_as_run)
             self._cancel_stop()
         elif self._is_loss(state) and not self._causes:
             if previous is MachineState.RUNNING:
@@ -611,6 +638,7 @@ class LineEngine:
         self._stop_since = None
         for o in self._opens():
             o.micro_pending_s = 0.0
+            o.acc.stop_ended(as_run=False)
 
     def _set_reason(self, reason: str | None, t: float) -> None:
         if reason != self._reason:
@@ -709,7 +737,7 @@ class LineEngine:
             tz=self._tz,
             now=now,
             state=self._state,
-            planned_states=self._planned_states,
+            convention=self._convention_label,
             ideal_cycle_time_s=self._ideal_s,
             products=self._products,
             second_counter=self._second_counter,

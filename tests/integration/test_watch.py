@@ -59,6 +59,7 @@ def kpi(site: str, line: str, seq: int, ts: float, **values: Any) -> dict[str, A
             "changeover": 0.0,
             "starved": 0.0,
             "blocked": 0.0,
+            "planned_stop": 0.0,
         },
         "loss_time_by_reason_s": {"unspecified": 120.0},
         "planned_stop_by_cause_s": {"off_shift": 0.0, "break": 0.0, "maintenance": 0.0},

@@ -137,7 +137,11 @@ def test_kwh_and_co2e_per_good_part_across_a_meter_wrap() -> None:
     # CO2e: 15 × 0.4594 = 6.891 kg; per part 0.0031565656 × 0.4594 = 0.0014501263… kg.
     assert kpi["co2e_kg"] == approx(6.891)
     assert kpi["co2e_per_good_part_kg"] == approx(0.00145, 1e-3)
-    assert kpi["emission_factor"] == {"kg_co2e_per_kwh": 0.4594, "source": "Korea grid 2023, GIR"}
+    assert kpi["emission_factor"] == {
+        "kg_co2e_per_kwh": 0.4594,
+        "source": "Korea grid 2023, GIR",
+        "valid_from": None,
+    }
     assert kpi["energy_notes"] == []
     assert "energy_meter_wrap" in kpi["warnings"]
     # The energy topic carries the same window figures plus the live readings.
