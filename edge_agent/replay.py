@@ -16,6 +16,7 @@ the end, so that a bad row anywhere prints errors only, never half a result.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -49,7 +50,9 @@ class Replayer:
     """Drives one engine per configured line with samples in time order."""
 
     def __init__(self, cfg: AgentConfig) -> None:
-        self.engines = [LineEngine(line, site=cfg.site) for line in cfg.lines]
+        # Time moves only with the samples: an ended window waits for its counts as long as the
+        # data takes (sparse exports), and the end of the data settles the rest (finish).
+        self.engines = [LineEngine(line, site=cfg.site, settle_s=math.inf) for line in cfg.lines]
         self.closed: list[dict[str, Any]] = []
         self.time: float | None = None
 
@@ -80,6 +83,12 @@ class Replayer:
         t = self.time
         return [contract.payload(engine.snapshot(t)) for engine in self.engines]
 
+    def finish(self) -> None:
+        """The end of the data: report the ended windows still waiting for counts."""
+        if self.time is not None:
+            for engine in self.engines:
+                self._collect(engine.finish(self.time))
+
     def _collect(self, reports: Iterable[Report]) -> None:
         """Keep the final reports of closed shifts (not hours)."""
         self.closed.extend(
@@ -101,6 +110,7 @@ def replay(cfg: AgentConfig, stream: TextIO) -> ReplayResult:
             replayer.feed(sample)
     result.problems = reader.problems
     if not result.problems:
+        replayer.finish()
         result.closed = replayer.closed
         result.open = replayer.snapshots()
     return result
