@@ -16,7 +16,6 @@ the end, so that a bad row anywhere prints errors only, never half a result.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -50,9 +49,9 @@ class Replayer:
     """Drives one engine per configured line with samples in time order."""
 
     def __init__(self, cfg: AgentConfig) -> None:
-        # Time moves only with the samples: an ended window waits for its counts as long as the
-        # data takes (sparse exports), and the end of the data settles the rest (finish).
-        self.engines = [LineEngine(line, site=cfg.site, settle_s=math.inf) for line in cfg.lines]
+        # An ended window waits for its counts as live (at most settle_s, so that replay of an
+        # export gives the live reports); the end of the data settles the rest (finish).
+        self.engines = [LineEngine(line, site=cfg.site) for line in cfg.lines]
         self.closed: list[dict[str, Any]] = []
         self.time: float | None = None
 

@@ -141,8 +141,11 @@ class LineEnergy:
         baseline = meter.last_value is None
         d = meter.update(value, t)
         self.meter_kwh = value * self.kwh_per_unit
-        segments = self.ledger.take()
         shares: list[tuple[WindowKey | None, str, float]] = []
+        if not (d.delta > 0 or d.wrapped or d.reset):
+            # An unchanged reading does not end the interval (as for part counters).
+            return MeterReading(shares, d.wrapped, d.reset)
+        segments = self.ledger.take()
         if not baseline and d.delta > 0:
             # Proportional split: each window and bucket gets the delta × its share of the time.
             shares = place_energy(segments, d.delta * self.kwh_per_unit, state)

@@ -23,16 +23,17 @@ both: the *shift* window (a shift, or the off-shift time between two: ``kpi`` sn
 piece is cut at whichever window ends first, so no piece ever crosses a window's end.
 
 Counts (:mod:`edge_agent.engine.placement`). A counter delta observed at ``t`` covers
-``(t_prev, t]``, the time since the counter's previous sample: it is placed over the windows of
-that time in proportion to the running time in each (unknown time counts as possibly running;
-by elapsed time when the line neither ran nor was unknown), in whole parts by the
-largest-remainder rule, so a sample exactly at a window's end closes that window and a delta
-across window boundaries is split. Parts placed in unknown time count in the totals, but not in
-performance and OEE (``unknown_time_count``). An ended window is therefore reported once every
-counter (and the meter) has been seen at or after its end, or ``settle_s`` after its end,
-whichever comes first; parts of a window already reported go to the next one. A counter's
-baseline survives restarts, so parts made while the agent was down are counted once, placed over
-the unknown time they cover. With a product signal, parts count for the product in force *before*
+``(t_prev, t]``, the time since the counter's value last changed (an unchanged reading ends
+nothing, as in the on-change history that replay reads): it is placed over the windows of that
+time in proportion to the running time in each (unknown time counts as possibly running; by
+elapsed time when the line neither ran nor was unknown), in whole parts by the largest-remainder
+rule, so a sample exactly at a window's end closes that window and a delta across window
+boundaries is split. Parts placed in unknown time count in the totals, but not in performance
+and OEE (``unknown_time_count``). An ended window is therefore reported when time next moves on
+after the total (or good) counter and the meter have changed since its last running or unknown
+time, or ``settle_s`` after its end, whichever comes first; parts of a window already reported
+go to the next one. A counter's baseline survives restarts, so parts made while the agent was
+down are counted once. With a product signal, parts count for the product in force *before*
 the counter sample's time: a product change takes effect for counter samples later than it, so
 the parts a poll shows alongside a new product code still count for the old product. Orders get
 the whole delta when it is seen.
@@ -167,8 +168,7 @@ class LineEngine:
     ) -> None:
         """``orders``: publish the ``order`` topic even without an order signal (order
         commands are enabled). ``settle_s``: how long an ended window waits at most for the
-        counter and meter samples that show what was made in it (replay: as long as the data
-        takes, ``math.inf``)."""
+        counter and meter samples that show what was made in it."""
         self._settle_s = settle_s
         self.cfg = cfg
         self.site = site
@@ -285,11 +285,11 @@ class LineEngine:
         if entry is None:
             return
         kind, key = entry
-        # Ended windows are settled after the sample: its delta may be what they wait for.
-        t = self._advance(sample.agent_time, settle=False)
+        # Ended windows are settled when time moves on, so that every sample of one instant
+        # (one poll) is in first: the reject delta of the poll that closes a shift belongs to it.
+        moved = self._now is None or sample.agent_time > self._now
+        t = self._advance(sample.agent_time, settle=moved)
         self._apply(kind, key, sample, t)
-        if self._closing:
-            self._settle(t)
 
     def _apply(self, kind: int, key: str, sample: Sample, t: float) -> None:
         good = sample.quality is Quality.GOOD
@@ -304,7 +304,14 @@ class LineEngine:
                 self._reset_hints.discard(kind)
             self._cut(t)  # the delta covers the time up to t
             d = self._trackers[kind].update(count, t, reset_hint=hint)
-            placed = place_parts(self._ledgers[kind].take(), d.delta)
+            # An unchanged value does not end the interval: a delta covers the time since the
+            # value last changed (the part's making), which is also what the history records
+            # (on change), so that replay of an export places parts as the live engine did.
+            placed = (
+                place_parts(self._ledgers[kind].take(), d.delta)
+                if d.delta or d.reset or d.wrapped
+                else []
+            )
             if d.wrapped:
                 self._flag("counter_wrap")
             if d.reset:
@@ -574,21 +581,22 @@ class LineEngine:
             self._shift = None
 
     def _held(self, o: OpenWindow) -> bool:
-        """Whether a counter has not been seen since running or unknown time of ``o``, or the
-        meter since any time of it: its next delta may hold parts or energy of ``o``."""
+        """Whether the total (or good) counter or the meter has not changed since running or
+        unknown time of ``o``: its next delta may hold parts or energy of ``o``."""
         index = 1 if o.window.kind == HOUR else 0
         start = o.window.start
-        if self._energy.measuring and self._energy.ledger.holds(index, start):
+        if self._energy.measuring and self._energy.ledger.holds(index, start, parts=True):
             return True
+        # Not the reject counter: rejects are rare, so its ledger often spans many windows.
         return any(
             ledger.holds(index, start, parts=True)
             for k, ledger in self._ledgers.items()
-            if self._trackers[k].last_value is not None
+            if k != SIG_REJECT and self._trackers[k].last_value is not None
         )
 
     def _settle(self, t: float, *, final: bool = False) -> None:
-        """Report the ended windows (shift, hour) whose counts are complete: every counter and
-        the meter seen at or after the window's end, or ``SETTLE_S`` passed (``final``: now)."""
+        """Report the ended windows (shift, hour) whose counts are complete (see :meth:`_held`),
+        or ``settle_s`` after their end (``final``: now)."""
         while self._closing:
             o, state = self._closing[0]
             if not final and t <= o.window.end + self._settle_s and self._held(o):

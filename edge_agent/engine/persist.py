@@ -167,7 +167,8 @@ def restore(engine: LineEngine, d: dict[str, Any]) -> None:
             OpenWindow.from_state(saved, engine._planned_states),
             MachineState(saved.get("state_at_end", "unknown")),
         )
-        for saved in d.get("closing") or ()
+        # Windows waiting for their counts exist from this version on.
+        for saved in ((d.get("closing") or ()) if version == STATE_VERSION else ())
     ]
 
 

@@ -192,7 +192,7 @@ def test_energy_belongs_to_the_time_its_meter_delta_covers() -> None:
     # shift gets its 5 kWh of running, the off-shift window its 5 kWh of planned stop. The
     # shift's report waits for the meter (and the counters) to be seen after its end.
     assert [m.topic_suffix for m in e.tick(T0 + 8 * H + 10 * M)] == ["state"]
-    feed(e, T0 + 8 * H + 10 * M, wh=10_000, total=0, rejects=0)
+    feed(e, T0 + 8 * H + 10 * M, wh=10_000, total=1_200, rejects=0)
     out = e.tick(T0 + 8 * H + 10 * M)
     assert [m.topic_suffix for m in out] == ["kpi/hour", "kpi/shift"]
     shift = next(m.payload for m in validated(out) if m.topic_suffix == "kpi/shift")

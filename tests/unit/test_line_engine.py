@@ -439,11 +439,12 @@ def test_restore_across_a_shift_end_reports_the_shift_once() -> None:
     shifts = by_topic(out, "kpi/shift")
     assert len(shifts) == 1
     p = shifts[0].payload
-    # The 3,600 parts made while the agent was down are counted once, placed over the two
-    # unknown hours they cover: 1,800 in the shift, 1,800 off shift.
-    assert (p["total_count"], p["unknown_time_s"]) == (21_800, 3600)
-    assert p["unknown_time_count"] == 1_800
-    assert b.snapshot(T0 + 9 * H).payload["total_count"] == 1_800
+    assert (p["total_count"], p["unknown_time_s"]) == (20_000, 3600)
+    # The parts made while the agent was down are counted once, when it sees them again: the
+    # shift was reported 10 minutes after its end (settle_s), so its share goes to the next
+    # window, as parts made in unknown time.
+    snap = b.snapshot(T0 + 9 * H).payload
+    assert (snap["total_count"], snap["unknown_time_count"]) == (3600, 3600)
 
 
 def test_restore_rejects_another_line() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -100,16 +99,14 @@ def test_windows_close_at_their_boundaries_with_sparse_samples() -> None:
     assert day["elapsed_s"] == 8 * 3600
     assert day["planned_stop_s"] == 1800
     assert day["run_time_s"] == 7.5 * 3600
-    # The 50 parts seen at 23:30 cover 12:00–23:30, all running: placed hour by hour (50/11.5
-    # per hour, largest remainders to the earliest hours on a tie), 10 of them in the day shift.
-    assert (day["total_count"], day["good_count"], day["reject_count"]) == (110, 106, 4)
+    assert (day["total_count"], day["good_count"], day["reject_count"]) == (100, 96, 4)
     swing = next(p for p in result.closed if p["window"]["name"] == "swing")
-    assert swing["run_time_s"] == 8 * 3600 and swing["total_count"] == 34
-    # The open windows at the last sample's time: line1 off shift, with its share of the parts.
+    assert swing["run_time_s"] == 8 * 3600 and swing["total_count"] == 0
+    # The open windows at the last sample's time: line1 off shift, with the parts counted then.
     open1 = next(p for p in result.open if p["line"] == "line1")
     assert open1["window"]["kind"] == "off_shift"
     assert open1["ts"] == "2024-05-02T23:30:00.000+09:00"
-    assert open1["total_count"] == 6 and open1["state"] == "idle"
+    assert open1["total_count"] == 50 and open1["state"] == "idle"
 
 
 def test_replay_equals_the_engine_ticked_every_second() -> None:
@@ -117,8 +114,7 @@ def test_replay_equals_the_engine_ticked_every_second() -> None:
     second: the window accounting does not depend on the tick cadence."""
     cfg = load_config_text(CONFIG)
     result = replay(cfg, io.StringIO(csv_text(SPARSE)))
-    # Like replay, the ended windows wait for their counts as long as the data takes.
-    engine = WireEngine(cfg.lines[0], site=cfg.site, settle_s=math.inf)
+    engine = WireEngine(cfg.lines[0], site=cfg.site)
     reader = SampleReader(io.StringIO(csv_text(SPARSE)))
     samples = [s for s in reader if s.source == "plc1"]
     live: list[dict[str, Any]] = []
@@ -128,8 +124,6 @@ def test_replay_equals_the_engine_ticked_every_second() -> None:
             live += [m.payload for m in engine.tick(t) if m.topic_suffix == "kpi/shift"]
             t += 1.0
         engine.ingest(s)
-    # The end of the data, as replay ends it.
-    live += [m.payload for m in engine.finish(t) if m.topic_suffix == "kpi/shift"]
     assert live == [p for p in result.closed if p["line"] == "line1"]
 
 
@@ -236,7 +230,7 @@ def test_table_format() -> None:
     day = next(row for row in table if row.startswith("line1") and " day " in row).split()
     assert day[4] == "closed"
     assert day[5] == "100.0%"  # availability
-    assert day[9:12] == ["110", "106", "4"]
+    assert day[9:12] == ["100", "96", "4"]
     assert day[12] == "100.0%"
     off = next(row for row in table if "off_shift" in row).split()
     assert off[4] == "open" and off[5] == "-"  # no ratios off shift
