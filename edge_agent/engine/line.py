@@ -302,16 +302,16 @@ class LineEngine:
             hint = kind in self._reset_hints
             if hint:
                 self._reset_hints.discard(kind)
-            self._cut(t)  # the delta covers the time up to t
-            d = self._trackers[kind].update(count, t, reset_hint=hint)
+            tracker = self._trackers[kind]
+            ledger = self._ledgers[kind]
+            if tracker.last_value is not None:  # the delta covers the time up to t
+                self._book(ledger, t)
+            ledger.since = t
+            d = tracker.update(count, t, reset_hint=hint)
             # An unchanged value does not end the interval: a delta covers the time since the
             # value last changed (the part's making), which is also what the history records
             # (on change), so that replay of an export places parts as the live engine did.
-            placed = (
-                place_parts(self._ledgers[kind].take(), d.delta)
-                if d.delta or d.reset or d.wrapped
-                else []
-            )
+            placed = place_parts(ledger.take(), d.delta) if d.delta or d.reset or d.wrapped else []
             if d.wrapped:
                 self._flag("counter_wrap")
             if d.reset:
@@ -639,18 +639,31 @@ class LineEngine:
                 loss_s = o.acc.add(a, t, self._state, unknown, self._reason)
                 if stopping:
                     o.micro_pending_s += loss_s
-            shift, hour = self._shift, self._hour
-            if shift is not None and hour is not None:
-                # Time since the last counter and meter samples: their next deltas are placed
-                # over it (edge_agent.engine.placement).
-                key = (shift.window.start, hour.window.start)
-                part_bucket = self._part_bucket(unknown)
-                for k, ledger in self._ledgers.items():
-                    if self._trackers[k].last_value is not None:
-                        ledger.add(key, part_bucket, t - a)
-                if self._energy.measuring:
-                    self._energy.add_time(key, *shift.acc.classify(a, t, self._state, unknown))
+            # Time since the last counter and meter samples: their next deltas are placed over
+            # it (edge_agent.engine.placement).
+            for k, ledger in self._ledgers.items():
+                if self._trackers[k].last_value is not None:
+                    self._book(ledger, t)
+            if self._energy.measuring:
+                self._book(self._energy.ledger, t, energy=True)
             self._piece_start = t
+
+    def _book(self, ledger: Ledger, t: float, *, energy: bool = False) -> None:
+        """Book the piece in progress up to ``t`` into ``ledger``, from where the ledger is
+        (``ledger.since``); ``energy``: by the time accounting's buckets (the meter)."""
+        a = max(self._piece_start, ledger.since)
+        shift, hour = self._shift, self._hour
+        if t <= a or shift is None or hour is None:
+            return
+        unknown = bool(self._causes)
+        key = (shift.window.start, hour.window.start)
+        if energy:
+            bucket, in_plan, outside = shift.acc.classify(a, t, self._state, unknown)
+            ledger.add(key, bucket, in_plan)
+            ledger.add(key, "planned_stop", outside)
+        else:
+            ledger.add(key, self._part_bucket(unknown), t - a)
+        ledger.since = t
 
     def _open_piece(self) -> tuple[float, MachineState, bool, str | None]:
         return (self._piece_start, self._state, bool(self._causes), self._reason)
@@ -754,16 +767,9 @@ class LineEngine:
         """A copy of ``ledger`` with the piece in progress booked (``active``: the signal has
         a baseline; ``energy``: the meter's ledger), for persistence."""
         copy = Ledger.from_state(ledger.state_dict())
-        a, t, shift, hour = self._piece_start, self._now, self._shift, self._hour
-        if active and t is not None and t > a and shift is not None and hour is not None:
-            unknown = bool(self._causes)
-            key = (shift.window.start, hour.window.start)
-            if energy:
-                bucket, in_plan, outside = shift.acc.classify(a, t, self._state, unknown)
-                copy.add(key, bucket, in_plan)
-                copy.add(key, "planned_stop", outside)
-            else:
-                copy.add(key, self._part_bucket(unknown), t - a)
+        copy.since = ledger.since
+        if active and self._now is not None:
+            self._book(copy, self._now, energy=energy)
         return copy
 
     def _add_parts(
@@ -816,7 +822,10 @@ class LineEngine:
 
     def _meter_sample(self, reading: float, t: float) -> None:
         """An energy meter reading (in the meter's unit) at ``t``."""
-        self._cut(t)  # the time up to t is split over this reading's delta
+        ledger = self._energy.ledger
+        if self._energy.measuring:  # the time up to t is split over this reading's delta
+            self._book(ledger, t, energy=True)
+        ledger.since = t
         r = self._energy.reading(reading, t, str(self._state))
         if r.wrapped:
             self._flag("energy_meter_wrap")

@@ -36,10 +36,13 @@ UNKNOWN = "unknown"
 class Ledger:
     """The time since a signal's previous sample, by window pair and bucket, in time order."""
 
-    __slots__ = ("segments",)
+    __slots__ = ("segments", "since")
 
     def __init__(self) -> None:
         self.segments: list[tuple[WindowKey, dict[str, float]]] = []
+        # The time up to which the engine's time is in the ledger (part of the piece in
+        # progress may be, booked at a sample without cutting the piece).
+        self.since = -math.inf
 
     def add(self, key: WindowKey, bucket: str, seconds: float) -> None:
         """``seconds`` more in ``bucket`` of window pair ``key`` (the latest time)."""
@@ -111,6 +114,12 @@ def place_parts(
     """Place ``delta`` parts over a ledger's time (see the module docstring)."""
     if delta <= 0:
         return []
+    if len(segments) == 1:  # the common case: within one window pair, known or unknown
+        key, buckets = segments[0]
+        if buckets.get(UNKNOWN, 0.0) <= 0:
+            return [PlacedParts(key, delta, 0)]
+        if buckets.get(RUNNING, 0.0) <= 0:
+            return [PlacedParts(key, 0, delta)]
     weights: list[float] = []
     for _, buckets in segments:
         weights.append(buckets.get(RUNNING, 0.0))
