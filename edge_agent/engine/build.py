@@ -82,6 +82,7 @@ def kpi_report(
     products: list[ProductRow] | None = None,
     energy: EnergyFigures | None = None,
     fault_count: int = 0,
+    unknown_time_count: int = 0,
     closed: bool = False,
 ) -> KpiReport:
     """The KPI report of ``window`` at ``now`` (``closed``: its final report). Ratios: 6
@@ -137,6 +138,8 @@ def kpi_report(
         mtbf_s=round(buckets.run_s / fault_count, 3) if fault_count else None,
         mttr_s=round(buckets.fault_s / fault_count, 3) if fault_count else None,
         top_downtime_reasons=top_reasons(buckets.loss_by_reason_s),
+        unknown_time_count=unknown_time_count,
+        throughput_good_per_known_h=_r(kpis.throughput_good_per_known_h, 3),
         closed=closed,
     )
 
@@ -205,6 +208,9 @@ def window_report(
     reject = sum(r[3] for r in rows)
     net_s = sum(ideal_of(r[0]) * r[1] for r in rows)
     fpt_s = sum(ideal_of(r[0]) * r[2] for r in rows)
+    # Parts placed in unknown time: counted, not paired with run time (docs/kpi.md).
+    known_rows = o.product_rows(second_counter, known=True)
+    unknown_net_s = net_s - sum(ideal_of(r[0]) * r[1] for r in known_rows)
     # The count-weighted ideal cycle time keeps performance = ideal × total / run true.
     ideal_s = net_s / total if products is not None and total > 0 else ideal_cycle_time_s
     kpis = compute_kpis(
@@ -216,6 +222,8 @@ def window_report(
         fully_productive_time_s=fpt_s,
         ratios=w.kind == SHIFT or (w.kind == HOUR and bool(o.acc.planned)),
         min_data_coverage=min_data_coverage,
+        unknown_net_run_time_s=unknown_net_s,
+        known_good_count=sum(r[2] for r in known_rows),
     )
     product_rows = None
     if products is not None:
@@ -254,5 +262,6 @@ def window_report(
         flags=o.flags,
         energy=energy.figures(o.energy, good, w.start),
         fault_count=o.fault_count,
+        unknown_time_count=o.unknown_time_count(),
         closed=closed,
     )

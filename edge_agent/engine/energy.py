@@ -5,6 +5,7 @@ Pure: no clock, no I/O.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -14,10 +15,12 @@ from zoneinfo import ZoneInfo
 from edge_agent.config.schema import EmissionFactor, EnergySignal
 from edge_agent.domain import EnergyUnit
 from edge_agent.engine.counters import MeterTracker
+from edge_agent.engine.placement import Ledger, WindowKey, place_energy
 from edge_agent.engine.reports import EmissionFactorRef, EnergyFields, EnergyReport, WindowRef
 
 NO_FACTOR_NOTE = "no emission_factor configured for this line: CO2e not computed"
 NO_METER_NOTE = "no energy signal configured for this line"
+OLDEST: WindowKey = (-math.inf, -math.inf)  # a window pair before any: the oldest one open
 
 
 def not_in_force_note(day: date) -> str:
@@ -92,12 +95,20 @@ def energy_fields(e: EnergyFigures) -> EnergyFields:
 
 @dataclass(frozen=True, slots=True)
 class MeterReading:
-    """What one meter reading adds: kWh by state bucket, and whether the meter wrapped or was
-    reset."""
+    """What one meter reading adds: ``(window pair, state bucket, kWh)`` over the time since the
+    previous reading (window pair ``None``: the windows open now), and whether the meter wrapped
+    or was reset."""
 
-    shares: dict[str, float]
+    shares: list[tuple[WindowKey | None, str, float]]
     wrapped: bool
     reset: bool
+
+    def by_bucket(self) -> dict[str, float]:
+        """kWh by state bucket, whatever the window."""
+        out: dict[str, float] = {}
+        for _, bucket, kwh in self.shares:
+            out[bucket] = out.get(bucket, 0.0) + kwh
+        return out
 
 
 class LineEnergy:
@@ -124,8 +135,8 @@ class LineEnergy:
                 # slack: a few seconds at full power, for polling jitter
                 slack=0.0 if max_kw is None else 10.0 * max_kw / 3600.0 / self.kwh_per_unit,
             )
-        # Time by bucket since the last meter sample, to split the next delta over.
-        self.time_by_bucket: dict[str, float] = {}
+        # Time by window pair and bucket since the last meter sample, to place the next delta.
+        self.ledger = Ledger()
         self.meter_kwh: float | None = None  # last reading, in kWh
         self.power_kw: float | None = None
 
@@ -134,14 +145,11 @@ class LineEnergy:
         """Whether the meter has a baseline: time from now on is split over its next delta."""
         return self.meter is not None and self.meter.last_value is not None
 
-    def add_time(self, bucket: str, in_plan_s: float, outside_s: float) -> None:
-        """Time since the last reading: ``in_plan_s`` in ``bucket``, ``outside_s`` outside
-        planned time (booked as ``planned_stop``)."""
-        et = self.time_by_bucket
-        if in_plan_s > 0:
-            et[bucket] = et.get(bucket, 0.0) + in_plan_s
-        if outside_s > 0:
-            et["planned_stop"] = et.get("planned_stop", 0.0) + outside_s
+    def add_time(self, key: WindowKey, bucket: str, in_plan_s: float, outside_s: float) -> None:
+        """Time since the last reading in window pair ``key``: ``in_plan_s`` in ``bucket``,
+        ``outside_s`` outside planned time (booked as ``planned_stop``)."""
+        self.ledger.add(key, bucket, in_plan_s)
+        self.ledger.add(key, "planned_stop", outside_s)
 
     def reading(self, value: float, t: float, state: str) -> MeterReading:
         """A meter reading (in the meter's unit) at ``t``, the time up to ``t`` already added;
@@ -151,16 +159,14 @@ class LineEnergy:
         baseline = meter.last_value is None
         d = meter.update(value, t)
         self.meter_kwh = value * self.kwh_per_unit
-        shares: dict[str, float] = {}
+        shares: list[tuple[WindowKey | None, str, float]] = []
+        if not (d.delta > 0 or d.wrapped or d.reset):
+            # An unchanged reading does not end the interval (as for part counters).
+            return MeterReading(shares, d.wrapped, d.reset)
+        segments = self.ledger.take()
         if not baseline and d.delta > 0:
-            kwh = d.delta * self.kwh_per_unit
-            total_s = sum(self.time_by_bucket.values())
-            if total_s > 0:
-                # Proportional split: each bucket gets the delta × its share of the time.
-                shares = {k: kwh * v / total_s for k, v in self.time_by_bucket.items() if v > 0}
-            else:  # two readings at one instant: the state at that instant
-                shares = {state: kwh}
-        self.time_by_bucket = {}
+            # Proportional split: each window and bucket gets the delta × its share of the time.
+            shares = place_energy(segments, d.delta * self.kwh_per_unit, state)
         return MeterReading(shares, d.wrapped, d.reset)
 
     def factor_at(self, t: float) -> EmissionFactor | None:
@@ -219,7 +225,7 @@ class LineEnergy:
     def state_dict(self) -> dict[str, Any]:
         return {
             "meter": None if self.meter is None else self.meter.state_dict(),
-            "energy_time": dict(self.time_by_bucket),
+            "energy_ledger": self.ledger.state_dict(),
         }
 
     def restore(self, d: Mapping[str, Any]) -> None:
@@ -227,4 +233,7 @@ class LineEnergy:
             self.meter.restore(d.get("meter"))
             if self.meter.last_value is not None:
                 self.meter_kwh = self.meter.last_value * self.kwh_per_unit
-        self.time_by_bucket = {k: float(v) for k, v in (d.get("energy_time") or {}).items()}
+        self.ledger = Ledger.from_state(d.get("energy_ledger"))
+        for bucket, seconds in (d.get("energy_time") or {}).items():
+            # Saved by a version that kept no windows: the oldest window open after the restart.
+            self.ledger.add(OLDEST, str(bucket), float(seconds))

@@ -378,6 +378,7 @@ class Kpis:
     throughput_total_per_h: float | None
     data_coverage: float | None
     warnings: frozenset[str]
+    throughput_good_per_known_h: float | None = None
 
 
 # Time denominators below a microsecond are zero: float residue of interval sums must not turn
@@ -403,6 +404,8 @@ def compute_kpis(
     fully_productive_time_s: float | None = None,
     ratios: bool = True,
     min_data_coverage: float = LOW_DATA_COVERAGE,
+    unknown_net_run_time_s: float = 0.0,
+    known_good_count: int | None = None,
 ) -> Kpis:
     """The KPIs of one window.
 
@@ -415,7 +418,14 @@ def compute_kpis(
     time / (planned − unknown). With one ideal cycle time that is exactly A × P × Q; with several
     it is A × P × (quality weighted by ideal cycle time). OEE stays defined (0) when the line ran
     without making a part; it is ``None`` without run time. Throughput is per hour of elapsed
-    window time. ``ratios=False`` (no planned time by the calendar) makes all ratios ``None``.
+    window time, and (``throughput_good_per_known_h``) good parts made in known time per hour
+    of the window's time with data (elapsed − unknown).
+
+    Parts placed in unknown time (edge_agent.engine.placement) count in quality, but not in
+    performance and OEE, which pair parts with run time: ``unknown_net_run_time_s`` is their
+    ideal time (the part of ``net_run_time_s`` they make up), ``known_good_count`` the good
+    parts in known time (default: ``good_count``).
+    ``ratios=False`` (no planned time by the calendar) makes all ratios ``None``.
     """
     warnings: set[str] = set()
     known_s = buckets.known_s
@@ -430,10 +440,15 @@ def compute_kpis(
         availability = performance = quality = oee = coverage = None
     else:
         availability = _time_ratio(buckets.run_s, known_s)
-        performance = _time_ratio(net_s, buckets.run_s)
+        known_net_s = max(net_s - unknown_net_run_time_s, 0.0)
+        performance = _time_ratio(known_net_s, buckets.run_s)
         quality = _ratio(good_count, total_count)
+        # Fully productive time of the parts made in known time: A × P × Q.
+        known_fpt_s = fpt_s * known_net_s / net_s if net_s > 0 else fpt_s
         # Defined exactly when availability and performance are.
-        oee = fpt_s / known_s if availability is not None and performance is not None else None
+        oee = (
+            known_fpt_s / known_s if availability is not None and performance is not None else None
+        )
         if performance is not None and performance > 1.0:
             warnings.add("performance_above_ideal")
         if coverage is not None and coverage < min_data_coverage:
@@ -448,4 +463,8 @@ def compute_kpis(
         throughput_total_per_h=_time_ratio(total_count, hours),
         data_coverage=coverage,
         warnings=frozenset(warnings),
+        throughput_good_per_known_h=_time_ratio(
+            good_count if known_good_count is None else known_good_count,
+            (buckets.elapsed_s - buckets.unknown_s) / 3600.0,
+        ),
     )

@@ -443,6 +443,29 @@ class KpiReport:
             required=False,
         ),
     ]
+    unknown_time_count: Annotated[
+        int,
+        Doc(
+            "parts of total_count made while the line's data was unknown (a counter delta is"
+            " placed over the time it covers, docs/kpi.md): counted in total_count, good_count"
+            " and order progress, but not paired with run time in performance and oee",
+            COUNT,
+            required=False,
+            metric=True,
+        ),
+    ]
+    throughput_good_per_known_h: Annotated[
+        float | None,
+        Doc(
+            "good parts made in known time per hour of the window's time with data"
+            " (elapsed_s - unknown_time_s); throughput_good_per_h counts every hour of the"
+            " window, also those before the agent ran; null without known time",
+            NON_NEGATIVE_OR_NULL,
+            required=False,
+            metric=True,
+            unit="parts/h",
+        ),
+    ]
     # Not on the wire: a closed window's final report (kpi/shift, kpi/hour), not a snapshot.
     closed: bool = False
 

@@ -91,6 +91,8 @@ def kpi(*, closed: bool, kind: str = "shift") -> KpiReport:
         mtbf_s=None,
         mttr_s=None,
         top_downtime_reasons=(ReasonTime(reason="unspecified", time_s=4.0),),
+        unknown_time_count=0,
+        throughput_good_per_known_h=1.5,
         closed=closed,
     )
 

@@ -99,7 +99,7 @@ def test_classic_worked_example_through_the_engine() -> None:
     assert [m.payload["state"] for m in by_topic(out, "state")] == ["running", "fault", "running"]
     feed(e, T0 + 8 * H - 60, total=19_271, rejects=423)
     assert by_topic(e.tick(T0 + 8 * H - 1), "kpi/shift") == []
-    out = e.tick(T0 + 8 * H)
+    out = e.finish(T0 + 8 * H)  # the data ends at the shift's end
     shifts = by_topic(out, "kpi/shift")
     assert len(shifts) == 1
     msg = shifts[0]
@@ -157,7 +157,7 @@ def test_published_worked_example_with_a_meal_break() -> None:
     feed(e, T0 + 4 * H, state=3)
     feed(e, T0 + 4 * H + 47 * M, state=1)
     feed(e, T0 + 8 * H - 60, total=19_271, rejects=423)
-    [msg] = by_topic(e.tick(T0 + 8 * H), "kpi/shift")
+    [msg] = by_topic(e.finish(T0 + 8 * H), "kpi/shift")
     p = msg.payload
     assert (p["planned_time_s"], p["run_time_s"]) == (25_200, 22_380)
     assert p["availability"] == round(373 / 420, 6) == 0.888095
@@ -181,7 +181,7 @@ def test_overnight_shift_in_seoul_with_a_fault_across_the_midnight_break() -> No
     feed(e, start + 100 * M, state=3)
     feed(e, start + 140 * M, state=1)
     feed(e, start + 8 * H - 10, total=25_000, rejects=500)
-    out = by_topic(e.tick(start + 8 * H), "kpi/shift")
+    out = by_topic(e.finish(start + 8 * H), "kpi/shift")
     assert len(out) == 1
     p = out[0].payload
     validate(out[0])
@@ -421,11 +421,12 @@ def test_a_shift_close_found_by_ingest_is_emitted_once_by_tick() -> None:
     e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=0, rejects=0)
     feed(e, T0 + 8 * H - 1, total=100)
-    feed(e, T0 + 8 * H + 1, total=110)  # the 10 parts belong to the off-shift window
+    # The 10 parts cover 13:59:59–14:00:01, running: 5 in the shift, 5 off shift.
+    feed(e, T0 + 8 * H + 1, total=110, rejects=0)
     out = e.tick(T0 + 8 * H + 2)
     shifts = by_topic(out, "kpi/shift")
-    assert len(shifts) == 1 and shifts[0].payload["total_count"] == 100
-    assert e.snapshot(T0 + 8 * H + 2).payload["total_count"] == 10
+    assert len(shifts) == 1 and shifts[0].payload["total_count"] == 105
+    assert e.snapshot(T0 + 8 * H + 2).payload["total_count"] == 5
     assert by_topic(e.tick(T0 + 8 * H + 3), "kpi/shift") == []
 
 
@@ -466,8 +467,11 @@ def test_restore_across_a_shift_end_reports_the_shift_once() -> None:
     assert len(shifts) == 1
     p = shifts[0].payload
     assert (p["total_count"], p["unknown_time_s"]) == (20_000, 3600)
-    # The parts made while the agent was down are counted once, when it sees them again.
-    assert b.snapshot(T0 + 9 * H).payload["total_count"] == 3600
+    # The parts made while the agent was down are counted once, when it sees them again: the
+    # shift was reported 10 minutes after its end (settle_s), so its share goes to the next
+    # window, as parts made in unknown time.
+    snap = b.snapshot(T0 + 9 * H).payload
+    assert (snap["total_count"], snap["unknown_time_count"]) == (3600, 3600)
 
 
 def test_restore_rejects_another_line() -> None:
@@ -494,7 +498,7 @@ def test_pending_reports_saved_as_messages_by_version_2_are_restored() -> None:
     as the same reports, with the same payloads."""
     a = WireEngine(line_cfg(), site="plant")
     feed(a, T0, state=1, total=0, rejects=0)
-    feed(a, T0 + 8 * H, state=3, total=10)  # closes the shift, changes the state
+    feed(a, T0 + 8 * H, state=3, total=10, rejects=0)  # closes the shift, changes the state
     saved = json.loads(json.dumps(a.state_dict()))
     expected = a.tick(T0 + 8 * H)
     assert {"kpi/hour", "kpi/shift", "state"} <= {m.topic_suffix for m in expected}
