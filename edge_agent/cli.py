@@ -1,5 +1,5 @@
-"""``edge-agent`` command line: run, check-config, config-schema, replay, history export,
-certs, demo, watch, version."""
+"""``edge-agent`` command line: run, check-config, calendar, config-schema, replay, history
+export, certs, demo, watch, version."""
 
 from __future__ import annotations
 
@@ -131,6 +131,20 @@ def _build_parser() -> argparse.ArgumentParser:
         help="print the effective configuration (defaults filled in, paths resolved) as YAML; "
         "secrets are never in it, and usernames are redacted",
     )
+
+    p_cal = _sub(
+        sub,
+        "calendar",
+        "show each line's days off in a year (public holidays, site days, worked holidays)",
+        "Show the days on which no shift starts for each line in a year: the country's public "
+        "holidays (calendar.country, from the holidays package), the site's own holidays and "
+        "substitute days, and the public holidays it works.",
+        "calendar -c /etc/edge-agent/agent.yaml",
+        "calendar -c agent.yaml --year 2026 --line press1",
+    )
+    _config_options(p_cal)
+    p_cal.add_argument("--year", type=int, help="the year to show (default: this year)")
+    p_cal.add_argument("--line", help="only this line")
 
     p_certs = _sub(
         sub,
@@ -272,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(files) != 1:
             parser.error("replay: give the configuration and one CSV: replay -c FILE SAMPLES")
         args.samples = files[0]
-    if args.command in ("run", "check-config", "replay") or (
+    if args.command in ("run", "check-config", "calendar", "replay") or (
         args.command == "history" and args.history_command == "export"
     ):
         args.config = _config_path(parser, args)
@@ -280,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from edge_agent.config.loader import check_config_main  # noqa: PLC0415
 
         return check_config_main(args.config, dump=args.dump)
+    if args.command == "calendar":
+        return _calendar(args)
     if args.command == "certs":
         return _certs(args)
     if args.command == "config-schema":
@@ -312,6 +328,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
     raise AssertionError(args.command)
+
+
+def _calendar(args: argparse.Namespace) -> int:
+    """``edge-agent calendar``: the resolved days of each line's calendar in a year."""
+    from datetime import date  # noqa: PLC0415
+
+    from edge_agent import calendars  # noqa: PLC0415
+    from edge_agent.config.loader import load_config  # noqa: PLC0415
+
+    try:
+        cfg = load_config(args.config, check_files=False)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return EXIT_CONFIG
+    year = args.year if args.year is not None else date.today().year
+    lines = [line for line in cfg.lines if args.line is None or line.name == args.line]
+    if not lines:
+        names = ", ".join(line.name for line in cfg.lines)
+        print(f"{args.config}: no line named {args.line!r} (lines: {names})", file=sys.stderr)
+        return EXIT_USAGE
+    for index, line in enumerate(lines):
+        cal = line.calendar
+        source = (
+            f"public holidays of {cal.country} (holidays {calendars.package_version()})"
+            if cal.country
+            else "no country calendar"
+        )
+        if index:
+            print()
+        print(f"{line.name} ({line.timezone}), {year}: {source}")
+        days = calendars.resolve(
+            cal.country,
+            cal.holidays,
+            cal.worked_holidays,
+            [(s.date, s.instead_of) for s in cal.substitute_days],
+            year,
+        )
+        for day in days:
+            print(f"  {day.date.isoformat()} {day.date:%a}  {day.kind:<10}  {day.name}")
+        off = sum(1 for day in days if day.off)
+        print(f"  {off} days off")
+    return 0
 
 
 def _certs(args: argparse.Namespace) -> int:

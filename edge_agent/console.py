@@ -176,6 +176,7 @@ def _kpi_line(line: str, data: dict[str, Any]) -> str:
         f"Q={fmt_num(data.get('quality'))} total={fmt_int(data.get('total_count'))} "
         f"good={fmt_int(data.get('good_count'))} reject={fmt_int(data.get('reject_count'))} "
         f"good/h={fmt_num(data.get('throughput_good_per_h'), 0)} "
+        f"good/known_h={fmt_num(data.get('throughput_good_per_known_h'), 0)} "
         f"coverage={fmt_num(data.get('data_coverage'), 2)}"
     )
 
@@ -232,6 +233,7 @@ _COLUMNS = (
     ("GOOD", 7),
     ("REJECT", 7),
     ("GOOD/H", 7),
+    ("KNOWN/H", 7),  # good parts per hour with data (GOOD/H: per hour of the shift so far)
     ("COVER", 7),
     ("KWH/PART", 8),
     ("ORDER", 9),
@@ -267,6 +269,7 @@ def render_table(view: BrokerView, line_names: list[str], now_monotonic: float) 
                 fmt_int(k.get("good_count")),
                 fmt_int(k.get("reject_count")),
                 fmt_num(k.get("throughput_good_per_h"), 0),
+                fmt_num(k.get("throughput_good_per_known_h"), 0),
                 fmt_pct(k.get("data_coverage")),
                 fmt_num(k.get("energy_per_good_part_kwh"), 4),
                 str(order.get("order_id") or "-"),

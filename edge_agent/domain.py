@@ -24,6 +24,14 @@ class MachineState(enum.StrEnum):
     UNKNOWN = "unknown"  # no data: never configured, produced by the engine only
 
 
+class Convention(enum.StrEnum):
+    """Which time counts against availability (docs/kpi.md, "Conventions")."""
+
+    ISO22400 = "iso22400"  # planned states and breaks are outside planned production time
+    PLANNED_DOWNTIME_LOSS = "planned_downtime_loss"  # planned states are availability losses
+    SIX_BIG_LOSSES = "six_big_losses"  # micro-stops are performance losses (TPM, Nakajima)
+
+
 class EnergyUnit(enum.StrEnum):
     """Unit of an active-energy meter counter."""
 

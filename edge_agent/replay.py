@@ -46,6 +46,8 @@ class Replayer:
     """Drives one engine per configured line with samples in time order."""
 
     def __init__(self, cfg: AgentConfig) -> None:
+        # An ended window waits for its counts as live (at most settle_s, so that replay of an
+        # export gives the live reports); the end of the data settles the rest (finish).
         self.engines = [LineEngine(line, site=cfg.site) for line in cfg.lines]
         self.closed: list[dict[str, Any]] = []
         self.time: float | None = None
@@ -77,6 +79,12 @@ class Replayer:
         t = self.time
         return [contract.payload(engine.snapshot(t)) for engine in self.engines]
 
+    def finish(self) -> None:
+        """The end of the data: report the ended windows still waiting for counts."""
+        if self.time is not None:
+            for engine in self.engines:
+                self._collect(engine.finish(self.time))
+
     def _collect(self, reports: Iterable[Report]) -> None:
         """Keep the final reports of closed shifts (not hours)."""
         self.closed.extend(
@@ -98,6 +106,7 @@ def replay(cfg: AgentConfig, stream: TextIO) -> ReplayResult:
             replayer.feed(sample)
     result.problems = reader.problems
     if not result.problems:
+        replayer.finish()
         result.closed = replayer.closed
         result.open = replayer.snapshots()
     return result

@@ -56,6 +56,7 @@ _COLUMNS = (
     ("P", 6),
     ("Q", 6),
     ("GOOD/H", 7),
+    ("KNOWN/H", 7),  # good parts per hour with data (GOOD/H: per hour of the shift so far)
     ("TOTAL/H", 7),
     ("COVER", 6),
     ("SEEN", 6),
@@ -149,7 +150,7 @@ def render_fleet(view: FleetView, now: float, stale_after_s: float) -> list[str]
         agent = sv.status or "?"
         if not sv.lines:
             mark = "OFFLINE" if sv.status == "offline" else ""
-            rows.append([site, "-", agent, *["-"] * 10, mark])
+            rows.append([site, "-", agent, *["-"] * 11, mark])
             continue
         for name in sorted(sv.lines):
             lv = sv.lines[name]
@@ -171,6 +172,7 @@ def render_fleet(view: FleetView, now: float, stale_after_s: float) -> list[str]
                     fmt_pct(k.get("performance")),
                     fmt_pct(k.get("quality")),
                     fmt_num(k.get("throughput_good_per_h"), 0),
+                    fmt_num(k.get("throughput_good_per_known_h"), 0),
                     fmt_num(k.get("throughput_total_per_h"), 0),
                     fmt_pct(k.get("data_coverage")),
                     "-" if age is None else _age(age),
@@ -178,7 +180,7 @@ def render_fleet(view: FleetView, now: float, stale_after_s: float) -> list[str]
                     ",".join(marks),
                 ]
             )
-    return format_table(_COLUMNS, rows, align="llll" + "r" * 9 + "l")
+    return format_table(_COLUMNS, rows, align="llll" + "r" * 10 + "l")
 
 
 # -- the command -----------------------------------------------------------------------------

@@ -5,12 +5,19 @@ rules across objects are in :mod:`edge_agent.config.references`."""
 
 from __future__ import annotations
 
+from datetime import date
+
+from yaml.nodes import Node
+
+from edge_agent import calendars
 from edge_agent.config.issues import join_index, join_key
 from edge_agent.config.kinds import REGISTER, Ctx, Parsed, declared, rule
 from edge_agent.config.schema import (
     AgentConfig,
     Calendar,
     DataType,
+    EmissionFactor,
+    LineConfig,
     Maintenance,
     ModbusSourceConfig,
     ModbusTable,
@@ -29,6 +36,7 @@ from edge_agent.config.schema import (
     TlsConfig,
     modicon_hint,
 )
+from edge_agent.domain import Convention
 from edge_agent.engine.stops import OPERATOR_SOURCE
 from edge_agent.sinks import sparkplug
 
@@ -189,12 +197,101 @@ def _modbus_tag(ctx: Ctx, parsed: Parsed) -> None:
 @rule(Calendar)
 def _calendar(ctx: Ctx, parsed: Parsed) -> None:
     holidays = set(parsed.get("holidays", ()))
+    country = parsed.get("country")
+    country = country if isinstance(country, str) else None
+    worked = set(parsed.get("worked_holidays", ()))
+    replaced = {s.instead_of for s in parsed.get("substitute_days", ()) if hasattr(s, "instead_of")}
+
+    def public(day: date) -> str | None:
+        return calendars.public_holidays(country, day.year).get(day) if country else None
+
+    def where(path: str) -> Node:
+        return ctx.index.get(path, parsed.node)
+
     extra_path = join_key(parsed.path, "extra_days")
     for index, extra in enumerate(parsed.get("extra_days", ())):
+        item_path = join_index(extra_path, index)
+        name = public(extra.date)
         if extra.date in holidays:
-            item_path = join_index(extra_path, index)
-            where = ctx.index.get(item_path, parsed.node)
-            ctx.add(where, item_path, f"{extra.date.isoformat()} is also listed as a holiday")
+            ctx.add(
+                where(item_path), item_path, f"{extra.date.isoformat()} is also listed as a holiday"
+            )
+        elif name is not None and extra.date not in worked | replaced:
+            ctx.add(
+                where(item_path),
+                item_path,
+                f"{extra.date.isoformat()} is a public holiday of {country} ({name}): list it"
+                " under worked_holidays to work it",
+            )
+    checks = [
+        ("worked_holidays", i, day) for i, day in enumerate(parsed.get("worked_holidays", ()))
+    ] + [
+        ("substitute_days", i, s.instead_of)
+        for i, s in enumerate(parsed.get("substitute_days", ()))
+        if hasattr(s, "instead_of")
+    ]
+    for key_name, index, day in checks:
+        item_path = join_index(join_key(parsed.path, key_name), index)
+        if key_name == "substitute_days":
+            item_path = join_key(item_path, "instead_of")
+        if "country" not in parsed.values:
+            ctx.add(
+                where(item_path),
+                item_path,
+                "needs calendar.country: the public holidays it refers to",
+            )
+            return
+        if country is not None and public(day) is None:
+            ctx.add(
+                where(item_path),
+                item_path,
+                f"{day.isoformat()} is not a public holiday of {country} (holidays"
+                f" {calendars.package_version()})",
+            )
+
+
+@rule(LineConfig)
+def _line(ctx: Ctx, parsed: Parsed) -> None:
+    _convention(ctx, parsed)
+    _emission_factors(ctx, parsed)
+
+
+def _convention(ctx: Ctx, parsed: Parsed) -> None:
+    if (
+        parsed.get("convention") is Convention.PLANNED_DOWNTIME_LOSS
+        and "planned_states" in parsed.nodes
+    ):
+        ctx.warn(
+            *parsed.at("planned_states"),
+            "has no effect with convention planned_downtime_loss: every state is an"
+            " availability loss (remove it, or use convention iso22400)",
+        )
+
+
+def _emission_factors(ctx: Ctx, parsed: Parsed) -> None:
+    factors = parsed.get("emission_factors", ())
+    if "emission_factor" in parsed.nodes and "emission_factors" in parsed.nodes:
+        ctx.add(
+            *parsed.at("emission_factors"),
+            "give emission_factor (one factor) or emission_factors (dated factors), not both",
+        )
+        return
+    if not isinstance(factors, tuple):
+        return
+    path = join_key(parsed.path, "emission_factors")
+    seen: dict[date | None, int] = {}
+    for index, factor in enumerate(factors):
+        if not isinstance(factor, EmissionFactor):
+            continue
+        item_path = join_index(path, index)
+        first = seen.setdefault(factor.valid_from, index)
+        if first != index:
+            day = "no valid_from" if factor.valid_from is None else factor.valid_from.isoformat()
+            ctx.add(
+                ctx.index.get(item_path, parsed.node),
+                item_path,
+                f"emission_factors[{first}] has the same valid_from ({day}): one factor per date",
+            )
 
 
 @rule(Maintenance)

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from yaml.nodes import MappingNode, Node, SequenceNode
 
+from edge_agent.calendars import COUNTRY_PATTERN, country_problem
 from edge_agent.config.files import FileKind
 from edge_agent.config.issues import join_key
 from edge_agent.config.kinds import (
@@ -69,6 +70,7 @@ from edge_agent.config.kinds import (
 from edge_agent.domain import (
     ALL_DAYS,
     WEEKDAY_NAMES,
+    Convention,
     EnergyUnit,
     MachineState,
     sparkplug_id_problem,
@@ -509,10 +511,40 @@ class Maintenance:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SubstituteDay:
+    """A day off the site gives instead of a public holiday it works."""
+
+    instead_of: date = key(DATE, "the public holiday of `country` that is worked instead")
+    date: date = key(DATE, "the local date taken off")
+
+
+COUNTRY: Final = Checked(
+    country_problem, "a country of the holidays package, e.g. KR", COUNTRY_PATTERN
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Calendar:
     """Dated exceptions to a line's weekly shift pattern."""
 
-    holidays: tuple[date, ...] = key(ListOf(DATE), "no shift starts on these local dates", ())
+    country: str | None = key(
+        Opt(COUNTRY),
+        "no shift starts on this country's public holidays (ISO 3166 code, e.g. KR; from the"
+        " holidays package)",
+        None,
+        shown="none",
+    )
+    holidays: tuple[date, ...] = key(
+        ListOf(DATE), "no shift starts on these local dates (the site's own holidays)", ()
+    )
+    worked_holidays: tuple[date, ...] = key(
+        ListOf(DATE), "public holidays of `country` worked like any other day of their weekday", ()
+    )
+    substitute_days: tuple[SubstituteDay, ...] = key(
+        ListOf(Model(SubstituteDay)),
+        "days off the site gives instead of public holidays it works",
+        (),
+    )
     extra_days: tuple[ExtraDay, ...] = key(
         ListOf(Either(DATE, lambda day: ExtraDay(date=day), Model(ExtraDay))),
         "shifts start on these dates whatever the weekday; not also a holiday",
@@ -529,6 +561,11 @@ class StateSignal:
     map: dict[int, MachineState] = key(
         CodeMap(Choice(MachineState, exclude=(MachineState.UNKNOWN,)), "states", "state code"),
         "state code to state",
+    )
+    unmapped: MachineState = key(
+        Choice(MachineState),
+        "what a code the map lacks means (warning unmapped_state_code either way)",
+        MachineState.UNKNOWN,
     )
 
 
@@ -598,6 +635,13 @@ class OrderSignal:
 class EmissionFactor:
     """Grid emission factor for CO2e figures; the source is mandatory so reports can cite it."""
 
+    valid_from: date | None = key(
+        Opt(DATE),
+        "the local date from which it is in force (a report uses the factor in force at its"
+        " window's start)",
+        None,
+        shown="always",
+    )
     kg_co2e_per_kwh: float = key(Number(0), "kg CO2e per kWh of the grid")
     source: str = key(STR, "where the figure comes from, published with every CO2e figure")
 
@@ -657,13 +701,19 @@ class LineConfig:
         ListOf(
             Choice(MachineState, exclude=(MachineState.UNKNOWN, MachineState.RUNNING)), unique=True
         ),
-        "states excluded from planned production time",
+        "states excluded from planned production time (with convention planned_downtime_loss:"
+        " availability losses instead)",
         frozenset({MachineState.PLANNED_STOP}),
     )
     stop_reasons: tuple[StopReason, ...] = key(
         ListOf(Model(StopReason), names="reason"),
         "what operators may name a stop with (the operator page)",
         (),
+    )
+    convention: Convention = key(
+        Choice(Convention),
+        "loss convention: iso22400, planned_downtime_loss (SMRP) or six_big_losses (TPM)",
+        Convention.ISO22400,
     )
     shifts: tuple[Shift, ...] = key(
         ListOf(Model(Shift), names="shift"),
@@ -677,6 +727,12 @@ class LineConfig:
     signals: Signals = key(Model(Signals), "the PLC tags the KPIs come from")
     emission_factor: EmissionFactor | None = key(
         Opt(Model(EmissionFactor)), "grid emission factor; none: CO2e fields are null", None
+    )
+    emission_factors: tuple[EmissionFactor, ...] = key(
+        ListOf(Model(EmissionFactor)),
+        "dated grid emission factors, instead of emission_factor: the one in force at a"
+        " window's start applies",
+        (),
     )
 
 

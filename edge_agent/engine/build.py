@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from edge_agent.config.schema import Product
-from edge_agent.domain import MachineState
+from edge_agent.domain import Convention, MachineState
 from edge_agent.engine.energy import EnergyFigures, LineEnergy, energy_fields, energy_figures
 from edge_agent.engine.oee import Kpis, TimeBuckets, compute_kpis
 from edge_agent.engine.reports import KpiReport, ProductRow, ReasonTime, StateChange, WindowRef
@@ -36,9 +36,13 @@ def iso_if_representable(t: float, tz: ZoneInfo) -> str | None:
     return iso(t, tz) if 0.0 <= t <= LATEST_ISO_TIME else None
 
 
-def convention(planned_states: Iterable[MachineState]) -> str:
-    """Names the loss convention: which states are planned (excluded from planned time)."""
-    return "iso22400:planned=" + "+".join(sorted(str(s) for s in planned_states))
+def convention_label(convention: Convention, planned_states: Iterable[MachineState]) -> str:
+    """Names the loss convention of a report (docs/kpi.md, "Conventions"): ``iso22400`` and
+    ``six_big_losses`` with the states excluded from planned time (``:planned=...``),
+    ``planned_downtime_loss`` alone (no state is excluded)."""
+    if convention is Convention.PLANNED_DOWNTIME_LOSS:
+        return str(convention)
+    return f"{convention}:planned=" + "+".join(sorted(str(s) for s in planned_states))
 
 
 def _r(x: float | None, digits: int) -> float | None:
@@ -63,7 +67,7 @@ def kpi_report(
     window: Window,
     now: float,
     state: MachineState,
-    planned_states: Iterable[MachineState],
+    convention: str,
     ideal_cycle_time_s: float,
     buckets: TimeBuckets,
     kpis: Kpis,
@@ -78,6 +82,7 @@ def kpi_report(
     products: list[ProductRow] | None = None,
     energy: EnergyFigures | None = None,
     fault_count: int = 0,
+    unknown_time_count: int = 0,
     closed: bool = False,
 ) -> KpiReport:
     """The KPI report of ``window`` at ``now`` (``closed``: its final report). Ratios: 6
@@ -97,7 +102,7 @@ def kpi_report(
         window=window_ref(window, tz),
         ts=iso(now, tz),
         state=str(state),
-        convention=convention(planned_states),
+        convention=convention,
         availability=_r(kpis.availability, 6),
         performance=_r(kpis.performance, 6),
         quality=_r(kpis.quality, 6),
@@ -133,6 +138,8 @@ def kpi_report(
         mtbf_s=round(buckets.run_s / fault_count, 3) if fault_count else None,
         mttr_s=round(buckets.fault_s / fault_count, 3) if fault_count else None,
         top_downtime_reasons=top_reasons(buckets.loss_by_reason_s),
+        unknown_time_count=unknown_time_count,
+        throughput_good_per_known_h=_r(kpis.throughput_good_per_known_h, 3),
         closed=closed,
     )
 
@@ -178,7 +185,7 @@ def window_report(
     tz: ZoneInfo,
     now: float,
     state: MachineState,
-    planned_states: Iterable[MachineState],
+    convention: str,
     ideal_cycle_time_s: float,
     products: Mapping[int, Product] | None,
     second_counter: int | None,
@@ -201,6 +208,9 @@ def window_report(
     reject = sum(r[3] for r in rows)
     net_s = sum(ideal_of(r[0]) * r[1] for r in rows)
     fpt_s = sum(ideal_of(r[0]) * r[2] for r in rows)
+    # Parts placed in unknown time: counted, not paired with run time (docs/kpi.md).
+    known_rows = o.product_rows(second_counter, known=True)
+    unknown_net_s = net_s - sum(ideal_of(r[0]) * r[1] for r in known_rows)
     # The count-weighted ideal cycle time keeps performance = ideal × total / run true.
     ideal_s = net_s / total if products is not None and total > 0 else ideal_cycle_time_s
     kpis = compute_kpis(
@@ -212,6 +222,8 @@ def window_report(
         fully_productive_time_s=fpt_s,
         ratios=w.kind == SHIFT or (w.kind == HOUR and bool(o.acc.planned)),
         min_data_coverage=min_data_coverage,
+        unknown_net_run_time_s=unknown_net_s,
+        known_good_count=sum(r[2] for r in known_rows),
     )
     product_rows = None
     if products is not None:
@@ -235,7 +247,7 @@ def window_report(
         window=w,
         now=now,
         state=state,
-        planned_states=planned_states,
+        convention=convention,
         ideal_cycle_time_s=ideal_s,
         buckets=buckets,
         kpis=kpis,
@@ -248,7 +260,8 @@ def window_report(
         micro_stop_time_s=o.micro_s,
         products=product_rows,
         flags=o.flags,
-        energy=energy.figures(o.energy, good),
+        energy=energy.figures(o.energy, good, w.start),
         fault_count=o.fault_count,
+        unknown_time_count=o.unknown_time_count(),
         closed=closed,
     )

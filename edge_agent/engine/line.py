@@ -22,11 +22,21 @@ both: the *shift* window (a shift, or the off-shift time between two: ``kpi`` sn
 ``kpi/shift`` report) and the *hour* window (the local clock hour: ``kpi/hour`` reports). The
 piece is cut at whichever window ends first, so no piece ever crosses a window's end.
 
-Counts. Parts count in the window in which the counter sample that shows them arrives; a
-counter's baseline survives restarts, so parts made while the agent was down are counted once, in
-the first window after the restart. With a product signal, parts count for the product in force
-*before* the counter sample's time: a product change takes effect for counter samples later than
-it, so the parts a poll shows alongside a new product code still count for the old product.
+Counts (:mod:`edge_agent.engine.placement`). A counter delta observed at ``t`` covers
+``(t_prev, t]``, the time since the counter's value last changed (an unchanged reading ends
+nothing, as in the on-change history that replay reads): it is placed over the windows of that
+time in proportion to the running time in each (unknown time counts as possibly running; by
+elapsed time when the line neither ran nor was unknown), in whole parts by the largest-remainder
+rule, so a sample exactly at a window's end closes that window and a delta across window
+boundaries is split. Parts placed in unknown time count in the totals, but not in performance
+and OEE (``unknown_time_count``). An ended window is therefore reported when time next moves on
+after the total (or good) counter and the meter have changed since its last running or unknown
+time, or ``settle_s`` after its end, whichever comes first; parts of a window already reported
+go to the next one. A counter's baseline survives restarts, so parts made while the agent was
+down are counted once. With a product signal, parts count for the product in force *before*
+the counter sample's time: a product change takes effect for counter samples later than it, so
+the parts a poll shows alongside a new product code still count for the old product. Orders get
+the whole delta when it is seen.
 
 Downtime reasons. With a reason signal, availability-loss time is also booked by the reason
 code in force; loss time with no known reason is ``unspecified``. A reason signal without data
@@ -36,13 +46,18 @@ Micro-stops. A *stop* starts when the state leaves ``running`` for a loss state 
 ``fault``, ...) and ends when it is ``running`` again; going through a planned state or losing
 data cancels it. A stop shorter (wall time) than ``micro_stop_max_s`` is a micro-stop, counted in
 the window in which it ends with the part of its loss time that lies in that window. Micro-stops
-stay availability losses; they are an extra breakdown.
+stay availability losses, an extra breakdown; under the six big losses convention their loss time
+in the windows still open when they end becomes run time (a performance loss).
+
+Conventions. ``planned_downtime_loss`` excludes no state from planned production time; a
+state not excluded is a loss (``planned_stop`` has its own loss bucket). A state code missing
+from the map becomes the state signal's ``unmapped`` state.
 
 Energy. An energy meter's deltas are handled like part counters (wrap, reset, restarts) and
-count in the windows open when the meter sample that shows them arrives. A delta is split over
-the states of the time since the previous meter sample in proportion to their durations, with the
-same buckets and precedence as time (``running``, a loss state, ``planned_stop`` for calendar
-stops and planned states, ``unknown`` without data).
+placed like them over the time since the previous meter sample: split over its windows and
+states in proportion to their durations, with the same buckets and precedence as time
+(``running``, a loss state, ``planned_stop`` for calendar stops and planned states, ``unknown``
+without data).
 
 Reliability. A fault *starts* when the state becomes ``fault`` from a known state other than
 ``fault`` (a fault seen again after an outage that began in ``fault`` is the same fault), at a
@@ -83,9 +98,10 @@ import dataclasses
 from typing import Any
 
 from edge_agent.config.schema import LineConfig
-from edge_agent.domain import MachineState
+from edge_agent.domain import Convention, MachineState
 from edge_agent.engine import persist
 from edge_agent.engine.build import (
+    convention_label,
     iso,
     state_change,
     window_ref,
@@ -98,6 +114,14 @@ from edge_agent.engine.order_tracker import OrderTracker
 from edge_agent.engine.orders import (
     ParsedCommand,
     parse_order_command,
+)
+from edge_agent.engine.placement import (
+    RUNNING,
+    UNKNOWN,
+    Ledger,
+    PlacedParts,
+    WindowKey,
+    place_parts,
 )
 from edge_agent.engine.reports import (
     CommandReply,
@@ -139,14 +163,21 @@ _SOURCE = "source:"  # unknown cause prefix: a source is down
 # After an outage longer than this the engine does not report every missed shift one by one.
 MAX_CATCHUP_S = 14 * 86400.0
 MAX_NOTICES = 100  # notices kept until take_notices()
+# A window whose end has passed waits this long at most for the counter and meter samples that
+# show what was made in it (a sparse subscription, a late poll, a 5-minute export).
+SETTLE_S = 600.0
 
 
 class LineEngine:
     """KPIs of one production line. See the module docstring for the time model."""
 
-    def __init__(self, cfg: LineConfig, *, site: str, orders: bool = False) -> None:
+    def __init__(
+        self, cfg: LineConfig, *, site: str, orders: bool = False, settle_s: float = SETTLE_S
+    ) -> None:
         """``orders``: publish the ``order`` topic even without an order signal (order
-        commands are enabled)."""
+        commands are enabled). ``settle_s``: how long an ended window waits at most for the
+        counter and meter samples that show what was made in it."""
+        self._settle_s = settle_s
         self.cfg = cfg
         self.site = site
         self.line = cfg.name
@@ -162,15 +193,26 @@ class LineEngine:
             else max(DEFAULT_MICRO_STOP_MIN_S, 2.0 * self._stop_after_s)
         )
         self._min_coverage = cfg.min_data_coverage
-        self._planned_states = frozenset(cfg.planned_states)
+        self._convention = cfg.convention
+        # Planned downtime as a loss: no state is excluded from planned production time.
+        self._planned_states = (
+            frozenset()
+            if cfg.convention is Convention.PLANNED_DOWNTIME_LOSS
+            else frozenset(cfg.planned_states)
+        )
+        self._convention_label = convention_label(cfg.convention, self._planned_states)
+        # Six big losses: a micro-stop's time is run time (a performance loss).
+        self._micro_as_run = cfg.convention is Convention.SIX_BIG_LOSSES
 
         sig = cfg.signals
         kinds = signal_kinds(sig)
         self._state_kind = state_kind(sig)
         self._state_map: dict[int, MachineState] = dict(sig.state.map) if sig.state else {}
+        self._unmapped_state = sig.state.unmapped if sig.state else MachineState.UNKNOWN
         self._reason_map: dict[int, str] = dict(sig.reason.map) if sig.reason else {}
         self._products = dict(sig.product.map) if sig.product is not None else None
-        self._energy = LineEnergy(sig.energy, cfg.emission_factor)
+        factors = (cfg.emission_factor,) if cfg.emission_factor else cfg.emission_factors
+        self._energy = LineEnergy(sig.energy, factors, self._tz)
         counters = counter_signals(sig)
         self._counter_signals = counters
         # Wrap plausibility uses the fastest rate the line may run at.
@@ -180,6 +222,10 @@ class LineEngine:
         self._trackers = {
             k: CounterTracker(c.rollover, self._fastest_s) for k, c in counters.items()
         }
+        # The time since each counter's last sample, to place its next delta over.
+        self._ledgers = {k: Ledger() for k in counters}
+        # Windows that ended and wait for their counts, with the state at their end, in end order.
+        self._closing: list[tuple[OpenWindow, MachineState]] = []
         self._second_counter = (
             SIG_REJECT if SIG_REJECT in counters else SIG_GOOD if SIG_GOOD in counters else None
         )
@@ -203,7 +249,8 @@ class LineEngine:
         self._last_known_state = MachineState.UNKNOWN  # the state before an unknown spell
         self._notices: list[str] = []  # for the log: take_notices()
         self.stops = StopBook(tuple(r.name for r in cfg.stop_reasons))
-        self.shift_note: str | None = None  # the operators' note on the open shift
+        # The operators' notes on shifts not yet reported, by the shift window's start.
+        self.shift_notes: dict[float, str] = {}
         self._orders = OrderTracker(
             site=site,
             line=self.line,
@@ -262,7 +309,13 @@ class LineEngine:
         if entry is None:
             return
         kind, key = entry
-        t = self._advance(sample.agent_time)
+        # Ended windows are settled when time moves on, so that every sample of one instant
+        # (one poll) is in first: the reject delta of the poll that closes a shift belongs to it.
+        moved = self._now is None or sample.agent_time > self._now
+        t = self._advance(sample.agent_time, settle=moved)
+        self._apply(kind, key, sample, t)
+
+    def _apply(self, kind: int, key: str, sample: Sample, t: float) -> None:
         good = sample.quality is Quality.GOOD
         if kind >= SIG_TOTAL:
             count = as_count(sample.value) if good else None
@@ -273,14 +326,23 @@ class LineEngine:
             hint = kind in self._reset_hints
             if hint:
                 self._reset_hints.discard(kind)
-            d = self._trackers[kind].update(count, t, reset_hint=hint)
+            tracker = self._trackers[kind]
+            ledger = self._ledgers[kind]
+            if tracker.last_value is not None:  # the delta covers the time up to t
+                self._book(ledger, t)
+            ledger.since = t
+            d = tracker.update(count, t, reset_hint=hint)
+            # An unchanged value does not end the interval: a delta covers the time since the
+            # value last changed (the part's making), which is also what the history records
+            # (on change), so that replay of an export places parts as the live engine did.
+            placed = place_parts(ledger.take(), d.delta) if d.delta or d.reset or d.wrapped else []
             if d.wrapped:
                 self._flag("counter_wrap")
             if d.reset:
                 self._flag("counter_reset")
             rate = self._orders.counter_seen(kind, t)
             if d.delta:
-                self._count(kind, d.delta, t, rate=rate)
+                self._count(kind, placed, d.delta, t, rate=rate)
             if kind == SIG_TOTAL and self._state_kind == SIG_TOTAL:
                 self._infer(d.delta, t)
         elif kind == SIG_STATE:
@@ -289,10 +351,12 @@ class LineEngine:
                 return
             self._data_ok(key, t)
             code = as_code(sample.value)
-            state = self._state_map.get(code) if code is not None else None
-            if state is None:
+            mapped = self._state_map.get(code) if code is not None else None
+            if mapped is None:
                 self._flag("unmapped_state_code")
-                state = MachineState.UNKNOWN
+                # A value that is not an integer is no code at all: unknown.
+                mapped = self._unmapped_state if code is not None else MachineState.UNKNOWN
+            state = mapped
             self._set_state(state, t)
         elif kind == SIG_RUNNING:
             running = as_bool(sample.value) if good else None
@@ -403,6 +467,7 @@ class LineEngine:
             good=good,
             by_state=o.energy,
             flags=o.flags,
+            window_start=o.window.start,
         )
 
     def order_snapshot(self, now: float) -> OrderReport:
@@ -500,7 +565,7 @@ class LineEngine:
         for o in self._opens():
             o.flags.add(name)
 
-    def _advance(self, now: float) -> float:
+    def _advance(self, now: float, *, settle: bool = True) -> float:
         """Move time to ``now`` (never backwards): apply inferred idle transitions and close
         windows that ended, in time order. Returns the engine's time."""
         t = now if self._now is None or now >= self._now else self._now
@@ -537,6 +602,8 @@ class LineEngine:
         self._now = t
         if _AGENT in self._causes:
             self._remove_cause(_AGENT, t)
+        if settle and self._closing:
+            self._settle(t)
         return t
 
     def _new_open(self, kind: str, t: float) -> OpenWindow:
@@ -550,17 +617,64 @@ class LineEngine:
         return OpenWindow(w, acc)
 
     def _close(self, o: OpenWindow) -> None:
-        """Cut at the window's end, report it if it is a shift or an hour, and stop feeding it."""
-        w = o.window
-        self._cut(w.end)
-        if w.kind in _REPORTED:
-            self._pending.append(self._report(o, w.end, closed=True))
+        """Cut at the window's end and stop feeding it time; it waits for its counts
+        (:meth:`_settle`)."""
+        self._cut(o.window.end)
+        self._closing.append((o, self._state))
         if o is self._hour:
             self._hour = None
         elif o is self._shift:
             self._shift = None
             self.stops.new_shift()
-            self.shift_note = None
+
+    def _held(self, o: OpenWindow) -> bool:
+        """Whether the total (or good) counter or the meter has not changed since running or
+        unknown time of ``o``: its next delta may hold parts or energy of ``o``."""
+        index = 1 if o.window.kind == HOUR else 0
+        start = o.window.start
+        if self._energy.measuring and self._energy.ledger.holds(index, start, parts=True):
+            return True
+        # Not the reject counter: rejects are rare, so its ledger often spans many windows.
+        return any(
+            ledger.holds(index, start, parts=True)
+            for k, ledger in self._ledgers.items()
+            if k != SIG_REJECT and self._trackers[k].last_value is not None
+        )
+
+    def _settle(self, t: float, *, final: bool = False) -> None:
+        """Report the ended windows (shift, hour) whose counts are complete (see :meth:`_held`),
+        or ``settle_s`` after their end (``final``: now)."""
+        while self._closing:
+            o, state = self._closing[0]
+            if not final and t <= o.window.end + self._settle_s and self._held(o):
+                break
+            del self._closing[0]
+            if o.window.kind in _REPORTED:
+                self._pending.append(
+                    self._report(o, o.window.end, closed=True, state=state, open_piece=False)
+                )
+
+    def finish(self, now: float) -> list[Report]:
+        """Like :meth:`tick`, and report the ended windows still waiting for counts now: no
+        more samples will come (the end of a replay)."""
+        t = self._advance(now)
+        self._settle(t, final=True)
+        return self.tick(t)
+
+    def _window_for(self, index: int, start: float) -> OpenWindow:
+        """The window of a ledger's key (``index`` 0: shift or off-shift, 1: hour); a window
+        already reported (``SETTLE_S`` passed) gives its parts to the next one."""
+        current = self._hour if index else self._shift
+        assert current is not None
+        later: OpenWindow | None = None
+        for o, _ in self._closing:
+            if (o.window.kind == HOUR) != bool(index):
+                continue
+            if o.window.start == start:
+                return o
+            if later is None and o.window.start > start:
+                later = o
+        return later or current
 
     def _cut(self, t: float) -> None:
         """Close the current piece at ``t`` into every open window."""
@@ -569,15 +683,36 @@ class LineEngine:
             unknown = bool(self._causes)
             stopping = self._stop_since is not None
             for o in self._opens():
-                loss_s = o.acc.add(a, t, self._state, unknown, self._reason)
+                loss_s = o.acc.add(a, t, self._state, unknown, self._reason, stop=stopping)
                 if stopping:
                     o.micro_pending_s += loss_s
             if self._reason is None and not unknown and self._is_loss(self._state):
                 self.stops.piece(a, t, self._state)
-            if self._energy.measuring and self._shift:
-                # Time by bucket since the last meter sample: the next delta is split over it.
-                self._energy.add_time(*self._shift.acc.classify(a, t, self._state, unknown))
+            # Time since the last counter and meter samples: their next deltas are placed over
+            # it (edge_agent.engine.placement).
+            for k, ledger in self._ledgers.items():
+                if self._trackers[k].last_value is not None:
+                    self._book(ledger, t)
+            if self._energy.measuring:
+                self._book(self._energy.ledger, t, energy=True)
             self._piece_start = t
+
+    def _book(self, ledger: Ledger, t: float, *, energy: bool = False) -> None:
+        """Book the piece in progress up to ``t`` into ``ledger``, from where the ledger is
+        (``ledger.since``); ``energy``: by the time accounting's buckets (the meter)."""
+        a = max(self._piece_start, ledger.since)
+        shift, hour = self._shift, self._hour
+        if t <= a or shift is None or hour is None:
+            return
+        unknown = bool(self._causes)
+        key = (shift.window.start, hour.window.start)
+        if energy:
+            bucket, in_plan, outside = shift.acc.classify(a, t, self._state, unknown)
+            ledger.add(key, bucket, in_plan)
+            ledger.add(key, "planned_stop", outside)
+        else:
+            ledger.add(key, self._part_bucket(unknown), t - a)
+        ledger.since = t
 
     def _open_piece(self) -> tuple[float, MachineState, bool, str | None]:
         return (self._piece_start, self._state, bool(self._causes), self._reason)
@@ -619,7 +754,13 @@ class LineEngine:
                 o.fault_count += 1
 
     def _is_loss(self, state: MachineState) -> bool:
-        return state in LOSS_STATES and state not in self._planned_states
+        """Whether ``state`` can be part of a stop (a micro-stop candidate): an availability
+        loss other than planned downtime counted as a loss."""
+        return (
+            state in LOSS_STATES
+            and state not in self._planned_states
+            and state is not MachineState.PLANNED_STOP
+        )
 
     def _track_stop(self, previous: MachineState, state: MachineState, t: float) -> None:
         """Micro-stop bookkeeping on a state change (see the module docstring)."""
@@ -629,6 +770,7 @@ class LineEngine:
                     if o.micro_pending_s > 0:  # no loss time here: not this window's stop
                         o.micro_count += 1
                         o.micro_s += o.micro_pending_s
+                    o.acc.stop_ended(as_run=self._micro_as_run)
             self._cancel_stop()
         elif self._is_loss(state) and not self._causes:
             if previous is MachineState.RUNNING:
@@ -641,6 +783,7 @@ class LineEngine:
         self._stop_since = None
         for o in self._opens():
             o.micro_pending_s = 0.0
+            o.acc.stop_ended(as_run=False)
 
     def _set_reason(self, reason: str | None, t: float) -> None:
         if reason != self._reason:
@@ -659,17 +802,45 @@ class LineEngine:
             self._product, self._product_next = nxt[1], None
         return self._product
 
-    def _count(self, kind: int, delta: int, t: float, *, rate: bool = True) -> None:
+    def _count(
+        self, kind: int, placed: list[PlacedParts], delta: int, t: float, *, rate: bool = True
+    ) -> None:
+        """``delta`` parts of counter ``kind`` seen at ``t``, ``placed`` over the windows."""
         product = self._current_product(t) if self._products is not None else None
         slot = 0 if kind == SIG_TOTAL else 1
-        for o in self._opens():
-            entry = o.counts.get(product)
-            if entry is None:
-                entry = o.counts[product] = [0, 0]
-            entry[slot] += delta
+        for p in placed:
+            self._add_parts(p.key, product, slot, p.known, p.unknown)
         self._orders.count(slot, delta, t, rate)
         if product is not None and self._products is not None and product not in self._products:
             self._flag("unmapped_product_code")
+
+    def _part_bucket(self, unknown: bool) -> str:
+        """Where parts of the current piece are placed: the machine's own state, whatever the
+        calendar says (a line that runs through a break makes parts in the break)."""
+        if unknown or self._state is MachineState.UNKNOWN:
+            return UNKNOWN
+        return RUNNING if self._state is MachineState.RUNNING else "stopped"
+
+    def _with_open_piece(self, ledger: Ledger, active: bool, *, energy: bool = False) -> Ledger:
+        """A copy of ``ledger`` with the piece in progress booked (``active``: the signal has
+        a baseline; ``energy``: the meter's ledger), for persistence."""
+        copy = Ledger.from_state(ledger.state_dict())
+        copy.since = ledger.since
+        if active and self._now is not None:
+            self._book(copy, self._now, energy=energy)
+        return copy
+
+    def _add_parts(
+        self, key: WindowKey | None, product: int | None, slot: int, known: int, unknown: int
+    ) -> None:
+        if key is None:  # no time since the previous sample: the windows open now
+            if self._causes:
+                known, unknown = 0, known + unknown
+            for o in self._opens():
+                o.add(product, slot, known, unknown)
+            return
+        self._window_for(0, key[0]).add(product, slot, known, unknown)
+        self._window_for(1, key[1]).add(product, slot, known, unknown)
 
     def _add_cause(self, cause: str, t: float) -> None:
         if cause in self._causes:
@@ -712,16 +883,24 @@ class LineEngine:
 
     def _meter_sample(self, reading: float, t: float) -> None:
         """An energy meter reading (in the meter's unit) at ``t``."""
-        self._cut(t)  # the time up to t is split over this reading's delta
+        ledger = self._energy.ledger
+        if self._energy.measuring:  # the time up to t is split over this reading's delta
+            self._book(ledger, t, energy=True)
+        ledger.since = t
         r = self._energy.reading(reading, t, str(self._state))
         if r.wrapped:
             self._flag("energy_meter_wrap")
         if r.reset:
             self._flag("energy_meter_reset")
-        for o in self._opens():
-            for k, v in r.shares.items():
-                o.energy[k] = o.energy.get(k, 0.0) + v
-        self._orders.add_energy(r.shares)
+        for key, bucket, kwh in r.shares:
+            opens = (
+                self._opens()
+                if key is None
+                else (self._window_for(0, key[0]), self._window_for(1, key[1]))
+            )
+            for o in opens:
+                o.energy[bucket] = o.energy.get(bucket, 0.0) + kwh
+        self._orders.add_energy(r.by_bucket())
 
     def _shift_progress(self) -> tuple[int, float]:
         """The good count and start of the open shift window."""
@@ -742,24 +921,54 @@ class LineEngine:
         """The operators' note on the shift open at ``now`` (``None``: none), carried in its
         reports (``shift_note``) until it closes. Persisted with the state."""
         self._advance(now)
-        self.shift_note = note or None
+        assert self._shift is not None
+        window = self._shift.window
+        if window.kind != SHIFT:
+            return
+        if note:
+            self.shift_notes[window.start] = note
+        else:
+            self.shift_notes.pop(window.start, None)
 
-    def _report(self, o: OpenWindow, now: float, *, closed: bool = False) -> KpiReport:
-        report = self._window_report(o, now, closed=closed)
-        if self.shift_note is not None and o is self._shift and o.window.kind == SHIFT:
-            return dataclasses.replace(report, shift_note=self.shift_note)
-        return report
+    def _report(
+        self,
+        o: OpenWindow,
+        now: float,
+        *,
+        closed: bool = False,
+        state: MachineState | None = None,
+        open_piece: bool = True,
+    ) -> KpiReport:
+        """The window's report, with the operators' note on it (a shift's; the final report
+        takes it along)."""
+        report = self._window_report(o, now, closed=closed, state=state, open_piece=open_piece)
+        if o.window.kind != SHIFT:
+            return report
+        note = self.shift_notes.pop(o.window.start, None) if closed else None
+        if not closed:
+            note = self.shift_notes.get(o.window.start)
+        return report if note is None else dataclasses.replace(report, shift_note=note)
 
-    def _window_report(self, o: OpenWindow, now: float, *, closed: bool = False) -> KpiReport:
+    def _window_report(
+        self,
+        o: OpenWindow,
+        now: float,
+        *,
+        closed: bool = False,
+        state: MachineState | None = None,
+        open_piece: bool = True,
+    ) -> KpiReport:
+        """``open_piece``: count the piece in progress (``False``: ``o`` has ended, its time is
+        all booked); ``state``: the state to report (default: now)."""
         return window_report(
             o,
-            self._buckets(o, now),
+            self._buckets(o, now) if open_piece else o.acc.buckets(now),
             site=self.site,
             line=self.line,
             tz=self._tz,
             now=now,
-            state=self._state,
-            planned_states=self._planned_states,
+            state=self._state if state is None else state,
+            convention=self._convention_label,
             ideal_cycle_time_s=self._ideal_s,
             products=self._products,
             second_counter=self._second_counter,

@@ -8,7 +8,8 @@ Time of a window ``W = [start, until)`` splits into disjoint buckets:
   ``unknown = (unknown timeline ∪ state unknown) ∩ PPT``, ``run = running ∩ PPT − unknown`` and one
   loss bucket per non-planned state (idle, fault, changeover, starved, blocked), known time only.
 
-A state that is neither planned, running nor a loss category counts as unknown.
+A state that is neither planned, running nor a loss category counts as unknown; ``planned_stop``
+not configured as planned is a loss category of its own (planned downtime as a loss).
 Precedence follows from the set operations: a break beats any state (a fault during a break
 costs nothing), a planned state beats unknown and losses, unknown beats any machine state.
 So ``run + losses + planned_stop + unknown == elapsed`` for every window.
@@ -33,13 +34,16 @@ LOSS_STATES: tuple[MachineState, ...] = (
     MachineState.CHANGEOVER,
     MachineState.STARVED,
     MachineState.BLOCKED,
+    MachineState.PLANNED_STOP,  # a loss only where it is not a planned state
 )
 
 LOW_DATA_COVERAGE = 0.9  # default of a line's min_data_coverage
 UNSPECIFIED_REASON = "unspecified"  # loss time while no reason code was known
 
 # Bucket indices of Accounting's sums.
-_PLANNED_STOP, _UNKNOWN, _RUN, _IDLE, _FAULT, _CHANGEOVER, _STARVED, _BLOCKED = range(8)
+_PLANNED_STOP, _UNKNOWN, _RUN, _IDLE, _FAULT, _CHANGEOVER, _STARVED, _BLOCKED, _PLANNED_LOSS = (
+    range(9)
+)
 _STATE_INDEX: dict[MachineState, int] = {
     MachineState.RUNNING: _RUN,
     MachineState.IDLE: _IDLE,
@@ -47,6 +51,7 @@ _STATE_INDEX: dict[MachineState, int] = {
     MachineState.CHANGEOVER: _CHANGEOVER,
     MachineState.STARVED: _STARVED,
     MachineState.BLOCKED: _BLOCKED,
+    MachineState.PLANNED_STOP: _PLANNED_LOSS,
     MachineState.UNKNOWN: _UNKNOWN,
 }
 _BUCKET_NAMES = (
@@ -58,10 +63,15 @@ _BUCKET_NAMES = (
     "changeover",
     "starved",
     "blocked",
+    "planned_stop_loss",
 )
 
-# The same buckets named by state, for quantities attributed like time (energy_by_state_kwh).
-_ENERGY_NAMES = tuple("running" if name == "run" else name for name in _BUCKET_NAMES)
+# The same buckets named by state, for quantities attributed like time (energy_by_state_kwh):
+# time in state planned_stop is planned_stop whether it is planned or a loss.
+_ENERGY_NAMES = tuple(
+    {"run": "running", "planned_stop_loss": "planned_stop"}.get(name, name)
+    for name in _BUCKET_NAMES
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +87,8 @@ class TimeBuckets:
     changeover_s: float = 0.0
     starved_s: float = 0.0
     blocked_s: float = 0.0
+    # Time in state planned_stop when it is not a planned state (an availability loss).
+    planned_stop_loss_s: float = 0.0
     # planned_stop_s by cause: calendar causes (off_shift, break, maintenance) and planned states.
     planned_stop_by_cause_s: Mapping[str, float] = field(default_factory=dict)
     # The loss buckets' total by downtime reason (UNSPECIFIED_REASON while none was known).
@@ -90,6 +102,7 @@ class TimeBuckets:
             "changeover": self.changeover_s,
             "starved": self.starved_s,
             "blocked": self.blocked_s,
+            "planned_stop": self.planned_stop_loss_s,
         }
 
     @property
@@ -155,6 +168,7 @@ def account(
         changeover_s=known_in(MachineState.CHANGEOVER),
         starved_s=known_in(MachineState.STARVED),
         blocked_s=known_in(MachineState.BLOCKED),
+        planned_stop_loss_s=known_in(MachineState.PLANNED_STOP),
     )
 
 
@@ -177,6 +191,7 @@ class Accounting:
         "_by_reason",
         "_by_state",
         "_planned_states",
+        "_stop",
         "_sums",
         "end",
         "planned",
@@ -202,6 +217,8 @@ class Accounting:
         self._sums = [0.0] * len(_BUCKET_NAMES)
         self._by_state: dict[str, float] = {str(st): 0.0 for st in sorted(planned_states)}
         self._by_reason: dict[str, float] = {}
+        # Loss seconds of the stop in progress in this window, by (bucket, reason).
+        self._stop: dict[tuple[int, str], float] = {}
 
     def _split(
         self, a: float, b: float, state: MachineState, unknown: bool
@@ -254,9 +271,13 @@ class Accounting:
         state: MachineState,
         unknown: bool,
         reason: str | None = None,
+        *,
+        stop: bool = False,
     ) -> float:
         """Account piece ``[a, b)`` spent in ``state`` (``unknown``: no data during it) while
-        ``reason`` was the downtime reason. Returns the availability-loss seconds it added."""
+        ``reason`` was the downtime reason; ``stop``: the piece belongs to a stop in progress
+        (a micro-stop candidate, see :meth:`stop_ended`). Returns the availability-loss seconds
+        it added."""
         if b <= a:
             return 0.0
         idx, in_plan, outside = self._split(a, b, state, unknown)
@@ -267,8 +288,24 @@ class Accounting:
         elif idx >= _IDLE and in_plan > 0:
             key = reason or UNSPECIFIED_REASON
             self._by_reason[key] = self._by_reason.get(key, 0.0) + in_plan
+            if stop:
+                self._stop[idx, key] = self._stop.get((idx, key), 0.0) + in_plan
             return in_plan
         return 0.0
+
+    def stop_ended(self, *, as_run: bool) -> None:
+        """The stop in progress ended. ``as_run`` (it was a micro-stop under the six big
+        losses): its loss time in this window becomes run time, a performance loss."""
+        if as_run:
+            for (idx, reason), secs in self._stop.items():
+                self._sums[idx] = max(self._sums[idx] - secs, 0.0)
+                self._sums[_RUN] += secs
+                left = self._by_reason.get(reason, 0.0) - secs
+                if left > 1e-9:
+                    self._by_reason[reason] = left
+                else:
+                    self._by_reason.pop(reason, None)
+        self._stop.clear()
 
     def buckets(self, until: float, open_piece: OpenPiece | None = None) -> TimeBuckets:
         """The buckets up to ``until``; ``open_piece`` = ``(since, state, unknown, reason)`` is
@@ -289,6 +326,7 @@ class Accounting:
             changeover_s=sums[_CHANGEOVER],
             starved_s=sums[_STARVED],
             blocked_s=sums[_BLOCKED],
+            planned_stop_loss_s=sums[_PLANNED_LOSS],
             planned_stop_by_cause_s=causes,
             loss_by_reason_s=dict(acc._by_reason),
         )
@@ -300,6 +338,7 @@ class Accounting:
         acc._sums = list(self._sums)
         acc._by_state = dict(self._by_state)
         acc._by_reason = dict(self._by_reason)
+        acc._stop = dict(self._stop)
         acc.add(open_piece[0], until, open_piece[1], open_piece[2], open_piece[3])
         return acc
 
@@ -312,6 +351,9 @@ class Accounting:
             "sums": dict(zip(_BUCKET_NAMES, self._sums, strict=True)),
             "by_state": dict(self._by_state),
             "by_reason": dict(self._by_reason),
+            "stop": [
+                [_BUCKET_NAMES[idx], reason, secs] for (idx, reason), secs in self._stop.items()
+            ],
         }
 
     @classmethod
@@ -330,6 +372,12 @@ class Accounting:
         acc._sums = [float(sums.get(name, 0.0)) for name in _BUCKET_NAMES]
         acc._by_state.update({k: float(v) for k, v in (d.get("by_state") or {}).items()})
         acc._by_reason = {k: float(v) for k, v in (d.get("by_reason") or {}).items()}
+        index = {name: i for i, name in enumerate(_BUCKET_NAMES)}
+        acc._stop = {
+            (index[name], str(reason)): float(secs)
+            for name, reason, secs in d.get("stop") or []
+            if name in index
+        }
         return acc
 
 
@@ -345,6 +393,7 @@ class Kpis:
     throughput_total_per_h: float | None
     data_coverage: float | None
     warnings: frozenset[str]
+    throughput_good_per_known_h: float | None = None
 
 
 # Time denominators below a microsecond are zero: float residue of interval sums must not turn
@@ -370,6 +419,8 @@ def compute_kpis(
     fully_productive_time_s: float | None = None,
     ratios: bool = True,
     min_data_coverage: float = LOW_DATA_COVERAGE,
+    unknown_net_run_time_s: float = 0.0,
+    known_good_count: int | None = None,
 ) -> Kpis:
     """The KPIs of one window.
 
@@ -382,7 +433,14 @@ def compute_kpis(
     time / (planned − unknown). With one ideal cycle time that is exactly A × P × Q; with several
     it is A × P × (quality weighted by ideal cycle time). OEE stays defined (0) when the line ran
     without making a part; it is ``None`` without run time. Throughput is per hour of elapsed
-    window time. ``ratios=False`` (no planned time by the calendar) makes all ratios ``None``.
+    window time, and (``throughput_good_per_known_h``) good parts made in known time per hour
+    of the window's time with data (elapsed − unknown).
+
+    Parts placed in unknown time (edge_agent.engine.placement) count in quality, but not in
+    performance and OEE, which pair parts with run time: ``unknown_net_run_time_s`` is their
+    ideal time (the part of ``net_run_time_s`` they make up), ``known_good_count`` the good
+    parts in known time (default: ``good_count``).
+    ``ratios=False`` (no planned time by the calendar) makes all ratios ``None``.
     """
     warnings: set[str] = set()
     known_s = buckets.known_s
@@ -397,10 +455,15 @@ def compute_kpis(
         availability = performance = quality = oee = coverage = None
     else:
         availability = _time_ratio(buckets.run_s, known_s)
-        performance = _time_ratio(net_s, buckets.run_s)
+        known_net_s = max(net_s - unknown_net_run_time_s, 0.0)
+        performance = _time_ratio(known_net_s, buckets.run_s)
         quality = _ratio(good_count, total_count)
+        # Fully productive time of the parts made in known time: A × P × Q.
+        known_fpt_s = fpt_s * known_net_s / net_s if net_s > 0 else fpt_s
         # Defined exactly when availability and performance are.
-        oee = fpt_s / known_s if availability is not None and performance is not None else None
+        oee = (
+            known_fpt_s / known_s if availability is not None and performance is not None else None
+        )
         if performance is not None and performance > 1.0:
             warnings.add("performance_above_ideal")
         if coverage is not None and coverage < min_data_coverage:
@@ -415,4 +478,8 @@ def compute_kpis(
         throughput_total_per_h=_time_ratio(total_count, hours),
         data_coverage=coverage,
         warnings=frozenset(warnings),
+        throughput_good_per_known_h=_time_ratio(
+            good_count if known_good_count is None else known_good_count,
+            (buckets.elapsed_s - buckets.unknown_s) / 3600.0,
+        ),
     )

@@ -189,7 +189,7 @@ class OrderTracker:
                 reject_count=total - good,
                 started=iso(order.started, self._tz),
                 duration_s=round(max(t - order.started, 0.0), 3),
-                energy=self._energy.fields(order.energy_by_state_kwh, good),
+                energy=self._energy.fields(order.energy_by_state_kwh, good, t),
             )
         )
 
@@ -236,7 +236,7 @@ class OrderTracker:
                 time_to_complete_shift_average_s=None,
                 eta_current=None,
                 eta_shift_average=None,
-                energy=self._energy.fields({}, 0),
+                energy=self._energy.fields({}, 0, t),
             )
         total, second = order.counts
         good = self.good_of(total, second)
@@ -274,5 +274,5 @@ class OrderTracker:
             time_to_complete_shift_average_s=None if ttc_shift is None else round(ttc_shift, 3),
             eta_current=eta_current,
             eta_shift_average=eta_shift,
-            energy=self._energy.fields(order.energy_by_state_kwh, good),
+            energy=self._energy.fields(order.energy_by_state_kwh, good, t),
         )

@@ -14,6 +14,7 @@ from edge_agent.domain import MachineState
 from edge_agent.engine.counters import CounterTracker
 from edge_agent.engine.intervals import clip
 from edge_agent.engine.orders import Order
+from edge_agent.engine.placement import Ledger
 from edge_agent.engine.reports import REPORT_TYPES, KpiReport, Report, from_dict, to_dict
 from edge_agent.engine.shifts import HOUR
 from edge_agent.engine.signals import COUNTER_NAMES, ORDER_KINDS, order_value
@@ -82,7 +83,17 @@ def save(engine: LineEngine) -> dict[str, Any]:
         "pending": [_saved_report(r) for r in engine._pending],
         "windows": {},
         "stops": _saved_stops(engine),
-        "shift_note": engine.shift_note,
+        "shift_notes": {repr(start): note for start, note in engine.shift_notes.items()},
+        "ledgers": {
+            COUNTER_NAMES[k]: engine._with_open_piece(
+                ledger, engine._trackers[k].last_value is not None
+            ).state_dict()
+            for k, ledger in engine._ledgers.items()
+        },
+        "energy_ledger": engine._with_open_piece(
+            engine._energy.ledger, engine._energy.measuring, energy=True
+        ).state_dict(),
+        "closing": [{**o.state_dict(), "state_at_end": str(state)} for o, state in engine._closing],
     }
     if engine._now is not None:
         piece = engine._open_piece()
@@ -128,6 +139,7 @@ def restore(engine: LineEngine, d: dict[str, Any]) -> None:
         if kind is None or sig is None or saved.get("tag") != sig.tag:
             continue  # the counter was reconfigured: its old baseline means nothing
         engine._trackers[kind] = CounterTracker.from_state(saved, sig.rollover, engine._fastest_s)
+        engine._ledgers[kind] = Ledger.from_state((d.get("ledgers") or {}).get(name))
     engine._pending = [_restored_report(m) for m in d.get("pending", [])]
     engine._energy.restore(d)
     order = d.get("order")
@@ -157,8 +169,8 @@ def restore(engine: LineEngine, d: dict[str, Any]) -> None:
     engine._causes = {AGENT_CAUSE}
     engine._piece_start = engine._now
     engine.stops.restore(d.get("stops"))
-    note = d.get("shift_note")
-    engine.shift_note = note if isinstance(note, str) else None
+    notes = d.get("shift_notes") or {}
+    engine.shift_notes = {float(k): str(v) for k, v in notes.items()}
     windows = d.get("windows") or {}
     if version == 1 and d.get("window") is not None:
         windows = {"shift": _v1_window(engine, d)}
@@ -174,6 +186,14 @@ def restore(engine: LineEngine, d: dict[str, Any]) -> None:
         engine._hour = OpenWindow.from_state(windows["hour"], engine._planned_states)
     elif engine._shift is not None:  # version 1: open the hour now; its past is unknown
         engine._hour = engine._new_open(HOUR, engine._now)
+    engine._closing = [
+        (
+            OpenWindow.from_state(saved, engine._planned_states),
+            MachineState(saved.get("state_at_end", "unknown")),
+        )
+        # Windows waiting for their counts exist from this version on.
+        for saved in ((d.get("closing") or ()) if version == STATE_VERSION else ())
+    ]
 
 
 def _v1_window(engine: LineEngine, d: dict[str, Any]) -> dict[str, Any]:

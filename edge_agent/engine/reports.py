@@ -166,10 +166,18 @@ class ReasonTime:
 
 @dataclass(frozen=True, slots=True)
 class EmissionFactorRef:
-    """The line's configured emission factor, cited with every CO2e figure."""
+    """The emission factor the CO2e figures used: the line's factor in force at the window's
+    start (an order's: at the report's time), cited with every CO2e figure."""
 
     kg_co2e_per_kwh: Annotated[float, Doc("", {"type": "number", "minimum": 0})]
     source: Annotated[str, Doc("", STRING)]
+    valid_from: Annotated[
+        str | None,
+        Doc(
+            "the local date (YYYY-MM-DD) from which the factor is in force; null: no date given",
+            {"type": ["string", "null"], "format": "date"},
+        ),
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +226,9 @@ class EnergyFields:
     emission_factor: Annotated[
         EmissionFactorRef | None,
         Doc(
-            "the line's configured emission_factor, cited with every CO2e figure; null when"
-            " none is configured"
+            "the line's emission factor in force for these figures (emission_factor, or the"
+            " latest of emission_factors whose valid_from is not after the window's start),"
+            " cited with every CO2e figure; null when none is configured or in force"
         ),
     ]
     energy_notes: Annotated[tuple[str, ...], Doc("why energy or CO2e fields are null", STRINGS)]
@@ -258,8 +267,9 @@ class KpiReport:
     convention: Annotated[
         str,
         Doc(
-            "loss convention, e.g. iso22400:planned=planned_stop (states excluded from planned"
-            " time)",
+            "loss convention (the line's convention): iso22400:planned=STATES or"
+            " six_big_losses:planned=STATES (STATES: the states excluded from planned time,"
+            " joined by +), or planned_downtime_loss (planned states are availability losses)",
             STRING,
             metric=True,
         ),
@@ -320,7 +330,9 @@ class KpiReport:
     loss_time_s: Annotated[
         Mapping[str, float],
         Doc(
-            "",
+            "availability-loss time by state; planned_stop: time in state planned_stop where it"
+            " is not a planned state (convention planned_downtime_loss, or planned_states"
+            " without it)",
             LOSS_TIME,
             metric=True,
             unit="s",
@@ -357,7 +369,8 @@ class KpiReport:
     micro_stop_time_s: Annotated[
         float,
         Doc(
-            "their loss time inside this window (part of loss_time_s)",
+            "their loss time inside this window (part of loss_time_s; under convention"
+            " six_big_losses part of run_time_s instead, a performance loss)",
             SECONDS,
             metric=True,
             unit="s",
@@ -441,6 +454,29 @@ class KpiReport:
             omit_none=True,
         ),
     ] = None
+    unknown_time_count: Annotated[
+        int,
+        Doc(
+            "parts of total_count made while the line's data was unknown (a counter delta is"
+            " placed over the time it covers, docs/kpi.md): counted in total_count, good_count"
+            " and order progress, but not paired with run time in performance and oee",
+            COUNT,
+            required=False,
+            metric=True,
+        ),
+    ]
+    throughput_good_per_known_h: Annotated[
+        float | None,
+        Doc(
+            "good parts made in known time per hour of the window's time with data"
+            " (elapsed_s - unknown_time_s); throughput_good_per_h counts every hour of the"
+            " window, also those before the agent ran; null without known time",
+            NON_NEGATIVE_OR_NULL,
+            required=False,
+            metric=True,
+            unit="parts/h",
+        ),
+    ]
     # Not on the wire: a closed window's final report (kpi/shift, kpi/hour), not a snapshot.
     closed: bool = False
 

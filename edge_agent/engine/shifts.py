@@ -12,7 +12,9 @@ shift's start time belongs to the next local date (a night shift's 02:00 break),
 end is before its start crosses midnight. Breaks are clipped to their shift.
 
 Dated exceptions (:class:`~edge_agent.config.schema.Calendar`): a shift is held on the local
-dates on which it *starts*: its weekdays (``days``), never on a holiday, and on an extra working
+dates on which it *starts*: its weekdays (``days``), never on a day off (the country's public
+holidays less the worked ones, the site's holidays and substitute days:
+:mod:`edge_agent.calendars`), and on an extra working
 day if that day follows all shifts or the shifts of the weekday it is ``like``. A night shift that
 starts the evening before a holiday is held in full. Dated maintenance windows (local wall time,
 resolved like shift times) are planned stops: they are cut out of planned time like breaks.
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from edge_agent.calendars import days_off
 from edge_agent.config.schema import Calendar, Shift
 from edge_agent.engine.intervals import Interval, clip, intersect, normalize, subtract, union
 
@@ -102,7 +105,11 @@ class ShiftCalendar:
         self.tz = ZoneInfo(timezone)
         self.shifts: tuple[Shift, ...] = tuple(shifts) if shifts else (_WHOLE_DAY,)
         cal = calendar or Calendar()
-        self._holidays = frozenset(cal.holidays)
+        self._country = cal.country
+        self._site_holidays = cal.holidays
+        self._worked = cal.worked_holidays
+        self._substitutes = tuple((s.date, s.instead_of) for s in cal.substitute_days)
+        self._off_by_year: dict[int, frozenset[date]] = {}
         self._extra = {x.date: x.like for x in cal.extra_days}
         self.maintenance: list[Interval] = normalize(
             (m.start.replace(tzinfo=self.tz).timestamp(), m.end.replace(tzinfo=self.tz).timestamp())
@@ -112,12 +119,22 @@ class ShiftCalendar:
 
     def _held(self, shift: Shift, day: date) -> bool:
         """Whether ``shift`` starts on local date ``day``."""
-        if day in self._holidays:
+        if day in self.days_off(day.year):
             return False
         if day in self._extra:
             like = self._extra[day]
             return like is None or like in shift.days
         return day.weekday() in shift.days
+
+    def days_off(self, year: int) -> frozenset[date]:
+        """The local dates of ``year`` on which no shift starts (:mod:`edge_agent.calendars`)."""
+        off = self._off_by_year.get(year)
+        if off is None:
+            off = days_off(
+                self._country, self._site_holidays, self._worked, self._substitutes, year
+            )
+            self._off_by_year[year] = off
+        return off
 
     def local_date(self, t: float) -> date:
         return datetime.fromtimestamp(t, self.tz).date()

@@ -28,7 +28,8 @@ class OpenWindow:
     def __init__(self, window: Window, acc: Accounting) -> None:
         self.window = window
         self.acc = acc
-        # product code (None: no product signal, or product not known) -> [total, second counter]
+        # product code (None: no product signal, or product not known) -> [total, second
+        # counter, total in unknown time, second counter in unknown time]
         self.counts: dict[int | None, list[int]] = {}
         self.flags: set[str] = set()
         self.micro_count = 0
@@ -37,12 +38,27 @@ class OpenWindow:
         self.energy: dict[str, float] = {}  # kWh by state bucket
         self.fault_count = 0  # faults that started in this window
 
-    def product_rows(self, second_counter: int | None) -> list[tuple[int | None, int, int, int]]:
+    def add(self, product: int | None, slot: int, known: int, unknown: int) -> None:
+        """Parts of counter ``slot`` (0: total, 1: the second counter) for ``product``:
+        ``known`` in time with data, ``unknown`` in time without."""
+        entry = self.counts.get(product)
+        if entry is None:
+            entry = self.counts[product] = [0, 0, 0, 0]
+        entry[slot] += known + unknown
+        entry[slot + 2] += unknown
+
+    def product_rows(
+        self, second_counter: int | None, *, known: bool = False
+    ) -> list[tuple[int | None, int, int, int]]:
         """(product code, total, good, reject) per product; ``second_counter``: the line's
-        reject or good counter kind, if any. A reject (good) delta that arrives in the window
-        before its total delta is capped so that good and reject are never negative."""
+        reject or good counter kind, if any; ``known``: only the parts placed in time with data.
+        A reject (good) delta that arrives in the window before its total delta is capped so
+        that good and reject are never negative."""
         rows = []
-        for code, (total, second) in self.counts.items():
+        for code, (all_total, all_second, unknown_total, unknown_second) in self.counts.items():
+            total, second = all_total, all_second
+            if known:
+                total, second = all_total - unknown_total, all_second - unknown_second
             if second_counter == SIG_REJECT:
                 reject = min(second, total)
                 rows.append((code, total, total - reject, reject))
@@ -54,12 +70,16 @@ class OpenWindow:
         rows.sort(key=lambda r: (r[0] is not None, r[0] or 0))
         return rows
 
+    def unknown_time_count(self) -> int:
+        """Parts of the total counter placed in time without data."""
+        return sum(c[2] for c in self.counts.values())
+
     def state_dict(self) -> dict[str, Any]:
         w = self.window
         return {
             "window": {"kind": w.kind, "name": w.name, "start": w.start, "end": w.end},
             "accounting": self.acc.state_dict(),
-            "counts": [[code, c[0], c[1]] for code, c in self.counts.items()],
+            "counts": [[code, *c] for code, c in self.counts.items()],
             "flags": sorted(self.flags),
             "micro": [self.micro_count, self.micro_s, self.micro_pending_s],
             "energy": dict(self.energy),
@@ -74,7 +94,9 @@ class OpenWindow:
         )
         o = cls(window, Accounting.from_state(d["accounting"], planned_states))
         o.counts = {
-            (None if code is None else int(code)): [int(t), int(x)] for code, t, x in d["counts"]
+            # [code, total, second] from a version that placed no parts in unknown time
+            (None if row[0] is None else int(row[0])): [int(v) for v in (*row[1:], 0, 0)[:4]]
+            for row in d["counts"]
         }
         o.flags = set(d.get("flags", []))
         count, micro_s, pending_s = d.get("micro", (0, 0.0, 0.0))

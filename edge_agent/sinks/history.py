@@ -27,7 +27,8 @@ current value is written at once (a keyframe), so the record is consistent again
 A damaged file is moved aside (``history.sqlite.corrupt-YYYYMMDDTHHMMSSZ``, still exportable as
 far as it is readable) and one deleted while open is noticed at the next flush; either way
 recording goes on in a new file, every tag's value first. On a full disk the WAL is given back,
-so that the outbox, which matters more, gets the room.
+so that the outbox, which matters more, gets the room, and recording resumes only once
+:data:`RESUME_FREE_BYTES` are free again.
 
 Thread-safety: used from the event loop thread only, like the outbox.
 """
@@ -38,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -64,6 +66,9 @@ FILE_NAME = "history.sqlite"
 RETENTION_BATCH_ROWS = 5_000
 # Retention runs this often (agent time) once it has caught up.
 RETENTION_CHECK_S = 600.0
+# After a full disk, samples are recorded again only once this much is free: room freed by an
+# operator goes to the outbox (the reports) first, not to the next second of samples.
+RESUME_FREE_BYTES = 1 << 20
 # A flush is forced when this many rows wait (normally the once-a-second flush comes first).
 MAX_BUFFERED_ROWS = 20_000
 
@@ -185,6 +190,7 @@ class History:
         self._next_retention = -math.inf
         self._keyframe_now = False
         self._failing = False
+        self._disk_full = False  # the last failure was a full disk: wait for room to spare
         self._closed = False
         self._mark_restart = True  # first write of this run: mark the time the agent was away
         self.rows_written = 0
@@ -258,6 +264,10 @@ class History:
             return 0
         rows = self._rows
         self._rows = []
+        if self._disk_full and not self._room_to_spare():
+            # The outbox gets the room freed on a full disk first: the reports matter more.
+            self.rows_dropped += len(rows)
+            return 0
         if keyframe:
             t = max(now, self._last_t)
             self._last_t = t
@@ -273,7 +283,8 @@ class History:
             reason = storage_reason(exc)
             if reason == "corrupt" and self._move_damaged(exc):
                 return 0
-            if reason == "disk_full" and self._db is not None:
+            self._disk_full = reason == "disk_full"
+            if self._disk_full and self._db is not None:
                 # Leave the room to the outbox: the reports matter more than the samples.
                 give_back_wal(self._db, self.path)
             if not self._failing:
@@ -287,6 +298,7 @@ class History:
                 self._failing = True
             self._keyframe_now = True  # once writable again, re-establish every tag's value
             return 0
+        self._disk_full = False
         if self._failing:
             log.warning(
                 "storage: history at %s recovered: writable again; %d sample row(s) were not"
@@ -305,6 +317,14 @@ class History:
             )
         self.rows_written += len(rows)
         return len(rows)
+
+    def _room_to_spare(self) -> bool:
+        """Whether the history's file system has :data:`RESUME_FREE_BYTES` free, so that
+        writing samples again leaves room for the outbox."""
+        try:
+            return shutil.disk_usage(self.path.parent).free >= RESUME_FREE_BYTES
+        except OSError:
+            return True  # the write itself will say what is wrong
 
     def _write(self, db: sqlite3.Connection, rows: Sequence[_Row], cutoff: float | None) -> int:
         deleted = 0

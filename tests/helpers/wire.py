@@ -27,6 +27,9 @@ class WireEngine:
     def tick(self, now: float) -> list[OutMessage]:
         return contract.messages(self.engine.tick(now))
 
+    def finish(self, now: float) -> list[OutMessage]:
+        return contract.messages(self.engine.finish(now))
+
     def snapshot(self, now: float) -> OutMessage:
         return contract.message(self.engine.snapshot(now))
 

@@ -26,6 +26,9 @@ from helpers.aio import until
 from helpers.net import free_port
 from test_faults import PersistentSubscriber, agent_config, metric, sim
 
+from edge_agent.config.schema import HistoryConfig
+from edge_agent.model import Quality, Sample
+from edge_agent.sinks.history import RESUME_FREE_BYTES, History
 from simulators.runner import Simulation
 
 pytestmark = pytest.mark.integration
@@ -76,6 +79,40 @@ def sink_metric(port: int, name: str) -> float:
         return metric(port, name, 'sink="default"') or 0.0
     except OSError:
         return -1.0
+
+
+def test_history_leaves_room_freed_on_a_full_disk_to_the_outbox(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Room an operator frees on a full disk goes to the outbox first: the history writes
+    samples again only once ``RESUME_FREE_BYTES`` are free (it used to take the freed room with
+    its next flush, so the outbox stayed full)."""
+    t = [1_767_000_000.0]
+    history = History(small_disk / "state" / "history.sqlite", HistoryConfig(), clock=lambda: t[0])
+
+    def second(value: int) -> int:
+        t[0] += 1
+        history.record([Sample("press1", "total", value, Quality.GOOD, None, t[0])])
+        return history.flush()
+
+    try:
+        assert second(0) > 0
+        filler = fill(small_disk)
+        value = 1
+        while second(value) > 0:  # what SQLite had allocated fills first
+            value += 1
+        assert "disk full writing the history" in caplog.text
+        os.truncate(filler, filler.stat().st_size - 100 * 1024)
+        free = shutil.disk_usage(small_disk).free
+        for later in range(value + 1, value + 6):
+            assert second(later) == 0
+        assert shutil.disk_usage(small_disk).free == free, "the history took the freed room"
+        assert "recovered" not in caplog.text
+        os.truncate(filler, filler.stat().st_size - RESUME_FREE_BYTES)
+        assert second(value + 6) > 0
+        assert "history at" in caplog.text and "recovered: writable again" in caplog.text
+    finally:
+        history.close()
 
 
 async def test_disk_full_keeps_the_link_sends_nothing_twice_and_recovers(

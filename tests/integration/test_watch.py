@@ -59,6 +59,7 @@ def kpi(site: str, line: str, seq: int, ts: float, **values: Any) -> dict[str, A
             "changeover": 0.0,
             "starved": 0.0,
             "blocked": 0.0,
+            "planned_stop": 0.0,
         },
         "loss_time_by_reason_s": {"unspecified": 120.0},
         "planned_stop_by_cause_s": {"off_shift": 0.0, "break": 0.0, "maintenance": 0.0},
@@ -159,7 +160,8 @@ async def test_watch_once_shows_two_sites_with_stale_offline_and_gaps(mosquitto:
     # Retained messages only: busan/line1 shows seq 13 (the live seq 10 was not retained).
     line1 = table["busan", "line1"]
     assert line1[2:8] == ["online", "running", "83.8%", "90.0%", "95.0%", "98.0%"], out
-    assert line1[8:10] == ["2940", "3000"]
+    # GOOD/H, KNOWN/H (not in these payloads, as from an agent before that field), TOTAL/H.
+    assert line1[8:11] == ["2940", "-", "3000"]
     assert "STALE" not in line1 and "OFFLINE" not in line1
     line2 = table["busan", "line2"]
     assert line2[3:5] == ["fault", "-"], out

@@ -69,7 +69,14 @@ def kpi(*, closed: bool, kind: str = "shift") -> KpiReport:
         run_time_s=4.0,
         unknown_time_s=0.0,
         planned_stop_s=0.0,
-        loss_time_s={"idle": 4.0, "fault": 0.0, "changeover": 0.0, "starved": 0.0, "blocked": 0.0},
+        loss_time_s={
+            "idle": 4.0,
+            "fault": 0.0,
+            "changeover": 0.0,
+            "starved": 0.0,
+            "blocked": 0.0,
+            "planned_stop": 0.0,
+        },
         loss_time_by_reason_s={"unspecified": 4.0},
         planned_stop_by_cause_s={"off_shift": 0.0, "break": 0.0, "maintenance": 0.0},
         micro_stop_count=0,
@@ -84,6 +91,8 @@ def kpi(*, closed: bool, kind: str = "shift") -> KpiReport:
         mtbf_s=None,
         mttr_s=None,
         top_downtime_reasons=(ReasonTime(reason="unspecified", time_s=4.0),),
+        unknown_time_count=0,
+        throughput_good_per_known_h=1.5,
         closed=closed,
     )
 

@@ -137,7 +137,11 @@ def test_kwh_and_co2e_per_good_part_across_a_meter_wrap() -> None:
     # CO2e: 15 × 0.4594 = 6.891 kg; per part 0.0031565656 × 0.4594 = 0.0014501263… kg.
     assert kpi["co2e_kg"] == approx(6.891)
     assert kpi["co2e_per_good_part_kg"] == approx(0.00145, 1e-3)
-    assert kpi["emission_factor"] == {"kg_co2e_per_kwh": 0.4594, "source": "Korea grid 2023, GIR"}
+    assert kpi["emission_factor"] == {
+        "kg_co2e_per_kwh": 0.4594,
+        "source": "Korea grid 2023, GIR",
+        "valid_from": None,
+    }
     assert kpi["energy_notes"] == []
     assert "energy_meter_wrap" in kpi["warnings"]
     # The energy topic carries the same window figures plus the live readings.
@@ -184,19 +188,22 @@ def test_without_an_emission_factor_co2e_is_null_with_a_note() -> None:
     assert kpi["energy_notes"] == [NO_FACTOR_NOTE]
 
 
-def test_energy_counts_in_the_window_in_which_the_meter_sample_arrives() -> None:
+def test_energy_belongs_to_the_time_its_meter_delta_covers() -> None:
     e = WireEngine(line_cfg(), site="s")
     feed(e, T0 + 7 * H + 50 * M, state=1, total=0, rejects=0, wh=0)  # 13:50
     # 14:10: +10,000 Wh over 13:50–14:10: 13:50–14:00 running in the shift, 14:00–14:10 off
-    # shift (planned stop). The sample arrives off shift: the day shift's report has none of
-    # it, the off-shift window has all of it, split 5 + 5 kWh.
+    # shift (planned stop). The sample arrives off shift, but the delta covers both: the day
+    # shift gets its 5 kWh of running, the off-shift window its 5 kWh of planned stop. The
+    # shift's report waits for the meter (and the counters) to be seen after its end.
+    assert [m.topic_suffix for m in e.tick(T0 + 8 * H + 10 * M)] == ["state"]
+    feed(e, T0 + 8 * H + 10 * M, wh=10_000, total=1_200, rejects=0)
     out = e.tick(T0 + 8 * H + 10 * M)
-    feed(e, T0 + 8 * H + 10 * M, wh=10_000)
+    assert [m.topic_suffix for m in out] == ["kpi/hour", "kpi/shift"]
     shift = next(m.payload for m in validated(out) if m.topic_suffix == "kpi/shift")
-    assert shift["energy_kwh"] == 0.0
+    assert shift["energy_by_state_kwh"] == {"running": approx(5.0)}
     kpi = live(e, T0 + 8 * H + 10 * M)["kpi"]
     assert kpi["window"]["kind"] == "off_shift"
-    assert kpi["energy_by_state_kwh"] == {"planned_stop": approx(5.0), "running": approx(5.0)}
+    assert kpi["energy_by_state_kwh"] == {"planned_stop": approx(5.0)}
 
 
 def test_energy_state_survives_a_restart() -> None:
@@ -484,7 +491,7 @@ def test_mtbf_mttr_and_top_downtime_reasons() -> None:
     feed(e, at(11, 10), state=3)  # the same fault seen again: 11:10–11:20 = 600 s
     feed(e, at(11, 20), state=1)
     feed(e, at(13, 50), reason=1, state=3)  # fault 4, jam: 13:50–14:00 = 600 s in the shift
-    out = validated(e.tick(at(14, 10)))
+    out = validated(e.finish(at(14, 10)))  # the data ends: no later counter sample
     shift = next(m.payload for m in out if m.topic_suffix == "kpi/shift")
     # Faults: 07:00, 08:55, 11:00, 13:50 = 4. Fault time 600 + 300 + 300 + 900 + 600 = 2,700 s.
     assert shift["fault_count"] == 4

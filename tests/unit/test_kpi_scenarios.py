@@ -108,7 +108,8 @@ def assert_apq(p: dict[str, Any], a: float, perf: float, q: float, oee: float) -
 
 
 def run_shift(engine: WireEngine, end: float) -> dict[str, Any]:
-    shifts = reports(engine.tick(end), "kpi/shift")
+    """The shift report at ``end``, the data of the shift complete (no later counter sample)."""
+    shifts = reports(engine.finish(end), "kpi/shift")
     assert len(shifts) == 1
     return shifts[0]
 
@@ -157,7 +158,7 @@ def test_holiday_has_no_planned_time() -> None:
     e = WireEngine(line_cfg(calendar=cal), site="plant")
     feed(e, T0, state=1, total=0, rejects=0)
     feed(e, T0 + 2 * H, total=1_000)
-    out = e.tick(T0 + 8 * H)
+    out = e.finish(T0 + 8 * H)
     assert reports(out, "kpi/shift") == []
     p = snap(e, T0 + 8 * H)
     assert p["window"]["kind"] == OFF_SHIFT
@@ -203,7 +204,7 @@ def test_weekday_only_shifts_and_an_extra_working_day() -> None:
     e = WireEngine(line_cfg(shifts=(weekdays,)), site="plant")
     feed(e, fri, state=1, total=0, rejects=0)
     feed(e, fri + 8 * H - 1, total=27_000)
-    out = e.tick(fri + 3 * 24 * H + 1)  # Monday 06:00:01
+    out = e.finish(fri + 3 * 24 * H + 1)  # Monday 06:00:01
     shifts = reports(out, "kpi/shift")
     assert len(shifts) == 1 and shifts[0]["window"]["start"] == "2024-03-08T06:00:00+00:00"
     assert_apq(shifts[0], 1.0, 1.0, 1.0, 1.0)
@@ -258,7 +259,7 @@ def test_downtime_per_reason() -> None:
     feed(e, T0 + 50 * M, state=3)
     feed(e, T0 + 51 * M, state=1)
     feed(e, T0 + H - 1, total=2_400, rejects=24)
-    hour = reports(e.tick(T0 + H), "kpi/hour")[0]
+    hour = reports(e.finish(T0 + H), "kpi/hour")[0]
     p = snap(e, T0 + H)
     for r in (hour, p):
         assert r["loss_time_by_reason_s"] == {
@@ -281,9 +282,10 @@ def test_micro_stops_with_the_state_inferred_from_the_counter() -> None:
     #   idle 06:20:05–06:21:40 = 95 s  → a stop, not micro
     #   idle 06:30:05–06:30:25 = 20 s  → micro-stop
     #   micro_stop_count 2, micro_stop_time_s 35; idle 130 s; unknown 06:00:00–06:00:01 = 1 s;
-    #   run = 3,600 − 1 − 130 = 3,469 s.
-    #   A = 3,469/3,599 = 0.963879; P = 3,457/3,469 = 0.996541; Q = 1;
-    #   OEE = 3,457/3,599 = 0.960545.
+    #   run = 3,600 − 1 − 130 = 3,469 s. The first part, seen at 06:00:01, covers the unknown
+    #   second before it: counted, but not paired with run time (unknown_time_count 1).
+    #   A = 3,469/3,599 = 0.963879; P = 3,456/3,469 = 0.996253; Q = 1;
+    #   OEE = 3,456/3,599 = 0.960267.
     cfg = line_cfg(
         signals=Signals(total_count=CounterSignal(tag="plc.total")), micro_stop_max_s=30.0
     )
@@ -295,13 +297,14 @@ def test_micro_stops_with_the_state_inferred_from_the_counter() -> None:
             n += 1
             feed(e, T0 + i, total=n)
     assert n == 3_457
-    hour = reports(e.tick(T0 + H), "kpi/hour")[0]
+    hour = reports(e.finish(T0 + H), "kpi/hour")[0]
     p = snap(e, T0 + H)
     for r in (hour, p):
         assert (r["micro_stop_count"], r["micro_stop_time_s"]) == (2, 35)
         assert r["loss_time_s"]["idle"] == 130  # micro-stops stay availability losses
         assert (r["unknown_time_s"], r["run_time_s"], r["total_count"]) == (1, 3_469, 3_457)
-        assert_apq(r, 0.963879, 0.996541, 1.0, 0.960545)
+        assert r["unknown_time_count"] == 1
+        assert_apq(r, 0.963879, 0.996253, 1.0, 0.960267)
 
 
 def test_micro_stop_default_threshold_and_a_stop_across_an_hour() -> None:
@@ -312,7 +315,7 @@ def test_micro_stop_default_threshold_and_a_stop_across_an_hour() -> None:
     feed(e, T0, state=1, total=0, rejects=0)
     feed(e, T0 + H - 20, state=3)
     feed(e, T0 + H + 20, state=1)
-    out = e.tick(T0 + 2 * H)
+    out = e.finish(T0 + 2 * H)
     h6, h7 = reports(out, "kpi/hour")
     assert (h6["micro_stop_count"], h6["loss_time_s"]["fault"]) == (0, 20)
     assert (h7["micro_stop_count"], h7["micro_stop_time_s"]) == (1, 20)
@@ -330,7 +333,7 @@ def test_16_bit_counter_wrap() -> None:
     e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=65_000, rejects=0)
     feed(e, T0 + H - 1, total=3_000)
-    hour = reports(e.tick(T0 + H), "kpi/hour")[0]
+    hour = reports(e.finish(T0 + H), "kpi/hour")[0]
     assert hour["total_count"] == 3_536
     assert hour["warnings"] == ["counter_wrap"]
     assert_apq(hour, 1.0, 3_536 / 3_600, 1.0, 3_536 / 3_600)
@@ -345,7 +348,7 @@ def test_plc_counter_reset() -> None:
     feed(e, T0, state=1, total=40_000, rejects=0)
     feed(e, T0 + 30 * M, total=1_500)
     feed(e, T0 + H - 1, total=3_300)
-    hour = reports(e.tick(T0 + H), "kpi/hour")[0]
+    hour = reports(e.finish(T0 + H), "kpi/hour")[0]
     assert hour["total_count"] == 3_300
     assert hour["warnings"] == ["counter_reset"]
     assert_apq(hour, 1.0, 0.916667, 1.0, 0.916667)
@@ -359,7 +362,7 @@ def test_counter_flags_reach_the_shift_and_hour_reports_of_their_window() -> Non
     feed(e, T0 + 3.5 * H + 1, total=10)  # 09:30: the PLC restarted: reset
     for i in range(1, 9):
         feed(e, T0 + i * H - 1, total=10 + i)
-    out = e.tick(T0 + 8 * H)
+    out = e.finish(T0 + 8 * H)
     hours = reports(out, "kpi/hour")
     assert [h["window"]["name"] for h in hours] == [f"{h:02d}:00" for h in range(6, 14)]
     flags = {
@@ -450,7 +453,7 @@ def test_unmapped_product_code_falls_back_to_the_line_ideal_cycle_time() -> None
     feed(e, T0, recipe=1, state=1, total=0, rejects=0)
     feed(e, T0 + 30 * M, recipe=9, total=1_000)
     feed(e, T0 + H - 1, total=2_000)
-    hour = reports(e.tick(T0 + H), "kpi/hour")[0]
+    hour = reports(e.finish(T0 + H), "kpi/hour")[0]
     assert [
         (r["product"], r["ideal_cycle_time_s"], r["total_count"]) for r in hour["products"]
     ] == [
@@ -465,17 +468,21 @@ def test_unmapped_product_code_falls_back_to_the_line_ideal_cycle_time() -> None
 
 
 def test_source_outage_and_a_configurable_coverage_threshold() -> None:
-    # 06:00–07:00: the source is down 06:20–06:30 (600 s unknown). 3,000 parts.
-    #   A = 3,000/3,000 = 1; P = 3,000/3,000 = 1; Q = 1; OEE = 3,000/3,000 = 1;
+    # 06:00–07:00: the source is down 06:20–06:30 (600 s unknown). 3,600 parts at the ideal
+    # rate: 1,200 by 06:20, 600 in the outage (seen at 06:30), 1,800 by 07:00.
+    #   A = 3,000/3,000 = 1; P = 3,000 parts in known time/3,000 = 1; Q = 1; OEE = 1;
     #   data_coverage = 3,000/3,600 = 0.833333: below the default 0.9, above 0.8.
     for threshold, warned in ((0.9, True), (0.8, False)):
         e = WireEngine(line_cfg(min_data_coverage=threshold), site="plant")
         feed(e, T0, state=1, total=0, rejects=0)
+        feed(e, T0 + 20 * M, total=1_200, rejects=0)
         e.source_available("plc", False, T0 + 20 * M)
         e.source_available("plc", True, T0 + 30 * M)
-        feed(e, T0 + 30 * M, state=1, total=3_000)
+        feed(e, T0 + 30 * M, state=1, total=1_800, rejects=0)
+        feed(e, T0 + H, total=3_600, rejects=0)
         p = snap(e, T0 + H)
         assert (p["unknown_time_s"], p["run_time_s"]) == (600, 3_000)
+        assert (p["total_count"], p["unknown_time_count"]) == (3_600, 600)
         assert_apq(p, 1.0, 1.0, 1.0, 1.0)
         assert p["data_coverage"] == 0.833333
         assert ("low_data_coverage" in p["warnings"]) is warned
@@ -500,15 +507,15 @@ def test_agent_started_mid_shift_knows_only_the_time_since_its_start() -> None:
 def test_hourly_bucket_report() -> None:
     # Hour 09:00–10:00: break 09:00–09:15 (900 s), fault 09:30–09:40 (600 s).
     #   planned = 3,600 − 900 = 2,700 s; run = 2,700 − 600 = 2,100 s.
-    #   Counter 10,000 at 08:59:59 and 12,000 at 09:59:59, rejects 50 → 70: 2,000 parts, 20
-    #   rejects. A = 2,100/2,700 = 0.777778; P = 2,000/2,100 = 0.952381; Q = 1,980/2,000 =
-    #   0.99; OEE = 1,980/2,700 = 0.733333.
+    #   Counter 10,000 at 09:00 and 12,000 at 10:00 (a sample at an hour's end closes that
+    #   hour), rejects 50 → 70: 2,000 parts, 20 rejects. A = 2,100/2,700 = 0.777778;
+    #   P = 2,000/2,100 = 0.952381; Q = 1,980/2,000 = 0.99; OEE = 1,980/2,700 = 0.733333.
     e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=0, rejects=0)
-    feed(e, T0 + 3 * H - 1, total=10_000, rejects=50)
+    feed(e, T0 + 3 * H, total=10_000, rejects=50)
     feed(e, T0 + 3.5 * H, state=3)
     feed(e, T0 + 3.5 * H + 10 * M, state=1)
-    feed(e, T0 + 4 * H - 1, total=12_000, rejects=70)
+    feed(e, T0 + 4 * H, total=12_000, rejects=70)
     out = validated(e.tick(T0 + 4 * H))
     hours = [m for m in out if m.topic_suffix == "kpi/hour"]
     assert [m.payload["window"]["name"] for m in hours] == ["06:00", "07:00", "08:00", "09:00"]
@@ -529,7 +536,7 @@ def test_hourly_bucket_report() -> None:
     assert p["throughput_good_per_h"] == 1_980
     assert_apq(p, 0.777778, 0.952381, 0.99, 0.733333)
     # At a common end the hour is reported before the shift.
-    out = e.tick(T0 + 8 * H)
+    out = e.finish(T0 + 8 * H)
     assert [m.topic_suffix for m in out if m.topic_suffix.startswith("kpi/")][-2:] == [
         "kpi/hour",
         "kpi/shift",
@@ -544,7 +551,7 @@ def test_hours_across_a_shift_change_split_planned_time() -> None:
     e = WireEngine(line_cfg(shifts=(a, b)), site="plant")
     start = T0 + 8 * H  # 14:00
     feed(e, start, state=1, total=0, rejects=0)
-    out = e.tick(start + 9 * H)
+    out = e.finish(start + 9 * H)
     hours = {h["window"]["name"]: h for h in reports(out, "kpi/hour")}
     assert hours["14:00"]["planned_time_s"] == 3_600
     assert [s["window"]["name"] for s in reports(out, "kpi/shift")] == ["early", "late"]

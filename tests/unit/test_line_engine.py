@@ -83,6 +83,8 @@ def by_topic(messages: list[OutMessage], topic: str) -> list[OutMessage]:
 
 
 def test_classic_worked_example_through_the_engine() -> None:
+    # The published example's counts (see the test below) with 30 instead of 60 min of breaks,
+    # so not its figures.
     # 480 min shift, breaks 09:00–09:15 and 12:00–12:15 (30 min), fault 10:00–10:47 (47 min),
     # 19,271 parts of which 423 rejects, ideal 1.0 s:
     #   planned = 450 min = 27,000 s, run = 403 min = 24,180 s
@@ -97,7 +99,7 @@ def test_classic_worked_example_through_the_engine() -> None:
     assert [m.payload["state"] for m in by_topic(out, "state")] == ["running", "fault", "running"]
     feed(e, T0 + 8 * H - 60, total=19_271, rejects=423)
     assert by_topic(e.tick(T0 + 8 * H - 1), "kpi/shift") == []
-    out = e.tick(T0 + 8 * H)
+    out = e.finish(T0 + 8 * H)  # the data ends at the shift's end
     shifts = by_topic(out, "kpi/shift")
     assert len(shifts) == 1
     msg = shifts[0]
@@ -129,6 +131,7 @@ def test_classic_worked_example_through_the_engine() -> None:
         "changeover": 0.0,
         "starved": 0.0,
         "blocked": 0.0,
+        "planned_stop": 0.0,
     }
     assert p["throughput_good_per_h"] == 2_356.0
     assert p["throughput_total_per_h"] == 2_408.875
@@ -137,6 +140,30 @@ def test_classic_worked_example_through_the_engine() -> None:
     assert p["convention"] == "iso22400:planned=planned_stop"
     # Later ticks do not repeat the report.
     assert by_topic(e.tick(T0 + 8 * H + 1) + e.tick(T0 + 9 * H), "kpi/shift") == []
+
+
+def test_published_worked_example_with_a_meal_break() -> None:
+    # The published example (oee.com / Vorne): 480 min shift, two 15 min breaks and a 30 min
+    # meal (420 min planned), 47 min down, ideal 60 parts/min, 19,271 parts, 423 rejects:
+    #   A = 373/420 = 88.81 %, P = 19,271/22,380 s = 86.11 %, Q = 97.80 %, OEE = 74.79 %.
+    meal = Shift(
+        name="day",
+        start=time(6),
+        end=time(14),
+        breaks=(*DAY.breaks, Break(start=time(11), end=time(11, 30))),
+    )
+    e = WireEngine(line_cfg(shifts=(meal,)), site="plant")
+    feed(e, T0, state=1, total=0, rejects=0)
+    feed(e, T0 + 4 * H, state=3)
+    feed(e, T0 + 4 * H + 47 * M, state=1)
+    feed(e, T0 + 8 * H - 60, total=19_271, rejects=423)
+    [msg] = by_topic(e.finish(T0 + 8 * H), "kpi/shift")
+    p = msg.payload
+    assert (p["planned_time_s"], p["run_time_s"]) == (25_200, 22_380)
+    assert p["availability"] == round(373 / 420, 6) == 0.888095
+    assert p["performance"] == round(19_271 / 22_380, 6) == 0.861081
+    assert p["quality"] == 0.97805
+    assert p["oee"] == round(18_848 / 25_200, 6) == 0.747937
 
 
 def test_overnight_shift_in_seoul_with_a_fault_across_the_midnight_break() -> None:
@@ -154,7 +181,7 @@ def test_overnight_shift_in_seoul_with_a_fault_across_the_midnight_break() -> No
     feed(e, start + 100 * M, state=3)
     feed(e, start + 140 * M, state=1)
     feed(e, start + 8 * H - 10, total=25_000, rejects=500)
-    out = by_topic(e.tick(start + 8 * H), "kpi/shift")
+    out = by_topic(e.finish(start + 8 * H), "kpi/shift")
     assert len(out) == 1
     p = out[0].payload
     validate(out[0])
@@ -394,11 +421,12 @@ def test_a_shift_close_found_by_ingest_is_emitted_once_by_tick() -> None:
     e = WireEngine(line_cfg(), site="plant")
     feed(e, T0, state=1, total=0, rejects=0)
     feed(e, T0 + 8 * H - 1, total=100)
-    feed(e, T0 + 8 * H + 1, total=110)  # the 10 parts belong to the off-shift window
+    # The 10 parts cover 13:59:59–14:00:01, running: 5 in the shift, 5 off shift.
+    feed(e, T0 + 8 * H + 1, total=110, rejects=0)
     out = e.tick(T0 + 8 * H + 2)
     shifts = by_topic(out, "kpi/shift")
-    assert len(shifts) == 1 and shifts[0].payload["total_count"] == 100
-    assert e.snapshot(T0 + 8 * H + 2).payload["total_count"] == 10
+    assert len(shifts) == 1 and shifts[0].payload["total_count"] == 105
+    assert e.snapshot(T0 + 8 * H + 2).payload["total_count"] == 5
     assert by_topic(e.tick(T0 + 8 * H + 3), "kpi/shift") == []
 
 
@@ -439,8 +467,11 @@ def test_restore_across_a_shift_end_reports_the_shift_once() -> None:
     assert len(shifts) == 1
     p = shifts[0].payload
     assert (p["total_count"], p["unknown_time_s"]) == (20_000, 3600)
-    # The parts made while the agent was down are counted once, when it sees them again.
-    assert b.snapshot(T0 + 9 * H).payload["total_count"] == 3600
+    # The parts made while the agent was down are counted once, when it sees them again: the
+    # shift was reported 10 minutes after its end (settle_s), so its share goes to the next
+    # window, as parts made in unknown time.
+    snap = b.snapshot(T0 + 9 * H).payload
+    assert (snap["total_count"], snap["unknown_time_count"]) == (3600, 3600)
 
 
 def test_restore_rejects_another_line() -> None:
@@ -467,7 +498,7 @@ def test_pending_reports_saved_as_messages_by_version_2_are_restored() -> None:
     as the same reports, with the same payloads."""
     a = WireEngine(line_cfg(), site="plant")
     feed(a, T0, state=1, total=0, rejects=0)
-    feed(a, T0 + 8 * H, state=3, total=10)  # closes the shift, changes the state
+    feed(a, T0 + 8 * H, state=3, total=10, rejects=0)  # closes the shift, changes the state
     saved = json.loads(json.dumps(a.state_dict()))
     expected = a.tick(T0 + 8 * H)
     assert {"kpi/hour", "kpi/shift", "state"} <= {m.topic_suffix for m in expected}

@@ -189,7 +189,8 @@ def test_the_shift_note_is_in_the_shift_reports_and_kept_across_a_restart() -> N
     assert e.snapshot(T0 + 32 * M).shift_note == "die 7 changed; rejects from 10:00 are the old die"
     restored = engine()
     restored.restore(e.state_dict())
-    reports = restored.tick(T0 + 8 * 60 * M + 1)  # past the day shift's end (14:00)
+    # Past the day shift's end (14:00); finish(): its report now, without waiting to settle.
+    reports = restored.finish(T0 + 8 * 60 * M + 1)
     [shift] = [r for r in reports if getattr(r, "closed", False) and r.window.kind == "shift"]
     assert shift.shift_note == "die 7 changed; rejects from 10:00 are the old die"
     assert restored.snapshot(T0 + 8 * 60 * M + 2).shift_note is None  # the next window has none
