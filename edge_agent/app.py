@@ -28,6 +28,7 @@ from edge_agent.links import (
     subscribe_commands,
 )
 from edge_agent.metrics import Metrics, MetricsServeError, MetricsServer, SinkFigures
+from edge_agent.operator.server import OperatorServeError, OperatorServer
 from edge_agent.pipeline import Pipeline, SinkOutbox
 from edge_agent.poller import Poller
 from edge_agent.reload import load_for_reload, plan_reload
@@ -81,6 +82,7 @@ class Agent:
         self.sinks: dict[str, SinkLink] = {}  # by sink name, the primary first
         self.pollers: dict[str, Poller] = {}
         self._metrics_server: MetricsServer | None = None
+        self.operator: OperatorServer | None = None
         self.metrics.read_sinks(self._sink_figures)
         self.metrics.read_sources(lambda: [(n, p.health.up) for n, p in self.pollers.items()])
 
@@ -136,11 +138,13 @@ class Agent:
                 target.give_up()
             for link in self.sinks.values():
                 link.report_left_behind()
-        except MetricsServeError as exc:  # before anything started
+        except (MetricsServeError, OperatorServeError) as exc:  # before anything started
             log.error("%s", exc)
             return EXIT_FAILURE
         except BaseExceptionGroup as group:
-            expected, rest = group.split((StartupFailedError, MetricsServeError))
+            expected, rest = group.split(
+                (StartupFailedError, MetricsServeError, OperatorServeError)
+            )
             if rest is not None:
                 raise rest from None
             for failure in expected.exceptions if expected else ():
@@ -192,6 +196,8 @@ class Agent:
                 for sc in cfg.mqtt_extra
             ],
         )
+        if cfg.operator.enabled:
+            self._add_operator(runner)
         for name in self.sinks:
             self._connect(name)
 
@@ -203,6 +209,30 @@ class Agent:
         )
         for sc in cfg.sources:
             self._add_source(sc)
+
+    def _add_operator(self, runner: Pipeline) -> None:
+        """The operator page (docs/operator.md): its boards follow the pipeline's reports; its
+        actions are commands to the engines, like the MQTT ``cmd/order`` topic's."""
+        from edge_agent.operator.board import Boards  # noqa: PLC0415
+
+        boards = Boards(line.name for line in self.cfg.lines)
+        runner.on_reports = boards.take
+        self.operator = server = OperatorServer.from_config(
+            self.cfg.operator,
+            boards,
+            runner.command,
+            engines=lambda: runner.engines,
+            deliver=runner.deliver,
+            publish=runner.publish,
+            note=runner.shift_note,
+            clear_order=runner.clear_order,
+            agent_clock=self.clock,
+        )
+        self.supervisor.add(
+            Component(
+                name="operator", stage=Stage.SINKS, run=server.run, listening=server.listening
+            )
+        )
 
     def _notifier(self, name: str) -> Callable[[], None]:
         def notify() -> None:
@@ -281,6 +311,8 @@ class Agent:
             self.pollers.pop(name, None)
         for name in plan.gone_sources:
             self.runner.source_available(name, False)
+        if plan.cfg.operator != self.cfg.operator:
+            log.warning("reload: the operator section changed; it takes effect at a restart")
         self.cfg = plan.cfg
         kept, fresh = self.runner.reconfigure(plan.cfg)
         for sc in plan.start_sources:

@@ -29,6 +29,7 @@ from edge_agent.engine.reports import (
     CommandReply,
     EnergyReport,
     KpiReport,
+    OperatorEvent,
     OrderClosed,
     OrderReport,
     Report,
@@ -86,6 +87,7 @@ TOPICS: Final[tuple[Topic, ...]] = (
     Topic("order", OrderReport, retain=True),
     Topic("order/closed", OrderClosed, retain=False),
     Topic("cmd/order/reply", CommandReply, retain=False),
+    Topic("operator", OperatorEvent, retain=False),
 )
 _BY_SUFFIX: Final = {t.suffix: t for t in TOPICS}
 _BY_TYPE: Final = {t.report: t for t in reversed(TOPICS)}  # the first topic of each type

@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import logging
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -37,6 +38,8 @@ from edge_agent.config.schema import (
     LineConfig,
     ModbusSourceConfig,
     OpcuaSourceConfig,
+    OperatorConfig,
+    OperatorStation,
     Shift,
 )
 from edge_agent.console import (
@@ -289,6 +292,25 @@ def demo_config(cfg: AgentConfig, ep: DemoEndpoints) -> AgentConfig:
         mqtt=dataclasses.replace(cfg.mqtt, host=ep.mqtt_host, port=ep.mqtt_port),
         prometheus=dataclasses.replace(cfg.prometheus, port=0),
         storage=dataclasses.replace(cfg.storage, dir=ep.state_dir),
+        operator=_demo_operator(cfg, ep),
+    )
+
+
+DEMO_STATION = "demo"
+
+
+def _demo_operator(cfg: AgentConfig, ep: DemoEndpoints) -> OperatorConfig:
+    """The operator page on a free loopback port, one station for every line, with a fresh
+    random PIN in the state directory (``operator-pin``)."""
+    pin_file = Path(ep.state_dir) / "operator-pin"
+    pin_file.parent.mkdir(parents=True, exist_ok=True)
+    pin_file.write_text(f"{secrets.randbelow(10**6):06d}\n")
+    pin_file.chmod(0o600)
+    station = OperatorStation(
+        name=DEMO_STATION, lines=frozenset(line.name for line in cfg.lines), pin_file=str(pin_file)
+    )
+    return dataclasses.replace(
+        cfg.operator, enabled=True, host="127.0.0.1", port=0, stations=(station,)
     )
 
 
@@ -508,11 +530,16 @@ async def _run(
                 if agent.metrics_port
                 else "disabled"
             )
+            operator_desc = "disabled"
+            if agent.operator is not None and agent.operator.port:
+                pin = agent.operator.stations[DEMO_STATION].pin
+                operator_desc = f"http://127.0.0.1:{agent.operator.port}/  (PIN {pin})"
             header = [
                 f"edge-agent demo: site '{cfg.site}', lines {', '.join(line_names)}",
                 f"  simulators  modbus 127.0.0.1:{sim.modbus_port}   opcua {sim.opcua_endpoint}",
                 f"  broker      {broker_desc}",
                 f"  metrics     {metrics_desc}",
+                f"  operator    {operator_desc}",
                 f"  state       {state_desc}",
                 f"  shifts      {shifts_desc}",
                 f"  times       {zone_name}: every time on this screen (logs, ETAs) is in it",

@@ -53,7 +53,8 @@ from edge_agent import contract
 from edge_agent.config.schema import AgentConfig, LineConfig, MqttConfig
 from edge_agent.domain import MachineState
 from edge_agent.engine.line import LineEngine
-from edge_agent.engine.reports import KpiReport
+from edge_agent.engine.reports import KpiReport, Report
+from edge_agent.engine.stops import ACTION_TAGS, OPERATOR_SOURCE
 from edge_agent.errors import StorageError
 from edge_agent.model import OutMessage, Sample
 from edge_agent.sharing import ShareFilter
@@ -260,6 +261,8 @@ class Pipeline:
         # Set by deliver() when a line's state changed: run() steps at once, so a `state`
         # message leaves one poll after the change instead of up to a tick later.
         self._wake = asyncio.Event()
+        # Every report of every step, as the engines made them (the operator page's boards).
+        self.on_reports: Callable[[list[Report]], None] | None = None
 
     def _new_engine(self, line: LineConfig, saved: dict[str, str]) -> LineEngine:
         engine = LineEngine(line, site=self._site, orders=self._orders)
@@ -289,6 +292,11 @@ class Pipeline:
                 engines = self._by_source.setdefault(source, [])
                 if engine not in engines:
                     engines.append(engine)
+        # Operator actions (edge_agent.engine.stops): source `operator`, tags `LINE.ACTION`.
+        for line in self._lines.values():
+            for action in ACTION_TAGS:
+                key = f"{OPERATOR_SOURCE}.{line.name}.{action}"
+                self._routes.setdefault(key, []).append(self.engines[line.name])
         self._routes_by_source = {}
         for key, engines in self._routes.items():
             source_name, tag_name = key.split(".", 1)
@@ -389,7 +397,36 @@ class Pipeline:
         now = self._clock()
         engine.command(name, payload, now)
         self._log_notices(line, engine)
-        self._persist(contract.messages(engine.tick(now), qos=self._qos))
+        reports = engine.tick(now)
+        self._persist(contract.messages(reports, qos=self._qos))
+        if self.on_reports is not None:
+            self.on_reports(reports)
+
+    def clear_order(self, line: str) -> None:
+        """Clear ``line``'s current order (the operator page): its reports made durable with
+        the engine state at once, like a command's."""
+        engine = self.engines.get(line)
+        if engine is None:
+            return
+        now = self._now()
+        engine.clear_order(now)
+        reports = engine.tick(now)
+        self._persist(contract.messages(reports, qos=self._qos), force_state=True)
+        if self.on_reports is not None:
+            self.on_reports(reports)
+
+    def shift_note(self, line: str, note: str | None) -> None:
+        """Set the operators' note on ``line``'s open shift, stored with the engine state at
+        once (docs/operator.md)."""
+        engine = self.engines.get(line)
+        if engine is not None:
+            engine.set_shift_note(note, self._now())
+            self._persist([], force_state=True)
+
+    def publish(self, reports: list[Report]) -> None:
+        """Make reports that are not the engines' durable at once, with the engine state (the
+        operator page's audit events: they follow the action they record)."""
+        self._persist(contract.messages(reports, qos=self._qos))
 
     def step(self, *, snapshot: bool) -> int:
         """Tick every engine; with ``snapshot`` add the live ``kpi`` reports. Returns the number of
@@ -398,11 +435,17 @@ class Pipeline:
         qos = self._qos
         messages: list[OutMessage] = []
         live: set[int] = set()  # indexes of the snapshots: other sinks may want fewer
+        watch = self.on_reports
         for line, engine in self.engines.items():
             self._log_notices(line, engine)
-            messages.extend(contract.messages(engine.tick(now), qos=qos))
+            reports = engine.tick(now)
+            messages.extend(contract.messages(reports, qos=qos))
+            if watch is not None and reports:
+                watch(reports)
             if snapshot:
                 snapshots = engine.snapshots(now)
+                if watch is not None:
+                    watch(snapshots)
                 live.update(range(len(messages), len(messages) + len(snapshots)))
                 messages.extend(contract.messages(snapshots, qos=qos))
                 for report in snapshots:

@@ -29,6 +29,7 @@ from edge_agent.config.schema import (
     OpcuaSecurityPolicy,
     OpcuaSourceConfig,
     OpcuaTag,
+    OperatorConfig,
     OutboxConfig,
     PrometheusConfig,
     Signals,
@@ -36,6 +37,7 @@ from edge_agent.config.schema import (
     modicon_hint,
 )
 from edge_agent.domain import Convention
+from edge_agent.engine.stops import OPERATOR_SOURCE
 from edge_agent.sinks import sparkplug
 
 # Lines one agent serves with its engine step well inside the 1 s tick on 2 cores (measured:
@@ -88,6 +90,7 @@ def _agent(ctx: Ctx, parsed: Parsed) -> None:
 def _modbus_source(ctx: Ctx, parsed: Parsed) -> None:
     """host/port for the TCP transports, serial for rtu (one source per port: references)."""
     _backoff(ctx, parsed, ModbusSourceConfig)
+    _reserved_name(ctx, parsed)
     transport = parsed.get("transport", ModbusTransport.TCP)
     if not isinstance(transport, ModbusTransport):
         return
@@ -110,6 +113,13 @@ def _modbus_source(ctx: Ctx, parsed: Parsed) -> None:
 @rule(OpcuaSourceConfig, always=True)
 def _opcua_source(ctx: Ctx, parsed: Parsed) -> None:
     _backoff(ctx, parsed, OpcuaSourceConfig)
+    _reserved_name(ctx, parsed)
+
+
+def _reserved_name(ctx: Ctx, parsed: Parsed) -> None:
+    if parsed.get("name") == OPERATOR_SOURCE:
+        message = f"'{OPERATOR_SOURCE}' is reserved for the operator page's actions: rename it"
+        ctx.add(*parsed.at("name"), message)
 
 
 @rule(OpcuaSecurityConfig)
@@ -340,6 +350,15 @@ def _prometheus(ctx: Ctx, parsed: Parsed) -> None:
         for key, other in ((first, second), (second, first)):
             if parsed.get(key) is not None and parsed.get(other) is None:
                 ctx.add(*parsed.at(key), f"needs {other} as well")
+
+
+@rule(OperatorConfig)
+def _operator(ctx: Ctx, parsed: Parsed) -> None:
+    for key, other in (("cert_file", "key_file"), ("key_file", "cert_file")):
+        if parsed.get(key) is not None and parsed.get(other) is None:
+            ctx.add(*parsed.at(key), f"needs {other} as well")
+    if parsed.get("enabled") and not parsed.get("stations"):
+        ctx.add(*parsed.at("enabled"), "needs at least one station (operator.stations)")
 
 
 @rule(OutboxConfig)

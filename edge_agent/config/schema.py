@@ -162,6 +162,25 @@ class OpcuaSecurityMode(enum.StrEnum):
     SIGN_AND_ENCRYPT = "SignAndEncrypt"
 
 
+class OperatorLanguage(enum.StrEnum):
+    AUTO = "auto"  # the browser's language (Korean or English)
+    EN = "en"
+    KO = "ko"
+
+
+class LossCategory(enum.StrEnum):
+    """The loss category an operator's stop reason belongs to (the availability losses of the
+    six big losses, and the causes outside the machine)."""
+
+    BREAKDOWN = "breakdown"
+    SETUP = "setup"  # setup and adjustment
+    MINOR_STOP = "minor_stop"
+    MATERIAL = "material"  # waiting for material or parts
+    PEOPLE = "people"  # no operator
+    QUALITY = "quality"  # stopped for a quality check
+    OTHER = "other"
+
+
 class LogFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -646,6 +665,15 @@ class Signals:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StopReason:
+    """A reason an operator may give a stop on the operator page (docs/operator.md)."""
+
+    name: str = key(NAME, "the reason's name in loss_time_by_reason_s")
+    category: LossCategory = key(Choice(LossCategory), "its loss category", LossCategory.OTHER)
+    label: str | None = key(Opt(STR), "what the page shows", None, shown="the name")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LineConfig:
     name: str = key(NAME, "unique; third MQTT topic level")
     timezone: str = key(TimeZone(), "the shifts' local time, e.g. Asia/Seoul", "UTC")
@@ -676,6 +704,11 @@ class LineConfig:
         "states excluded from planned production time (with convention planned_downtime_loss:"
         " availability losses instead)",
         frozenset({MachineState.PLANNED_STOP}),
+    )
+    stop_reasons: tuple[StopReason, ...] = key(
+        ListOf(Model(StopReason), names="reason"),
+        "what operators may name a stop with (the operator page)",
+        (),
     )
     convention: Convention = key(
         Choice(Convention),
@@ -843,6 +876,36 @@ class PrometheusConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OperatorStation:
+    """One operator station (a tablet at the line): its name, its lines and its PIN."""
+
+    name: str = key(NAME, "the station's name in the log and the audit events")
+    lines: frozenset[str] = key(Names("line"), "the lines it sees and changes")
+    pin_file: str = key(
+        FilePath(FileKind.SECRET), "file holding the station's PIN (4 to 12 digits)"
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OperatorConfig:
+    """The operator page (docs/operator.md): off unless ``enabled``."""
+
+    enabled: bool = key(Boolean(), "serve the operator page", False)
+    host: str = key(STR, "listen address; 0.0.0.0 for tablets on the plant network", "127.0.0.1")
+    port: int = key(PORT, "listen port", 8088)
+    cert_file: str | None = key(Opt(FilePath(FileKind.CERT)), "HTTPS; needs key_file", None)
+    key_file: str | None = key(
+        Opt(FilePath(FileKind.KEY)), "its private key; needs cert_file", None
+    )
+    language: OperatorLanguage = key(
+        Choice(OperatorLanguage), "auto (the browser's), en or ko", OperatorLanguage.AUTO
+    )
+    stations: tuple[OperatorStation, ...] = key(
+        ListOf(Model(OperatorStation), names="station"), "who may use the page", ()
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OutboxConfig:
     """How much the outbox may hold while the broker is away. ``0``: no limit.
 
@@ -971,6 +1034,9 @@ class AgentConfig:
         Model(PrometheusConfig), "the metrics endpoint", factory=PrometheusConfig
     )
     storage: StorageConfig = key(Model(StorageConfig), "the state directory", factory=StorageConfig)
+    operator: OperatorConfig = key(
+        Model(OperatorConfig), "the operator page at the line", factory=OperatorConfig
+    )
     logging: LoggingConfig = key(
         Model(LoggingConfig), "log level and format", factory=LoggingConfig
     )

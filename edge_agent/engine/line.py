@@ -94,6 +94,7 @@ otherwise a crash in between repeats or loses a closed shift's report.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from edge_agent.config.schema import LineConfig
@@ -149,6 +150,7 @@ from edge_agent.engine.signals import (
     state_kind,
     tag_lookup,
 )
+from edge_agent.engine.stops import ACTION_TAGS, OPERATOR_SOURCE, StopBook
 from edge_agent.engine.windows import OpenWindow
 from edge_agent.model import Quality, Sample
 
@@ -246,6 +248,9 @@ class LineEngine:
         self._last_report: KpiReport | None = None
         self._last_known_state = MachineState.UNKNOWN  # the state before an unknown spell
         self._notices: list[str] = []  # for the log: take_notices()
+        self.stops = StopBook(tuple(r.name for r in cfg.stop_reasons))
+        # The operators' notes on shifts not yet reported, by the shift window's start.
+        self.shift_notes: dict[float, str] = {}
         self._orders = OrderTracker(
             site=site,
             line=self.line,
@@ -297,6 +302,8 @@ class LineEngine:
         """Take one sample. Samples of other tags are ignored at the cost of two dict lookups."""
         tags = self._lookup.get(sample.source)
         if tags is None:
+            if sample.source == OPERATOR_SOURCE:
+                self._operator_input(sample)
             return
         entry = tags.get(sample.tag)
         if entry is None:
@@ -502,6 +509,25 @@ class LineEngine:
             )
         )
 
+    def _operator_input(self, sample: Sample) -> None:
+        """An operator action (a sample of source ``operator``, :mod:`edge_agent.engine.stops`):
+        applied to the open shift, or a notice says why not."""
+        line, _, tag = sample.tag.rpartition(".")
+        if line != self.line or tag not in ACTION_TAGS:
+            return
+        t = self._advance(sample.agent_time)
+        if sample.quality is not Quality.GOOD:
+            return  # an outage mark of the history: no action
+        value = as_float(sample.value)
+        assert self._shift is not None
+        if value is None:
+            self._notice(f"operator action {tag}: not a number")
+            return
+        self._cut(t)  # the pieces up to now belong to their stops
+        problem = self.stops.take(tag, value, self._shift.acc)
+        if problem is not None:
+            self._notice(f"operator action not applied: {problem}")
+
     def _emit(self, report: Report) -> None:
         self._pending.append(report)
 
@@ -599,6 +625,7 @@ class LineEngine:
             self._hour = None
         elif o is self._shift:
             self._shift = None
+            self.stops.new_shift()
 
     def _held(self, o: OpenWindow) -> bool:
         """Whether the total (or good) counter or the meter has not changed since running or
@@ -659,6 +686,8 @@ class LineEngine:
                 loss_s = o.acc.add(a, t, self._state, unknown, self._reason, stop=stopping)
                 if stopping:
                     o.micro_pending_s += loss_s
+            if self._reason is None and not unknown and self._is_loss(self._state):
+                self.stops.piece(a, t, self._state)
             # Time since the last counter and meter samples: their next deltas are placed over
             # it (edge_agent.engine.placement).
             for k, ledger in self._ledgers.items():
@@ -694,6 +723,7 @@ class LineEngine:
         self._cut(t)
         previous = self._state
         self._state, self._state_since = state, t
+        self.stops.state_changed(state, t, loss=self._is_loss(state), known=not self._causes)
         self._track_stop(previous, state, t)
         self._track_fault(previous, state, t)
         self._pending.append(
@@ -818,6 +848,7 @@ class LineEngine:
         if not self._causes:
             self._cut(t)
             self._cancel_stop()  # a stop whose end cannot be seen is not a micro-stop
+            self.stops.state_changed(self._state, t, loss=False, known=False)
         self._causes.add(cause)
 
     def _remove_cause(self, cause: str, t: float) -> None:
@@ -826,6 +857,8 @@ class LineEngine:
         if len(self._causes) == 1:
             self._cut(t)
         self._causes.discard(cause)
+        if not self._causes:
+            self.stops.state_changed(self._state, t, loss=self._is_loss(self._state), known=True)
 
     def _data_lost(self, key: str, kind: int, t: float) -> None:
         self._add_cause(key, t)
@@ -879,7 +912,44 @@ class LineEngine:
     def _buckets(self, o: OpenWindow, until: float) -> TimeBuckets:
         return o.acc.buckets(until, self._open_piece())
 
+    def clear_order(self, now: float) -> None:
+        """No current order any more (the operator page): the order closes as
+        ``order_cleared`` with the next :meth:`tick`. Persisted with the state."""
+        self._orders.set(None, None, None, "command", self._advance(now))
+
+    def set_shift_note(self, note: str | None, now: float) -> None:
+        """The operators' note on the shift open at ``now`` (``None``: none), carried in its
+        reports (``shift_note``) until it closes. Persisted with the state."""
+        self._advance(now)
+        assert self._shift is not None
+        window = self._shift.window
+        if window.kind != SHIFT:
+            return
+        if note:
+            self.shift_notes[window.start] = note
+        else:
+            self.shift_notes.pop(window.start, None)
+
     def _report(
+        self,
+        o: OpenWindow,
+        now: float,
+        *,
+        closed: bool = False,
+        state: MachineState | None = None,
+        open_piece: bool = True,
+    ) -> KpiReport:
+        """The window's report, with the operators' note on it (a shift's; the final report
+        takes it along)."""
+        report = self._window_report(o, now, closed=closed, state=state, open_piece=open_piece)
+        if o.window.kind != SHIFT:
+            return report
+        note = self.shift_notes.pop(o.window.start, None) if closed else None
+        if not closed:
+            note = self.shift_notes.get(o.window.start)
+        return report if note is None else dataclasses.replace(report, shift_note=note)
+
+    def _window_report(
         self,
         o: OpenWindow,
         now: float,

@@ -249,6 +249,21 @@ class Accounting:
         idx, in_plan, outside = self._split(a, b, state, unknown)
         return _ENERGY_NAMES[idx], in_plan, outside
 
+    def move_loss(self, source: str, target: str, seconds: float) -> None:
+        """Book ``seconds`` of loss time under downtime reason ``target`` instead of ``source``
+        (an operator named a stop's reason; :mod:`edge_agent.engine.stops`). Never more than
+        ``source`` holds; the loss buckets themselves do not change."""
+        have = self._by_reason.get(source, 0.0)
+        moved = min(seconds, have)
+        if moved <= 0:
+            return
+        rest = have - moved
+        if rest > 1e-9:
+            self._by_reason[source] = rest
+        else:
+            self._by_reason.pop(source, None)
+        self._by_reason[target] = self._by_reason.get(target, 0.0) + moved
+
     def add(
         self,
         a: float,

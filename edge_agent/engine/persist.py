@@ -82,6 +82,8 @@ def save(engine: LineEngine) -> dict[str, Any]:
         },
         "pending": [_saved_report(r) for r in engine._pending],
         "windows": {},
+        "stops": _saved_stops(engine),
+        "shift_notes": {repr(start): note for start, note in engine.shift_notes.items()},
         "ledgers": {
             COUNTER_NAMES[k]: engine._with_open_piece(
                 ledger, engine._trackers[k].last_value is not None
@@ -102,6 +104,25 @@ def save(engine: LineEngine) -> dict[str, Any]:
             saved["accounting"] = o.acc.folded(engine._now, piece).state_dict()
             d["windows"][name] = saved
     return d
+
+
+def _saved_stops(engine: LineEngine) -> dict[str, Any]:
+    """The stop book, with the stop in progress ended at the engine's time and its open piece
+    included: after a restart the time since is unknown, so that stop ended then."""
+    saved = engine.stops.to_dict()
+    stops = saved["stops"]
+    now = engine._now
+    if now is not None and stops and stops[-1]["end"] is None:
+        a = engine._piece_start
+        if (
+            now > a
+            and engine._reason is None
+            and not engine._causes
+            and engine._is_loss(engine._state)
+        ):
+            stops[-1]["pieces"].append([a, now, str(engine._state)])
+        stops[-1]["end"] = now
+    return saved
 
 
 def restore(engine: LineEngine, d: dict[str, Any]) -> None:
@@ -147,6 +168,9 @@ def restore(engine: LineEngine, d: dict[str, Any]) -> None:
         engine._product_next = (float(nxt[0]), None if nxt[1] is None else int(nxt[1]))
     engine._causes = {AGENT_CAUSE}
     engine._piece_start = engine._now
+    engine.stops.restore(d.get("stops"))
+    notes = d.get("shift_notes") or {}
+    engine.shift_notes = {float(k): str(v) for k, v in notes.items()}
     windows = d.get("windows") or {}
     if version == 1 and d.get("window") is not None:
         windows = {"shift": _v1_window(engine, d)}

@@ -342,7 +342,8 @@ class KpiReport:
         Mapping[str, float],
         Doc(
             "availability-loss time by downtime reason (reason signal's map, 'code N' when"
-            " unmapped, 'unspecified' when no reason was known)",
+            " unmapped, a line's stop_reasons name an operator gave, 'unspecified' when no"
+            " reason was known)",
             {"type": "object", "additionalProperties": SECONDS},
         ),
     ]
@@ -443,6 +444,16 @@ class KpiReport:
             required=False,
         ),
     ]
+    shift_note: Annotated[
+        str | None,
+        Doc(
+            "the operators' note on this shift (the operator page; shift windows only), at most"
+            " 500 characters; absent without one",
+            {"type": "string", "maxLength": 500},
+            required=False,
+            omit_none=True,
+        ),
+    ] = None
     unknown_time_count: Annotated[
         int,
         Doc(
@@ -708,8 +719,79 @@ class CommandReply:
     ] = None
 
 
-Report = KpiReport | StateChange | EnergyReport | OrderReport | OrderClosed | CommandReply
-REPORT_TYPES: Final = (KpiReport, StateChange, EnergyReport, OrderReport, OrderClosed, CommandReply)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OperatorEvent:
+    """An action an operator took on the operator page (docs/operator.md), for audit."""
+
+    SCHEMA: ClassVar[str] = "edge-agent/operator/1"
+    SCHEMA_FILE: ClassVar[str] = "operator.schema.json"
+    TITLE: ClassVar[str] = "edge-agent operator action (topic operator, QoS 1, not retained)"
+    DESCRIPTION: ClassVar[str] = (
+        "One per action an operator took on the operator page and the agent applied: which"
+        " station, what, and on which stop or order. The action itself shows in the next kpi"
+        " report (loss_time_by_reason_s) or order report."
+    )
+
+    site: Annotated[str, Doc("", STRING)]
+    line: Annotated[str, Doc("", STRING)]
+    ts: Annotated[str, Doc("when the agent applied it", ISO_TIME)]
+    station: Annotated[str, Doc("the operator station's name (operator.stations)", STRING)]
+    action: Annotated[
+        str,
+        Doc(
+            "classify: a stop got reasons; unclassify: its reasons were undone; order: the"
+            " current order was set; order_cleared: it was cleared; note: the shift note was"
+            " set (empty: removed)",
+            {"enum": ["classify", "unclassify", "order", "order_cleared", "note"]},
+        ),
+    ]
+    stop_start: Annotated[
+        str | None,
+        Doc("the stop's start (classify, unclassify)", ISO_TIME, required=False, omit_none=True),
+    ] = None
+    reasons: Annotated[
+        tuple[str, ...],
+        Doc(
+            "the stop's reasons, in time order: one, or two when split (classify)",
+            STRINGS,
+            required=False,
+        ),
+    ] = ()
+    split_at: Annotated[
+        str | None,
+        Doc(
+            "where the second reason begins (a split stop)",
+            ISO_TIME,
+            required=False,
+            omit_none=True,
+        ),
+    ] = None
+    order_id: Annotated[
+        str | None, Doc("the order set (order)", STRING, required=False, omit_none=True)
+    ] = None
+    note: Annotated[
+        str | None, Doc("the shift note set (note)", STRING, required=False, omit_none=True)
+    ] = None
+
+
+Report = (
+    KpiReport
+    | StateChange
+    | EnergyReport
+    | OrderReport
+    | OrderClosed
+    | CommandReply
+    | OperatorEvent
+)
+REPORT_TYPES: Final = (
+    KpiReport,
+    StateChange,
+    EnergyReport,
+    OrderReport,
+    OrderClosed,
+    CommandReply,
+    OperatorEvent,
+)
 
 
 # --- field declarations --------------------------------------------------------------------

@@ -25,6 +25,7 @@ from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiomqtt
 import pytest
 from helpers.contract import contract
@@ -395,6 +396,16 @@ async def test_demo_on_an_existing_broker_stops_on_sigint(tmp_path: Path, mosqui
         extra = ("--mqtt-host", host, "--mqtt-port", str(port), "--state-dir", str(state_dir))
         async with _demo_process(work, *extra) as (proc, out):
             await out.wait_match(rf"broker\s+existing broker at {host}:{port}", timeout_s=30)
+            # The operator page is up, its PIN printed and kept in the state directory.
+            page = await out.wait_match(
+                r"operator\s+http://127\.0\.0\.1:(\d+)/  \(PIN (\d{6})\)", timeout_s=30
+            )
+            assert (state_dir / "operator-pin").read_text().strip() == page[2]
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{page[1]}/", timeout=aiohttp.ClientTimeout(5)) as r,
+            ):
+                assert "/static/app.js" in await r.text()
             await seen.wait_for(lambda: "online" in seen.status, timeout_s=30)
             await seen.wait_for(
                 lambda: (

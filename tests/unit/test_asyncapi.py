@@ -122,6 +122,7 @@ def test_channels_are_the_topics_the_agent_publishes() -> None:
         # Received by the agent (mqtt.commands), and its reply.
         "{topic_prefix}/{site}/{line}/cmd/order": (1, False, None),
         "{topic_prefix}/{site}/{line}/cmd/order/reply": (1, False, "edge-agent/cmd-reply/1"),
+        "{topic_prefix}/{site}/{line}/operator": (1, False, "edge-agent/operator/1"),
     }
     # Every line topic of the contract module has a channel, with its retain flag, QoS and
     # payload schema.

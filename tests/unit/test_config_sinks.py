@@ -138,7 +138,7 @@ def test_shareable_fields_match_the_payload_schemas() -> None:
     """PAYLOAD_FIELDS and LINE_TOPICS follow docs/schemas: a new payload field must be listed
     there to be shareable."""
     fields: set[str] = set()
-    for name in ("kpi", "state", "energy", "order", "order-closed", "cmd-reply"):
+    for name in ("kpi", "state", "energy", "order", "order-closed", "cmd-reply", "operator"):
         schema = json.loads((REPO / "docs" / "schemas" / f"{name}.schema.json").read_text())
         fields |= set(schema["properties"])
         assert set(schema["required"]) <= CORE_FIELDS, name
@@ -153,6 +153,7 @@ def test_shareable_fields_match_the_payload_schemas() -> None:
         "order",
         "order/closed",
         "cmd/order/reply",
+        "operator",
     }
 
 
