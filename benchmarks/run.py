@@ -54,6 +54,8 @@ class Settings:
     scale_tags: int
     scale_warmup_s: float
     scale_s: float
+    idle_s: float
+    fsync_s: float
 
 
 QUICK = Settings(
@@ -72,6 +74,8 @@ QUICK = Settings(
     scale_tags=200,
     scale_warmup_s=1.0,
     scale_s=3.0,
+    idle_s=4.0,
+    fsync_s=6.0,
 )
 FULL = Settings(
     quick=False,
@@ -89,6 +93,8 @@ FULL = Settings(
     scale_tags=200,
     scale_warmup_s=5.0,
     scale_s=60.0,
+    idle_s=60.0,
+    fsync_s=60.0,
 )
 
 
@@ -178,6 +184,16 @@ def cpu_s(pid: int) -> float:
     """User + system CPU seconds of ``pid`` (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def cpu_fine_s(pid: int) -> float:
+    """CPU seconds of ``pid``'s live threads to the nanosecond (``/proc/PID/task/*/schedstat``):
+    an idle agent uses a few clock ticks a minute, too few for :func:`cpu_s` to resolve."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def rss_mib(pid: int) -> float:
@@ -656,6 +672,170 @@ async def figures_scale(s: Settings, tmp: Path, broker_port: int) -> list[Figure
     ]
 
 
+async def _count_fsyncs(pid: int, seconds: float, trace: Path) -> tuple[int, int] | None:
+    """fsync/fdatasync calls of ``pid`` over ``seconds`` (strace attached to the running
+    process): (commits, the syncs of the outbox's WAL; other syncs, checkpoints and the
+    history's). ``None`` when strace is not installed (``apt-get install strace``)."""
+    import shutil
+
+    if shutil.which("strace") is None:
+        return None
+    tracer = await asyncio.create_subprocess_exec(
+        *("strace", "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o", str(trace)),
+        *("-p", str(pid)),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        tracer.terminate()
+        await tracer.wait()
+    return _fsyncs_in(trace)
+
+
+def _fsyncs_in(trace: Path) -> tuple[int, int]:
+    """(syncs of the outbox's WAL, other syncs) in an ``strace -y`` output."""
+    commits = other = 0
+    for line in trace.read_text().splitlines():
+        if "fsync(" in line or "fdatasync(" in line:
+            if "outbox.sqlite-wal>" in line:
+                commits += 1
+            else:
+                other += 1
+    return commits, other
+
+
+def _counter_line(name: str) -> dict[str, Any]:
+    """A line with a part counter only (state inferred from it), as an idle PLC has."""
+    return {
+        "name": name,
+        "ideal_cycle_time": "1s",
+        "signals": {"total_count": {"tag": "plc1.r0", "rollover": 65536}},
+    }
+
+
+async def _block_agent(
+    s: Settings, tmp: Path, broker_port: int, registers: int, *, window_s: float, fsync_s: float
+) -> tuple[float, float, int, float, tuple[int, int] | None]:
+    """The agent polling one PLC of ``registers`` holding registers (one tag each) every second:
+    CPU seconds over ``window_s``, the window, polls in it, then over ``fsync_s`` more the
+    report batches stored and the fsyncs (:func:`_count_fsyncs`; not during the CPU window,
+    since strace slows the process it traces)."""
+    plcs = await Proc.start("-m", "benchmarks.servers", "plcs", "1", str(registers))
+    try:
+        (port,) = (await plcs.line())["ports"]
+        source = {
+            "name": "plc1",
+            "protocol": "modbus",
+            "host": HOST,
+            "port": port,
+            "poll_interval": "1s",
+            "tags": [{"name": f"r{a}", "address": a} for a in range(registers)],
+        }
+        metrics_port = free_port()
+        config = agent_config(
+            tmp, broker_port, [source], [_counter_line("line1")], metrics_port=metrics_port
+        )
+        async with agent_process(config, tmp / "agent.log") as proc:
+            await wait_for(lambda: _sources_up(metrics_port, 1), 30.0, "the agent's source")
+            await asyncio.sleep(s.cpu_warmup_s)
+            before = scrape(metrics_port)
+            c0, t0 = cpu_fine_s(proc.pid), time.monotonic()
+            await asyncio.sleep(window_s)
+            used, elapsed = cpu_fine_s(proc.pid) - c0, time.monotonic() - t0
+            after = scrape(metrics_port)
+            polls = metric_sum(after, "edge_agent_poll_duration_seconds_count") - metric_sum(
+                before, "edge_agent_poll_duration_seconds_count"
+            )
+            batches = 0.0
+            syncs = None
+            if fsync_s > 0:
+                # One line: each stored batch holds one `kpi` snapshot or one `state` change
+                # (a step that makes both stores them together, and is counted twice here).
+                topics = ('{line="line1",topic="kpi"}', '{line="line1",topic="state"}')
+                key = "edge_agent_reports_total"
+                b0 = sum(after.get(key + t, 0.0) for t in topics)
+                syncs = await _count_fsyncs(proc.pid, fsync_s, tmp / "fsyncs.trace")
+                batches = sum(scrape(metrics_port).get(key + t, 0.0) for t in topics) - b0
+    finally:
+        await plcs.stop()
+    return used, elapsed, int(polls), batches, syncs
+
+
+async def figures_idle(s: Settings, tmp: Path, broker_port: int) -> list[Figure]:
+    """The idle floor (one PLC, one register, polled every second: what the agent costs when
+    there is nothing to do), and 1,000 registers of one PLC polled every second in 125-register
+    reads (the load of the low-code gateways plants use instead), with its fsyncs."""
+    used, elapsed, polls, _, _ = await _block_agent(
+        s, tmp / "idle", broker_port, 1, window_s=s.idle_s, fsync_s=0
+    )
+    idle_pct = 100 * used / elapsed
+    used, elapsed, block_polls, batches, syncs = await _block_agent(
+        s, tmp / "block", broker_port, 1000, window_s=s.cpu_s, fsync_s=s.fsync_s
+    )
+    pct = 100 * used / elapsed
+    figures = [
+        Figure(
+            "idle_cpu_pct",
+            f"Idle floor: 1 Modbus register at 1 Hz over {s.idle_s:.0f} s: CPU",
+            idle_pct,
+            "% core",
+            f"whole agent process, 1 line, MQTT and /metrics on; {polls} polls",
+            "<= 0.15 %",
+            idle_pct <= 0.15,
+        ),
+        Figure(
+            "cpu_1000_registers_1hz_pct",
+            f"Agent CPU, 1000 Modbus registers in one block at 1 Hz over {elapsed:.0f} s",
+            pct,
+            "% core",
+            f"8 reads of 125 registers per poll; {block_polls} polls",
+            "<= 0.5 %",
+            pct <= 0.5,
+        ),
+        Figure(
+            "tags_per_core_1hz",
+            "Sizing: Modbus tags per core at 1 Hz (125-register reads)",
+            1000 * 100 / pct,
+            "tags",
+            "1000 / the figure above, the idle floor included",
+            "info",
+            None,
+        ),
+    ]
+    if syncs is None:
+        figures.append(
+            Figure(
+                "fsyncs_per_batch_1000_tags",
+                "fsyncs per stored report batch, 1000 tags at 1 Hz",
+                float("nan"),
+                "",
+                "not measured: strace is not installed (apt-get install strace)",
+                "<= 1.00",
+                None,
+            )
+        )
+    else:
+        commits, other = syncs
+        per_min = 60 * (commits + other) / s.fsync_s
+        ratio = commits / max(1.0, batches)
+        figures.append(
+            Figure(
+                "fsyncs_per_batch_1000_tags",
+                "fsyncs per stored report batch, 1000 tags at 1 Hz",
+                ratio,
+                "",
+                f"{commits} commit syncs for {batches:.0f} batches in {s.fsync_s:.0f} s; "
+                f"{per_min:.1f} fsyncs/min in all ({other} checkpoint or history syncs)",
+                "<= 1.00",
+                ratio <= 1.0,
+            )
+        )
+    return figures
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -713,6 +893,8 @@ async def run(settings: Settings) -> tuple[list[Figure], float]:
                 await modbus.stop()
                 figures.extend(await figures_scale(settings, tmp, broker.port))
                 progress("figures_scale")
+                figures.extend(await figures_idle(settings, tmp, broker.port))
+                progress("figures_idle")
         finally:
             await opcua.stop()
             await modbus.stop()

@@ -259,10 +259,14 @@ class Pipeline:
         self._window_totals: dict[str, tuple[str, int, int, int]] = {}
         self.steps = 0
         # Set by deliver() when a line's state changed: run() steps at once, so a `state`
-        # message leaves one poll after the change instead of up to a tick later.
+        # message leaves one poll after the change instead of up to a tick later. Also set by
+        # deliver() once the next tick is due (loop time ``_due_at``): the step then shares the
+        # poll's wake-up instead of waking the process on a timer of its own.
         self._wake = asyncio.Event()
         # Every report of every step, as the engines made them (the operator page's boards).
         self.on_reports: Callable[[list[Report]], None] | None = None
+        self._due_at = math.inf
+        self._loop_time: Callable[[], float] = time.monotonic
 
     def _new_engine(self, line: LineConfig, saved: dict[str, str]) -> LineEngine:
         engine = LineEngine(line, site=self._site, orders=self._orders)
@@ -360,6 +364,8 @@ class Pipeline:
         self._time = latest
         if self._history is not None:
             self._history.record(samples)
+        if self._loop_time() >= self._due_at:
+            self._wake.set()
         by_source = self._routes_by_source
         routes: dict[str, list[LineEngine]] | None = None
         source: str | None = None
@@ -546,8 +552,14 @@ class Pipeline:
     async def run(self) -> None:
         """Tick every ``tick_interval_s``; snapshot every ``publish_interval_s``; and step at once
         (without a snapshot, off the tick schedule) when a delivered sample changed a line's
-        state."""
+        state.
+
+        A due tick (or snapshot) is taken with the first poll delivered after it is due, in the
+        same wake-up of the process; only when no poll comes within half a tick more does a
+        timer take it. With sources polling every second or faster, an idle agent thus wakes
+        for its polls only, and the tick schedule itself does not drift."""
         loop = asyncio.get_running_loop()
+        self._loop_time = loop.time
         next_tick = loop.time()
         next_snapshot = next_tick
         while True:
@@ -566,11 +578,14 @@ class Pipeline:
                 next_tick += self.tick_interval_s
                 if next_tick <= loop.time():
                     next_tick = loop.time() + self.tick_interval_s
-            delay_s = min(next_tick, next_snapshot) - loop.time()
+            due = min(next_tick, next_snapshot)
+            delay_s = due - loop.time()
             if delay_s > 0:
+                self._due_at = due
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay_s):
+                    async with asyncio.timeout(delay_s + self.tick_interval_s / 2):
                         await self._wake.wait()
+                self._due_at = math.inf
             else:
                 # The step took longer than the tick (thousands of lines): leave the loop half
                 # as long again for the sources, the sinks and a stop signal before the next

@@ -43,6 +43,12 @@ LINK_HELD_KEEPALIVES = 2
 LINK_HELD_MIN_S = 10.0
 
 
+# How often the supervisor does its housekeeping (a link that has held is told so; a state file
+# deleted by hand is noticed), and feeds the watchdog unless systemd asks for more often. None
+# of it needs a wake every second: an idle agent should wake for its polls only.
+HOUSEKEEPING_S = 5.0
+
+
 def link_held_after_s(keepalive_s: float) -> float:
     """How long a broker link must last to count as held (see ``LINK_HELD_KEEPALIVES``)."""
     return max(LINK_HELD_MIN_S, LINK_HELD_KEEPALIVES * keepalive_s)
@@ -312,7 +318,7 @@ class Supervisor:
     """Starts, restarts and stops :class:`Component` s (see the module docstring).
 
     ``stall_after_s()``: how long without :meth:`progress` is a hang (no ``WATCHDOG=1`` then,
-    so systemd restarts the agent). ``housekeeping()`` runs about once a second.
+    so systemd restarts the agent). ``housekeeping()`` runs every :data:`HOUSEKEEPING_S`.
     """
 
     def __init__(
@@ -467,7 +473,7 @@ class Supervisor:
 
     async def _watch(self) -> None:
         """Housekeeping, and ``WATCHDOG=1`` while the engine makes progress."""
-        interval = 1.0
+        interval = HOUSEKEEPING_S
         if self.notifier.watchdog_interval_s:
             interval = min(interval, self.notifier.watchdog_interval_s / 4)
         while True:

@@ -15,10 +15,12 @@ Times are the agent's (``Sample.agent_time``), the clock the engine uses; ``sour
 for audit. Rows are appended in time order (the engine runner hands samples over in
 non-decreasing time), so ``ORDER BY t, id`` is the order in which the engine saw them.
 
-Cost. Samples are buffered in memory and written once a second in one transaction (WAL,
-``synchronous=NORMAL``: a power loss may cost the last second, which a best-effort record can
-afford). Retention deletes rows older than ``retention`` in batches of
-:data:`RETENTION_BATCH_ROWS`, one batch per flush, so no write holds the event loop for long.
+Cost. Samples are buffered in memory and written a second after the first of them in one
+transaction (WAL, ``synchronous=NORMAL``: a power loss may cost the last second, which a
+best-effort record can afford). While no value changes nothing is buffered and the history does
+not wake at all, except when a keyframe or a retention batch is due. Retention deletes rows
+older than ``retention`` in batches of :data:`RETENTION_BATCH_ROWS`, one batch per flush, so no
+write holds the event loop for long.
 
 Best effort. The outbox is what must not lose data; the history must not stop the agent. Any
 SQLite failure (disk full, read-only file system, corrupt file) is logged once, the buffered
@@ -69,6 +71,9 @@ RETENTION_CHECK_S = 600.0
 # After a full disk, samples are recorded again only once this much is free: room freed by an
 # operator goes to the outbox (the reports) first, not to the next second of samples.
 RESUME_FREE_BYTES = 1 << 20
+# With nothing buffered, :meth:`History.run` sleeps until the next keyframe or retention batch,
+# but checks at least this often (the agent's clock may run faster than the loop's in tests).
+IDLE_CHECK_S = 30.0
 # A flush is forced when this many rows wait (normally the once-a-second flush comes first).
 MAX_BUFFERED_ROWS = 20_000
 
@@ -159,8 +164,8 @@ class History:
     """Records samples on change plus periodic keyframes; see the module docstring.
 
     ``record`` and ``source_down`` only buffer (hot path, no I/O); :meth:`flush` writes, and
-    :meth:`run` flushes every ``flush_interval_s``. ``clock`` gives the agent's time (the same
-    clock as the samples') for keyframes and retention.
+    :meth:`run` flushes ``flush_interval_s`` after the first row buffered. ``clock`` gives the
+    agent's time (the same clock as the samples') for keyframes and retention.
     """
 
     def __init__(
@@ -195,6 +200,7 @@ class History:
         self._mark_restart = True  # first write of this run: mark the time the agent was away
         self.rows_written = 0
         self.rows_dropped = 0
+        self._buffered = asyncio.Event()  # set when a row is buffered: run() flushes soon
 
     # ------------------------------------------------------------------------------ buffering
 
@@ -232,8 +238,10 @@ class History:
                 )
             )
             self._last_t = max(self._last_t, s.agent_time)
-        if len(rows) >= MAX_BUFFERED_ROWS:
-            self.flush()
+        if rows:
+            self._buffered.set()
+            if len(rows) >= MAX_BUFFERED_ROWS:
+                self.flush()
 
     def source_down(self, source: str, now: float) -> None:
         """``source`` went down: each of its known tags gets a bad-quality row at ``now``."""
@@ -243,6 +251,7 @@ class History:
                 self._last[key] = (_NONE, None, Quality.BAD)
                 self._rows.append((t, key, _NONE, None, _QUALITY_CODE[Quality.BAD], None, 0))
                 self._last_t = t
+                self._buffered.set()
 
     # -------------------------------------------------------------------------------- writing
 
@@ -440,10 +449,30 @@ class History:
             self._db = None
 
     async def run(self) -> None:
-        """Flush every ``flush_interval_s`` until cancelled (then :meth:`close` writes the rest)."""
+        """Flush ``flush_interval_s`` after the first row buffered since the last flush (rows
+        buffered meanwhile go in the same transaction); with nothing buffered, wake only for a
+        due keyframe or retention batch. Until cancelled (then :meth:`close` writes the rest)."""
         while True:
-            await asyncio.sleep(self.flush_interval_s)
+            if not self._rows:
+                self._buffered.clear()
+                wait_s = min(IDLE_CHECK_S, max(self.flush_interval_s, self._due_in_s()))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await self._buffered.wait()
+            if self._rows:
+                await asyncio.sleep(self.flush_interval_s)
             self.flush()
+
+    def _due_in_s(self) -> float:
+        """Seconds (of the agent's clock) until a keyframe or a retention batch is due."""
+        if self._keyframe_now:
+            return 0.0
+        due = self._next_retention
+        if self._next_keyframe is not None:
+            due = min(due, self._next_keyframe)
+        elif self._last:
+            return 0.0  # the first flush with values sets the keyframe schedule
+        return due - self._clock()
 
     def close(self) -> None:
         """Write what is buffered and close the file. Idempotent; later calls record nothing.

@@ -46,7 +46,11 @@ __all__ = [
 
 T = TypeVar("T")
 
-_MISC_INTERVAL_S = 1.0  # paho's loop_misc: keepalive pings and their deadline
+# paho's loop_misc (keepalive pings and their deadline) runs every tenth of the keepalive, at
+# least every second: a ping leaves at most 10 % late (brokers allow 1.5 keepalives), and an
+# idle link wakes the loop every 6 s at the default 60 s instead of every second.
+_MISC_FRACTION = 0.1
+_MISC_MIN_S = 1.0
 
 # A received message: (topic, payload, retained). Called on the event loop; must not block.
 MessageCallback = Callable[[str, bytes, bool], None]
@@ -158,6 +162,7 @@ class MqttClient:
         self._host = host
         self._port = port
         self._keepalive_s = keepalive_s
+        self._misc_interval_s = max(_MISC_MIN_S, _MISC_FRACTION * keepalive_s)
         self._v5 = protocol == "5"
         self._clean_session = clean_session
         self._connect_properties: Properties | None = None
@@ -287,7 +292,7 @@ class MqttClient:
         self._loop.add_reader(self._fd, self._readable)
         if self._paho.want_write():
             self._start_writing()
-        self._misc_timer = self._loop.call_later(_MISC_INTERVAL_S, self._misc)
+        self._misc_timer = self._loop.call_later(self._misc_interval_s, self._misc)
 
     def _detach(self) -> None:
         if self._misc_timer is not None:
@@ -514,7 +519,7 @@ class MqttClient:
             self._broken(exc)
             return
         if self._fd is not None:
-            self._misc_timer = self._loop.call_later(_MISC_INTERVAL_S, self._misc)
+            self._misc_timer = self._loop.call_later(self._misc_interval_s, self._misc)
 
     def _broken(self, exc: Exception) -> None:
         if not self.lost.done():

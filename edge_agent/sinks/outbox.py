@@ -11,8 +11,14 @@ One SQLite file in the state directory holds three tables:
 
 Durability: WAL journal with ``synchronous=FULL``. With WAL, ``NORMAL`` survives a crash of the
 agent but may lose the last commits on power loss, and an industrial PC does lose power. A report
-(and the state that advanced with it) must survive that, so every commit syncs the WAL; one append
-per publish interval makes the cost irrelevant.
+(and the state that advanced with it) must survive that, so every append syncs the WAL: one
+fsync per batch of reports (one append per publish interval at most, with nothing new).
+
+Deleting acknowledged messages is not synced (``synchronous=NORMAL`` for that transaction only):
+a delete lost to a power cut only means those messages are published again after the restart,
+which the contract allows (at least once; subscribers de-duplicate by ``(line, seq)``). The
+next append's sync makes it durable with everything before it, since the WAL is written in
+order. So a published batch costs one fsync, not two.
 
 Bounds (``storage.outbox``, :class:`OutboxConfig`): a broker outage must not fill the disk.
 Above the soft limits (``max_messages`` / ``max_bytes``) the oldest live ``kpi`` snapshots are
@@ -405,15 +411,27 @@ class Outbox:
 
     # -- write health -----------------------------------------------------------------------------
 
-    def _transaction(self, what: str, body: Callable[[sqlite3.Connection], _T]) -> _T:
+    def _transaction(
+        self, what: str, body: Callable[[sqlite3.Connection], _T], *, sync: bool = True
+    ) -> _T:
         """Run ``body`` in one write transaction (rolled back on any error) and return its
-        result. On a full disk the WAL is given back to the file system first and ``body``
-        tried once more; see :meth:`_make_room`. Raises :class:`StorageError`."""
+        result; with ``sync`` false its commit is not fsync'd (see the module docstring: only
+        for deletes of acknowledged messages). On a full disk the WAL is given back to the file
+        system first and ``body`` tried once more; see :meth:`_make_room`. Raises
+        :class:`StorageError`."""
         db = self._conn()
         for attempt in (1, 2):
             try:
-                with transaction(db):
-                    result = body(db)
+                if sync:
+                    with transaction(db):
+                        result = body(db)
+                else:
+                    db.execute("PRAGMA synchronous=NORMAL")
+                    try:
+                        with transaction(db):
+                            result = body(db)
+                    finally:
+                        db.execute("PRAGMA synchronous=FULL")
             except sqlite3.Error as exc:
                 if attempt == 1 and storage_reason(exc) == "disk_full" and self._make_room(db):
                     continue
@@ -608,7 +626,8 @@ class Outbox:
         return [_stored(r) for r in rows]
 
     def ack(self, ids: Sequence[int]) -> None:
-        """Delete the messages with these ids (the broker acknowledged them), in one transaction."""
+        """Delete the messages with these ids (the broker acknowledged them), in one transaction
+        (not fsync'd: see the module docstring)."""
         if not ids:
             return
 
@@ -626,7 +645,8 @@ class Outbox:
                     size += int(length)
             return count, size
 
-        count, size = self._transaction("cannot delete", body)
+        # Not synced: a lost delete only means a message is published twice.
+        count, size = self._transaction("cannot delete", body, sync=False)
         self._count = max(0, self._count - count)
         self._bytes = max(0, self._bytes - size)
         self._note_dropped({})

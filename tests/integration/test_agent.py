@@ -7,6 +7,7 @@ codes and the last will are the real ones.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import subprocess
@@ -33,6 +34,7 @@ SPEED = 4.0
 IDEAL_S = 1.0 / SPEED  # the simulated machines' ideal cycle time, in real seconds
 
 pytestmark = pytest.mark.integration
+_COLLECTORS = itertools.count(1)
 
 
 def agent_config(
@@ -118,13 +120,16 @@ class Collector:
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
+        # One client id per collector: the late one must not take over the first one's
+        # session (amqtt then delivers the retained messages twice).
+        self.identifier = f"it-collector-{next(_COLLECTORS)}"
         self.messages: list[tuple[str, dict[str, Any], bool]] = []
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
     async def _run(self) -> None:
-        async with aiomqtt.Client(self.host, self.port, identifier="it-collector") as client:
+        async with aiomqtt.Client(self.host, self.port, identifier=self.identifier) as client:
             await client.subscribe(f"{PREFIX}/{SITE}/#", qos=1)
             self._subscribed.set()
             async for msg in client.messages:

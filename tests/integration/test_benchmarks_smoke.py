@@ -30,6 +30,10 @@ FIGURES = [
     "scale_cpu_pct",
     "scale_skipped_ticks",
     "scale_rss_mib",
+    "idle_cpu_pct",
+    "cpu_1000_registers_1hz_pct",
+    "tags_per_core_1hz",
+    "fsyncs_per_batch_1000_tags",
 ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -24,6 +26,7 @@ from edge_agent.sinks import history as history_mod
 from edge_agent.sinks.history import History, export_csv
 from edge_agent.sinks.outbox import Outbox
 from edge_agent.sinks.prometheus import Metrics
+from tests.helpers.aio import until
 
 T0 = 1_714_608_000.0  # 2024-05-02T00:00:00Z
 G, B = Quality.GOOD, Quality.BAD
@@ -434,3 +437,42 @@ def test_integers_beyond_64_bits_are_recorded_exactly(hist: History, clock: Cloc
     clock.t = T0 + 10 + 300  # the keyframe (every 300 s here) writes the last value again
     assert hist.flush() == 1
     assert [v for _t, _tag, v, *_ in export(hist.path)] == [str(v) for v in [*big, big[-1]]]
+
+
+async def test_run_does_not_wake_while_nothing_changes(tmp_path: Path, clock: Clock) -> None:
+    """An idle floor: with no changed value buffered, run() writes nothing and does not flush
+    every interval (it waits for a row, a keyframe or a retention batch); a changed value is
+    written one interval after it was buffered."""
+
+    class Counting(History):
+        flushes = 0
+
+        def flush(self, *, keyframe: bool = True) -> int:
+            self.flushes += 1
+            return super().flush(keyframe=keyframe)
+
+    h = Counting(
+        tmp_path / "history.sqlite",
+        HistoryConfig(keyframe_interval_s=300),
+        clock=clock,
+        flush_interval_s=0.01,
+    )
+    task = asyncio.create_task(h.run())
+    try:
+        h.record([sample("p.a", 1, T0)])
+        await until(lambda: h.rows_written == 1)
+        first = h.flushes
+        for _ in range(20):  # unchanged values, as an idle PLC serves them
+            h.record([sample("p.a", 1, T0)])
+        # 30 flush intervals: the loop used to flush (and stat the file) on every one of them.
+        await asyncio.sleep(0.3)
+        assert h.flushes == first, h.flushes
+        h.record([sample("p.a", 2, T0 + 1)])
+        await until(lambda: h.rows_written == 2)
+        assert h.flushes == first + 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        h.close()
+    assert [r[2] for r in rows(tmp_path / "history.sqlite")] == [1, 2]

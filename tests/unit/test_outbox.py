@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -281,3 +284,44 @@ def test_read_only_database_is_a_storage_error(tmp_path: Path) -> None:
         assert box.depth() == 0
     finally:
         box.close()
+
+
+_FSYNC_SCRIPT = """
+import sys
+from edge_agent.model import OutMessage
+from edge_agent.sinks.outbox import Outbox
+box = Outbox(sys.argv[1])
+m = [OutMessage(line="l1", topic_suffix="kpi", payload={"line": "l1"}, retain=True)]
+for _ in range(3):
+    sys.stderr.write("MARK append\\n"); sys.stderr.flush()
+    box.append(m, state={"engine:l1": "{}"})
+    sys.stderr.write("MARK ack\\n"); sys.stderr.flush()
+    box.ack([s.id for s in box.peek(10)])
+sys.stderr.write("MARK end\\n"); sys.stderr.flush()
+box.close()
+"""
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (apt-get install strace)")
+def test_one_fsync_per_appended_batch_none_per_ack(tmp_path: Path) -> None:
+    """A published batch costs one fsync (its append); deleting what the broker acknowledged is
+    not synced (a lost delete only means a duplicate). Counted by strace in a real process."""
+    trace = tmp_path / "trace"
+    subprocess.run(
+        [
+            *("strace", "-f", "-qq", "-e", "trace=fsync,fdatasync,write", "-o", str(trace)),
+            *(sys.executable, "-c", _FSYNC_SCRIPT, str(tmp_path / "o.sqlite")),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    phase, syncs = "open", {"open": 0, "append": 0, "ack": 0}
+    for line in trace.read_text().splitlines():
+        if "MARK " in line:
+            phase = line.split("MARK ", 1)[1].split("\\", 1)[0]
+            syncs.setdefault(phase, 0)
+        elif "fsync(" in line or "fdatasync(" in line:
+            syncs[phase] += 1
+    assert syncs["append"] == 3, syncs  # one per batch, each durable before append() returns
+    assert syncs["ack"] == 0, syncs

@@ -11,6 +11,7 @@ from edge_agent.model import Quality, Sample
 from edge_agent.pipeline import Pipeline
 from edge_agent.sinks.outbox import Outbox
 from edge_agent.sinks.prometheus import Metrics
+from tests.helpers.aio import until
 
 CONFIG = """
 version: 1
@@ -61,6 +62,36 @@ async def test_a_state_change_is_stored_without_waiting_for_the_next_tick(tmp_pa
         runner.deliver([Sample("plc1", "state", 1, Quality.GOOD, None, time.time())])
         await asyncio.sleep(0)
         assert not runner._wake.is_set()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        outbox.close()
+
+
+async def test_a_due_tick_is_taken_with_the_next_poll_not_on_a_timer_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """An idle floor: a poll delivered after the tick is due takes the tick in the same wake-up
+    (no extra wake of the process per tick); without polls a timer still takes it, at most half
+    a tick late."""
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    tick_s = 0.4
+    runner = Pipeline(load_config_text(CONFIG), outbox, metrics=Metrics(), tick_interval_s=tick_s)
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(runner.run())
+    try:
+        await until(lambda: runner.steps >= 1)
+        first_due = runner._due_at
+        await until(lambda: loop.time() >= first_due)
+        runner.deliver([Sample("plc1", "total", 5, Quality.GOOD, None, time.time())])
+        await until(lambda: runner.steps >= 2)
+        # Taken by the delivery: well before the timer's fallback (due + tick / 2).
+        assert loop.time() < first_due + tick_s / 2, loop.time() - first_due
+        # No poll: the timer takes the next tick, half a tick after it was due.
+        second_due = runner._due_at
+        assert second_due == first_due + tick_s
+        await until(lambda: runner.steps >= 3)
+        assert loop.time() >= second_due + tick_s / 2
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
