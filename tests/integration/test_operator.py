@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import jsonschema
@@ -401,14 +402,19 @@ def _need_chromium() -> None:
 
 async def test_in_a_real_browser(sim: Simulation, mosquitto: Mosquitto, tmp_path: Path) -> None:
     """Debian's chromium, headless: a wrong PIN is refused, the right one signs in, the board
-    shows the simulator's state changes within 2 s, at 1280x800 and 800x1280; screenshots go to
+    shows the simulator's state changes within 2 s, at 1280x800 and 800x1280; a stop classified
+    on the page has its time in the next `kpi` report on the broker; screenshots go to
     test-output/operator/ (docs/operator.md shows them)."""
     _need_chromium()
     from playwright.async_api import async_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     text = config_text(sim, mosquitto.port, tmp_path)
-    async with Running(text) as agent, async_playwright() as pw:
+    async with (
+        Running(text) as agent,
+        Subscriber("127.0.0.1", mosquitto.port, "edge-agent/op/line1/kpi") as kpi,
+        async_playwright() as pw,
+    ):
         url = base_url(agent)
         browser = await pw.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
@@ -464,6 +470,9 @@ async def test_in_a_real_browser(sim: Simulation, mosquitto: Mosquitto, tmp_path
                 assert agent.runner is not None
                 stop = agent.runner.engines["line1"].stops.find(start)
                 assert stop is not None and [r for _, r in stop.reasons] == ["jam"]
+                # The next kpi report on the broker carries the jam time the engine booked
+                # (both viewports' stops, if they are two).
+                await jam_reported(kpi, agent, {"jam"})
                 await page.locator("#stops-panel").scroll_into_view_if_needed()
                 await page.screenshot(
                     path=str(SHOTS / f"classify-{width}x{height}.png"), full_page=True
@@ -472,6 +481,27 @@ async def test_in_a_real_browser(sim: Simulation, mosquitto: Mosquitto, tmp_path
                 await context.close()
         finally:
             await browser.close()
+
+
+async def jam_reported(kpi: Subscriber, agent: Agent, names: set[str]) -> dict[str, float]:
+    """Wait for a line1 `kpi` report whose time for each of ``names`` is what the engine booked
+    to it from the operator's classifications; returns its loss_time_by_reason_s."""
+    assert agent.runner is not None
+    booked: dict[str, float] = {}
+    for stop in agent.runner.engines["line1"].stops.stops:
+        for (_, reason), seconds in stop.booked.items():
+            booked[reason] = booked.get(reason, 0.0) + seconds
+    assert set(booked) == names and all(v > 0 for v in booked.values()), booked
+
+    def carries(m: Any) -> bool:
+        got = m.json()["loss_time_by_reason_s"]
+        return all(abs(got.get(n, -1.0) - booked[n]) < 0.01 for n in names)
+
+    report = (await kpi.wait_for(carries)).json()
+    top = {r["reason"] for r in report["top_downtime_reasons"]}
+    assert names <= top, report["top_downtime_reasons"]
+    by_reason: dict[str, float] = report["loss_time_by_reason_s"]
+    return by_reason
 
 
 async def test_replay_of_the_history_gives_the_reasons_the_live_agent_reported(
