@@ -710,6 +710,12 @@ class LineConfig:
         "what operators may name a stop with (the operator page)",
         (),
     )
+    operator_reason_wins: bool = key(
+        Boolean(),
+        "true: an operator's stop reason also replaces the reason a PLC reason signal gave"
+        " (default: the PLC's reason wins)",
+        False,
+    )
     convention: Convention = key(
         Choice(Convention),
         "loss convention: iso22400, planned_downtime_loss (SMRP) or six_big_losses (TPM)",

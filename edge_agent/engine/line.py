@@ -248,7 +248,9 @@ class LineEngine:
         self._last_report: KpiReport | None = None
         self._last_known_state = MachineState.UNKNOWN  # the state before an unknown spell
         self._notices: list[str] = []  # for the log: take_notices()
-        self.stops = StopBook(tuple(r.name for r in cfg.stop_reasons))
+        self.stops = StopBook(
+            tuple(r.name for r in cfg.stop_reasons), operator_wins=cfg.operator_reason_wins
+        )
         # The operators' notes on shifts not yet reported, by the shift window's start.
         self.shift_notes: dict[float, str] = {}
         self._orders = OrderTracker(
@@ -686,8 +688,8 @@ class LineEngine:
                 loss_s = o.acc.add(a, t, self._state, unknown, self._reason, stop=stopping)
                 if stopping:
                     o.micro_pending_s += loss_s
-            if self._reason is None and not unknown and self._is_loss(self._state):
-                self.stops.piece(a, t, self._state)
+            if not unknown and self._is_loss(self._state):
+                self.stops.piece(a, t, self._state, self._reason)
             # Time since the last counter and meter samples: their next deltas are placed over
             # it (edge_agent.engine.placement).
             for k, ledger in self._ledgers.items():

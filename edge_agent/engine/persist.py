@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.domain import MachineState
 from edge_agent.engine.counters import CounterTracker
 from edge_agent.engine.intervals import clip
+from edge_agent.engine.oee import UNSPECIFIED_REASON
 from edge_agent.engine.orders import Order
 from edge_agent.engine.placement import Ledger
 from edge_agent.engine.reports import REPORT_TYPES, KpiReport, Report, from_dict, to_dict
@@ -116,11 +117,12 @@ def _saved_stops(engine: LineEngine) -> dict[str, Any]:
         a = engine._piece_start
         if (
             now > a
-            and engine._reason is None
+            and engine.stops.keeps(engine._reason)
             and not engine._causes
             and engine._is_loss(engine._state)
         ):
-            stops[-1]["pieces"].append([a, now, str(engine._state)])
+            reason = engine._reason or UNSPECIFIED_REASON
+            stops[-1]["pieces"].append([a, now, str(engine._state), reason])
         stops[-1]["end"] = now
     return saved
 

@@ -3,11 +3,13 @@
 
 A stop runs from the moment the state enters an availability-loss state until it leaves the loss
 states (or the data is lost). Only its loss time booked as ``unspecified`` is kept, piece by
-piece: time whose reason a PLC reason signal gave stays with that reason (the PLC wins). An
-operator's classification moves the stop's unspecified loss time to the reason, or, split at a
-time inside the stop, the part before to one reason and the rest to another; an undo moves it
-back. The amounts moved are computed from the pieces by the window's own accounting
-(:meth:`~edge_agent.engine.oee.Accounting.classify`), so breaks inside a stop are never counted.
+piece: time whose reason a PLC reason signal gave stays with that reason (the PLC wins), unless
+the line's ``operator_reason_wins`` is set, when that time is kept too, with the PLC's reason. An
+operator's classification moves the stop's kept loss time to the reason, or, split at a time
+inside the stop, the part before to one reason and the rest to another; an undo moves it back
+to the reasons it was booked under. The amounts moved are computed from the pieces by the
+window's own accounting (:meth:`~edge_agent.engine.oee.Accounting.classify`), so breaks inside a
+stop are never counted.
 
 Operator actions reach the engine as samples of the reserved source :data:`OPERATOR_SOURCE`,
 so the sample history records them and ``edge-agent replay`` reproduces the reports: tags
@@ -40,11 +42,13 @@ class Stop:
     start: float
     state: str
     end: float | None = None
-    # [a, b) pieces of unspecified loss time, with their state (for the accounting)
-    pieces: list[tuple[float, float, str]] = field(default_factory=list)
+    # [a, b) pieces of loss time an operator may classify, with their state (for the accounting)
+    # and the reason they were booked under (``unspecified``, or the PLC's when it does not win)
+    pieces: list[tuple[float, float, str, str]] = field(default_factory=list)
     # operator's reasons: ((from, reason), ...) from ``start``; empty: unclassified
     reasons: list[tuple[float, str]] = field(default_factory=list)
-    booked: dict[str, float] = field(default_factory=dict)  # seconds moved, by reason
+    # seconds moved, by (reason booked under, operator's reason)
+    booked: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,7 +57,7 @@ class Stop:
             "end": self.end,
             "pieces": [list(p) for p in self.pieces],
             "reasons": [list(r) for r in self.reasons],
-            "booked": dict(self.booked),
+            "booked": [[a, b, s] for (a, b), s in self.booked.items()],
         }
 
     @classmethod
@@ -62,17 +66,31 @@ class Stop:
             start=float(d["start"]),
             state=str(d["state"]),
             end=None if d.get("end") is None else float(d["end"]),
-            pieces=[(float(a), float(b), str(s)) for a, b, s in d.get("pieces", ())],
+            pieces=[_piece(p) for p in d.get("pieces", ())],
             reasons=[(float(t), str(r)) for t, r in d.get("reasons", ())],
-            booked={str(k): float(v) for k, v in (d.get("booked") or {}).items()},
+            booked=_booked(d.get("booked")),
         )
+
+
+def _piece(p: list[Any]) -> tuple[float, float, str, str]:
+    # saved before pieces carried their reason: unspecified
+    reason = str(p[3]) if len(p) > 3 else UNSPECIFIED_REASON
+    return float(p[0]), float(p[1]), str(p[2]), reason
+
+
+def _booked(d: Any) -> dict[tuple[str, str], float]:
+    if isinstance(d, dict):  # saved before: {reason: seconds}, all from unspecified
+        return {(UNSPECIFIED_REASON, str(k)): float(v) for k, v in d.items()}
+    return {(str(a), str(b)): float(s) for a, b, s in d or ()}
 
 
 class StopBook:
     """The open shift's stops and their classification."""
 
-    def __init__(self, reasons: tuple[str, ...]) -> None:
+    def __init__(self, reasons: tuple[str, ...], *, operator_wins: bool = False) -> None:
         self.reasons = reasons  # the line's configured stop reasons, in order (codes from 1)
+        # the line's operator_reason_wins: loss time with a PLC reason may be classified too
+        self.operator_wins = operator_wins
         self.stops: list[Stop] = []
         self._staged: dict[str, float] = {}  # the latest value of each action tag
         self.seq = 0  # the number of the last action applied
@@ -89,10 +107,15 @@ class StopBook:
         if current is not None:
             current.end = t
 
-    def piece(self, a: float, b: float, state: MachineState) -> None:
-        """Unspecified loss time ``[a, b)`` in ``state`` of the stop in progress."""
-        if self.stops and self.stops[-1].end is None and b > a:
-            self.stops[-1].pieces.append((a, b, str(state)))
+    def keeps(self, reason: str | None) -> bool:
+        """Whether loss time booked under the PLC's ``reason`` (None: none) may be classified."""
+        return reason is None or self.operator_wins
+
+    def piece(self, a: float, b: float, state: MachineState, reason: str | None = None) -> None:
+        """Loss time ``[a, b)`` in ``state`` of the stop in progress, booked under the PLC's
+        ``reason`` (None: unspecified); only time :meth:`keeps` allows is kept."""
+        if self.stops and self.stops[-1].end is None and b > a and self.keeps(reason):
+            self.stops[-1].pieces.append((a, b, str(state), reason or UNSPECIFIED_REASON))
 
     def new_shift(self) -> None:
         """The shift closed: its stops can no longer be classified."""
@@ -154,10 +177,10 @@ class StopBook:
                     return f"unknown reason code {second} for the rest of the stop"
                 reasons.append((split_at, self.reasons[second - 1]))
         booked = _amounts(stop, reasons, acc)
-        for reason, seconds in stop.booked.items():
-            acc.move_loss(reason, UNSPECIFIED_REASON, seconds)
-        for reason, seconds in booked.items():
-            acc.move_loss(UNSPECIFIED_REASON, reason, seconds)
+        for (was, reason), seconds in stop.booked.items():
+            acc.move_loss(reason, was, seconds)
+        for (was, reason), seconds in booked.items():
+            acc.move_loss(was, reason, seconds)
         stop.reasons, stop.booked = reasons, booked
         return None
 
@@ -175,17 +198,21 @@ class StopBook:
         self.seq = int(d.get("seq") or 0)
 
 
-def _amounts(stop: Stop, reasons: list[tuple[float, str]], acc: Accounting) -> dict[str, float]:
-    """The stop's unspecified loss seconds for each reason's part of it."""
-    out: dict[str, float] = {}
+def _amounts(
+    stop: Stop, reasons: list[tuple[float, str]], acc: Accounting
+) -> dict[tuple[str, str], float]:
+    """The stop's kept loss seconds for each reason's part of it, by the reason they were
+    booked under and the operator's reason."""
+    out: dict[tuple[str, str], float] = {}
     if not reasons:
         return out
     bounds = [*(t for t, _ in reasons[1:]), float("inf")]
     for (since, reason), until in zip(reasons, bounds, strict=True):
-        for a, b, state in stop.pieces:
+        for a, b, state, was in stop.pieces:
             lo, hi = max(a, since), min(b, until)
-            if hi > lo:
+            if hi > lo and was != reason:
                 bucket, in_plan, _ = acc.classify(lo, hi, MachineState(state), False)
                 if bucket not in ("running", "unknown", "planned_stop"):
-                    out[reason] = out.get(reason, 0.0) + in_plan
+                    key = (was, reason)
+                    out[key] = out.get(key, 0.0) + in_plan
     return out

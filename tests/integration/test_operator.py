@@ -1,7 +1,8 @@
 """The operator page (docs/operator.md) against the agent in process, with the simulator as its
 PLC and a real Mosquitto: sign-in, the rate limit on wrong PINs, CSRF, the security headers, a
-station seeing only its lines, the live board, and an order set from the page reaching the
-engine like an MQTT order command."""
+station seeing only its lines, the live board, a stop classified and split in chromium reaching
+the broker's kpi reports, and an order set from the page reaching the engine like an MQTT order
+command."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import asyncio
 import importlib.util
 import io
 import json
+import math
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import jsonschema
@@ -117,6 +121,23 @@ class Running:
 async def sim() -> AsyncIterator[Simulation]:
     # Micro-stops every few seconds of wall time, so that the board sees state changes.
     params = LineParams(mean_time_between_microstops_s=8.0, microstop_duration_s=(3.0, 6.0))
+    async with Simulation(
+        lines=2, speed=SPEED, opcua_port=None, params=params, ideal_cycle_time_s=1.0
+    ) as s:
+        yield s
+
+
+@pytest.fixture
+async def long_stop_sim() -> AsyncIterator[Simulation]:
+    # Micro-stops of 6-8 s of wall time, so that a whole second inside one can be chosen on
+    # the page, and the list of stops stays the same while the test works on a row.
+    params = LineParams(
+        mean_time_between_microstops_s=8.0,
+        microstop_duration_s=(24.0, 32.0),
+        mean_time_between_faults_s=math.inf,
+        mean_time_between_planned_stops_s=math.inf,
+        mean_time_between_changeovers_s=math.inf,
+    )
     async with Simulation(
         lines=2, speed=SPEED, opcua_port=None, params=params, ideal_cycle_time_s=1.0
     ) as s:
@@ -401,14 +422,19 @@ def _need_chromium() -> None:
 
 async def test_in_a_real_browser(sim: Simulation, mosquitto: Mosquitto, tmp_path: Path) -> None:
     """Debian's chromium, headless: a wrong PIN is refused, the right one signs in, the board
-    shows the simulator's state changes within 2 s, at 1280x800 and 800x1280; screenshots go to
+    shows the simulator's state changes within 2 s, at 1280x800 and 800x1280; a stop classified
+    on the page has its time in the next `kpi` report on the broker; screenshots go to
     test-output/operator/ (docs/operator.md shows them)."""
     _need_chromium()
     from playwright.async_api import async_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     text = config_text(sim, mosquitto.port, tmp_path)
-    async with Running(text) as agent, async_playwright() as pw:
+    async with (
+        Running(text) as agent,
+        Subscriber("127.0.0.1", mosquitto.port, "edge-agent/op/line1/kpi") as kpi,
+        async_playwright() as pw,
+    ):
         url = base_url(agent)
         browser = await pw.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
@@ -464,6 +490,9 @@ async def test_in_a_real_browser(sim: Simulation, mosquitto: Mosquitto, tmp_path
                 assert agent.runner is not None
                 stop = agent.runner.engines["line1"].stops.find(start)
                 assert stop is not None and [r for _, r in stop.reasons] == ["jam"]
+                # The next kpi report on the broker carries the jam time the engine booked
+                # (both viewports' stops, if they are two).
+                await jam_reported(kpi, agent, {"jam"})
                 await page.locator("#stops-panel").scroll_into_view_if_needed()
                 await page.screenshot(
                     path=str(SHOTS / f"classify-{width}x{height}.png"), full_page=True
@@ -472,6 +501,111 @@ async def test_in_a_real_browser(sim: Simulation, mosquitto: Mosquitto, tmp_path
                 await context.close()
         finally:
             await browser.close()
+
+
+async def test_a_split_and_wrong_pins_in_a_real_browser(
+    long_stop_sim: Simulation, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Debian's chromium, headless: a stop split on the page at a whole second gets both
+    reasons, and the next `kpi` report on the broker carries both parts; wrong PINs are refused
+    on the page and, after FREE_ATTEMPTS of them, even the right PIN is told to wait (the
+    other station is not locked)."""
+    _need_chromium()
+    from playwright.async_api import async_playwright
+
+    text = config_text(long_stop_sim, mosquitto.port, tmp_path)
+    async with (
+        Running(text) as agent,
+        Subscriber("127.0.0.1", mosquitto.port, "edge-agent/op/line1/kpi") as kpi,
+        async_playwright() as pw,
+    ):
+        browser = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            context = await browser.new_context(
+                viewport={"width": 1280, "height": 800}, locale="en-US", timezone_id="UTC"
+            )
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(base_url(agent) + "/")
+
+            async def sign_in(station: str, pin: str) -> int:
+                await page.select_option("#station", station)
+                await page.fill("#pin", pin)
+                async with page.expect_response(lambda r: r.url.endswith("/api/login")) as resp:
+                    await page.click("#login button[type=submit]")
+                status: int = (await resp.value).status
+                return status
+
+            # Split line1's first ended stop at a whole second: jam before, no material after.
+            assert await sign_in("press-a", PIN_A) == 200
+            await page.wait_for_selector("#board:not([hidden])")
+            first = page.locator("#stops tbody tr").first
+            await first.wait_for(timeout=40_000)
+            start_attr = await first.get_attribute("data-start")
+            start = float(start_attr or "nan")
+            assert agent.runner is not None
+            stop = agent.runner.engines["line1"].stops.find(start)
+            assert stop is not None and stop.end is not None and stop.end - start > 2.0
+            split_at = math.floor(start) + 1.0  # strictly inside: the stop lasts over 2 s
+            row = page.locator(f'#stops tbody tr[data-start="{start_attr}"]')
+            await row.locator("select.r1").select_option("jam")
+            hhmmss = time.strftime("%H:%M:%S", time.gmtime(split_at))
+            await row.locator("input.split-at").fill(hhmmss)
+            await row.locator("select.r2").select_option("no_material")
+            await row.locator("button[data-act=split]").click()
+            await page.wait_for_selector('#stops-msg:text-is("Saved.")')
+            assert stop.reasons == [(start, "jam"), (split_at, "no_material")]
+            await row.locator('td.reason:text-is("jam / no_material")').wait_for(timeout=2000)
+            got = await jam_reported(kpi, agent, {"jam", "no_material"})
+            assert got["jam"] == pytest.approx(split_at - start, abs=0.01)
+            await context.close()
+
+            # Wrong PINs: refused; after FREE_ATTEMPTS even the right PIN is told to wait.
+            context = await browser.new_context(
+                viewport={"width": 1280, "height": 800}, locale="en-US", timezone_id="UTC"
+            )
+            page = await context.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(base_url(agent) + "/")
+            for _ in range(operator_server.FREE_ATTEMPTS):
+                assert await sign_in("press-b", "0000") == 403
+                assert await page.inner_text("#login-error") == "Wrong PIN."
+            assert await sign_in("press-b", PIN_B) == 429
+            locked = await page.inner_text("#login-error")
+            wait = re.fullmatch(r"Too many wrong PINs: wait (\d+) s\.", locked)
+            assert wait is not None and int(wait[1]) >= 1, locked
+            assert await page.is_hidden("#board")
+            # The lock is press-b's from this client: press-a still signs in.
+            assert await sign_in("press-a", PIN_A) == 200
+            await page.wait_for_selector("#board:not([hidden])")
+            assert errors == []
+            await context.close()
+        finally:
+            await browser.close()
+
+
+async def jam_reported(kpi: Subscriber, agent: Agent, names: set[str]) -> dict[str, float]:
+    """Wait for a line1 `kpi` report whose time for each of ``names`` is what the engine booked
+    to it from the operator's classifications; returns its loss_time_by_reason_s."""
+    assert agent.runner is not None
+    booked: dict[str, float] = {}
+    for stop in agent.runner.engines["line1"].stops.stops:
+        for (_, reason), seconds in stop.booked.items():
+            booked[reason] = booked.get(reason, 0.0) + seconds
+    assert set(booked) == names and all(v > 0 for v in booked.values()), booked
+
+    def carries(m: Any) -> bool:
+        got = m.json()["loss_time_by_reason_s"]
+        return all(abs(got.get(n, -1.0) - booked[n]) < 0.01 for n in names)
+
+    report = (await kpi.wait_for(carries)).json()
+    top = {r["reason"] for r in report["top_downtime_reasons"]}
+    assert names <= top, report["top_downtime_reasons"]
+    by_reason: dict[str, float] = report["loss_time_by_reason_s"]
+    return by_reason
 
 
 async def test_replay_of_the_history_gives_the_reasons_the_live_agent_reported(

@@ -118,6 +118,61 @@ def test_a_plc_reason_wins() -> None:
     assert reasons(e, T0 + 32 * M) == {"tool_change": 300.0, "jam": 300.0}
 
 
+def test_operator_reason_wins_when_the_line_says_so() -> None:
+    """The same stop with operator_reason_wins: the operator's reason takes all 600 s, the
+    split's second part takes the PLC's part too, and an undo gives the PLC its 300 s back."""
+    sig = signals(reason=ReasonSignal(tag="plc.reason", map={12: "tool_change"}))
+    e = engine(signals=sig, operator_reason_wins=True)
+    for s in [
+        smp("plc.state", 1, T0),
+        smp("plc.total", 0, T0),
+        smp("plc.rejects", 0, T0),
+        smp("plc.reason", 0, T0 + 10 * M, Quality.BAD),
+        smp("plc.state", 2, T0 + 10 * M),
+        smp("plc.reason", 12, T0 + 15 * M),
+        smp("plc.state", 1, T0 + 20 * M),
+    ]:
+        e.ingest(s)
+    assert reasons(e, T0 + 30 * M) == {"unspecified": 300.0, "tool_change": 300.0}
+    for s in act(T0 + 10 * M, 1, T0 + 31 * M):
+        e.ingest(s)
+    assert reasons(e, T0 + 32 * M) == {"jam": 600.0}
+    for s in act(T0 + 10 * M, 1, T0 + 33 * M, split=T0 + 12 * M, reason2=2):
+        e.ingest(s)
+    assert reasons(e, T0 + 34 * M) == {"jam": 120.0, "no_material": 480.0}
+    for s in act(T0 + 10 * M, 0, T0 + 35 * M):
+        e.ingest(s)
+    assert reasons(e, T0 + 36 * M) == {"unspecified": 300.0, "tool_change": 300.0}
+
+
+def test_operator_reason_wins_across_a_restart_during_a_stop() -> None:
+    """With operator_reason_wins, a restart during a stop with a PLC reason ends the stop there
+    with its PLC-reasoned time kept (the open piece included): it can then be classified, and an
+    undo gives the PLC its time back."""
+    sig = signals(reason=ReasonSignal(tag="plc.reason", map={12: "tool_change"}))
+    live = engine(signals=sig, operator_reason_wins=True)
+    for s in [
+        smp("plc.state", 1, T0),
+        smp("plc.total", 0, T0),
+        smp("plc.rejects", 0, T0),
+        smp("plc.reason", 12, T0 + 10 * M),
+        smp("plc.state", 2, T0 + 10 * M),
+        smp("plc.total", 0, T0 + 14 * M),  # the engine's time: 06:14, the stop still open
+    ]:
+        live.ingest(s)
+    restored = engine(signals=sig, operator_reason_wins=True)
+    restored.restore(live.state_dict())
+    [stop] = restored.stops.stops
+    assert (stop.start, stop.end) == (T0 + 10 * M, T0 + 14 * M)
+    assert reasons(restored, T0 + 15 * M) == {"tool_change": 240.0}
+    for s in act(T0 + 10 * M, 2, T0 + 16 * M):
+        restored.ingest(s)
+    assert reasons(restored, T0 + 17 * M)["no_material"] == 240.0
+    for s in act(T0 + 10 * M, 0, T0 + 18 * M):
+        restored.ingest(s)
+    assert "no_material" not in reasons(restored, T0 + 19 * M)
+
+
 def test_same_samples_same_report_and_kept_across_a_restart() -> None:
     live = engine()
     samples = run_stop(live)
