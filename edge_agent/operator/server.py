@@ -404,20 +404,7 @@ class OperatorServer:
         if errors:
             return self._json({"error": "invalid", "errors": errors}, 422)
         self._command(line, "order", json.dumps(command).encode())
-        engine = self._engines().get(line)
-        if engine is not None:
-            self._publish(
-                [
-                    OperatorEvent(
-                        site=engine.site,
-                        line=line,
-                        ts=iso(self._agent_clock(), engine.calendar.tz),
-                        station=session.station.name,
-                        action="order",
-                        order_id=command["order_id"],
-                    )
-                ]
-            )
+        self._audit(session, line, "order", order_id=command["order_id"])
         log.info(
             "operator: station '%s' set order %r on line '%s'",
             session.station.name,
@@ -524,19 +511,14 @@ class OperatorServer:
         if not applied:  # the engine refused it (its notice says why in the log)
             return self._json({"error": "invalid", "errors": ["not applied"]}, 422)
         tz = engine.calendar.tz
-        self._publish(
-            [
-                OperatorEvent(
-                    site=engine.site,
-                    line=line,
-                    ts=iso(now, tz),
-                    station=session.station.name,
-                    action="unclassify" if undo else "classify",
-                    stop_start=iso(stop.start, tz),
-                    reasons=tuple(given),
-                    split_at=iso(split_at, tz) if split_at is not None else None,
-                )
-            ]
+        self._audit(
+            session,
+            line,
+            "unclassify" if undo else "classify",
+            now=now,
+            stop_start=iso(stop.start, tz),
+            reasons=tuple(given),
+            split_at=iso(split_at, tz) if split_at is not None else None,
         )
         log.info(
             "operator: station '%s' %s the stop at %s on line '%s'%s",
@@ -549,21 +531,28 @@ class OperatorServer:
         )
         return self._json({"ok": True, "stops": self._stops_doc(line)})
 
+    def _audit(
+        self, session: Session, line: str, action: str, *, now: float | None = None, **fields: Any
+    ) -> None:
+        """Publish one applied action as an audit event (topic ``operator``), stamped ``now``
+        (default: the agent's clock) in the line's time zone."""
+        engine = self._engines().get(line)
+        if engine is None:
+            return
+        t = self._agent_clock() if now is None else now
+        event = OperatorEvent(
+            site=engine.site,
+            line=line,
+            ts=iso(t, engine.calendar.tz),
+            station=session.station.name,
+            action=action,
+            **fields,
+        )
+        self._publish([event])
+
     def _order_cleared(self, session: Session, line: str) -> web.StreamResponse:
         self._clear_order(line)
-        engine = self._engines().get(line)
-        if engine is not None:
-            self._publish(
-                [
-                    OperatorEvent(
-                        site=engine.site,
-                        line=line,
-                        ts=iso(self._agent_clock(), engine.calendar.tz),
-                        station=session.station.name,
-                        action="order_cleared",
-                    )
-                ]
-            )
+        self._audit(session, line, "order_cleared")
         log.info(
             "operator: station '%s' cleared the order on line '%s'",
             session.station.name,
@@ -598,18 +587,7 @@ class OperatorServer:
         if errors:
             return self._json({"error": "invalid", "errors": errors}, 422)
         self._note(line, note or None)
-        self._publish(
-            [
-                OperatorEvent(
-                    site=engine.site,
-                    line=line,
-                    ts=iso(self._agent_clock(), engine.calendar.tz),
-                    station=session.station.name,
-                    action="note",
-                    note=note or "",
-                )
-            ]
-        )
+        self._audit(session, line, "note", note=note or "")
         log.info(
             "operator: station '%s' %s the shift note on line '%s'",
             session.station.name,
