@@ -570,10 +570,16 @@ async def test_a_split_and_wrong_pins_in_a_real_browser(
             page = await context.new_page()
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             await page.goto(base_url(agent) + "/")
+            # The page writes its message after the response has arrived: clear it before each
+            # attempt and wait for the page's own words.
+            clear = "document.getElementById('login-error').textContent = ''"
             for _ in range(operator_server.FREE_ATTEMPTS):
+                await page.evaluate(clear)
                 assert await sign_in("press-b", "0000") == 403
-                assert await page.inner_text("#login-error") == "Wrong PIN."
+                await page.wait_for_selector('#login-error:text-is("Wrong PIN.")', timeout=5000)
+            await page.evaluate(clear)
             assert await sign_in("press-b", PIN_B) == 429
+            await page.wait_for_selector('#login-error:text-matches("^Too many")', timeout=5000)
             locked = await page.inner_text("#login-error")
             wait = re.fullmatch(r"Too many wrong PINs: wait (\d+) s\.", locked)
             assert wait is not None and int(wait[1]) >= 1, locked
