@@ -170,7 +170,7 @@ class MqttSink:
         self._published_total = 0
         self._last_error: str | None = None
         self.status_topic = f"{cfg.topic_prefix}/{site}/status"
-        self._client_log = _ClientLog()
+        self._paho_log = _ClientLog()
         self._on_link = on_link
         self._will_topic = self.status_topic
         self._subscriptions: list[tuple[str, MessageHandler, int, str]] = []
@@ -349,7 +349,7 @@ class MqttSink:
                 qos=1,
                 retain=True,
             )
-        self._client_log = _ClientLog()
+        self._paho_log = _ClientLog()
         v5 = cfg.protocol is MqttProtocol.V5
         return MqttClient(
             cfg.host,
@@ -372,7 +372,7 @@ class MqttSink:
             # it, see _pump) plus the status messages; the bound makes paho's memory-only queue
             # refuse rather than grow if that ever changed.
             max_queued=2 * self._window + 2,
-            logger=self._client_log.logger,
+            logger=self._paho_log.logger,
             on_message=self._dispatch,
         )
 
@@ -461,7 +461,7 @@ class MqttSink:
     def _no_connack(self, exc: ConnectTimeout | LinkLost) -> SinkError:
         """The error for a CONNECT without CONNACK, explained by the client's last error."""
         cfg = self._cfg
-        seen = self._client_log.last_error
+        seen = self._paho_log.last_error
         if seen is None:
             if isinstance(exc, LinkLost):
                 return SinkError(
@@ -472,7 +472,7 @@ class MqttSink:
             )
         # A broker that drops a refused client certificate may close the socket before its TLS
         # alert is read: the client then sees only "EOF occurred in violation of protocol".
-        failure = self._client_log.last_exception
+        failure = self._paho_log.last_exception
         eof = isinstance(failure, ssl.SSLEOFError)
         if cfg.tls is not None and isinstance(failure, ssl.SSLError):
             if cfg.tls.cert_file is None:

@@ -141,7 +141,7 @@ class ModbusSource:
             for request in plan_reads(cfg.tags, unit_id=cfg.unit_id, max_gap=cfg.max_gap)
         ]
         self._plan = list(self._initial_plan)
-        self._client: _Client | None = None
+        self._conn: _Client | None = None
         self._in_flight = False
         self._quiet_until = 0.0  # time.monotonic() before which the next request waits (gap)
         self._answered = False  # some device answered during the current scan
@@ -157,7 +157,7 @@ class ModbusSource:
 
     @property
     def connected(self) -> bool:
-        return self._client is not None and bool(self._client.connected)
+        return self._conn is not None and bool(self._conn.connected)
 
     async def connect(self) -> None:
         """Open the TCP connection or the serial port, replacing any previous one.
@@ -185,7 +185,7 @@ class ModbusSource:
             raise NotConnectedError(
                 _describe_connect_error(errors[-1] if errors else None, cfg, self._endpoint)
             )
-        self._client = client
+        self._conn = client
         self._plan = list(self._initial_plan)
         log.debug("source %r connected to %s", self.name, self._endpoint)
 
@@ -195,7 +195,7 @@ class ModbusSource:
         Raises :class:`NotConnectedError` when not connected or the connection is lost (the
         client is closed then), :class:`SourceError` when the device answers "busy".
         """
-        client = self._client
+        client = self._conn
         if client is None or not client.connected:
             self._drop_client()
             raise NotConnectedError(f"not connected to {self._endpoint}")
@@ -424,7 +424,7 @@ class ModbusSource:
         if connected:
             return
         log.debug("source %r: connection to %s lost", self.name, self._endpoint)
-        client = self._client
+        client = self._conn
         if client is None or not self._in_flight:
             return
         future = getattr(client.ctx, "response_future", None)
@@ -454,7 +454,7 @@ class ModbusSource:
         return errors
 
     def _drop_client(self) -> None:
-        client, self._client = self._client, None
+        client, self._conn = self._conn, None
         if client is not None:
             client.close()
             log.debug("source %r: connection to %s closed", self.name, self._endpoint)

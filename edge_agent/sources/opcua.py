@@ -183,7 +183,7 @@ class OpcuaSource:
         self.name = cfg.name
         self._cfg = cfg
         self._clock = clock
-        self._client: Client | None = None
+        self._conn: Client | None = None
         self._parsed: list[tuple[str, ua.NodeId]] | None = None
         self._tags: list[_Tag] = []
         # One prepared Read per batch: built once at connect, sent as-is at every poll.
@@ -196,7 +196,7 @@ class OpcuaSource:
     @property
     def connected(self) -> bool:
         """True while a session is open and its transport has not been seen to drop."""
-        client = self._client
+        client = self._conn
         return client is not None and client.uaclient.state is UaClientState.CONNECTED
 
     @property
@@ -276,7 +276,7 @@ class OpcuaSource:
         parsed = self._parse_nodes()
         await self.close()
         client = self._new_client()
-        self._client = client
+        self._conn = client
         trust: ServerTrust | None = None
         try:
             async with asyncio.timeout(self._cfg.timeout_s):
@@ -418,7 +418,7 @@ class OpcuaSource:
         :class:`NotConnectedError` (after closing the client) when the connection is gone, a
         request gets no answer within ``timeout_s``, or the server rejects a whole Read.
         """
-        client = self._client
+        client = self._conn
         if client is None:
             raise NotConnectedError(f"{self._where()}: not connected")
         if client.uaclient.state is not UaClientState.CONNECTED:
@@ -514,7 +514,7 @@ class OpcuaSource:
 
     async def _drop(self) -> None:
         self._monitor = None
-        client, self._client = self._client, None
+        client, self._conn = self._conn, None
         if client is None:
             return
         healthy = client.uaclient.state is UaClientState.CONNECTED
