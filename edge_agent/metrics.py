@@ -23,7 +23,6 @@ import asyncio
 import base64
 import hmac
 import logging
-import os
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 
 from edge_agent.errors import EdgeAgentError
+from edge_agent.http import is_loopback, listening
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -351,33 +351,26 @@ class MetricsServer:
         # The server has no access log (Prometheus scrapes every few seconds); a scrape in
         # flight at stop gets a second to finish.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.requested_port, ssl_context=context)
-            try:
-                await site.start()
-            except OSError as exc:
-                # asyncio words it "error while attempting to bind on address ...": the errno's
-                # own text says it plainly.
-                reason = os.strerror(exc.errno) if exc.errno else str(exc)
-                raise MetricsServeError(
-                    f"metrics: cannot listen on {self.host}:{self.requested_port}"
-                    f" (prometheus.host, prometheus.port): {reason}"
-                ) from exc
-            self.port = int(runner.addresses[0][1])
+        keys = "prometheus.host, prometheus.port"
+        async with listening(
+            runner,
+            self.host,
+            self.requested_port,
+            context,
+            what="metrics",
+            keys=keys,
+            error=MetricsServeError,
+        ) as port:
+            self.port = port
             scheme = "https" if context is not None else "http"
             auth = " (basic auth)" if self._expected is not None else ""
             log.info("metrics on %s://%s:%d/metrics%s", scheme, self.host, self.port, auth)
-            if self._expected is not None and context is None and not _loopback(self.host):
+            if self._expected is not None and context is None and not is_loopback(self.host):
                 log.warning(
                     "metrics basic auth without TLS: the password crosses the network in clear"
                 )
             self.listening.set()
-            await asyncio.Event().wait()  # until cancelled
-        finally:
-            self.listening.clear()
-            await runner.cleanup()
-
-
-def _loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "::1", "localhost")
+            try:
+                await asyncio.Event().wait()  # until cancelled
+            finally:
+                self.listening.clear()

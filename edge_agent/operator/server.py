@@ -25,7 +25,6 @@ import contextlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import ssl
 import time
@@ -38,6 +37,7 @@ from edge_agent.engine.build import iso
 from edge_agent.engine.reports import OperatorEvent
 from edge_agent.engine.stops import OPERATOR_SOURCE
 from edge_agent.errors import EdgeAgentError
+from edge_agent.http import is_loopback, listening
 from edge_agent.model import Quality, Sample
 from edge_agent.operator.board import Boards
 
@@ -643,33 +643,32 @@ class OperatorServer:
             max_line_size=8190,
             max_field_size=8190,
         )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.cfg.host, self.cfg.port, ssl_context=context)
-            try:
-                await site.start()
-            except OSError as exc:
-                reason = os.strerror(exc.errno) if exc.errno else str(exc)
-                raise OperatorServeError(
-                    f"operator: cannot listen on {self.cfg.host}:{self.cfg.port}"
-                    f" (operator.host, operator.port): {reason}"
-                ) from exc
-            self.port = int(runner.addresses[0][1])
+        keys = "operator.host, operator.port"
+        async with listening(
+            runner,
+            self.cfg.host,
+            self.cfg.port,
+            context,
+            what="operator",
+            keys=keys,
+            error=OperatorServeError,
+        ) as port:
+            self.port = port
             scheme = "https" if context is not None else "http"
             log.info(
                 "operator page on %s://%s:%d/ (%d station(s))",
                 *(scheme, self.cfg.host, self.port, len(self.stations)),
             )
-            if context is None and self.cfg.host not in ("127.0.0.1", "::1", "localhost"):
+            if context is None and not is_loopback(self.cfg.host):
                 log.warning(
                     "operator page without TLS: PINs cross the plant network in clear"
                     " (operator.cert_file, operator.key_file)"
                 )
             self.listening.set()
-            await asyncio.Event().wait()  # until cancelled
-        finally:
-            self.listening.clear()
-            await runner.cleanup()
+            try:
+                await asyncio.Event().wait()  # until cancelled
+            finally:
+                self.listening.clear()
 
 
 def _secure(headers: MutableMapping[str, str]) -> None:
