@@ -456,7 +456,7 @@ async def _run(
     # Imported here: the OPC UA stack is heavy, and `edge-agent --help` should not pay for it.
     from edge_agent.app import Agent  # noqa: PLC0415
     from edge_agent.broker import LocalBroker  # noqa: PLC0415
-    from edge_agent.sinks.prometheus import Metrics  # noqa: PLC0415
+    from edge_agent.metrics import Metrics  # noqa: PLC0415
     from simulators.runner import Simulation  # noqa: PLC0415
 
     async with contextlib.AsyncExitStack() as stack:

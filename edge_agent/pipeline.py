@@ -56,11 +56,11 @@ from edge_agent.engine.line import LineEngine
 from edge_agent.engine.reports import KpiReport, Report
 from edge_agent.engine.stops import ACTION_TAGS, OPERATOR_SOURCE
 from edge_agent.errors import StorageError
+from edge_agent.metrics import Metrics
 from edge_agent.model import OutMessage, Sample
 from edge_agent.sharing import ShareFilter
 from edge_agent.sinks.history import History
 from edge_agent.sinks.outbox import Outbox
-from edge_agent.sinks.prometheus import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.app import Agent
 from edge_agent.config.loader import load_config_text
-from edge_agent.sinks.prometheus import Metrics
+from edge_agent.metrics import Metrics
 from simulators.runner import Simulation
 
 ROOT = Path(__file__).resolve().parents[2]

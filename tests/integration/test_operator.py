@@ -27,10 +27,10 @@ from helpers.subscriber import Subscriber
 
 from edge_agent.app import Agent
 from edge_agent.config.loader import load_config_text
+from edge_agent.metrics import Metrics
 from edge_agent.operator import server as operator_server
 from edge_agent.replay import replay
 from edge_agent.sinks.history import export_csv
-from edge_agent.sinks.prometheus import Metrics
 from simulators.model import LineParams
 from simulators.runner import Simulation
 

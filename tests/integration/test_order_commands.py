@@ -20,7 +20,7 @@ from helpers.subscriber import Received, Subscriber
 
 from edge_agent.app import Agent
 from edge_agent.config.loader import load_config_text
-from edge_agent.sinks.prometheus import Metrics
+from edge_agent.metrics import Metrics
 from simulators.runner import Simulation
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"

@@ -18,6 +18,7 @@ import pytest
 from edge_agent.config.loader import load_config_text
 from edge_agent.config.schema import HistoryConfig
 from edge_agent.errors import ConfigError
+from edge_agent.metrics import Metrics
 from edge_agent.model import Quality, Sample, Value
 from edge_agent.pipeline import Pipeline
 from edge_agent.replay import replay
@@ -25,7 +26,6 @@ from edge_agent.samplecsv import SampleReader, format_time
 from edge_agent.sinks import history as history_mod
 from edge_agent.sinks.history import History, export_csv
 from edge_agent.sinks.outbox import Outbox
-from edge_agent.sinks.prometheus import Metrics
 from tests.helpers.aio import until
 
 T0 = 1_714_608_000.0  # 2024-05-02T00:00:00Z

@@ -14,10 +14,10 @@ import pytest
 from edge_agent.config.loader import load_config_text
 from edge_agent.config.schema import OutboxConfig
 from edge_agent.errors import StorageError
+from edge_agent.metrics import Metrics
 from edge_agent.model import OutMessage
 from edge_agent.pipeline import Pipeline
 from edge_agent.sinks.outbox import Outbox
-from edge_agent.sinks.prometheus import Metrics
 
 
 def msg(line: str, suffix: str = "kpi", **payload: object) -> OutMessage:

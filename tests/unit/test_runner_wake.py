@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 from edge_agent.config.loader import load_config_text
+from edge_agent.metrics import Metrics
 from edge_agent.model import Quality, Sample
 from edge_agent.pipeline import Pipeline
 from edge_agent.sinks.outbox import Outbox
-from edge_agent.sinks.prometheus import Metrics
 from tests.helpers.aio import until
 
 CONFIG = """

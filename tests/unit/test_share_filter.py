@@ -11,11 +11,11 @@ import pytest
 
 from edge_agent.config.loader import load_config_text
 from edge_agent.config.schema import ShareConfig
+from edge_agent.metrics import Metrics
 from edge_agent.model import OutMessage, Quality, Sample
 from edge_agent.pipeline import STATE_KEY_PREFIX, Pipeline, SinkOutbox
 from edge_agent.sharing import CORE_FIELDS, SHARED_MARK, ShareFilter
 from edge_agent.sinks.outbox import Outbox
-from edge_agent.sinks.prometheus import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "docs" / "schemas"

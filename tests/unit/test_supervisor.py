@@ -10,9 +10,9 @@ import pytest
 
 from edge_agent.config.schema import ModbusSourceConfig, ModbusTag
 from edge_agent.errors import NotConnectedError, SinkError, SourceError
+from edge_agent.metrics import Metrics
 from edge_agent.model import Quality, Sample
 from edge_agent.poller import Poller
-from edge_agent.sinks.prometheus import Metrics
 from edge_agent.supervisor import Backoff, Health, supervise
 
 
