@@ -37,7 +37,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
-from edge_agent.domain import FORBIDDEN_SPARKPLUG_ID_CHARS, sparkplug_id_problem
 from edge_agent.engine.reports import (
     ISO_TIME,
     KpiReport,
@@ -55,10 +54,6 @@ REBIRTH_METRIC: Final = "Node Control/Rebirth"
 BDSEQ_METRIC: Final = "bdSeq"
 _SEQ_MODULO: Final = 256
 _U64: Final = (1 << 64) - 1
-
-# The id rule is the domain's (the configuration checks it too): re-exported here.
-FORBIDDEN_ID_CHARS: Final = FORBIDDEN_SPARKPLUG_ID_CHARS
-id_problem = sparkplug_id_problem
 
 
 def protobuf_missing() -> bool:

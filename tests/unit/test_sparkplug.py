@@ -10,6 +10,7 @@ from helpers.tahu import tahu_decode
 
 from edge_agent.config.loader import load_config
 from edge_agent.config.schema import MqttConfig, MqttEncoding, ShareConfig
+from edge_agent.domain import sparkplug_id_problem
 from edge_agent.errors import ConfigError
 from edge_agent.sinks import sparkplug as spb
 from edge_agent.sinks.mqtt import MqttSink
@@ -114,7 +115,7 @@ def test_rebirth_request() -> None:
     [("a/b", "'/'"), ("x+", "'+'"), ("#", "'#'"), ("", "empty"), ("ok-1 x", None)],
 )
 def test_id_rules(value: str, problem: str | None) -> None:
-    got = spb.id_problem(value)
+    got = sparkplug_id_problem(value)
     assert (got is None) if problem is None else (got is not None and problem in got)
 
 
